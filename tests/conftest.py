@@ -1,0 +1,74 @@
+"""Shared fixtures: a real PostgreSQL server for the whole session, a fresh database per test.
+
+The server is the embedded one the demo uses (pgserver), unless NIGHTSHIFT_TEST_PG_URI
+points at a real server (a superuser URI; each test gets its own database there too).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+for extra in (ROOT, ROOT / "plugins"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+
+@pytest.fixture(scope="session")
+def pg_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of a PostgreSQL superuser connection to the maintenance database."""
+    external = os.environ.get("NIGHTSHIFT_TEST_PG_URI")
+    if external:
+        yield external
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _with_database(uri: str, dbname: str) -> str:
+    base, _, query = uri.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{dbname}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def pg_uri(pg_server_uri: str) -> Iterator[str]:
+    """URI of a fresh, empty database that is dropped after the test."""
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(pg_server_uri)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    try:
+        yield _with_database(pg_server_uri, dbname)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        admin.close()
+
+
+@pytest.fixture
+def pg_conn(pg_uri: str) -> Iterator["psycopg2.extensions.connection"]:
+    conn = psycopg2.connect(pg_uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def churn_spec():
+    from include.nightshift.spec import load_spec
+
+    return load_spec(ROOT / "include" / "specs" / "churn.yaml")
