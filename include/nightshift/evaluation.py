@@ -1,0 +1,383 @@
+"""Evaluate champion, challenger and baseline on one holdout, then gate the promotion.
+
+The gate follows the TFX Evaluator's rule: fail closed. A missing threshold, a metric that
+cannot be computed, a champion that cannot be compared or a registry round trip that was
+not checked all mean "do not promote". Every check is recorded with its numbers, passed or
+not, so that a rejected (or blessed) model can be explained from the record alone.
+
+Plain Python with numpy, pandas and scikit-learn metrics: no MLflow, no Airflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from include.nightshift.spec import METRICS
+
+# Floating-point slack for ">= threshold" comparisons: 0.812 - 0.810 must count as an
+# improvement of 0.002, not 0.0019999999999999.
+EPS = 1e-12
+THRESHOLDS = ("floor", "min_improvement", "slice_tolerance", "baseline_margin")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _ranking(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray, float], float]:
+    """A ranking metric needs both classes; with one class it is undefined (NaN), not 0 or 1."""
+
+    def metric(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+        return float(fn(y, s)) if len(np.unique(y)) == 2 else math.nan
+
+    return metric
+
+
+def _f1(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    return float(skm.f1_score(y, (s >= threshold).astype(int), zero_division=np.nan))
+
+
+def _accuracy(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    return float(skm.accuracy_score(y, (s >= threshold).astype(int)))
+
+
+def _log_loss(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    return float(skm.log_loss(y, s, labels=[0, 1]))
+
+
+_METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], float]] = {
+    "roc_auc": _ranking(skm.roc_auc_score),
+    "average_precision": _ranking(skm.average_precision_score),
+    "accuracy": _accuracy,
+    "f1": _f1,
+    "log_loss": _log_loss,
+}
+assert set(_METRIC_FUNCTIONS) == set(METRICS), "every spec metric needs an implementation"
+
+
+def metric_value(name: str, y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """One metric of positive-class scores against 0/1 labels.
+
+    NaN (never an exception) when the metric is undefined: no rows, a ranking metric on one
+    class only, f1 with no positive label nor prediction, or scores that are not finite.
+    NaN then fails every gate check that uses it, which is the safe outcome.
+    """
+    if name not in _METRIC_FUNCTIONS:
+        raise ValueError(f"unknown metric {name!r}; known: {sorted(_METRIC_FUNCTIONS)}")
+    y = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=float).ravel()
+    if len(y) != len(s):
+        raise ValueError(f"{len(y)} labels but {len(s)} scores")
+    if len(y) == 0 or not np.isfinite(s).all():
+        return math.nan
+    return _METRIC_FUNCTIONS[name](y, s, threshold)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _json_number(value: float | None) -> float | None:
+    """NaN and inf are not JSON (PostgreSQL jsonb refuses them): record them as null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _json_value(value: Any) -> Any:
+    """A slice value as plain JSON: numpy scalars unwrapped, missing values as null."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _role_values(name: str, y: np.ndarray, scores: dict[str, np.ndarray], mask: np.ndarray | None,
+                 threshold: float) -> dict[str, float | None]:
+    return {
+        role: _json_number(metric_value(name, y if mask is None else y[mask], s if mask is None else s[mask],
+                                        threshold))
+        for role, s in scores.items()
+    }
+
+
+def _slices(holdout: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray], spec) -> list[dict[str, Any]]:
+    """Every value of every slice column, in a stable order; small slices listed but skipped."""
+    out: list[dict[str, Any]] = []
+    name, threshold = spec.promotion.metric, spec.scoring.decision_threshold
+    for column in spec.promotion.slice_columns:
+        if column not in holdout.columns:
+            raise ValueError(f"slice column {column!r} is not in the holdout")
+        codes, uniques = pd.factorize(holdout[column], use_na_sentinel=False, sort=True)
+        for code, value in enumerate(uniques):
+            mask = codes == code
+            entry: dict[str, Any] = {"column": column, "value": _json_value(value), "rows": int(mask.sum())}
+            if entry["rows"] < spec.promotion.min_slice_rows:
+                entry["skipped"] = True
+            else:
+                entry["skipped"] = False
+                entry.update(_role_values(name, y, scores, mask, threshold))
+            out.append(entry)
+    return out
+
+
+def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.ndarray], spec) -> dict:
+    """Score every model role on the same holdout, overall and per slice.
+
+    `scores` maps a role ("challenger", "champion", "baseline") to its positive-class scores,
+    row-aligned with `holdout` and `y_true`. The result is JSON-safe (undefined metrics are
+    null) so that it can go to XCom, MLflow and the run-history table unchanged.
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    arrays = {role: np.asarray(s, dtype=float).ravel() for role, s in scores.items()}
+    for role, s in arrays.items():
+        if len(s) != len(y):
+            raise ValueError(f"{role}: {len(s)} scores for {len(y)} labels")
+    if len(holdout) != len(y):
+        raise ValueError(f"holdout has {len(holdout)} rows but {len(y)} labels")
+    name = spec.promotion.metric
+    return {
+        "metric": name,
+        "greater_is_better": bool(METRICS[name]),
+        "rows": int(len(y)),
+        "overall": _role_values(name, y, arrays, None, spec.scoring.decision_threshold),
+        "slices": _slices(holdout.reset_index(drop=True), y, arrays, spec),
+    }
+
+
+# --------------------------------------------------------------------------- gate
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Verdict:
+    promote: bool
+    checks: list[Check]
+    metric: str
+    challenger: float | None
+    champion: float | None
+    baseline: float | None
+
+    def message(self) -> str:
+        """One line for logs and the UI: the decision, the numbers, and what failed."""
+        numbers = f"{self.metric} challenger {_fmt(self.challenger)}, champion {_fmt(self.champion)}, " \
+                  f"baseline {_fmt(self.baseline)}"
+        failed = [c for c in self.checks if not c.passed]
+        if self.promote:
+            return f"PROMOTE: {numbers}; all {len(self.checks)} checks passed"
+        reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed) or "no checks ran"
+        return f"REJECT: {numbers}; failed {reasons}"
+
+    def to_dict(self) -> dict:
+        return {
+            "promote": bool(self.promote),
+            "metric": self.metric,
+            "challenger": _json_number(self.challenger),
+            "champion": _json_number(self.champion),
+            "baseline": _json_number(self.baseline),
+            "message": self.message(),
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _number(value: Any) -> float:
+    """A metric or threshold as a float, with None (not set / not computed) as NaN."""
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass
+class _Context:
+    """What every check needs: direction, overall metrics, thresholds (NaN when unset)."""
+
+    metric: str
+    gib: bool
+    overall: dict[str, float]
+    thresholds: dict[str, float]
+    slices: list[dict[str, Any]] = field(default_factory=list)
+
+    def gain(self, a: float, b: float) -> float:
+        """How much better a is than b, in the metric's direction (negative: worse)."""
+        return a - b if self.gib else b - a
+
+    @property
+    def has_champion(self) -> bool:
+        return "champion" in self.overall
+
+
+def _unset(ctx: _Context, name: str) -> Check | None:
+    if math.isnan(ctx.thresholds[name]):
+        return Check(name, False, f"promotion.{name} is not set (fail closed)")
+    return None
+
+
+def _check_thresholds(ctx: _Context, evaluated_metric: Any) -> Check:
+    if ctx.metric not in METRICS or evaluated_metric != ctx.metric:
+        return Check("thresholds", False, f"evaluated metric {evaluated_metric!r} does not match promotion.metric "
+                                          f"{ctx.metric!r} (fail closed)")
+    missing = [f"promotion.{k}" for k, v in ctx.thresholds.items() if math.isnan(v)]
+    if missing:
+        return Check("thresholds", False, f"not set: {', '.join(missing)} (fail closed)")
+    listed = ", ".join(f"{k} {v:g}" for k, v in ctx.thresholds.items())
+    direction = "greater is better" if ctx.gib else "lower is better"
+    return Check("thresholds", True, f"{ctx.metric} ({direction}): {listed}")
+
+
+def _check_finite(scores: np.ndarray | None, rows: int | None) -> Check:
+    if scores is None:
+        return Check("finite", False, "no challenger scores given (fail closed)")
+    s = np.asarray(scores, dtype=float).ravel()
+    if rows is not None and len(s) != rows:
+        return Check("finite", False, f"{len(s)} challenger scores for {rows} holdout rows")
+    if len(s) == 0:
+        return Check("finite", False, "no challenger scores")
+    bad = int((~np.isfinite(s)).sum())
+    if bad:
+        return Check("finite", False, f"{bad} of {len(s)} challenger scores are NaN or infinite")
+    outside = int(((s < 0) | (s > 1)).sum())
+    if outside:
+        return Check("finite", False, f"{outside} of {len(s)} challenger scores outside [0, 1] "
+                                      f"(min {s.min():.4g}, max {s.max():.4g})")
+    return Check("finite", True, f"{len(s)} challenger scores finite, in [{s.min():.4f}, {s.max():.4f}]")
+
+
+def _check_floor(ctx: _Context) -> Check:
+    unset = _unset(ctx, "floor")
+    if unset:
+        return unset
+    ch, floor = ctx.overall.get("challenger", math.nan), ctx.thresholds["floor"]
+    op, word = (">=", "floor") if ctx.gib else ("<=", "ceiling")
+    if math.isnan(ch):
+        return Check("floor", False, f"challenger {ctx.metric} could not be computed; {word} {floor:.4f}")
+    passed = ctx.gain(ch, floor) >= -EPS
+    shown = op if passed else {">=": "<", "<=": ">"}[op]
+    return Check("floor", passed, f"challenger {ctx.metric} {ch:.4f} {shown} {word} {floor:.4f}")
+
+
+def _versus(ctx: _Context, name: str, other: str, setting: str, strict_at_zero: bool) -> Check:
+    """Challenger must beat `other` by the margin in `setting`, in the metric's direction."""
+    unset = _unset(ctx, setting)
+    if unset:
+        return Check(name, False, unset.detail)
+    ch, ot, margin = ctx.overall.get("challenger", math.nan), ctx.overall[other], ctx.thresholds[setting]
+    if math.isnan(ch) or math.isnan(ot):
+        return Check(name, False, f"cannot compare: challenger {ctx.metric} {_fmt(ch)}, {other} {_fmt(ot)} "
+                                  f"(fail closed)")
+    gain = ctx.gain(ch, ot)
+    passed = gain > 0 if strict_at_zero and margin == 0 else gain >= margin - EPS
+    need = "> 0 (strictly better)" if strict_at_zero and margin == 0 else f">= {setting} {margin:.4f}"
+    verb = "meets" if passed else "fails"
+    return Check(name, passed, f"challenger {ctx.metric} {ch:.4f} vs {other} {ot:.4f}: gain {gain:+.4f} "
+                               f"{verb} {need}")
+
+
+def _check_champion(ctx: _Context) -> Check:
+    if not ctx.has_champion:
+        return Check("champion", True, "no champion: floor only")
+    return _versus(ctx, "champion", "champion", "min_improvement", strict_at_zero=False)
+
+
+def _check_baseline(ctx: _Context) -> Check:
+    if "baseline" not in ctx.overall:
+        return Check("baseline", False, "no baseline was evaluated (fail closed)")
+    return _versus(ctx, "baseline", "baseline", "baseline_margin", strict_at_zero=True)
+
+
+def _slice_label(s: dict[str, Any]) -> str:
+    return f"{s['column']}={s['value']}"
+
+
+def _check_slices(ctx: _Context) -> Check:
+    if not ctx.has_champion:
+        return Check("slices", True, "no champion: floor only")
+    unset = _unset(ctx, "slice_tolerance")
+    if unset:
+        return Check("slices", False, unset.detail)
+    tol = ctx.thresholds["slice_tolerance"]
+    compared, undefined, failures, worst = 0, [], [], None
+    for s in ctx.slices:
+        if s.get("skipped"):
+            continue
+        ch, champ = _number(s.get("challenger")), _number(s.get("champion"))
+        if math.isnan(ch) and math.isnan(champ):
+            undefined.append(_slice_label(s))  # e.g. one class only: neither model can be judged here
+            continue
+        if math.isnan(ch) or math.isnan(champ):
+            failures.append(f"{_slice_label(s)}: challenger {_fmt(ch)} vs champion {_fmt(champ)} (cannot compare)")
+            continue
+        compared += 1
+        loss = -ctx.gain(ch, champ)
+        if worst is None or loss > worst[0]:
+            worst = (loss, _slice_label(s))
+        if loss > tol + EPS:
+            failures.append(f"{_slice_label(s)} ({s['rows']} rows): challenger {ch:.4f} vs champion {champ:.4f}, "
+                            f"regression {loss:.4f} > slice_tolerance {tol:.4f}")
+    skipped = sum(1 for s in ctx.slices if s.get("skipped"))
+    tail = f"{compared} slices compared, {skipped} too small"
+    if undefined:
+        tail += f", {len(undefined)} undefined ({', '.join(undefined)})"
+    if failures:
+        return Check("slices", False, "; ".join(failures) + f" [{tail}]")
+    if worst is None:
+        return Check("slices", True, f"no slice to compare [{tail}]")
+    return Check("slices", True, f"worst slice {worst[1]}: regression {worst[0]:.4f} <= slice_tolerance {tol:.4f} "
+                                 f"[{tail}]")
+
+
+def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
+    if roundtrip_equal is True:
+        return Check("roundtrip", True, "predictions after loading from the registry equal those in memory")
+    if roundtrip_equal is None:
+        return Check("roundtrip", False, "registry round trip was not checked (fail closed)")
+    return Check("roundtrip", False, "predictions after loading from the registry differ from those in memory")
+
+
+def gate(evaluation: dict, promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None) -> Verdict:
+    """Decide whether the challenger may become champion; every rule must pass.
+
+    `evaluation` is the output of `evaluate`; `promotion` is the spec's Promotion (thresholds
+    and the metric's direction). Any missing threshold, undefined metric or unverified round
+    trip rejects: a model is blessed only on positive evidence.
+    """
+    metric = str(promotion.metric)
+    overall = {role: _number(v) for role, v in (evaluation.get("overall") or {}).items()}
+    ctx = _Context(
+        metric=metric,
+        gib=bool(promotion.greater_is_better) if metric in METRICS else True,
+        overall=overall,
+        thresholds={name: _number(getattr(promotion, name, None)) for name in THRESHOLDS},
+        slices=list(evaluation.get("slices") or []),
+    )
+    checks = [
+        _check_thresholds(ctx, evaluation.get("metric")),
+        _check_finite(challenger_scores, evaluation.get("rows")),
+        _check_floor(ctx),
+        _check_champion(ctx),
+        _check_slices(ctx),
+        _check_baseline(ctx),
+        _check_roundtrip(roundtrip_equal),
+    ]
+    return Verdict(
+        promote=all(c.passed for c in checks),
+        checks=checks,
+        metric=metric,
+        challenger=_json_number(overall.get("challenger")),
+        champion=_json_number(overall.get("champion")),
+        baseline=_json_number(overall.get("baseline")),
+    )

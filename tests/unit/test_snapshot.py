@@ -1,0 +1,70 @@
+import datetime as dt
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from include.nightshift import demo_data
+from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.snapshot import SnapshotRef, read_snapshot, take_snapshot
+
+DAY = dt.date(2026, 3, 2)
+
+
+@pytest.fixture
+def source(pg_conn):
+    demo_data.create_source_table(pg_conn)
+    for offset in (-1, 0, 1):
+        demo_data.load_day(pg_conn, DAY + dt.timedelta(days=offset), 500)
+    demo_data.reveal_labels(pg_conn, DAY - dt.timedelta(days=1), 500)
+    return pg_conn
+
+
+def test_snapshot_holds_exactly_the_day_with_source_types(source, churn_spec, tmp_path):
+    store = ArtifactStore(tmp_path)
+    ref = take_snapshot(source, store, churn_spec, DAY)
+    df = read_snapshot(store, ref)
+    assert ref.rows == len(df) == 500
+    assert list(df.columns) == churn_spec.columns
+    assert df[churn_spec.timestamp].min() >= pd.Timestamp(DAY, tz="UTC")
+    assert df[churn_spec.timestamp].max() < pd.Timestamp(DAY + dt.timedelta(days=1), tz="UTC")
+    assert df["customer_id"].dtype == "int64"
+    assert df["plan"].map(type).eq(str).all()
+    assert df["churned"].isna().all()  # labels come a day later
+    assert ref.url.endswith(f"snapshots/churn/{DAY}/{ref.sha256}.parquet")
+
+
+def test_rerun_reproduces_file_and_hash_and_changes_with_content(source, churn_spec, tmp_path):
+    store = ArtifactStore(tmp_path)
+    first = take_snapshot(source, store, churn_spec, DAY)
+    again = take_snapshot(source, store, churn_spec, DAY)
+    assert again == first
+    with source, source.cursor() as cur:
+        cur.execute("UPDATE churn_events SET age = age + 1 WHERE customer_id = 7 AND event_ts >= %s", (DAY,))
+    changed = take_snapshot(source, store, churn_spec, DAY)
+    assert changed.sha256 != first.sha256
+    assert len(store.list(store.url("snapshots", "churn", DAY.isoformat()))) == 2
+
+
+def test_labelled_snapshot_keeps_only_rows_with_known_labels(source, churn_spec, tmp_path):
+    store = ArtifactStore(tmp_path)
+    yesterday = take_snapshot(source, store, churn_spec, DAY - dt.timedelta(days=1), labelled=True)
+    today = take_snapshot(source, store, churn_spec, DAY, labelled=True)
+    assert yesterday.rows == 500 and today.rows == 0
+    assert set(read_snapshot(store, yesterday)["churned"].unique()) <= {0, 1}
+
+
+def test_text_column_stays_text_and_infinity_survives(pg_conn, churn_spec, tmp_path):
+    demo_data.create_source_table(pg_conn)
+    demo_data.load_day(pg_conn, DAY, 50)
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("ALTER TABLE churn_events ALTER COLUMN age TYPE text USING age::text")
+        cur.execute("UPDATE churn_events SET tenure_months = 'Infinity' WHERE customer_id = 1")
+    df = read_snapshot(ArtifactStore(tmp_path), take_snapshot(pg_conn, ArtifactStore(tmp_path), churn_spec, DAY))
+    assert df["age"].map(type).eq(str).all()
+    assert df.loc[df.customer_id == 1, "tenure_months"].iloc[0] == float("inf")
+
+
+def test_ref_round_trips_through_json():
+    ref = SnapshotRef(url="/x.parquet", sha256="ab", rows=3, day="2026-01-01", labelled=False)
+    assert SnapshotRef.from_dict(ref.to_dict()) == ref
