@@ -1,0 +1,129 @@
+"""The nightly retraining DAG, one per dataset spec in include/specs/.
+
+    snapshot -> validate -> [drift, monitor] -> decide --(no reason)--> no_retrain_needed --\
+                                                     \--(reason)--> train -> evaluate ---> score -> publish -> record_run
+
+Wiring only: the steps are operators in plugins/nightshift_airflow, the logic is in
+include/nightshift. Adding a data set means adding a spec file; nothing here changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Asset, Param, chain
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
+from nightshift_airflow import operators as ops
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARGS = {
+    "owner": "nightshift",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=10),
+}
+
+PARAMS = {
+    "force_retrain": Param(False, type="boolean", title="Force retrain",
+                           description="Train a challenger tonight even if nothing calls for it."),
+    "promotion_policy": Param("auto", type="string", enum=["auto", "never", "force"], title="Promotion policy",
+                              description="auto: promote only through the gate. never: evaluate but keep the champion. "
+                                          "force: promote even if it does not beat the champion (the absolute floor and "
+                                          "sanity checks still apply)."),
+    "dry_run": Param(False, type="boolean", title="Dry run",
+                     description="Run every step but publish nothing and promote nothing."),
+    "note": Param("", type="string", maxLength=500, title="Note",
+                  description="Why this run was triggered; kept in the run history (pipeline_runs.note)."),
+    "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
+                      description="The day to process (YYYY-MM-DD). Empty: the run's data interval."),
+}
+
+
+def predictions_asset(spec: DatasetSpec) -> Asset:
+    return Asset(name=f"{spec.warehouse.schema}.predictions", uri=f"warehouse://{spec.warehouse.schema}/predictions",
+                 group="nightshift")
+
+
+def nightly_dag(spec: DatasetSpec) -> DAG:
+    common = {"spec_path": spec.path}
+    with DAG(
+        dag_id=spec.dag_id,
+        description=spec.description,
+        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        start_date=dt.datetime.combine(spec.start_date, dt.time(), tzinfo=dt.timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=PARAMS,
+        tags=["nightshift", "retraining", spec.name],
+        doc_md=_doc(spec),
+    ) as dag:
+        snapshot = ops.SnapshotOperator(task_id=ops.SNAPSHOT, **common)
+        validate = ops.ValidateOperator(task_id=ops.VALIDATE, **common)
+        drift = ops.DriftOperator(task_id=ops.DRIFT, **common)
+        monitor = ops.MonitorOperator(task_id=ops.MONITOR, **common)
+        decide = ops.DecideOperator(task_id=ops.DECIDE, **common)
+        train = ops.TrainOperator(task_id=ops.TRAIN, **common)
+        evaluate = ops.EvaluateOperator(task_id=ops.EVALUATE, retries=0, **common)
+        skip = EmptyOperator(task_id=ops.SKIP_TRAINING)
+        score = ops.ScoreOperator(task_id=ops.SCORE, trigger_rule="none_failed_min_one_success", **common)
+        publish = ops.PublishOperator(task_id=ops.PUBLISH, outlets=[predictions_asset(spec)], **common)
+        record = ops.RecordRunOperator(task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common)
+
+        chain(snapshot, validate, [drift, monitor], decide, [train, skip])
+        chain(train, evaluate, score)
+        chain(skip, score, publish, record)
+    return dag
+
+
+def invalid_spec_dag(path: Path, error: SpecError) -> DAG:
+    """A broken spec shows up in the UI as a DAG that explains itself, without hiding the good ones."""
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    with DAG(dag_id=f"nightshift_invalid_{path.stem}", schedule=None, tags=["nightshift", "invalid-spec"],
+             doc_md=f"### Invalid dataset spec `{path.name}`\n\n```\n{error}\n```", default_args={"retries": 0}) as dag:
+        PythonOperator(task_id="explain", python_callable=_refuse, op_args=[f"{path.name}: {error}"])
+    return dag
+
+
+def _refuse(message: str) -> None:
+    raise SpecError(message)
+
+
+def _doc(spec: DatasetSpec) -> str:
+    p = spec.promotion
+    return f"""\
+### Nightly retraining: `{spec.name}`
+
+{spec.description}
+
+- **Source**: `{spec.source.table}` (connection `{spec.source.connection_id}`), one day of `{spec.timestamp}` per run.
+- **Model**: MLflow `{spec.model_name}`, alias `champion`.
+- **Retrain when**: no champion, drift share >= {spec.drift.share_threshold}, realised {p.metric} decays,
+  champion older than {p.max_model_age_days} days, or the run asks (`force_retrain`).
+- **Promote when**: {p.metric} >= {p.floor}, beats the champion by {p.min_improvement}, no slice of
+  {', '.join(p.slice_columns) or '(none)'} worse by more than {p.slice_tolerance}, beats the baseline, same
+  predictions after a registry round trip.
+- **Publishes**: `{spec.warehouse.schema}.predictions` (one row per `{spec.entity_key.name}` per day),
+  `{spec.warehouse.schema}.predictions_latest`, `{spec.warehouse.schema}.pipeline_runs`.
+
+Spec: `{Path(spec.path).name}`.
+"""
+
+
+for _path in sorted(specs_dir().glob("*.y*ml")):
+    try:
+        _spec = load_spec(_path)
+    except SpecError as _error:
+        log.error("invalid dataset spec %s: %s", _path, _error)
+        _dag = invalid_spec_dag(_path, _error)
+    else:
+        _dag = nightly_dag(_spec)
+    globals()[_dag.dag_id] = _dag

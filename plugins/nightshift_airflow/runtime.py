@@ -1,0 +1,71 @@
+"""What an operator needs from Airflow at run time, derived in one place.
+
+The run's date, the artifact store and the MLflow registry are read here so that every
+operator sees the same values: a run triggered through the REST API with a null logical
+date still has a date (from `run_after`), and settings come from Airflow Variables (or
+their AIRFLOW_VAR_* environment form), never from code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+ARTIFACT_ROOT_VARIABLE = "nightshift_artifact_root"
+TRACKING_URI_VARIABLE = "nightshift_mlflow_tracking_uri"
+MLFLOW_ARTIFACTS_VARIABLE = "nightshift_mlflow_artifact_root"
+
+
+class SettingMissing(RuntimeError):
+    """A setting the pipeline cannot run without is not configured."""
+
+
+def run_date(context: Any) -> dt.date:
+    """The day a run processes: its `run_date` param, else the data interval's start, else the
+    logical date, else the day before `run_after` (an API run with a null logical date)."""
+    params = context.get("params") or {}
+    if params.get("run_date"):
+        return dt.date.fromisoformat(str(params["run_date"]))
+    for key in ("data_interval_start", "logical_date"):
+        if context.get(key) is not None:
+            return context[key].date()
+    run_after = getattr(context.get("dag_run"), "run_after", None)
+    if run_after is None:
+        raise SettingMissing("cannot tell the run's date: no run_date param, data interval, logical date or run_after")
+    return run_after.date() - dt.timedelta(days=1)
+
+
+def variable(name: str, default: str | None = None) -> str:
+    from airflow.sdk import Variable
+
+    value = Variable.get(name, default=None)
+    if value in (None, ""):
+        value = os.environ.get(name.upper(), default)
+    if value in (None, ""):
+        raise SettingMissing(f"Airflow Variable {name!r} is not set (see airflow_settings.yaml)")
+    return value
+
+
+def artifact_store():
+    from include.nightshift.artifacts import ArtifactStore
+
+    return ArtifactStore(variable(ARTIFACT_ROOT_VARIABLE))
+
+
+def registry():
+    from include.nightshift.registry import Registry
+
+    artifacts = None
+    try:
+        artifacts = variable(MLFLOW_ARTIFACTS_VARIABLE)
+    except SettingMissing:
+        pass
+    return Registry(variable(TRACKING_URI_VARIABLE), artifact_location=artifacts)
+
+
+def postgres_connection(conn_id: str):
+    """A psycopg2 connection for an Airflow connection id."""
+    from nightshift_airflow.hooks import NightshiftPostgresHook
+
+    return NightshiftPostgresHook(postgres_conn_id=conn_id).psycopg2_conn()

@@ -1,0 +1,258 @@
+"""The warehouse contract on a real PostgreSQL: DDL, night replacement, run history, quoting."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from include.nightshift import warehouse as wh
+
+DAY1 = dt.date(2026, 3, 1)
+DAY2 = dt.date(2026, 3, 2)
+
+
+def _predictions(keys, seed: int, run_id: str = "run_1", version: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    score = rng.random(len(keys))
+    return pd.DataFrame({
+        "customer_id": keys,
+        "score": score,
+        "predicted_label": (score >= 0.5).astype("int64"),
+        "model_name": "nightshift_churn",
+        "model_version": version,
+        "snapshot_sha256": "ab" * 32,
+        "dag_run_id": run_id,
+        "scored_at": pd.Timestamp("2026-03-02 01:02:03.456789", tz="UTC"),
+    })
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    df.to_parquet(path, index=False)
+    return path
+
+
+def _rows(conn, spec, table: str = "predictions", where: str = "") -> list[tuple]:
+    key = spec.entity_key.name
+    with conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT score_date, {k}, score, dag_run_id FROM {t} {w} ORDER BY score_date, {k}").format(
+            k=sql.Identifier(key), t=sql.SQL("{}.{}").format(sql.Identifier(spec.warehouse.schema), sql.Identifier(table)),
+            w=sql.SQL(where)))
+        return cur.fetchall()
+
+
+def _with_schema(spec, schema: str):
+    return dataclasses.replace(spec, warehouse=dataclasses.replace(spec.warehouse, schema=schema))
+
+
+@pytest.fixture
+def spec(churn_spec, pg_conn):
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    return churn_spec
+
+
+def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
+        assert cur.fetchall() == [("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
+                                  ("predictions_latest", "VIEW")]
+        cur.execute("SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'churn' AND table_name = 'predictions' ORDER BY ordinal_position")
+        assert cur.fetchall()[:3] == [("score_date", "date"), ("customer_id", "bigint"), ("score", "double precision")]
+        cur.execute("SELECT a.attname, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+                    "WHERE a.attrelid = 'churn.predictions'::regclass AND a.attnum > 0")
+        undocumented = [name for name, comment in cur.fetchall() if not comment]
+        assert undocumented == []
+        cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'churn.predictions'::regclass AND i.indisprimary")
+        assert sorted(r[0] for r in cur.fetchall()) == ["customer_id", "score_date"]
+
+
+def test_ensure_warehouse_concurrently(pg_uri, churn_spec):
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        conn = psycopg2.connect(pg_uri)
+        try:
+            barrier.wait()
+            wh.ensure_warehouse(conn, churn_spec)
+        except BaseException as exc:  # collected, asserted below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_existing_table_with_other_key_type_is_refused(pg_conn, spec):
+    other = dataclasses.replace(spec, entity_key=dataclasses.replace(spec.entity_key, type="text"))
+    with pytest.raises(ValueError, match="different entity key"):
+        wh.ensure_warehouse(pg_conn, other)
+
+
+def test_entity_key_clashing_with_contract_column_is_refused(pg_conn, churn_spec):
+    clash = dataclasses.replace(churn_spec, entity_key=dataclasses.replace(churn_spec.entity_key, name="score"))
+    with pytest.raises(ValueError, match="clashes"):
+        wh.ensure_warehouse(pg_conn, clash)
+
+
+def test_replace_partition_writes_all_rows_with_their_values(pg_conn, spec, tmp_path):
+    df = _predictions(np.arange(1, 30_001), seed=1)
+    written = wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
+    assert written == 30_000
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT customer_id), sum(score), sum(predicted_label), "
+                    "min(scored_at), max(model_version), min(snapshot_sha256) FROM churn.predictions WHERE score_date = %s",
+                    (DAY1,))
+        count, distinct, score_sum, positives, scored_at, version, sha = cur.fetchone()
+    assert (count, distinct, version, sha) == (30_000, 30_000, 3, "ab" * 32)
+    assert score_sum == pytest.approx(df.score.sum(), rel=1e-12)
+    assert positives == df.predicted_label.sum()
+    assert scored_at == dt.datetime(2026, 3, 2, 1, 2, 3, 456789, tzinfo=dt.timezone.utc)
+    assert pg_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_rerun_replaces_the_night_and_leaves_other_nights(pg_conn, spec, tmp_path):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2, 3], 1, "day1"), tmp_path / "d1.parquet"))
+    wh.replace_partition(pg_conn, spec, DAY2, _write(_predictions([1, 2, 3, 4], 2, "first"), tmp_path / "a.parquet"))
+    second = _predictions([3, 4, 5], 3, "second")
+    assert wh.replace_partition(pg_conn, spec, DAY2, _write(second, tmp_path / "b.parquet")) == 3
+
+    rows = _rows(pg_conn, spec)
+    assert [(d, k, run) for d, k, _, run in rows] == [
+        (DAY1, 1, "day1"), (DAY1, 2, "day1"), (DAY1, 3, "day1"),
+        (DAY2, 3, "second"), (DAY2, 4, "second"), (DAY2, 5, "second"),
+    ]
+    assert [s for d, _, s, _ in rows if d == DAY2] == second.score.tolist()
+
+
+@pytest.mark.parametrize("bad_keys", [[7, 8, 8], [7.0, None, 9.0]], ids=["duplicate key", "null key"])
+def test_failed_copy_rolls_back_and_keeps_previous_night(pg_conn, spec, tmp_path, bad_keys):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, "good"), tmp_path / "good.parquet"))
+    bad = _predictions(bad_keys, 2, "bad")
+    bad["customer_id"] = bad["customer_id"].astype("Int64")
+    with pytest.raises(psycopg2.IntegrityError):
+        wh.replace_partition(pg_conn, spec, DAY1, _write(bad, tmp_path / "bad.parquet"))
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "good"), (2, "good")]
+    assert pg_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_error_while_streaming_rolls_back(pg_conn, spec, tmp_path, monkeypatch):
+    """A failure on our side mid-COPY (here: a later batch that cannot be cast) also rolls back."""
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, "good"), tmp_path / "good.parquet"))
+    monkeypatch.setattr(wh, "BATCH_ROWS", 10)
+    bad = _predictions(np.arange(100, 130), 2, "bad")
+    bad["model_version"] = bad["model_version"].astype("int64")
+    bad.loc[25, "model_version"] = 2**40  # does not fit the integer column: the 3rd batch fails to cast
+    with pytest.raises(Exception, match="overflow|out of bounds|Integer value"):
+        wh.replace_partition(pg_conn, spec, DAY1, _write(bad, tmp_path / "bad.parquet"))
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "good"), (2, "good")]
+
+
+def test_missing_column_fails_before_touching_the_night(pg_conn, spec, tmp_path):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1], 1, "good"), tmp_path / "good.parquet"))
+    with pytest.raises(ValueError, match="snapshot_sha256"):
+        wh.replace_partition(pg_conn, spec, DAY1,
+                             _write(_predictions([5], 1).drop(columns="snapshot_sha256"), tmp_path / "bad.parquet"))
+    assert len(_rows(pg_conn, spec)) == 1
+
+
+def test_text_entity_key(pg_conn, churn_spec, tmp_path):
+    spec = dataclasses.replace(
+        _with_schema(churn_spec, "accounts"),
+        entity_key=dataclasses.replace(churn_spec.entity_key, name="account_ref", type="text"),
+    )
+    wh.ensure_warehouse(pg_conn, spec)
+    keys = ["A-1", "", "quote\"comma,", "line\nbreak", "ünï"]
+    df = _predictions(keys, 4).rename(columns={"customer_id": "account_ref"})
+    assert wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "t.parquet")) == 5
+    assert sorted(k for _, k, _, _ in _rows(pg_conn, spec)) == sorted(keys)
+
+    back = wh.published_predictions(pg_conn, spec, DAY1)
+    assert sorted(back.account_ref) == sorted(keys)
+    assert dict(zip(back.account_ref, back.score)) == dict(zip(df.account_ref, df.score))
+
+
+def test_predictions_latest_shows_only_newest_date(pg_conn, spec, tmp_path):
+    wh.replace_partition(pg_conn, spec, DAY2, _write(_predictions([1, 2, 3], 1, "new"), tmp_path / "a.parquet"))
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 9], 2, "old"), tmp_path / "b.parquet"))
+    assert {(d, run) for d, _, _, run in _rows(pg_conn, spec, "predictions_latest")} == {(DAY2, "new")}
+    assert len(_rows(pg_conn, spec, "predictions_latest")) == 3
+
+
+def test_published_predictions_round_trip(pg_conn, spec, tmp_path):
+    df = _predictions(np.arange(10, 2010), 5)
+    wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
+    back = wh.published_predictions(pg_conn, spec, DAY1)
+    assert list(back.columns) == ["customer_id", "score"]
+    assert back.customer_id.dtype == "int64"
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), df[["customer_id", "score"]].reset_index(drop=True))
+
+    empty = wh.published_predictions(pg_conn, spec, DAY2)
+    assert empty.empty and list(empty.columns) == ["customer_id", "score"]
+
+
+def test_published_predictions_without_tables_is_empty(pg_conn, churn_spec):
+    assert wh.published_predictions(pg_conn, churn_spec, DAY1).empty
+
+
+def test_upsert_run_inserts_then_updates_one_row(pg_conn, spec):
+    started = dt.datetime(2026, 3, 2, 1, 0, tzinfo=dt.timezone.utc)
+    wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "dag_run_id": "r1", "rows_in": 100, "started_at": started,
+                                  "details": {"error": "boom"}})
+    wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "dag_run_id": "r2", "validation_passed": True,
+                                  "decision": "promoted", "champion_metric": 0.81, "challenger_metric": 0.83,
+                                  "metric_name": "roc_auc", "details": {"verdict": {"passed": True, "reasons": []}}})
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT logical_date, dag_run_id, rows_in, started_at, validation_passed, decision, "
+                    "challenger_metric, retrain_reason, details FROM churn.pipeline_runs")
+        rows = cur.fetchall()
+    assert rows == [(DAY1, "r2", 100, started, True, "promoted", 0.83, None,
+                     {"verdict": {"passed": True, "reasons": []}})]
+
+
+def test_upsert_run_refuses_unknown_key_and_bad_decision(pg_conn, spec):
+    with pytest.raises(ValueError, match="'row_in'"):
+        wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "row_in": 5})
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "decision": "maybe"})
+
+
+def test_recent_row_counts_uses_validated_runs_before_the_date(pg_conn, churn_spec):
+    assert wh.recent_row_counts(pg_conn, churn_spec, DAY1, 7) == []  # no table yet
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    for i in range(10):
+        day = DAY1 + dt.timedelta(days=i)
+        wh.upsert_run(pg_conn, churn_spec, {"logical_date": day, "rows_in": 1000 + i, "validation_passed": i != 7})
+    before = DAY1 + dt.timedelta(days=9)
+    assert wh.recent_row_counts(pg_conn, churn_spec, before, 3) == [1008, 1006, 1005]
+    assert wh.recent_row_counts(pg_conn, churn_spec, DAY1, 3) == []
+
+
+def test_schema_name_is_quoted_not_folded(pg_conn, churn_spec, tmp_path):
+    spec = _with_schema(churn_spec, "Churn_X")
+    wh.ensure_warehouse(pg_conn, spec)
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1), tmp_path / "p.parquet"))
+    wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "rows_in": 2, "validation_passed": True})
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT nspname FROM pg_namespace WHERE lower(nspname) = 'churn_x'")
+        assert cur.fetchall() == [("Churn_X",)]
+        cur.execute('SELECT count(*) FROM "Churn_X".predictions_latest')
+        assert cur.fetchone() == (2,)
+    assert wh.recent_row_counts(pg_conn, spec, DAY2, 7) == [2]
+    assert len(wh.published_predictions(pg_conn, spec, DAY1)) == 2
