@@ -341,10 +341,12 @@ def _check_slices(ctx: _Context) -> Check:
 
 
 def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
-    if roundtrip_equal is True:
-        return Check("roundtrip", True, "predictions after loading from the registry equal those in memory")
     if roundtrip_equal is None:
         return Check("roundtrip", False, "registry round trip was not checked (fail closed)")
+    if isinstance(roundtrip_equal, (bool, np.bool_)) and bool(roundtrip_equal):  # (a == b).all() is np.bool_
+        return Check("roundtrip", True, "predictions after loading from the registry equal those in memory")
+    if not isinstance(roundtrip_equal, (bool, np.bool_)):
+        return Check("roundtrip", False, f"round trip result {roundtrip_equal!r} is not a boolean (fail closed)")
     return Check("roundtrip", False, "predictions after loading from the registry differ from those in memory")
 
 

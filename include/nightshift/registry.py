@@ -47,7 +47,7 @@ VERDICT_PREFIX = "verdict."
 INPUT_EXAMPLE_ROWS = 5
 # MLflow saves sklearn models with skops, which refuses types it does not know unless they are
 # listed here (the list is stored in the MLmodel file and used again at load time).
-SKOPS_TRUSTED_TYPES = ["xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg2
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -121,7 +122,7 @@ def ensure_warehouse(conn: Any, spec: Any) -> None:
     """
     key_name, key_type = _key(spec)
     with conn, conn.cursor() as cur:
-        pass
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
         _create_predictions(cur, spec, key_name, key_type)
         _check_key_column(cur, spec, key_name, key_type)
@@ -210,10 +211,15 @@ def replace_partition(conn: Any, spec: Any, score_date: dt.date, predictions_pat
         _table(spec, PREDICTIONS), sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
     )
     stream = _CsvStream(_csv_chunks(parquet, columns, target, score_date))
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_schema_lock_id(spec.warehouse.schema), score_date.toordinal()))
-        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(_table(spec, PREDICTIONS)), (score_date,))
-        cur.copy_expert(copy, stream, size=COPY_READ_BYTES)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_schema_lock_id(spec.warehouse.schema), score_date.toordinal()))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(_table(spec, PREDICTIONS)), (score_date,))
+            cur.copy_expert(copy, stream, size=COPY_READ_BYTES)
+    except psycopg2.Error as exc:
+        if stream.error is not None:  # psycopg2 reports our own failure as QueryCanceled: raise the real one
+            raise stream.error from exc
+        raise
     return stream.rows
 
 
@@ -251,6 +257,7 @@ class _CsvStream(io.RawIOBase):
         self._current = memoryview(b"")
         self._pos = 0
         self.rows = 0
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
@@ -261,6 +268,9 @@ class _CsvStream(io.RawIOBase):
                 data, rows = next(self._chunks)
             except StopIteration:
                 return b""
+            except Exception as exc:
+                self.error = exc
+                raise
             self._current, self._pos = memoryview(data), 0
             self.rows += rows
         end = len(self._current) if size is None or size < 0 else self._pos + size

@@ -319,7 +319,7 @@ class EvaluateOperator(NightshiftOperator):
         if policy == "never":
             return False, "promotion_policy=never"
         if policy == "force":
-            hard = [c for c in verdict.checks if c.name in ("finite", "floor", "roundtrip") and not c.passed]
+            hard = [c for c in verdict.checks if c.name in ("thresholds", "finite", "floor", "roundtrip") and not c.passed]
             return (not hard, "promotion_policy=force" if not hard else "force refused: " + hard[0].detail)
         return verdict.promote, "gate passed" if verdict.promote else "gate failed"
 

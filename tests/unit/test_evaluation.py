@@ -236,11 +236,16 @@ def test_baseline_must_be_strictly_beaten_at_zero_margin(holdout, y, churn_spec)
     assert failed(missing) == ["baseline"]
 
 
-@pytest.mark.parametrize("roundtrip, text", [(False, "differ"), (None, "not checked")])
+@pytest.mark.parametrize("roundtrip, text", [(False, "differ"), (None, "not checked"), (np.False_, "differ"),
+                                             ("yes", "not a boolean")])
 def test_roundtrip_must_be_confirmed(holdout, y, churn_spec, roundtrip, text):
     _, verdict = run_gate(holdout, y, roles(y), churn_spec, roundtrip=roundtrip)
     assert failed(verdict) == ["roundtrip"] and text in check(verdict, "roundtrip").detail
     assert "roundtrip" in verdict.message() and verdict.message().startswith("REJECT")
+
+
+def test_roundtrip_accepts_numpy_true(holdout, y, churn_spec):
+    assert run_gate(holdout, y, roles(y), churn_spec, roundtrip=np.True_)[1].promote
 
 
 def test_log_loss_lower_is_better(holdout, y, churn_spec):

@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast stop ui mlflow-ui bench clean
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+## demo: install, start a local PostgreSQL, run the nightly DAG over 12 simulated nights
+demo: $(STAMP)
+	$(PY) scripts/demo.py run
+
+## test: install, then the whole suite (unit, DAG integrity, integration) on real PostgreSQL and MLflow
+test: $(STAMP)
+	$(PY) -m pytest
+
+## stop: stop the demo's PostgreSQL
+stop:
+	@test -x $(PY) && $(PY) scripts/demo.py stop || echo "nothing to stop"
+
+## ui: the Airflow UI on the demo's state (http://localhost:8080, login disabled for local use)
+ui: $(STAMP)
+	eval "$$($(PY) scripts/demo.py env)" && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True AIRFLOW__API__HOST=127.0.0.1 \
+	  AIRFLOW__CORE__EXECUTOR=LocalExecutor AIRFLOW__CORE__PARALLELISM=2 $(VENV)/bin/airflow standalone
+
+## mlflow-ui: the MLflow UI on the demo's registry (http://localhost:5000)
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(CURDIR)/.nightshift/mlflow/mlflow.db
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_drift.py
+	$(PY) benchmarks/bench_publish.py
+
+clean: stop
+	rm -rf .nightshift

@@ -1,0 +1,114 @@
+"""The local stack: where the demo's state lives and how Airflow is pointed at it.
+
+Everything the demo creates lives under one git-ignored folder (.nightshift/ by default,
+NIGHTSHIFT_HOME to move it): the embedded PostgreSQL (source and warehouse databases),
+the MLflow SQLite store and artifacts, the Airflow home and the artifact store. Set
+NIGHTSHIFT_PG_URI to a superuser URI to use a real PostgreSQL server instead.
+
+Airflow's connections and variables come from airflow_settings.yaml (the same file the
+deployed stack uses), with hosts and paths replaced by the local ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("NIGHTSHIFT_HOME", ROOT / ".nightshift")).resolve()
+PG_DIR = HOME / "pg"
+DATABASES = ("source", "warehouse")
+
+
+def start_postgres() -> str:
+    """Superuser URI of the server to use: NIGHTSHIFT_PG_URI, or the embedded one (started if needed)."""
+    if os.environ.get("NIGHTSHIFT_PG_URI"):
+        return os.environ["NIGHTSHIFT_PG_URI"]
+    import pgserver
+
+    PG_DIR.mkdir(parents=True, exist_ok=True)
+    return pgserver.get_server(PG_DIR, cleanup_mode=None).get_uri()
+
+
+def stop_postgres() -> bool:
+    if not (PG_DIR / "postmaster.pid").exists():
+        return False
+    import pgserver
+
+    pgserver.get_server(PG_DIR, cleanup_mode="stop").cleanup()
+    return True
+
+
+def create_databases(server_uri: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(server_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in DATABASES:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if not cur.fetchone():
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
+
+
+def database_uri(server_uri: str, dbname: str) -> str:
+    base, _, query = server_uri.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{dbname}" + (f"?{query}" if query else "")
+
+
+def connection_json(server_uri: str, dbname: str) -> str:
+    """An Airflow connection (JSON form) for one database of the server."""
+    url = urlparse(server_uri)
+    host = url.hostname or (parse_qs(url.query).get("host") or [""])[0]
+    return json.dumps({"conn_type": "postgres", "host": host, "port": url.port, "login": url.username or "postgres",
+                       "password": url.password or None, "schema": dbname})
+
+
+def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml") -> dict[str, str]:
+    """Environment for a local Airflow: its home, the project on its path, and airflow_settings.yaml
+    turned into AIRFLOW_CONN_* / AIRFLOW_VAR_* with the local stack's hosts and paths."""
+    env = {
+        "AIRFLOW_HOME": str(HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+        "NO_PROXY": "*",
+    }
+    config = (yaml.safe_load(settings.read_text()) or {}).get("airflow", {})
+    local = {
+        "nightshift_artifact_root": str(HOME / "artifacts"),
+        "nightshift_mlflow_tracking_uri": f"sqlite:///{HOME / 'mlflow' / 'mlflow.db'}",
+        "nightshift_mlflow_artifact_root": str(HOME / "mlflow" / "artifacts"),
+    }
+    for var in config.get("variables") or []:
+        name = var["variable_name"]
+        env[f"AIRFLOW_VAR_{name.upper()}"] = str(local.get(name, var.get("variable_value", "")))
+    for name, value in local.items():
+        env.setdefault(f"AIRFLOW_VAR_{name.upper()}", value)
+    for conn in config.get("connections") or []:
+        dbname = conn.get("conn_schema") or conn["conn_id"]
+        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(server_uri, dbname)
+    return env
+
+
+def apply_env(server_uri: str) -> dict[str, str]:
+    env = airflow_env(server_uri)
+    os.environ.update(env)
+    for path in reversed(env["PYTHONPATH"].split(os.pathsep)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for folder in ("airflow", "artifacts", "mlflow"):
+        (HOME / folder).mkdir(parents=True, exist_ok=True)
+    return env
