@@ -85,6 +85,8 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "NO_PROXY": "*",
+        # MLflow 3.17 refuses to unpickle models unless told to; our registry holds only models we trained.
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
     }
     config = (yaml.safe_load(settings.read_text()) or {}).get("airflow", {})
     local = {

@@ -80,22 +80,25 @@ def generate_day(day: dt.date, n_rows: int, seed: int = 7, drift: DriftPlan = Dr
     satisfaction = np.clip(rng.normal(7.5 - support * 0.6 - outage / 400.0, 1.5), 1, 10).round(0)
     months_left = np.clip(rng.choice([0, 0, 0, 3, 6, 12, 24], n) - (tenure % 12), 0, 36)
 
-    # The truth: churn risk. Concept drift reverses the role of price and loyalty.
+    # The truth: churn risk, with the thresholds and interactions real churn has (so trees beat a
+    # linear baseline). Concept drift changes what price and plan mean for the same features.
     concept = drift.concept(day)
+    unhappy = (support >= 3) & (satisfaction <= 5)
     z = (
-        -1.6
-        - 0.035 * tenure
-        + (0.06 if not concept else -0.02) * price_increase
-        + 0.35 * support
-        + 0.012 * last_login
-        - 0.03 * logins
-        + 0.45 * late
-        - 0.25 * (satisfaction - 7)
-        - 0.08 * months_left
-        + (0.9 if concept else 0.0) * (plan == "premium")
-        + 0.5 * (payment == "invoice")
-        - 0.4 * (products - 1) * (0.0 if concept else 1.0)
-        + 0.3 * (channel == "social")
+        -2.4
+        + 1.6 * (tenure < 6)
+        - 0.6 * (tenure > 36)
+        + (1.4 if not concept else -0.3) * (price_increase > 8)
+        + 1.8 * unhappy
+        + 0.9 * (last_login > 30)
+        - 0.8 * (logins > 25)
+        + 0.7 * np.minimum(late, 3)
+        - 1.2 * (months_left > 6)
+        + (1.5 if concept else 0.0) * (plan == "premium")
+        + 0.9 * (payment == "invoice") * (tenure < 12)
+        - 0.5 * (products >= 3)
+        + 0.6 * (channel == "social") * (discount > 0)
+        + 0.8 * (outage > 240)
     )
     churned = (rng.uniform(0, 1, n) < 1 / (1 + np.exp(-z))).astype("int64")
 

@@ -23,6 +23,7 @@ none of it.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,6 +176,17 @@ def _read_columns(snapshot_dict: dict, columns: list[str]) -> dict[str, dict]:
     return out
 
 
+def _save_html(snapshot, path: Path, columns: dict[str, dict]) -> str:
+    """Evidently's report; a plain page when no feature could be tested (so the file always exists)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if snapshot is not None:
+        snapshot.save_html(str(path))  # a str: a file object is silently ignored
+    else:
+        rows = "".join(f"<li>{html.escape(name)}: {html.escape(col['method'])}</li>" for name, col in columns.items())
+        path.write_text(f"<html><body><h1>No feature could be tested for drift</h1><ul>{rows}</ul></body></html>")
+    return str(path)
+
+
 def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec, *,
                   html_path: str | Path | None = None) -> DriftResult:
     """Compare tonight's features with the champion's reference, feature by feature.
@@ -182,7 +194,7 @@ def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec, *,
     Both sides are sampled to at most ``spec.drift.sample_rows`` rows with
     ``spec.drift.seed``. ``share`` is drifted features / all spec features (features with
     no values on a side count, as drifted). The Evidently HTML report is written to
-    ``html_path`` when given (only if at least one feature could be tested).
+    ``html_path`` when given (a plain page listing why, when no feature could be tested).
     """
     rows, seed = spec.drift.sample_rows, spec.drift.seed
     cur, cur_sampled = _sample(_feature_frame(current, spec), rows, seed)
@@ -199,14 +211,11 @@ def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec, *,
         else:
             columns[name] = record
 
-    report_path = None
+    snapshot = None
     if testable:
         snapshot = _run_evidently(cur, ref, spec, testable)
         columns.update(_read_columns(snapshot.dict(), testable))
-        if html_path is not None:
-            Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-            snapshot.save_html(str(html_path))  # a str: a file object is silently ignored
-            report_path = str(html_path)
+    report_path = None if html_path is None else _save_html(snapshot, Path(html_path), columns)
 
     columns = {name: columns[name] for name in spec.feature_names}
     drifted = [name for name, col in columns.items() if col["drifted"]]

@@ -11,6 +11,7 @@ Plain Python and PyYAML only: the DAG file parses specs at DAG-parse time.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +380,8 @@ def load_spec(path: str | Path) -> DatasetSpec:
 
 
 def specs_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "specs"
+    """include/specs, or NIGHTSHIFT_SPECS_DIR (tests point it at their own specs)."""
+    return Path(os.environ.get("NIGHTSHIFT_SPECS_DIR") or Path(__file__).resolve().parent.parent / "specs")
 
 
 def load_all_specs(directory: str | Path | None = None) -> list[DatasetSpec]:

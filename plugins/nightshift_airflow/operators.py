@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -106,23 +107,25 @@ class ValidateOperator(NightshiftOperator):
                 result = validate_snapshot(
                     read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
                     recent_row_counts=recent if not labelled else (), report_dir=tmp / kind)
-                report_url = self._keep_report(store, tmp / kind, spec.name, ref.day, kind)
-            results[kind] = {**result.to_dict(), "report_url": report_url}
+                report_url = self._keep_report(store, tmp / kind, result.report_path, spec.name, ref.day, kind)
+            message = result.message().replace(str(result.report_path), str(report_url))
+            results[kind] = {**result.to_dict(), "report_path": report_url}
             log.info("validation of %s snapshot %s: %s; report %s", kind, ref.day,
                      "passed" if result.success else "FAILED", report_url)
             if not result.success:
-                context["ti"].xcom_push(key="failure", value=results)
-                raise AirflowFailException(f"validation failed for the {kind} snapshot of {ref.day}: {result.message()}")
+                context["ti"].xcom_push(key="failure", value={"snapshot": kind, "message": message})
+                raise AirflowFailException(f"validation failed for the {kind} snapshot of {ref.day}: {message}")
         return {"passed": True, "rows": snap["current"]["rows"], "results": results}
 
     @staticmethod
-    def _keep_report(store, folder, dataset: str, day: str, kind: str) -> str | None:
+    def _keep_report(store, folder, report_path: str | None, dataset: str, day: str, kind: str) -> str | None:
+        """Copy the report folder into the artifact store; return the address of its entry page."""
         if not folder.exists():
             return None
+        base = ("reports", dataset, day, "validation", kind)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            store.put_file(path, store.url("reports", dataset, day, "validation", kind, str(path.relative_to(folder))))
-        index = next((p for p in sorted(folder.rglob("index.html"))), None) or next(iter(sorted(folder.rglob("*.html"))), None)
-        return store.url("reports", dataset, day, "validation", kind, str(index.relative_to(folder))) if index else None
+            store.put_file(path, store.url(*base, str(path.relative_to(folder))))
+        return store.url(*base, str(Path(report_path).relative_to(folder))) if report_path else None
 
 
 class DriftOperator(NightshiftOperator):

@@ -118,3 +118,13 @@ def test_all_null_column_on_one_side_does_not_crash(churn_spec, reference, norma
     assert result.columns["region"]["method"] == "Jensen-Shannon distance"
     assert not result.columns["region"]["drifted"]
     json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_nothing_testable_still_gives_a_verdict_and_a_report(churn_spec, reference, normal_day, tmp_path):
+    current = normal_day.copy()
+    current[churn_spec.feature_names] = None
+
+    result = measure_drift(current, reference, churn_spec, html_path=tmp_path / "drift.html")
+
+    assert result.share == 1.0 and result.drifted == churn_spec.feature_names
+    assert "No feature could be tested" in (tmp_path / "drift.html").read_text()

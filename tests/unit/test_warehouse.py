@@ -78,6 +78,26 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
         assert sorted(r[0] for r in cur.fetchall()) == ["customer_id", "score_date"]
 
 
+def test_ensure_warehouse_repairs_a_missing_view_and_does_not_wait_for_readers(pg_conn, pg_uri, spec):
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("DROP VIEW churn.predictions_latest")
+    wh.ensure_warehouse(pg_conn, spec)
+
+    reader = psycopg2.connect(pg_uri)  # a consumer's long query holds a lock on the view
+    try:
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM churn.predictions_latest")
+        with pg_conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '500ms'")
+        pg_conn.commit()
+        wh.ensure_warehouse(pg_conn, spec)  # would raise LockNotAvailable if it replaced the view again
+    finally:
+        reader.close()
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM churn.predictions_latest")
+        assert cur.fetchone() == (0,)
+
+
 def test_ensure_warehouse_concurrently(pg_uri, churn_spec):
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
@@ -126,6 +146,18 @@ def test_replace_partition_writes_all_rows_with_their_values(pg_conn, spec, tmp_
     assert positives == df.predicted_label.sum()
     assert scored_at == dt.datetime(2026, 3, 2, 1, 2, 3, 456789, tzinfo=dt.timezone.utc)
     assert pg_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+@pytest.mark.parametrize("scored_at", [pd.Timestamp("2026-03-02 02:02:03", tz="Europe/Paris"),
+                                       pd.Timestamp("2026-03-02 01:02:03")], ids=["other zone", "naive UTC"])
+def test_scored_at_is_the_same_instant_whatever_the_session_zone(pg_conn, spec, tmp_path, scored_at):
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SET TimeZone = 'America/New_York'")
+    df = _predictions([1], 1).assign(scored_at=scored_at)
+    wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
+    with pg_conn, pg_conn.cursor() as cur:
+        cur.execute("SELECT scored_at FROM churn.predictions")
+        assert cur.fetchone()[0] == dt.datetime(2026, 3, 2, 1, 2, 3, tzinfo=dt.timezone.utc)
 
 
 def test_rerun_replaces_the_night_and_leaves_other_nights(pg_conn, spec, tmp_path):

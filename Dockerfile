@@ -1,0 +1,22 @@
+# The one image of the deployed stack: every Airflow service and the MLflow server run it,
+# so the tasks and the tracking server use the very same mlflow, xgboost and pandas.
+# dags/, plugins/, include/ and airflow_settings.yaml are mounted by docker-compose.yaml,
+# not copied: editing a DAG needs no rebuild.
+FROM apache/airflow:3.3.2-python3.11
+
+# The project's pinned environment. requirements.txt pins apache-airflow==3.3.2 itself, so
+# pip cannot move the Airflow that the base image ships.
+# The S3 client (s3fs, boto3) serves the deployed artifact store and MLflow's S3 artifact
+# proxy; the local default writes to a folder, so these stay out of requirements.txt. They
+# are resolved in the same pip run, pinned to versions that fit requirements.txt's fsspec.
+COPY --chown=airflow:0 requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+        s3fs==2026.9.0 aiobotocore==3.10.0 boto3==1.43.117 botocore==1.43.117
+
+# `import include.nightshift...` and `import nightshift_airflow...` work in every process,
+# the same way pytest.ini's pythonpath makes them work in the tests.
+ENV PYTHONPATH=/opt/airflow:/opt/airflow/plugins
+
+# Mount point of the admin-login volume: created here, owned by the airflow user, so the
+# named volume mounted over it starts with the same owner.
+RUN mkdir -m 700 /opt/airflow/auth

@@ -1,0 +1,178 @@
+"""The registry against a real MLflow SQLite store: versions, the champion alias, verdicts, round trips.
+
+One store for the module (creating MLflow's tables costs seconds); each test registers under a
+model name of its own, so tests do not see each other's versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.nightshift import training
+from include.nightshift.demo_data import generate_day
+from include.nightshift.registry import Registry
+from include.nightshift.spec import load_spec
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def mlflow_env(tmp_path_factory):
+    """Allow model loading (MLflow 3.17 refuses it otherwise) and leave MLflow's globals as found."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # undone on exit, whatever set it meanwhile
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mp.chdir(tmp_path_factory.mktemp("cwd"))  # so that a stray ./mlruns would be seen
+        yield Path.cwd()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, mlflow_env) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="module")
+def registry(store) -> Registry:
+    return Registry(f"sqlite:///{store}/mlflow.db")
+
+
+@pytest.fixture
+def spec():
+    """A small, fast model under a model name (and experiment) no other test uses."""
+    base = load_spec(SPEC_PATH)
+    params = {**base.training.params, "n_estimators": 20}
+    return dataclasses.replace(base, name=f"regtest{next(_names)}",
+                               training=dataclasses.replace(base.training, params=params))
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return pd.concat([generate_day(dt.date(2026, 1, d), 1000) for d in (1, 2)], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def models(data):
+    base = load_spec(SPEC_PATH)
+    spec = dataclasses.replace(base, training=dataclasses.replace(base.training, params={"n_estimators": 20}))
+    return (training.fit(training.build_model(spec), data, spec),
+            training.fit(training.build_baseline(spec), data, spec))
+
+
+def _log(registry: Registry, spec, models, data, **tags):
+    model, baseline = models
+    return registry.log_challenger(
+        model, baseline, spec=spec, train_df=data, reference=data.head(300),
+        params={"rows": len(data), **spec.training.params}, metrics={"roc_auc": 0.81},
+        tags={"nightshift.snapshot_sha256": "abc123", "nightshift.dag_run_id": "manual__1", **tags})
+
+
+def test_log_challenger_registers_new_versions_with_tags(registry, spec, models, data, store, mlflow_env):
+    first = _log(registry, spec, models, data)
+    second = _log(registry, spec, models, data)
+
+    assert (first.name, first.version) == (spec.model_name, 1)
+    assert second.version == 2 and second.run_id != first.run_id
+    assert first.tags["nightshift.snapshot_sha256"] == "abc123"
+    assert first.aliases == [] and first.created_at.tzinfo is not None
+    run = registry.client.get_run(first.run_id)
+    assert run.data.metrics["roc_auc"] == 0.81
+    assert run.data.params["n_estimators"] == "20"
+    assert run.data.tags["nightshift.dag_run_id"] == "manual__1"
+    assert registry.client.get_experiment(run.info.experiment_id).name == spec.dag_id
+    # artifacts next to the SQLite file, never ./mlruns in the working directory
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert not (mlflow_env / "mlruns").exists()
+
+
+def test_champion_is_none_until_promoted_then_the_alias_moves(registry, spec, models, data):
+    assert registry.champion(spec.model_name) is None  # no registered model at all
+    assert registry.champion_promoted_at(spec.model_name) is None
+    _log(registry, spec, models, data)
+    _log(registry, spec, models, data)
+    assert registry.champion(spec.model_name) is None  # model, but no alias
+
+    before = dt.datetime.now(dt.UTC)
+    registry.promote(spec.model_name, 1, {"decision": "promote", "roc_auc": 0.81, "reasons": ["first model"]})
+    after = dt.datetime.now(dt.UTC)
+    champion = registry.champion(spec.model_name)
+    assert champion.version == 1 and champion.aliases == ["champion"]
+    assert champion.tags["nightshift.blessed"] == "true"
+    assert champion.tags["verdict.decision"] == "promote"
+    assert champion.tags["verdict.roc_auc"] == "0.81"
+    assert champion.tags["verdict.reasons"] == '["first model"]'
+    assert before <= registry.champion_promoted_at(spec.model_name) <= after
+
+    registry.promote(spec.model_name, 2, {"decision": "promote"})
+    assert registry.champion(spec.model_name).version == 2
+    assert registry.version(spec.model_name, 1).aliases == []
+
+
+def test_record_verdict_on_a_rejected_version_leaves_the_alias(registry, spec, models, data):
+    _log(registry, spec, models, data)
+    _log(registry, spec, models, data)
+    registry.promote(spec.model_name, 1, {"decision": "promote"})
+
+    registry.record_verdict(spec.model_name, 2, {"decision": "reject", "reason": "below the champion", "roc_auc": 0.7})
+
+    assert registry.champion(spec.model_name).version == 1
+    rejected = registry.version(spec.model_name, 2)
+    assert rejected.aliases == []
+    assert rejected.tags["nightshift.blessed"] == "false"
+    assert rejected.tags["verdict.reason"] == "below the champion"
+    assert rejected.tags["verdict.roc_auc"] == "0.7"
+    with pytest.raises(ValueError, match="champion"):
+        registry.record_verdict(spec.model_name, 1, {"decision": "reject"})
+
+
+def test_round_trips_give_what_was_logged(registry, spec, models, data):
+    model, baseline = models
+    info = _log(registry, spec, models, data)
+    # another process-wide URI set meanwhile must not matter
+    mlflow.set_tracking_uri("sqlite:///elsewhere.db")
+    mlflow.set_registry_uri("sqlite:///elsewhere.db")
+
+    loaded = registry.load_model(spec.model_name, info.version)
+    loaded_baseline = registry.load_baseline(info.run_id)
+    reference = registry.load_reference(info.run_id)
+
+    assert np.array_equal(training.predict_scores(loaded, data, spec), training.predict_scores(model, data, spec))
+    assert np.array_equal(training.predict_scores(loaded_baseline, data, spec),
+                          training.predict_scores(baseline, data, spec))
+    pd.testing.assert_frame_equal(reference, data.head(300))
+
+
+def test_pyfunc_load_scores_probabilities_and_signature_follows_the_spec(registry, spec, models, data):
+    """What a scorer using models:/NAME@champion gets: probabilities, not labels."""
+    model, _ = models
+    info = _log(registry, spec, models, data)
+    registry.promote(spec.model_name, info.version, {"decision": "promote"})
+    mlflow.set_registry_uri(registry.tracking_uri)
+    mlflow.set_tracking_uri(registry.tracking_uri)
+
+    uri = f"models:/{spec.model_name}@champion"
+    assert mlflow.models.get_model_info(uri).signature.inputs.input_names() == spec.feature_names
+    features = training.features_frame(data.head(50), spec)
+    scores = np.asarray(mlflow.pyfunc.load_model(uri).predict(features))
+    assert np.array_equal(scores, model.predict_proba(features))
+
+
+def test_registries_on_different_stores_do_not_mix(registry, spec, models, data, tmp_path):
+    other = Registry(f"sqlite:///{tmp_path}/other.db")
+    _log(other, spec, models, data)
+    other.promote(spec.model_name, 1, {"decision": "promote"})
+
+    assert registry.champion(spec.model_name) is None
+    assert other.champion(spec.model_name).version == 1
+    assert (tmp_path / "mlartifacts").is_dir()

@@ -1,0 +1,158 @@
+"""The validation step on real Great Expectations, with demo data broken one way at a time.
+
+One demo day is generated once; each test copies it, breaks one thing, and checks that the
+verdict fails with a message naming the column and the rule (and, for a clean day, passes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.nightshift.demo_data import generate_day
+from include.nightshift.spec import EntityKey
+from include.nightshift.validation import ValidationFailed, ValidationResult, build_suite, validate_snapshot
+
+DAY = dt.date(2026, 3, 2)
+ROWS = 2000
+
+
+@pytest.fixture(scope="module")
+def demo_day() -> pd.DataFrame:
+    return generate_day(DAY, ROWS)
+
+
+@pytest.fixture
+def day_df(demo_day: pd.DataFrame) -> pd.DataFrame:
+    return demo_day.copy()
+
+
+def _failed(df: pd.DataFrame, spec, **kwargs) -> ValidationResult:
+    result = validate_snapshot(df, spec, day=DAY, **kwargs)
+    assert not result.success, result.message()
+    assert result.failures
+    with pytest.raises(ValidationFailed) as caught:
+        raise ValidationFailed(result)
+    assert str(caught.value) == result.message() and caught.value.result is result
+    return result
+
+
+def test_clean_demo_day_passes_labelled_or_not(churn_spec, day_df):
+    for labelled in (False, True):
+        result = validate_snapshot(day_df, churn_spec, day=DAY, labelled=labelled,
+                                   recent_row_counts=[ROWS] * 7)
+        assert result.success, result.message()
+        assert result.failures == [] and result.rows == ROWS and result.report_path is None
+        assert result.evaluated == len(build_suite(churn_spec, day=DAY, labelled=labelled).expectations)
+        assert "passed" in result.message()
+
+
+def test_unlabelled_day_with_null_labels_passes(churn_spec, day_df):
+    day_df[churn_spec.label.name] = pd.array([None] * ROWS, dtype="Int64")
+    assert validate_snapshot(day_df, churn_spec, day=DAY).success
+
+
+def _set_rows(column: str, value, rows: slice = slice(0, 40)) -> Callable[[pd.DataFrame], None]:
+    def apply(df: pd.DataFrame) -> None:
+        df.loc[df.index[rows], column] = value
+    return apply
+
+
+def _drop(df): df.drop(columns=["age"], inplace=True)
+def _extra(df): df["coupon_code"] = "X"
+def _as_text(df): df["tenure_months"] = df["tenure_months"].astype(str)
+def _all_null(df): df["monthly_charges"] = np.nan
+def _dup_keys(df): df.loc[df.index[:10], "customer_id"] = 1
+def _late_ts(df): df.loc[df.index[3], "event_ts"] = pd.Timestamp(DAY + dt.timedelta(days=1), tz="UTC")
+
+
+# break the data -> (the column named, words of the rule in its failure, number of failures).
+# The counts are exact: a missing column is reported once, numbers stored as text give one type
+# failure (not also a range failure), +inf breaks both the range and the no-inf rule.
+CASES = {
+    "missing column": (_drop, "age", "is missing", 1),
+    "extra column": (_extra, "coupon_code", "extra column", 1),
+    "numbers as text": (_as_text, "tenure_months", f"{ROWS} of {ROWS} values (100.00%) are not numeric", 1),
+    "feature entirely null": (_all_null, "monthly_charges", "are null (never allowed)", 1),
+    "nulls above allowed share": (_set_rows("total_charges", np.nan, slice(0, 200)), "total_charges",
+                                  "are null (allowed: at most 5.00%)", 1),
+    "values out of range": (_set_rows("age", 150.0, slice(0, 12)), "age",
+                            f"12 of {ROWS} values (0.60%) outside [18, 100], e.g. 150.0", 1),
+    "unseen category above share": (_set_rows("region", "mars", slice(0, 100)), "region",
+                                    "not among the spec's categories (allowed: at most 1.00% unseen), e.g. 'mars'", 1),
+    "duplicate keys": (_dup_keys, "customer_id", "duplicated keys", 1),
+    "+inf in a numeric feature": (_set_rows("outage_minutes_30d", np.inf, slice(0, 1)), "outage_minutes_30d",
+                                  "are +/-inf", 2),
+    "label value 2": (_set_rows("churned", 2, slice(5, 6)), "churned", "are not 0 or 1, e.g. 2", 1),
+    "timestamp outside the day": (_late_ts, "event_ts", "outside the day [2026-03-02 00:00 UTC, 2026-03-03 00:00 UTC)", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broken_snapshot_fails_naming_column_and_rule(churn_spec, day_df, case):
+    breaks, column, words, count = CASES[case]
+    breaks(day_df)
+    result = _failed(day_df, churn_spec)
+    assert f"'{column}'" in result.message() and words in result.message(), result.message()
+    assert any(f.column == column and words in f.details for f in result.failures), result.failures
+    assert len(result.failures) == count, result.failures
+    assert "could not run" not in result.message()
+
+
+def test_shares_within_the_spec_allowance_pass(churn_spec, day_df):
+    _set_rows("region", "mars", slice(0, 10))(day_df)  # 0.5% unseen, 1% allowed
+    _set_rows("total_charges", np.nan, slice(0, 40))(day_df)  # about 3% null with the demo's own, 5% allowed
+    assert validate_snapshot(day_df, churn_spec, day=DAY).success
+
+
+def test_empty_snapshot_fails_on_row_count(churn_spec, day_df):
+    result = _failed(day_df.iloc[0:0], churn_spec)
+    assert [(f.expectation, f.column) for f in result.failures] == [("expect_table_row_count_to_be_between", None)]
+    assert "0 rows" in result.message() and "min_rows" in result.message()
+    assert _failed(pd.DataFrame(), churn_spec).rows == 0  # no columns at all: fails cleanly too
+
+
+def test_row_count_far_below_recent_norm_fails(churn_spec, day_df):
+    result = _failed(day_df, churn_spec, recent_row_counts=[ROWS * 10, ROWS * 12, ROWS * 11])
+    assert "median" in result.message() and f"at least {int(ROWS * 11 * 0.5)} rows" in result.message()
+    assert validate_snapshot(day_df, churn_spec, day=DAY, recent_row_counts=[ROWS * 2] * 7).success
+
+
+def test_labelled_day_with_a_null_label_fails(churn_spec, day_df):
+    day_df["churned"] = day_df["churned"].astype("Int64")
+    day_df.loc[day_df.index[7], "churned"] = pd.NA
+    assert validate_snapshot(day_df, churn_spec, day=DAY, labelled=False).success
+    result = _failed(day_df, churn_spec, labelled=True)
+    assert "'churned'" in result.message() and "null" in result.message()
+
+
+def test_text_entity_key_comes_from_the_spec(churn_spec, day_df):
+    spec = dataclasses.replace(churn_spec, entity_key=EntityKey(name="customer_id", type="text"))
+    result = _failed(day_df, spec)
+    assert "'customer_id'" in result.message() and "not strings" in result.message()
+    day_df["customer_id"] = "c" + day_df["customer_id"].astype(str)
+    assert validate_snapshot(day_df, spec, day=DAY).success
+
+
+def test_report_files_name_the_failed_column(churn_spec, day_df, tmp_path: Path):
+    _set_rows("age", 150.0, slice(0, 12))(day_df)
+    report = tmp_path / "report"
+    result = _failed(day_df, churn_spec, report_dir=report)
+    assert result.report_path == str(report / "validation.html")
+    page = Path(result.report_path).read_text()
+    assert "FAILED" in page and "age" in page and "outside [18, 100]" in page
+    record = json.loads((report / "validation.json").read_text())
+    assert record["success"] is False and record["failures"][0]["column"] == "age"
+    assert len(record["checks"]) == result.evaluated
+    data_docs = (report / record["data_docs_page"]).read_text()  # Great Expectations' own page
+    assert "age" in data_docs and "150.0" in data_docs
+    assert (report / "index.html").is_file()
+    assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
+    assert result.report_path in result.message()
