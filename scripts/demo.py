@@ -12,6 +12,7 @@ the same code path as `airflow dags test`). Covariate drift starts part way thro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -56,24 +57,44 @@ def run(nights: int, rows: int, drift_night: int) -> int:
 
     from airflow.utils.cli import get_bagged_dag
 
-    dag = get_bagged_dag(bundle_names=None, dag_id=spec.dag_id)
+    with output_to(local_stack.HOME / "logs" / "airflow-setup.log"):
+        dag = get_bagged_dag(bundle_names=None, dag_id=spec.dag_id)
     failures = 0
     for night in range(nights):
         day = FIRST_NIGHT + dt.timedelta(days=night)
         demo_data.load_day(source, day, rows, table=spec.source.table, drift=drift)
         demo_data.reveal_labels(source, day - dt.timedelta(days=1), rows, table=spec.source.table, drift=drift)
         started = time.monotonic()
-        dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
-                           run_conf={"run_date": day.isoformat(), "note": f"demo night {night + 1}"})
+        log_file = local_stack.HOME / "logs" / f"{spec.dag_id}-{day}.log"
+        with output_to(log_file):
+            dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
+                               run_conf={"run_date": day.isoformat(), "note": f"demo night {night + 1}"})
         state = getattr(dag_run, "state", "?")
         failures += state != "success"
-        print(f"night {night + 1:2d} {day}: DAG run {state} in {time.monotonic() - started:.0f} s", flush=True)
+        print(f"night {night + 1:2d} {day}: DAG run {state} in {time.monotonic() - started:.0f} s  (log: {log_file})",
+              flush=True)
     source.close()
 
     print_summary(server, spec)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s ({failures} failed runs)")
     print_where_to_look(server, spec)
     return 1 if failures else 0
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send everything written to stdout/stderr (Airflow's task logs included) to a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as handle:
+        os.dup2(handle.fileno(), 1), os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
 
 
 def print_summary(server: str, spec) -> None:

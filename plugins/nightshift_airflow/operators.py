@@ -107,7 +107,7 @@ class ValidateOperator(NightshiftOperator):
                 result = validate_snapshot(
                     read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
                     recent_row_counts=recent if not labelled else (), report_dir=tmp / kind)
-                report_url = self._keep_report(store, tmp / kind, result.report_path, spec.name, ref.day, kind)
+                report_url = self._keep_report(store, tmp / kind, result.report_path, spec.name, snap["day"], kind)
             message = result.message().replace(str(result.report_path), str(report_url))
             results[kind] = {**result.to_dict(), "report_path": report_url}
             log.info("validation of %s snapshot %s: %s; report %s", kind, ref.day,
