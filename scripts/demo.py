@@ -59,6 +59,8 @@ def run(nights: int, rows: int, drift_night: int) -> int:
 
     with output_to(local_stack.HOME / "logs" / "airflow-setup.log"):
         dag = get_bagged_dag(bundle_names=None, dag_id=spec.dag_id)
+    # Every run gets every param: in one process dag.test() would carry one run's conf into the next.
+    defaults = dict(dag.params.dump())
     failures = 0
     for night in range(nights):
         day = FIRST_NIGHT + dt.timedelta(days=night)
@@ -68,7 +70,7 @@ def run(nights: int, rows: int, drift_night: int) -> int:
         log_file = local_stack.HOME / "logs" / f"{spec.dag_id}-{day}.log"
         with output_to(log_file):
             dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
-                               run_conf={"run_date": day.isoformat(), "note": f"demo night {night + 1}"})
+                               run_conf={**defaults, "run_date": day.isoformat(), "note": f"demo night {night + 1}"})
         state = getattr(dag_run, "state", "?")
         failures += state != "success"
         print(f"night {night + 1:2d} {day}: DAG run {state} in {time.monotonic() - started:.0f} s  (log: {log_file})",

@@ -211,7 +211,7 @@ def replace_partition(conn: Any, spec: Any, score_date: dt.date, predictions_pat
     Needs ensure_warehouse() to have run.
     """
     key_name, _ = _key(spec)
-    parquet = pq.ParquetFile(predictions_path)  # opened first: a missing file fails before any DELETE
+    parquet = pq.ParquetFile(predictions_path, pre_buffer=False)  # opened first: a missing file fails before any DELETE
     columns = (key_name, *PREDICTION_INPUT_COLUMNS)
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
@@ -223,7 +223,8 @@ def replace_partition(conn: Any, spec: Any, score_date: dt.date, predictions_pat
     stream = _CsvStream(_csv_chunks(parquet, columns, target, score_date))
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_schema_lock_id(spec.warehouse.schema), score_date.toordinal()))
+            lock = (_schema_lock_id(spec.warehouse.schema), score_date.toordinal())
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
             cur.execute("SET LOCAL TimeZone = 'UTC'")  # naive timestamps in the CSV are UTC
             cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(_table(spec, PREDICTIONS)), (score_date,))
             cur.copy_expert(copy, stream, size=COPY_READ_BYTES)
@@ -240,15 +241,17 @@ def _arrow_schema(spec: Any) -> pa.Schema:
     return pa.schema([(key_name, _ARROW_KEY_TYPES[key_type]), *((n, t) for n, _, t, _ in _PREDICTION_COLUMNS)])
 
 
-def _csv_chunks(parquet: pq.ParquetFile, columns: tuple[str, ...], target: pa.Schema, score_date: dt.date) -> Iterator[tuple[bytes, int]]:
+def _csv_chunks(
+    parquet: pq.ParquetFile, columns: tuple[str, ...], target: pa.Schema, score_date: dt.date
+) -> Iterator[tuple[pa.Buffer, int]]:
     """CSV bytes (no header) per record batch, with score_date prepended, and the batch's row count."""
     options = pa_csv.WriteOptions(include_header=False)
     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
         table = _conform(pa.Table.from_batches([batch]).select(list(columns)), target)
         table = table.add_column(0, "score_date", pa.repeat(score_date, table.num_rows))
-        buffer = io.BytesIO()
-        pa_csv.write_csv(table, buffer, options)
-        yield buffer.getvalue(), table.num_rows
+        sink = pa.BufferOutputStream()  # Arrow memory, handed on without a copy
+        pa_csv.write_csv(table, sink, options)
+        yield sink.getvalue(), table.num_rows
 
 
 def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
@@ -265,7 +268,7 @@ def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
 class _CsvStream(io.RawIOBase):
     """A read-only file over CSV chunks made on demand, for copy_expert: one chunk in memory at a time."""
 
-    def __init__(self, chunks: Iterator[tuple[bytes, int]]) -> None:
+    def __init__(self, chunks: Iterator[tuple[pa.Buffer, int]]) -> None:
         super().__init__()
         self._chunks = chunks
         self._current = memoryview(b"")

@@ -1,0 +1,167 @@
+"""Whole nightly DAG runs over simulated nights, on real PostgreSQL, a real MLflow registry and real Airflow.
+
+One sequence of nights, each changing the source for real, checked against the warehouse
+and the registry afterwards:
+  night 1  cold start            -> trains, promotes v1
+  night 2  quiet                 -> skips training, publishes with v1
+  night 3  forced retrain on a training window whose labels were scrambled
+                                 -> a worse challenger, rejected; v1 stays champion
+  night 4  corrupt source rows   -> validation fails, nothing published, run recorded as failed
+  night 5  covariate drift       -> retrains for reason "drift"
+  night 5 again (rerun)          -> still exactly one row per entity, one pipeline_runs row
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 2000
+N = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(5)]
+
+
+def d(day: dt.date, offset: int = 0) -> str:
+    return (day + dt.timedelta(days=offset)).isoformat()
+
+
+def scramble_labels(first: str, last_exclusive: str) -> str:
+    return ("UPDATE churn_events SET churned = (hashtext(customer_id::text || event_ts::text) & 1) "
+            f"WHERE event_ts >= '{first}' AND event_ts < '{last_exclusive}'")
+
+
+PLAN = {
+    "rows": ROWS,
+    "covariate_from": d(N[4]),
+    "steps": [
+        {"load_days": {"from": d(N[0], -18), "to": d(N[0], -1), "labels": True}},
+        {"load_days": {"from": d(N[0]), "to": d(N[0])}},
+        {"run": {"day": d(N[0])}},
+        {"load_days": {"from": d(N[1]), "to": d(N[1])}}, {"reveal": d(N[0])},
+        {"run": {"day": d(N[1])}},
+        {"load_days": {"from": d(N[2]), "to": d(N[2])}}, {"reveal": d(N[1])},
+        # Night 3 trains on N3-17 .. N3-4 and holds out N3-3 .. N3-1: scramble only the training part.
+        {"sql": scramble_labels(d(N[2], -17), d(N[2], -3))},
+        {"run": {"day": d(N[2]), "conf": {"force_retrain": True, "note": "scrambled labels"}}},
+        *[{"reveal": d(N[2], -k)} for k in range(4, 18)],  # the source is fixed again
+        {"load_days": {"from": d(N[3]), "to": d(N[3])}}, {"reveal": d(N[2])},
+        {"sql": f"UPDATE churn_events SET age = 150 WHERE event_ts >= '{d(N[3])}' AND customer_id <= 300"},
+        {"run": {"day": d(N[3])}},
+        {"load_days": {"from": d(N[3]), "to": d(N[3])}}, {"reveal": d(N[3])},  # the source is fixed again
+        {"load_days": {"from": d(N[4]), "to": d(N[4])}},
+        {"run": {"day": d(N[4])}},
+        {"run": {"day": d(N[4]), "conf": {"note": "rerun"}}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def nights(pg_server_uri, tmp_path_factory):
+    home = tmp_path_factory.mktemp("nightshift")
+    admin = psycopg2.connect(pg_server_uri)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for name in ("source", "warehouse"):
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    admin.close()
+    plan = home / "plan.json"
+    plan.write_text(json.dumps(PLAN))
+    env = {**os.environ, "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_PG_URI": pg_server_uri}
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "run_nights.py"), str(plan)],
+                         env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stderr[-5000:]
+    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    base, _, query = pg_server_uri.partition("?")
+    warehouse = psycopg2.connect(base.rpartition("/")[0] + "/warehouse" + (f"?{query}" if query else ""))
+    yield {"runs": runs, "home": home, "warehouse": warehouse}
+    warehouse.close()
+
+
+def query(nights, text, args=()):
+    with nights["warehouse"].cursor() as cur:
+        cur.execute(text, args)
+        return cur.fetchall()
+
+
+def history(nights) -> dict[str, dict]:
+    rows = query(nights, "SELECT logical_date, decision, retrain_reason, drift_share, validation_passed, "
+                         "champion_version, challenger_version, challenger_metric, rows_published, details "
+                         "FROM churn.pipeline_runs ORDER BY logical_date")
+    keys = ("decision", "reason", "drift", "valid", "champion", "challenger", "challenger_metric", "published",
+            "details")
+    return {r[0].isoformat(): dict(zip(keys, r[1:])) for r in rows}
+
+
+def test_every_night_ran_and_only_the_corrupt_one_failed(nights):
+    states = [(r["day"], r["state"]) for r in nights["runs"]]
+    assert [s for _, s in states] == ["success", "success", "success", "failed", "success", "success"], states
+
+
+def test_cold_start_trains_and_promotes(nights):
+    first = history(nights)[d(N[0])]
+    assert (first["decision"], first["reason"], first["challenger"]) == ("promoted", "no_champion", 1)
+    assert first["challenger_metric"] >= 0.70
+    assert nights["runs"][0]["champion"] == 1
+
+
+def test_quiet_night_skips_training(nights):
+    quiet = history(nights)[d(N[1])]
+    assert quiet["decision"] == "skipped" and quiet["reason"] is None and quiet["challenger"] is None
+    assert quiet["drift"] is not None and quiet["drift"] < 0.25
+    assert quiet["published"] == ROWS
+
+
+def test_worse_challenger_is_not_promoted(nights):
+    forced = history(nights)[d(N[2])]
+    assert (forced["decision"], forced["reason"]) == ("rejected", "forced")
+    assert forced["challenger"] == 2
+    assert nights["runs"][2]["champion"] == 1
+    failed = [c for c in forced["details"]["verdict"] if not c["passed"]]
+    assert failed, "a rejected challenger must name the checks it failed"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
+    assert client.get_model_version("nightshift_churn", "2").tags.get("nightshift.blessed") == "false"
+
+
+def test_corrupt_source_fails_validation_and_publishes_nothing(nights):
+    bad = history(nights)[d(N[3])]
+    assert bad["decision"] == "failed" and bad["valid"] is False and bad["published"] == 0
+    assert "age" in bad["details"]["validation_failure"]["message"]
+    assert query(nights, "SELECT count(*) FROM churn.predictions WHERE score_date = %s", (N[3],)) == [(0,)]
+    assert nights["runs"][3]["champion"] == 1
+
+
+def test_drift_night_retrains_for_drift(nights):
+    drifted = history(nights)[d(N[4])]
+    assert drifted["reason"] == "drift" and drifted["drift"] >= 0.25
+    assert drifted["decision"] in ("promoted", "rejected") and drifted["challenger"] is not None
+
+
+def test_one_row_per_entity_per_night_and_one_history_row_per_date(nights):
+    per_day = query(nights, "SELECT score_date, count(*), count(DISTINCT customer_id) FROM churn.predictions "
+                            "GROUP BY score_date ORDER BY score_date")
+    assert [(r[0].isoformat(), r[1], r[2]) for r in per_day] == [
+        (d(n), ROWS, ROWS) for n in (N[0], N[1], N[2], N[4])]
+    assert sorted(history(nights)) == [d(n) for n in N]
+    latest = query(nights, "SELECT DISTINCT score_date FROM churn.predictions_latest")
+    assert latest == [(N[4],)]
+
+
+def test_every_prediction_names_the_champion_of_its_run(nights):
+    last_run_per_day = {r["day"]: r for r in nights["runs"] if r["state"] == "success"}
+    rows = query(nights, "SELECT score_date, model_version, dag_run_id, snapshot_sha256, count(*) "
+                         "FROM churn.predictions GROUP BY 1, 2, 3, 4")
+    assert len(rows) == 4  # one model version, one run and one snapshot per night
+    for score_date, version, run_id, sha, _ in rows:
+        run = last_run_per_day[score_date.isoformat()]
+        assert (version, run_id) == (run["champion"], run["run_id"])
+        assert len(sha) == 64
