@@ -173,7 +173,7 @@ class MonitorOperator(NightshiftOperator):
         df = read_snapshot(store, labelled["url"])
         scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
         value = metric_value(spec.promotion.metric, labels(df, spec), scores, spec.scoring.decision_threshold)
-        holdout = champion.tags.get(f"holdout.{spec.promotion.metric}")
+        holdout = champion.tags.get("verdict.challenger")  # its holdout metric when it was promoted
         log.info("champion v%s realised %s on %s (%d rows): %.4f (holdout %s)", champion.version,
                  spec.promotion.metric, labelled["day"], len(df), value, holdout)
         return {"realised_metric": None if value != value else float(value), "rows": len(df),
