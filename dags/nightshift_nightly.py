@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 DEFAULT_ARGS = {
     "owner": "nightshift",
     "retries": 2,
-    "retry_delay": dt.timedelta(minutes=1),
+    # Seconds before the first retry (doubling after): env NIGHTSHIFT_RETRY_DELAY_SECONDS, default 60.
+    "retry_delay": dt.timedelta(seconds=float(os.environ.get("NIGHTSHIFT_RETRY_DELAY_SECONDS", "60"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
 }
