@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Asset, Param, chain
+from airflow.sdk import DAG, Asset, Param, TaskGroup, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
@@ -67,21 +67,23 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
         tags=["nightshift", "retraining", spec.name],
         doc_md=_doc(spec),
     ) as dag:
-        snapshot = ops.SnapshotOperator(task_id=ops.SNAPSHOT, **common)
-        validate = ops.ValidateOperator(task_id=ops.VALIDATE, **common)
-        drift = ops.DriftOperator(task_id=ops.DRIFT, **common)
-        monitor = ops.MonitorOperator(task_id=ops.MONITOR, **common)
+        with TaskGroup("ingest", prefix_group_id=False, tooltip="Freeze the night's rows and check them") as ingest:
+            chain(ops.SnapshotOperator(task_id=ops.SNAPSHOT, **common), ops.ValidateOperator(task_id=ops.VALIDATE, **common))
+        with TaskGroup("watch", prefix_group_id=False, tooltip="Drift of the inputs, realised quality of the champion") as watch:
+            ops.DriftOperator(task_id=ops.DRIFT, **common)
+            ops.MonitorOperator(task_id=ops.MONITOR, **common)
         decide = ops.DecideOperator(task_id=ops.DECIDE, **common)
-        train = ops.TrainOperator(task_id=ops.TRAIN, **common)
-        evaluate = ops.EvaluateOperator(task_id=ops.EVALUATE, retries=0, **common)
-        skip = EmptyOperator(task_id=ops.SKIP_TRAINING)
-        score = ops.ScoreOperator(task_id=ops.SCORE, trigger_rule="none_failed_min_one_success", **common)
-        publish = ops.PublishOperator(task_id=ops.PUBLISH, outlets=[predictions_asset(spec)], **common)
+        with TaskGroup("retrain", prefix_group_id=False, tooltip="Only when there is a reason") as retrain:
+            chain(ops.TrainOperator(task_id=ops.TRAIN, **common),
+                  ops.EvaluateOperator(task_id=ops.EVALUATE, retries=0, **common))
+        skip = EmptyOperator(task_id=ops.SKIP_TRAINING,
+                             doc_md="The branch taken when nothing calls for a new model: the champion scores tonight.")
+        with TaskGroup("serve", prefix_group_id=False, tooltip="Score with the champion and publish") as serve:
+            chain(ops.ScoreOperator(task_id=ops.SCORE, trigger_rule="none_failed_min_one_success", **common),
+                  ops.PublishOperator(task_id=ops.PUBLISH, outlets=[predictions_asset(spec)], **common))
         record = ops.RecordRunOperator(task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common)
 
-        chain(snapshot, validate, [drift, monitor], decide, [train, skip])
-        chain(train, evaluate, score)
-        chain(skip, score, publish, record)
+        chain(ingest, watch, decide, [retrain, skip], serve, record)
     return dag
 
 

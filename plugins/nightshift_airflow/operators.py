@@ -9,6 +9,7 @@ XCom carries only JSON-safe dicts of paths, hashes, counts and metrics.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ class NightshiftOperator(BaseOperator):
     ui_color = "#e8f0fe"
 
     def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
+        kwargs.setdefault("doc_md", inspect.cleandoc(type(self).__doc__ or ""))  # the task's docs in the UI
         super().__init__(**kwargs)
         self.spec_path = spec_path
 

@@ -109,3 +109,37 @@ def test_invalid_spec_becomes_an_explaining_dag_without_hiding_good_ones(tmp_pat
     out = json.loads(_run(LOAD, specs_dir=tmp_path).strip().splitlines()[-1])
     assert "nightshift_churn" in out["dags"]
     assert "nightshift_invalid_broken" in out["dags"]
+
+
+def test_trigger_form_params_are_typed_described_and_refuse_bad_values():
+    import json
+
+    out = _run("""
+        import copy, json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["nightshift_churn"]
+        schemas = {k: {**dag.params.get_param(k).schema, "description": dag.params.get_param(k).description}
+                   for k in dag.params}
+        refused = {}
+        for conf in ({"promotion_policy": "sometimes"}, {"force_retrain": "yes"}, {"dry_run": 1},
+                     {"run_date": "31/12/2026"}, {"note": "x" * 501}):
+            params = copy.deepcopy(dag.params)
+            try:
+                params.update(conf)
+                params.validate()
+                refused[json.dumps(conf)] = None
+            except Exception as exc:
+                refused[json.dumps(conf)] = str(exc)
+        ok = copy.deepcopy(dag.params)
+        ok.update({"promotion_policy": "force", "run_date": "2026-03-01", "note": "why"})
+        print(json.dumps({"schemas": schemas, "refused": refused, "ok": ok.validate()}))
+    """)
+    result = json.loads(out.strip().splitlines()[-1])
+    for name, schema in result["schemas"].items():
+        assert schema.get("title") and schema.get("description"), name  # the form explains every field
+    assert result["schemas"]["promotion_policy"]["enum"] == ["auto", "never", "force"]
+    assert result["schemas"]["force_retrain"]["type"] == "boolean"
+    for conf, error in result["refused"].items():
+        assert error is not None, f"{conf} was accepted"
+        assert next(iter(json.loads(conf))) in error, error  # the error names the param
+    assert result["ok"]["promotion_policy"] == "force"
