@@ -100,9 +100,18 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
     for name, value in local.items():
         env.setdefault(f"AIRFLOW_VAR_{name.upper()}", value)
     for conn in config.get("connections") or []:
-        dbname = conn.get("conn_schema") or conn["conn_id"]
-        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(server_uri, dbname)
+        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = (
+            connection_json(server_uri, conn.get("conn_schema") or conn["conn_id"])
+            if conn.get("conn_type", "postgres") == "postgres" else as_is_json(conn))
     return env
+
+
+def as_is_json(conn: dict) -> str:
+    """A non-database connection (e.g. the alerts webhook) exactly as airflow_settings.yaml has it."""
+    fields = {"conn_type": conn.get("conn_type"), "host": conn.get("conn_host"), "port": conn.get("conn_port"),
+              "login": conn.get("conn_login"), "password": conn.get("conn_password"),
+              "schema": conn.get("conn_schema"), "extra": conn.get("conn_extra")}
+    return json.dumps({k: v for k, v in fields.items() if v not in (None, "")})
 
 
 def apply_env(server_uri: str) -> dict[str, str]:
