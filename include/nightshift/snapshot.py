@@ -63,20 +63,43 @@ def _table(spec: DatasetSpec) -> sql.Composable:
     return sql.Identifier(schema, name) if schema else sql.Identifier(name)
 
 
-def window_query(spec: DatasetSpec, labelled: bool) -> sql.Composed:
-    """All columns of one day's rows (labelled: only rows whose label is known), in a stable order."""
+class SourceSchemaError(Exception):
+    """The source table lacks the spec's timestamp column: no day can be selected from it."""
+
+
+def source_columns(conn, spec: DatasetSpec) -> list[str]:
+    """The source table's column names, as it is now (not as the spec says it should be)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(_table(spec)))
+        names = [d.name for d in cur.description]
+    conn.rollback()
+    return names
+
+
+def window_query(spec: DatasetSpec, labelled: bool, columns: list[str] | None = None) -> sql.Composed:
+    """All columns of one day's rows (labelled: only rows whose label is known), in a stable order.
+
+    `columns` are the source's actual columns: a missing label or entity key column is left out of
+    the filter and the order, so that the snapshot is still taken and validation names the column
+    (a query on a missing column would crash here, be retried, and never reach validation).
+    """
+    present = set(spec.columns if columns is None else columns)
+    if spec.timestamp not in present:
+        raise SourceSchemaError(f"source table {spec.source.table} has no column {spec.timestamp!r} (the spec's "
+                                f"timestamp), so the day's rows cannot be selected; its columns: {sorted(present)}")
     ts, key, label = (sql.Identifier(c) for c in (spec.timestamp, spec.entity_key.name, spec.label.name))
     query = sql.SQL("SELECT * FROM {table} WHERE {ts} >= %(start)s AND {ts} < %(end)s").format(
         table=_table(spec), ts=ts)
-    if labelled:
+    if labelled and spec.label.name in present:
         query += sql.SQL(" AND {label} IS NOT NULL").format(label=label)
-    return query + sql.SQL(" ORDER BY {ts}, {key}").format(ts=ts, key=key)
+    order = [ts, key] if spec.entity_key.name in present else [ts]
+    return query + sql.SQL(" ORDER BY ") + sql.SQL(", ").join(order)
 
 
 def read_day(conn, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
     """One day of the source as an Arrow table with the source's column types."""
     start, end = day_bounds(day)
-    query = window_query(spec, labelled)
+    query = window_query(spec, labelled, source_columns(conn, spec))
     with conn.cursor() as cur:
         cur.execute("SET TIME ZONE 'UTC'")
         cur.execute(sql.SQL("SELECT * FROM ({q}) AS w LIMIT 0").format(q=query), {"start": start, "end": end})

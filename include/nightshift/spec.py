@@ -11,6 +11,7 @@ Plain Python and PyYAML only: the DAG file parses specs at DAG-parse time.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -200,6 +201,18 @@ class _Reader:
             raise SpecError(f"{self.key(name)}: must be between 0 and 1, got {value}")
         return value
 
+    def finite(self, name: str, default: Any = _MISSING) -> float:
+        value = self.get(name, float, default)
+        if value is not None and not math.isfinite(value):
+            raise SpecError(f"{self.key(name)}: must be a finite number, got {value}")
+        return value
+
+    def non_negative(self, name: str, default: Any = _MISSING) -> float:
+        value = self.finite(name, default)
+        if value is not None and value < 0:
+            raise SpecError(f"{self.key(name)}: must be 0 or more, got {value}")
+        return value
+
     def positive(self, name: str, default: Any = _MISSING) -> int:
         value = self.get(name, int, default)
         if value < 1:
@@ -291,6 +304,11 @@ def parse_spec(data: Any, path: str = "") -> DatasetSpec:
     metric = pro.get("metric", str)
     if metric not in METRICS:
         raise SpecError(f"promotion.metric: must be one of {sorted(METRICS)}, got {metric!r}")
+    floor = pro.finite("floor")
+    if METRICS[metric] and not 0.0 <= floor <= 1.0:  # every greater-is-better metric here lives in [0, 1]
+        raise SpecError(f"promotion.floor: must be between 0 and 1 for {metric}, got {floor}")
+    if floor < 0:  # log_loss: a ceiling, never below 0
+        raise SpecError(f"promotion.floor: must be 0 or more for {metric}, got {floor}")
 
     start = root.get("start_date", (dt.date, str))
     if isinstance(start, str):
@@ -328,12 +346,12 @@ def parse_spec(data: Any, path: str = "") -> DatasetSpec:
         ),
         promotion=Promotion(
             metric=metric,
-            floor=pro.get("floor", float),
-            min_improvement=pro.get("min_improvement", float),
-            slice_tolerance=pro.get("slice_tolerance", float),
-            baseline_margin=pro.get("baseline_margin", float),
+            floor=floor,
+            min_improvement=pro.non_negative("min_improvement"),
+            slice_tolerance=pro.non_negative("slice_tolerance"),
+            baseline_margin=pro.non_negative("baseline_margin"),
             max_model_age_days=pro.positive("max_model_age_days"),
-            realised_tolerance=pro.get("realised_tolerance", float),
+            realised_tolerance=pro.non_negative("realised_tolerance"),
             slice_columns=tuple(pro.get("slice_columns", list, [])),
             min_slice_rows=pro.positive("min_slice_rows", 50),
         ),
@@ -354,10 +372,13 @@ def parse_spec(data: Any, path: str = "") -> DatasetSpec:
 
 
 def _check_cross_references(spec: DatasetSpec) -> None:
-    names = [spec.entity_key.name, spec.timestamp, spec.label.name, *spec.feature_names]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SpecError(f"features: column {duplicates[0]!r} is named more than once (key, timestamp, label, features)")
+    named = [("entity_key.name", spec.entity_key.name), ("timestamp", spec.timestamp), ("label.name", spec.label.name),
+             *((f"features[{i}].name", f.name) for i, f in enumerate(spec.features))]
+    seen: dict[str, str] = {}
+    for key, column in named:
+        if column in seen:
+            raise SpecError(f"{key}: column {column!r} is named more than once (also {seen[column]})")
+        seen[column] = key
     categorical = set(spec.categorical_features)
     for i, col in enumerate(spec.promotion.slice_columns):
         if col not in categorical:
@@ -366,14 +387,33 @@ def _check_cross_references(spec: DatasetSpec) -> None:
         raise SpecError(f"label.delay_days: must be 0 or more, got {spec.label.delay_days}")
 
 
+def _refuse_duplicate_keys(node: Any, path: str = "") -> None:
+    """YAML keeps the last of two equal keys without a word; a spec must not (a second `floor:`
+    further down a file would silently replace the first)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            if key_node.value in seen:
+                raise SpecError(f"{key}: given more than once (line {key_node.start_mark.line + 1})")
+            seen.add(key_node.value)
+            _refuse_duplicate_keys(value_node, key)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]")
+
+
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read and validate one spec file; errors name the file and the key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     try:
+        _refuse_duplicate_keys(node)
         return parse_spec(data, str(path))
     except SpecError as exc:
         raise SpecError(f"{path.name}: {exc}") from None

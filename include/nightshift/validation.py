@@ -457,6 +457,29 @@ def _write_reports(report_dir: Path, result: ValidationResult, gx_result: Any, s
     (report_dir / "validation.html").write_text(_html_report(result, checks, spec, day, page))
 
 
+def _integer_key_with_nulls(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Give an integer key that holds nulls its integer type back (nullable Int64).
+
+    Why: pandas has no null in int64, so a bigint column with a null arrives from Arrow as float64,
+    and the key would be reported twice: null (true) and "not integers" (false, an artefact). Only
+    when every other value is a whole number; fractions still fail the type check. A real float key
+    is masked only while the nulls fail the run anyway.
+    """
+    import numpy as np
+    import pandas as pd
+
+    key = spec.entity_key.name
+    if spec.entity_key.type not in ("bigint", "integer") or key not in df.columns:
+        return df
+    column = df[key]
+    if not pd.api.types.is_float_dtype(column) or not column.isna().any():
+        return df
+    values = column.dropna().to_numpy()
+    if not (np.isfinite(values) & (values == np.round(values))).all():
+        return df
+    return df.assign(**{key: column.astype("Int64")})
+
+
 def validate_snapshot(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labelled: bool = False,
                       recent_row_counts: Sequence[int] = (),
                       report_dir: str | Path | None = None) -> ValidationResult:
@@ -465,6 +488,7 @@ def validate_snapshot(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labe
     The caller (the validate task) raises ValidationFailed(result) when result.success is False,
     so that the verdict is kept (report, XCom) before the run stops.
     """
+    df = _integer_key_with_nulls(df, spec)
     suite = _runnable(build_suite(spec, day=day, labelled=labelled, recent_row_counts=recent_row_counts),
                       list(df.columns))
     report = Path(report_dir).resolve() if report_dir is not None else None

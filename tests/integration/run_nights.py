@@ -2,9 +2,9 @@
 
 The integration tests run this as a subprocess so that Airflow is configured (AIRFLOW_HOME,
 connections, variables) before it is imported, exactly as in the demo. Each plan step
-changes the source for real (load a day, reveal labels, run SQL) or runs the nightly DAG
-for a date with a conf; after each run it prints one JSON line with the run's state and
-the registry's champion at that moment.
+changes the source for real (load a day, reveal labels, run SQL, drop and recreate the
+empty source table) or runs the nightly DAG for a date with a conf; after each run it prints
+one JSON line with the run's state, the registry's champion at that moment and its seconds.
 
     python tests/integration/run_nights.py PLAN.json    (env: NIGHTSHIFT_HOME, NIGHTSHIFT_PG_URI)
 """
@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +33,7 @@ def main(plan_path: str) -> int:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     import psycopg2
+    from psycopg2 import sql
 
     from include.nightshift import demo_data
     from include.nightshift.spec import load_spec
@@ -64,16 +66,22 @@ def main(plan_path: str) -> int:
         elif kind == "sql":
             with source, source.cursor() as cur:
                 cur.execute(arg)
+        elif kind == "recreate_source":  # drop the table and create it again, empty: undoes any schema change
+            with source, source.cursor() as cur:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*spec.source.table.split("."))))
+            demo_data.create_source_table(source, spec.source.table)
         elif kind == "run":  # {"day": date, "conf": {...}}
             day = dt.date.fromisoformat(arg["day"])
             log_file = local_stack.HOME / "logs" / f"{spec.dag_id}-{day}.log"
+            started = time.monotonic()
             with demo.output_to(log_file):
                 dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
                                    run_conf={**defaults, "run_date": day.isoformat(), **arg.get("conf", {})})
             champion = runtime.registry().champion(spec.model_name)
             print(json.dumps({"day": day.isoformat(), "state": str(getattr(dag_run, "state", None)),
                               "run_id": getattr(dag_run, "run_id", None), "log": str(log_file),
-                              "champion": champion.version if champion else None}), flush=True)
+                              "champion": champion.version if champion else None,
+                              "seconds": round(time.monotonic() - started, 1)}), flush=True)
         else:
             raise ValueError(f"unknown plan step {kind!r}")
     source.close()

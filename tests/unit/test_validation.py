@@ -71,6 +71,13 @@ def _as_text(df): df["tenure_months"] = df["tenure_months"].astype(str)
 def _all_null(df): df["monthly_charges"] = np.nan
 def _dup_keys(df): df.loc[df.index[:10], "customer_id"] = 1
 def _late_ts(df): df.loc[df.index[3], "event_ts"] = pd.Timestamp(DAY + dt.timedelta(days=1), tz="UTC")
+def _null_ts(df): df.loc[df.index[:2], "event_ts"] = pd.NaT
+
+
+def _null_key(df):
+    """As a snapshot delivers it: a bigint column with nulls reaches pandas as float64 with NaN."""
+    df["customer_id"] = df["customer_id"].astype("float64")
+    df.loc[df.index[:3], "customer_id"] = np.nan
 
 
 # break the data -> (the column named, words of the rule in its failure, number of failures).
@@ -90,8 +97,16 @@ CASES = {
     "duplicate keys": (_dup_keys, "customer_id", "duplicated keys", 1),
     "+inf in a numeric feature": (_set_rows("outage_minutes_30d", np.inf, slice(0, 1)), "outage_minutes_30d",
                                   "are +/-inf", 2),
+    "-inf in a numeric feature": (_set_rows("price_increase_pct", -np.inf, slice(0, 1)), "price_increase_pct",
+                                  "are +/-inf", 2),
+    "NaN in a numeric feature": (_set_rows("logins_30d", np.nan, slice(0, 3)), "logins_30d",
+                                 f"3 of {ROWS} values (0.15%) are null (never allowed)", 1),
     "label value 2": (_set_rows("churned", 2, slice(5, 6)), "churned", "are not 0 or 1, e.g. 2", 1),
+    "null entity key": (_null_key, "customer_id", f"3 of {ROWS} values (0.15%) are null (the entity key never is)", 1),
+    # The next two cannot reach a nightly snapshot (its query selects event_ts >= day AND < day + 1,
+    # which no null or out-of-day timestamp satisfies), so they are proved here only.
     "timestamp outside the day": (_late_ts, "event_ts", "outside the day [2026-03-02 00:00 UTC, 2026-03-03 00:00 UTC)", 1),
+    "null timestamp": (_null_ts, "event_ts", "are null (the timestamp never is)", 1),
 }
 
 
@@ -156,3 +171,14 @@ def test_report_files_name_the_failed_column(churn_spec, day_df, tmp_path: Path)
     assert (report / "index.html").is_file()
     assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
     assert result.report_path in result.message()
+
+
+def test_float_key_is_still_not_an_integer_key(churn_spec, day_df):
+    """The nullable-integer repair is only for nulls: fractions, or a float key without nulls, fail the type check."""
+    fractions = day_df.copy()
+    fractions["customer_id"] = fractions["customer_id"] + 0.5
+    fractions.loc[fractions.index[0], "customer_id"] = np.nan
+    assert "are not integers" in _failed(fractions, churn_spec).message()
+    whole = day_df.copy()
+    whole["customer_id"] = whole["customer_id"].astype("float64")
+    assert "are not integers" in _failed(whole, churn_spec).message()
