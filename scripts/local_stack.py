@@ -99,6 +99,8 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         env[f"AIRFLOW_VAR_{name.upper()}"] = str(local.get(name, var.get("variable_value", "")))
     for name, value in local.items():
         env.setdefault(f"AIRFLOW_VAR_{name.upper()}", value)
+    for key in [k for k in env if k.startswith("AIRFLOW_VAR_")]:
+        env[key] = os.environ.get(key) or env[key]  # a Variable set in the environment wins
     for conn in config.get("connections") or []:
         env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = (
             connection_json(server_uri, conn.get("conn_schema") or conn["conn_id"])

@@ -284,3 +284,54 @@ def test_evaluation_of_another_metric_fails_closed(holdout, y, churn_spec):
     spec = with_promotion(churn_spec, metric="average_precision")
     verdict = gate(ev, spec.promotion, challenger_scores=roles(y)["challenger"], roundtrip_equal=True)
     assert not verdict.promote and "does not match" in check(verdict, "thresholds").detail
+
+
+# --------------------------------------------------------------------------- non-finite challengers
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf], ids=["inf", "-inf"])
+def test_infinite_challenger_scores_reject(holdout, y, churn_spec, bad):
+    scores = roles(y)
+    scores["challenger"] = scores["challenger"].copy()
+    scores["challenger"][[3, 11]] = bad
+    ev, verdict = run_gate(holdout, y, scores, churn_spec)
+    assert not verdict.promote
+    assert not check(verdict, "finite").passed
+    assert "2 of 3000 challenger scores are NaN or infinite" in check(verdict, "finite").detail
+    assert "finite: 2 of 3000" in verdict.message()
+    assert ev["overall"]["challenger"] is None  # the metric of non-finite scores is undefined, recorded as null
+    json.dumps(verdict.to_dict(), allow_nan=False)
+
+
+def _nan_every_tenth_row(features: np.ndarray) -> np.ndarray:
+    """The fault: a broken feature step that loses every tenth row's values."""
+    out = np.array(features, dtype=float, copy=True)
+    out[::10] = np.nan
+    return out
+
+
+def test_model_whose_predict_proba_returns_nan_is_refused(holdout, y, churn_spec):
+    """A real fitted pipeline (the baseline's preprocessing and logistic regression) with a NaN-injecting
+    step before the estimator. scikit-learn would refuse NaN input, unless finiteness checks are switched off
+    for speed (assume_finite): then predict_proba really returns NaN, and the gate must catch it."""
+    import sklearn
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from include.nightshift import training
+
+    fitted = training.fit(training.build_baseline(churn_spec), generate_day(dt.date(2026, 2, 1), 3000, seed=5),
+                          churn_spec)
+    broken = Pipeline([("prep", fitted.named_steps["prep"]), ("inject", FunctionTransformer(_nan_every_tenth_row)),
+                       ("model", fitted.named_steps["model"])])
+    with sklearn.config_context(assume_finite=True):
+        challenger = training.predict_scores(broken, holdout, churn_spec)
+    assert int(np.isnan(challenger).sum()) == 300 and np.isfinite(challenger[1::10]).all()
+
+    scores = {**roles(y), "challenger": challenger}
+    ev, verdict = run_gate(holdout, y, scores, churn_spec)
+    assert not verdict.promote
+    assert "300 of 3000 challenger scores are NaN or infinite" in check(verdict, "finite").detail
+    assert {"finite", "floor", "champion", "baseline"} <= set(failed(verdict))
+    assert verdict.message().startswith("REJECT") and "finite: 300 of 3000" in verdict.message()
+    json.dumps(verdict.to_dict(), allow_nan=False)

@@ -1,0 +1,160 @@
+"""Faults: the same night rerun five times, then triggered twice at the same moment.
+
+One PostgreSQL server of this module's own holds the source and the warehouse; one MLflow
+store (SQLite) and one artifact store are shared by everything, as they are in a deployment.
+
+1. One Airflow home runs night 1 cold, then reruns it five times (two of the reruns force a
+   retrain, so the registry grows while the night is replaced).
+2. Two more processes, each with its own Airflow home (its own SQLite metadata DB, as two
+   schedulers would have), run night 1 again at the same moment, both forcing a retrain and
+   a promotion. They wait at a barrier (an advisory lock the test holds) so that they start
+   together; Airflow's max_active_runs cannot serialise runs of two different metadata DBs.
+
+Afterwards: one row per entity, written by one run only; exactly one champion; one
+pipeline_runs row for the night, from one of the last runs; registry versions without gaps
+or duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg2
+import pytest
+from mlflow import MlflowClient
+
+from faultkit import ROWS, Nights, OwnPostgres, cold_start, database_uri, history, partition, wait_for
+
+pytestmark = pytest.mark.integration
+
+N1 = dt.date(2026, 3, 1)
+MODEL = "nightshift_churn"
+RERUNS = [{"note": "rerun 1"}, {"note": "rerun 2", "force_retrain": True}, {"note": "rerun 3"},
+          {"note": "rerun 4", "force_retrain": True}, {"note": "rerun 5"}]
+BARRIER = 7_460_001  # advisory lock key the two concurrent processes wait on
+
+
+def aliases(registry: MlflowClient) -> dict[str, str]:
+    """The model's aliases with their versions as text (a SQLite store returns numbers, a server text)."""
+    return {name: str(version) for name, version in registry.get_registered_model(MODEL).aliases.items()}
+
+
+def waiting_at_barrier(source_uri: str) -> int:
+    conn = psycopg2.connect(source_uri)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
+                        (BARRIER,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reruns")
+    pg = OwnPostgres(root / "pg")
+    shared = {"AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+              "AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_ARTIFACT_ROOT": str(root / "mlflow" / "artifacts"),
+              "AIRFLOW_VAR_NIGHTSHIFT_ARTIFACT_ROOT": str(root / "artifacts")}
+    (root / "mlflow").mkdir()
+    yield {"root": root, "pg": pg, "env": shared, "warehouse": database_uri(pg.uri, "warehouse"),
+           "source": database_uri(pg.uri, "source"),
+           "registry": MlflowClient(tracking_uri=shared["AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI"],
+                                    registry_uri=shared["AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI"])}
+    pg.stop()
+
+
+@pytest.fixture(scope="module")
+def reruns(stack):
+    steps = [*cold_start(N1), *({"run": {"day": N1.isoformat(), "conf": conf}} for conf in RERUNS)]
+    nights = Nights(stack["root"] / "home_a", stack["pg"].uri, steps, stack["env"])
+    try:
+        runs = nights.finish()
+    finally:
+        nights.stop()
+    return {"runs": runs, "partition": partition(stack["warehouse"], N1), "history": history(stack["warehouse"]),
+            "aliases": aliases(stack["registry"]),
+            "versions": sorted(int(v.version) for v in stack["registry"].search_model_versions(f"name='{MODEL}'"))}
+
+
+@pytest.fixture(scope="module")
+def concurrent(stack, reruns):
+    barrier = psycopg2.connect(stack["source"])
+    barrier.autocommit = True
+    with barrier.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (BARRIER,))
+    wait = {"sql": f"SELECT pg_advisory_xact_lock_shared({BARRIER})"}
+    both = [Nights(stack["root"] / f"home_{name}", stack["pg"].uri,
+                   [wait, {"run": {"day": N1.isoformat(), "conf": {"force_retrain": True, "promotion_policy": "force",
+                                                                    "note": f"trigger {name}"}}}], stack["env"])
+            for name in ("b", "c")]
+    try:
+        wait_for("both triggers to reach the barrier", lambda: waiting_at_barrier(stack["source"]) == 2)
+        with barrier.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (BARRIER,))
+        runs = [n.finish()[0] for n in both]
+    finally:
+        barrier.close()
+        for n in both:
+            n.stop()
+    return {"runs": runs, "nights": both}
+
+
+# ---------------------------------------------------------------- five reruns
+
+
+def test_every_rerun_succeeds(reruns):
+    assert [r["state"] for r in reruns["runs"]] == ["success"] * (1 + len(RERUNS))
+
+
+def test_reruns_leave_one_row_per_entity_from_the_last_run(reruns):
+    last = reruns["runs"][-1]
+    assert reruns["partition"] == (ROWS, ROWS, [last["run_id"]], [last["champion"]])
+
+
+def test_reruns_leave_one_history_row_the_last_runs(reruns):
+    assert list(reruns["history"]) == [N1.isoformat()]
+    night = reruns["history"][N1.isoformat()]
+    assert (night["run_id"], night["note"], night["published"]) == (reruns["runs"][-1]["run_id"], "rerun 5", ROWS)
+
+
+def test_reruns_keep_one_champion_and_register_each_retrain_once(reruns, stack):
+    assert reruns["versions"] == [1, 2, 3]  # the cold start and the two forced retrains
+    assert reruns["aliases"] == {"champion": str(reruns["runs"][-1]["champion"])}
+
+
+# ---------------------------------------------------------------- two triggers at once
+
+
+def test_both_concurrent_runs_overlapped_and_ended(concurrent):
+    b, c = concurrent["nights"]
+    spans = []
+    for n in (b, c):
+        first, last = n.task_times(N1)
+        spans.append((first, last))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"the two runs did not overlap: {spans}"
+    assert [r["state"] for r in concurrent["runs"]] == ["success", "success"]
+
+
+def test_concurrent_runs_leave_one_row_per_entity_from_one_run(concurrent, stack):
+    rows, entities, run_ids, versions = partition(stack["warehouse"], N1)
+    assert (rows, entities) == (ROWS, ROWS)
+    assert len(run_ids) == 1 and run_ids[0] in {r["run_id"] for r in concurrent["runs"]}
+    assert len(versions) == 1
+
+
+def test_concurrent_runs_leave_one_history_row_from_one_of_them(concurrent, stack):
+    runs = history(stack["warehouse"])
+    assert list(runs) == [N1.isoformat()]
+    assert runs[N1.isoformat()]["run_id"] in {r["run_id"] for r in concurrent["runs"]}
+    assert runs[N1.isoformat()]["published"] == ROWS
+
+
+def test_concurrent_runs_register_two_versions_and_leave_one_champion(concurrent, stack):
+    registry = stack["registry"]
+    versions = sorted(int(v.version) for v in registry.search_model_versions(f"name='{MODEL}'"))
+    assert versions == [1, 2, 3, 4, 5]
+    champion = aliases(registry)
+    assert list(champion) == ["champion"] and champion["champion"] in ("4", "5")
+    assert registry.get_model_version(MODEL, champion["champion"]).tags.get("nightshift.blessed") == "true"
