@@ -20,6 +20,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
 from nightshift_airflow import operators as ops
+from nightshift_airflow.notifiers import TaskFailureNotifier
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(seconds=float(os.environ.get("NIGHTSHIFT_RETRY_DELAY_SECONDS", "60"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
+    "on_failure_callback": TaskFailureNotifier(),
 }
 
 PARAMS = {

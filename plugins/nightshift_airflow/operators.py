@@ -22,8 +22,13 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator
 
 from nightshift_airflow import runtime
+from nightshift_airflow.notifiers import configured_notifiers, notify
 
 log = logging.getLogger(__name__)
+
+# XCom keys holding the artifact-store address of a task's report (its extra links read them).
+REPORT_URL = "report_url"
+REPORT_KEYS = {"current": REPORT_URL, "labelled": "labelled_report_url"}
 
 # Task ids the steps find each other by; the DAG factory uses the same names.
 SNAPSHOT, VALIDATE, DRIFT, MONITOR, DECIDE = "snapshot", "validate", "drift", "monitor", "decide"
@@ -66,13 +71,15 @@ class SnapshotOperator(NightshiftOperator):
     ui_color = "#dbeafe"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.snapshot import take_snapshot
+        from include.nightshift.snapshot import SourceSchemaError, take_snapshot
 
         spec, store, day = self.spec, runtime.artifact_store(), runtime.run_date(context)
         conn = runtime.postgres_connection(spec.source.connection_id)
         try:
             current = take_snapshot(conn, store, spec, day)
             labelled = take_snapshot(conn, store, spec, day - dt.timedelta(days=spec.label.delay_days), labelled=True)
+        except SourceSchemaError as exc:  # retrying would not bring the column back
+            raise AirflowFailException(str(exc)) from exc
         finally:
             conn.close()
         log.info("snapshot %s: %d rows, sha256 %s", day, current.rows, current.sha256)
@@ -112,10 +119,14 @@ class ValidateOperator(NightshiftOperator):
                 report_url = self._keep_report(store, tmp / kind, result.report_path, spec.name, snap["day"], kind)
             message = result.message().replace(str(result.report_path), str(report_url))
             results[kind] = {**result.to_dict(), "report_path": report_url}
+            context["ti"].xcom_push(key=REPORT_KEYS[kind], value=report_url)
             log.info("validation of %s snapshot %s: %s; report %s", kind, ref.day,
                      "passed" if result.success else "FAILED", report_url)
             if not result.success:
                 context["ti"].xcom_push(key="failure", value={"snapshot": kind, "message": message})
+                notify("validation_failed", f"{spec.name} {kind} snapshot of {ref.day} failed validation",
+                       context, details={"failures": [f"{f.column}: {f.details}" for f in result.failures][:20],
+                                        "report": report_url})
                 raise AirflowFailException(f"validation failed for the {kind} snapshot of {ref.day}: {message}")
         return {"passed": True, "rows": snap["current"]["rows"], "results": results}
 
@@ -151,9 +162,14 @@ class DriftOperator(NightshiftOperator):
         with store.staging_dir() as tmp:
             result = measure_drift(current, reference, spec, html_path=tmp / "drift.html")
             store.put_file(tmp / "drift.html", url)
+        context["ti"].xcom_push(key=REPORT_URL, value=url)
         out = {**result.to_dict(), "report_path": url, "champion_version": champion.version}
         log.info("drift share %.3f (threshold %.3f); drifted: %s; report %s", result.share,
                  spec.drift.share_threshold, ", ".join(result.drifted) or "none", url)
+        if result.share >= spec.drift.share_threshold:
+            notify("drift", f"{spec.name} {snap['day']}: {result.share:.0%} of the features drifted "
+                            f"(threshold {spec.drift.share_threshold:.0%})", context,
+                   details={"share": result.share, "drifted": result.drifted, "report": url})
         return out
 
 
@@ -283,6 +299,7 @@ class EvaluateOperator(NightshiftOperator):
         from include.nightshift.snapshot import SnapshotRef, read_snapshots
 
         spec, store, registry = self.spec, runtime.artifact_store(), runtime.registry()
+        configured_notifiers()  # a bad alert setting fails here, before the alias can move
         trained = self.pull(context, TRAIN)
         end = dt.date.fromisoformat(trained["holdout_end"])
         refs = [SnapshotRef.from_dict(r) for r in json.loads(store.read_text(trained["snapshots_url"]))]
@@ -306,7 +323,9 @@ class EvaluateOperator(NightshiftOperator):
                   "dag_run_id": context["run_id"], "champion_version": champion.version if champion else None,
                   "challenger_version": trained["version"], "promoted": promote, "policy_note": why}
         if promote:
+            self._audit_ready()  # the warehouse must take the audit row before the alias moves
             registry.promote(spec.model_name, trained["version"], record)
+            self._announce_promotion(context, record)
         else:
             registry.record_verdict(spec.model_name, trained["version"], record)
         url = store.url("reports", spec.name, runtime.run_date(context).isoformat(), "evaluation.json")
@@ -314,6 +333,44 @@ class EvaluateOperator(NightshiftOperator):
         log.info("verdict for v%s: %s (%s)\n%s", trained["version"], "PROMOTED" if promote else "not promoted",
                  why, verdict.message())
         return {**record, "evaluation": evaluation, "report_path": url}
+
+    def _audit_ready(self) -> None:
+        from include.nightshift import audit
+
+        conn = runtime.postgres_connection(self.spec.warehouse.connection_id)
+        try:
+            audit.ensure_audit(conn, self.spec)
+        finally:
+            conn.close()
+
+    def _announce_promotion(self, context: Any, record: dict) -> None:
+        """The champion changed: one row in the audit table (as rollbacks write) and an alert.
+
+        The promotion has happened (its tags say who, why and when): failing the task now
+        would record a run as failed whose champion did change, so a failure here is logged.
+        """
+        try:
+            self._record_promotion(context, record)
+        except Exception:
+            log.exception("promotion of v%s is done but its audit row or alert failed", record["challenger_version"])
+
+    def _record_promotion(self, context: Any, record: dict) -> None:
+        from include.nightshift import audit
+
+        spec = self.spec
+        change = {"event": "promote", "model_name": spec.model_name, "from_version": record["champion_version"],
+                  "to_version": record["challenger_version"], "actor": "nightshift",
+                  "reason": record["policy_note"], "dag_run_id": context["run_id"],
+                  "details": {"policy": record["policy"], "metric": spec.promotion.metric,
+                              "champion": record.get("champion"), "challenger": record.get("challenger")}}
+        conn = runtime.postgres_connection(spec.warehouse.connection_id)
+        try:
+            audit.ensure_audit(conn, spec)
+            audit.record_change(conn, spec, change)
+        finally:
+            conn.close()
+        notify("promotion", f"{spec.model_name}: v{record['challenger_version']} promoted to champion "
+                            f"(was v{record['champion_version']}; {record['policy_note']})", context, details=change)
 
     def _policy(self, context: Any, verdict) -> tuple[bool, str]:
         """The run's promotion policy on top of the gate: `never` and dry runs never promote;

@@ -1,0 +1,63 @@
+"""The manual rollback DAG, one per dataset spec: put a known-good model back in production.
+
+    rollback -> republish_latest
+
+Triggered by hand from the UI (or the REST API) with a reason; never scheduled.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.sdk import DAG, Param, chain
+
+from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
+from nightshift_airflow import rollback_operators as ops
+from nightshift_airflow.notifiers import TaskFailureNotifier
+
+log = logging.getLogger(__name__)
+
+PARAMS = {
+    "version": Param(None, type=["null", "integer"], minimum=1, title="Version to restore",
+                     description="A registered version that passed the promotion gate once. Empty: the previous "
+                                 "champion (the most recent earlier champion that was not itself rolled back)."),
+    "reason": Param(type="string", minLength=3, maxLength=500, title="Reason",
+                    description="Why the champion is rolled back; recorded in the audit table and on the model "
+                                "version, with who triggered it and when."),
+    "republish": Param(True, type="boolean", title="Re-publish the latest night",
+                       description="Re-score the latest published night with the restored model and replace its "
+                                   "partition of the predictions table."),
+}
+
+
+def rollback_dag(spec: DatasetSpec) -> DAG:
+    common = {"spec_path": spec.path}
+    with DAG(
+        dag_id=f"{spec.dag_id}_rollback",
+        description=f"Roll back the {spec.model_name} champion (manual)",
+        schedule=None,
+        max_active_runs=1,
+        default_args={"owner": "nightshift", "retries": 1, "on_failure_callback": TaskFailureNotifier()},
+        params=PARAMS,
+        tags=["nightshift", "rollback", spec.name],
+        doc_md=f"""\
+### Roll back `{spec.model_name}`
+
+Moves the MLflow alias `champion` of `{spec.model_name}` to the version you name, or to the previous
+champion, after checking that the version exists and passed the promotion gate once. Who, why and
+when go to `{spec.warehouse.schema}.champion_changes` and onto the model version's tags. With
+*Re-publish* on, the latest night of `{spec.warehouse.schema}.predictions` is scored again with the
+restored model. Running the same rollback again changes nothing.
+""",
+    ) as dag:
+        chain(ops.RollbackOperator(task_id=ops.ROLLBACK, **common),
+              ops.RepublishOperator(task_id=ops.REPUBLISH, **common))
+    return dag
+
+
+for _path in sorted(specs_dir().glob("*.y*ml")):
+    try:
+        _dag = rollback_dag(load_spec(_path))
+    except SpecError:
+        continue  # the nightly DAG file already shows the broken spec as nightshift_invalid_<name>
+    globals()[_dag.dag_id] = _dag

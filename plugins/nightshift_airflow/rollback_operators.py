@@ -1,0 +1,83 @@
+"""The rollback steps: move `champion` back, record it, and optionally re-publish the latest night.
+
+Thin like the nightly operators: the rules (which version may be restored, what "previous"
+means, idempotency) live in include/nightshift/registry.py and rollback.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from nightshift_airflow import runtime
+from nightshift_airflow.notifiers import notify
+from nightshift_airflow.operators import NightshiftOperator
+
+log = logging.getLogger(__name__)
+
+ROLLBACK, REPUBLISH = "rollback", "republish_latest"
+
+
+def actor(context: Any) -> str:
+    """Who asked: the Airflow user who triggered the run (the API and UI record it)."""
+    dag_run = context.get("dag_run")
+    return getattr(dag_run, "triggering_user_name", None) or "unknown"
+
+
+class RollbackOperator(NightshiftOperator):
+    """Point `champion` at the previous champion or at a chosen, once-blessed version; audit who, why and when."""
+
+    ui_color = "#fecaca"
+
+    def execute(self, context: Any) -> dict:
+        from include.nightshift import audit
+        from include.nightshift.rollback import RollbackRefused, rollback
+
+        spec, registry = self.spec, runtime.registry()
+        version, reason = self.param(context, "version"), (self.param(context, "reason") or "").strip()
+        who = actor(context)
+        try:
+            result = rollback(registry, spec.model_name, to_version=int(version) if version is not None else None,
+                              actor=who, reason=reason, rollback_id=context["run_id"])
+        except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
+            raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
+        change = {"event": "rollback", "model_name": spec.model_name, "from_version": result.from_version,
+                  "to_version": result.to_version, "actor": who, "reason": reason, "dag_run_id": context["run_id"],
+                  "details": {"requested_version": version, "changed": result.changed}}
+        conn = runtime.postgres_connection(spec.warehouse.connection_id)
+        try:
+            audit.ensure_audit(conn, spec)
+            audit.record_change(conn, spec, change)
+        finally:
+            conn.close()
+        message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
+                   f"by {who}: {reason}" if result.changed else
+                   f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
+        notify("rollback", message, context, details=change)
+        log.info("%s", message)
+        return {**change, "changed": result.changed}
+
+
+class RepublishOperator(NightshiftOperator):
+    """Re-score the latest published night with the restored champion and replace that partition."""
+
+    ui_color = "#fed7aa"
+
+    def execute(self, context: Any) -> dict:
+        from include.nightshift.rollback import republish_latest
+
+        if not self.param(context, "republish", True):
+            raise AirflowSkipException("republish=false: the published predictions are left as they are")
+        spec, store, registry = self.spec, runtime.artifact_store(), runtime.registry()
+        restored = self.pull(context, ROLLBACK)["to_version"]
+        conn = runtime.postgres_connection(spec.warehouse.connection_id)
+        try:
+            done = republish_latest(conn, store, registry, spec, restored, context["run_id"])
+        finally:
+            conn.close()
+        if done is None:
+            raise AirflowSkipException(f"nothing published yet in {spec.warehouse.schema}.predictions")
+        log.info("re-published %s rows of %s with v%s", done["rows"], done["score_date"], done["model_version"])
+        return {key: str(value) if key == "score_date" else value for key, value in done.items()}
