@@ -322,17 +322,37 @@ class EvaluateOperator(NightshiftOperator):
         record = {**verdict.to_dict(), "policy": self.param(context, "promotion_policy", "auto"),
                   "dag_run_id": context["run_id"], "champion_version": champion.version if champion else None,
                   "challenger_version": trained["version"], "promoted": promote, "policy_note": why}
+        url = self._write_report(context, evaluation, record, trained)  # before anything moves
         if promote:
             self._audit_ready()  # the warehouse must take the audit row before the alias moves
             registry.promote(spec.model_name, trained["version"], record)
             self._announce_promotion(context, record)
         else:
             registry.record_verdict(spec.model_name, trained["version"], record)
-        url = store.url("reports", spec.name, runtime.run_date(context).isoformat(), "evaluation.json")
-        store.put_text(json.dumps({"evaluation": evaluation, "verdict": record}, indent=2, default=str), url)
         log.info("verdict for v%s: %s (%s)\n%s", trained["version"], "PROMOTED" if promote else "not promoted",
                  why, verdict.message())
+        log.info("report: %s", url)
         return {**record, "evaluation": evaluation, "report_path": url}
+
+    def _write_report(self, context: Any, evaluation: dict, record: dict, trained: dict) -> str:
+        """evaluation.html (+ .json) in the artifact store, and on the challenger's MLflow run."""
+        from include.nightshift.reports import evaluation_report_html
+
+        spec, store, day = self.spec, runtime.artifact_store(), runtime.run_date(context).isoformat()
+        title = f"{spec.name} {day}: challenger v{trained['version']}"
+        url = store.url("reports", spec.name, day, "evaluation.html")
+        store.put_text(json.dumps({"evaluation": evaluation, "verdict": record}, indent=2, default=str),
+                       store.url("reports", spec.name, day, "evaluation.json"))
+        with store.staging_dir() as tmp:
+            (tmp / "evaluation.html").write_text(evaluation_report_html(evaluation, record, title))
+            store.put_file(tmp / "evaluation.html", url)
+            runtime.registry().client.log_artifact(trained["run_id"], str(tmp / "evaluation.html"), "reports")
+            drift_url = context["ti"].xcom_pull(task_ids=DRIFT, key=REPORT_URL)
+            if drift_url and store.exists(drift_url):
+                with store.local_copy(drift_url) as drift_html:
+                    runtime.registry().client.log_artifact(trained["run_id"], str(drift_html), "reports")
+        context["ti"].xcom_push(key=REPORT_URL, value=url)
+        return url
 
     def _audit_ready(self) -> None:
         from include.nightshift import audit
@@ -490,10 +510,22 @@ class RecordRunOperator(NightshiftOperator):
         summary = (f"{day}: rows {run['rows_in']}, drift share {run['drift_share']}, reason {run['retrain_reason']}, "
                    f"decision {outcome}, champion v{run['champion_version']}, published {run['rows_published']}")
         log.info("run summary: %s", summary)
+        for name, url in self._reports(context).items():  # the reports, last in the log, for a reader of the UI
+            log.info("report %s: %s", name, url)
         if failed:
             raise AirflowFailException(f"run failed at {', '.join(failed)}; recorded in "
                                        f"{spec.warehouse.schema}.pipeline_runs")
         return {"decision": outcome, "summary": summary}
+
+    @staticmethod
+    def _reports(context: Any) -> dict[str, str]:
+        ti, found = context["ti"], {}
+        for name, task, key in (("validation", VALIDATE, REPORT_URL), ("validation of labels", VALIDATE, REPORT_KEYS["labelled"]),
+                                ("drift", DRIFT, REPORT_URL), ("evaluation", EVALUATE, REPORT_URL)):
+            url = ti.xcom_pull(task_ids=task, key=key)
+            if url:
+                found[name] = url
+        return found
 
     def _states(self, context: Any) -> dict[str, str]:
         ti = context["ti"]
