@@ -20,10 +20,12 @@
 \getenv nightshift_password NIGHTSHIFT_DB_PASSWORD
 \getenv reader_password NIGHTSHIFT_READER_PASSWORD
 
-CREATE ROLE airflow LOGIN PASSWORD :'airflow_password';
-CREATE ROLE mlflow LOGIN PASSWORD :'mlflow_password';
-CREATE ROLE nightshift LOGIN PASSWORD :'nightshift_password';
-CREATE ROLE nightshift_reader LOGIN PASSWORD :'reader_password';
+-- Spelled out although they are the defaults: no service login may create roles or
+-- databases (tests/unit/test_access.py checks it on this very script).
+CREATE ROLE airflow LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'airflow_password';
+CREATE ROLE mlflow LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'mlflow_password';
+CREATE ROLE nightshift LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'nightshift_password';
+CREATE ROLE nightshift_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'reader_password';
 -- A consumer's session cannot write even where a grant slips through.
 ALTER ROLE nightshift_reader SET default_transaction_read_only = on;
 
@@ -39,6 +41,9 @@ GRANT CONNECT ON DATABASE warehouse TO nightshift_reader;
 -- Default privileges live in each database, so set them from inside warehouse. The
 -- pipeline creates one schema per dataset spec and its tables and views at run time: every
 -- schema, table and view nightshift creates there becomes readable by nightshift_reader.
+-- A spec may also say `warehouse: {reader_role: nightshift_reader}`: the pipeline then
+-- grants the same USAGE and SELECT itself (include/nightshift/warehouse.py), which also
+-- covers a warehouse server that was not set up by this script.
 \connect warehouse
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO nightshift_reader;

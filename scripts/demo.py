@@ -141,7 +141,10 @@ def stop() -> int:
 
 
 def env() -> int:
+    """The environment `make ui` runs Airflow in: the demo's state, created if missing."""
     server = local_stack.start_postgres()
+    local_stack.create_databases(server)
+    local_stack.init_mlflow_store()
     for key, value in local_stack.airflow_env(server).items():
         print(f"export {key}='{value}'")
     return 0

@@ -45,6 +45,7 @@ def stop_postgres() -> bool:
 
 
 def create_databases(server_uri: str) -> None:
+    """The source and warehouse databases, and the specs' reader roles (safe to run again)."""
     import psycopg2
     from psycopg2 import sql
 
@@ -56,6 +57,41 @@ def create_databases(server_uri: str) -> None:
             if not cur.fetchone():
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
+    create_reader_roles(server_uri)
+
+
+def create_reader_roles(server_uri: str, specs: Path | None = None) -> list[str]:
+    """Create the consumers' read-only login role each spec names (warehouse.reader_role).
+
+    Locally only: the deployed stack's docker/postgres-init.sql creates its reader with a
+    password from the environment. Here the embedded server trusts local connections, so the
+    role has no password. NOSUPERUSER NOCREATEDB NOCREATEROLE: the pipeline grants it SELECT.
+    """
+    import psycopg2
+    from psycopg2 import sql
+
+    folder = specs or Path(os.environ.get("NIGHTSHIFT_SPECS_DIR") or ROOT / "include" / "specs")
+    roles = sorted({role for path in folder.glob("*.y*ml")
+                    if isinstance(role := ((yaml.safe_load(path.read_text()) or {}).get("warehouse") or {})
+                                  .get("reader_role"), str)})
+    conn = psycopg2.connect(server_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for role in roles:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if not cur.fetchone():
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
+                    sql.Identifier(role)))
+    conn.close()
+    return roles
+
+
+def init_mlflow_store() -> None:
+    """Create the MLflow SQLite store once, before parallel tasks could race to migrate it."""
+    from mlflow.tracking import MlflowClient
+
+    (HOME / "mlflow").mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{HOME / 'mlflow' / 'mlflow.db'}").search_experiments()
 
 
 def database_uri(server_uri: str, dbname: str) -> str:

@@ -19,9 +19,16 @@ from psycopg2 import sql
 ROOT = Path(__file__).resolve().parent.parent
 # MLflow 3.17 refuses to unpickle models unless told to; the registries here hold only models the tests trained.
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-for extra in (ROOT, ROOT / "plugins"):
+# OpenMP workers spin-wait by default; with two cores and several processes (Airflow, PostgreSQL,
+# the test) spinning threads starve the others. Passive waiting changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+for extra in (ROOT, ROOT / "plugins", ROOT / "scripts"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
+
+import local_stack  # noqa: E402  (scripts/, on the path just above)
+
+SPECS = ROOT / "include" / "specs"  # the shipped specs name the reader roles the tests' server needs
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +36,13 @@ def pg_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URI of a PostgreSQL superuser connection to the maintenance database."""
     external = os.environ.get("NIGHTSHIFT_TEST_PG_URI")
     if external:
+        local_stack.create_reader_roles(external, SPECS)
         yield external
         return
     import pgserver
 
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    local_stack.create_reader_roles(server.get_uri(), SPECS)
     yield server.get_uri()
     server.cleanup()
 

@@ -23,6 +23,7 @@ import yaml
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 KEY_TYPES = {"bigint", "integer", "text"}
 FEATURE_TYPES = {"numeric", "categorical"}
+RESERVED_ROLES = {"public", "none", "current_user", "current_role", "session_user"}
 METRICS = {"roc_auc": True, "average_precision": True, "accuracy": True, "f1": True, "log_loss": False}
 
 
@@ -114,6 +115,8 @@ class Scoring:
 class Warehouse:
     schema: str
     connection_id: str
+    # A role that consumers log in as: ensure_warehouse grants it read access and nothing else.
+    reader_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ class _Reader:
 
     def identifier(self, name: str, default: Any = _MISSING) -> str:
         value = self.get(name, str, default)
-        return _identifier(value, self.key(name))
+        return value if value is None else _identifier(value, self.key(name))
 
     def child(self, name: str) -> "_Reader":
         self.seen.add(name)
@@ -245,6 +248,17 @@ def _names(kinds: tuple[type, ...]) -> str:
 def _identifier(value: str, key: str) -> str:
     if not IDENTIFIER.match(value):
         raise SpecError(f"{key}: {value!r} is not a plain SQL identifier (letters, digits, underscore)")
+    return value
+
+
+def _role(value: str | None, key: str) -> str | None:
+    """A role to grant to: a plain identifier that names one real role.
+
+    PUBLIC (every role) and the predefined pg_* roles are refused: granting read access to
+    them would open the warehouse to far more than one consumer login.
+    """
+    if value is not None and (value.lower() in RESERVED_ROLES or value.lower().startswith("pg_")):
+        raise SpecError(f"{key}: {value!r} is a reserved PostgreSQL role; name the consumers' own role")
     return value
 
 
@@ -362,6 +376,7 @@ def parse_spec(data: Any, path: str = "") -> DatasetSpec:
         warehouse=Warehouse(
             schema=wh.identifier("schema"),
             connection_id=wh.get("connection_id", str, "nightshift_warehouse"),
+            reader_role=_role(wh.identifier("reader_role", None), wh.key("reader_role")),
         ),
         path=path,
     )

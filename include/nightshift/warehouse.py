@@ -11,6 +11,9 @@ so the core stays testable without Airflow. One PostgreSQL schema per spec
 Why it is written this way:
 - Every identifier from the spec goes through ``sql.Identifier``: a schema such as
   ``Churn_X`` must be that schema, never ``churn_x``, and nothing is formatted into SQL.
+- Consumers read with their own role (``spec.warehouse.reader_role``): the pipeline's role
+  owns and writes the tables and grants that role USAGE and SELECT, never more, so a
+  consumer's query can neither change a night nor lock a publish out.
 - A night is replaced as a whole (DELETE that date + COPY, one transaction, under an
   advisory lock): a rerun never duplicates, a crash never leaves half a night.
 - Rows stream Parquet -> Arrow record batches -> CSV (pyarrow) -> one COPY FROM STDIN,
@@ -125,18 +128,89 @@ def ensure_warehouse(conn: Any, spec: Any) -> None:
     When everything exists already (every task after the first night) no DDL runs at all:
     CREATE OR REPLACE VIEW takes an exclusive lock on the view, and a publish must not queue
     behind a consumer's long query on predictions_latest.
+
+    With ``warehouse.reader_role`` set, that role gets read access (see _grant_read); a
+    role that does not exist is refused before anything is created.
     """
     key_name, key_type = _key(spec)
+    reader = _reader_role(conn, spec)
     with conn, conn.cursor() as cur:
-        if all(_table_exists(cur, spec, name) for name in (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS)):
+        ready = all(_table_exists(cur, spec, name) for name in (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS))
+        if ready and (reader is None or _reader_can_read(cur, spec, reader)):
             _check_key_column(cur, spec, key_name, key_type)
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
-        _create_predictions(cur, spec, key_name, key_type)
-        _check_key_column(cur, spec, key_name, key_type)
-        _create_latest_view(cur, spec, key_name)
-        _create_runs(cur, spec)
+        if ready:
+            _check_key_column(cur, spec, key_name, key_type)
+        else:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
+            _create_predictions(cur, spec, key_name, key_type)
+            _check_key_column(cur, spec, key_name, key_type)
+            _create_latest_view(cur, spec, key_name)
+            _create_runs(cur, spec)
+        if reader is not None:
+            _grant_read(cur, spec, reader)
+
+
+def _reader_role(conn: Any, spec: Any) -> str | None:
+    """spec.warehouse.reader_role, checked against the server: it must exist, and be neither
+    the role the pipeline writes with nor a superuser (either could write)."""
+    reader = getattr(spec.warehouse, "reader_role", None)
+    if reader is None:
+        return None
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (reader,))
+        row = cur.fetchone()
+    setting = f"warehouse.reader_role of spec {spec.name!r}"
+    if row is None:
+        raise ValueError(f"{setting}: role {reader!r} does not exist on the warehouse server; "
+                         f"create it (CREATE ROLE \"{reader}\" LOGIN PASSWORD ...) or remove the setting")
+    superuser, is_writer = row
+    if is_writer:
+        raise ValueError(f"{setting}: {reader!r} is the role the pipeline writes with; name a separate read-only role")
+    if superuser:
+        raise ValueError(f"{setting}: {reader!r} is a superuser, which can write anything; name a read-only role")
+    return reader
+
+
+def _reader_can_read(cur: Any, spec: Any, reader: str) -> bool:
+    """Whether the reader already has every grant _grant_read gives (so nothing needs to run)."""
+    cur.execute(
+        """
+        SELECT has_schema_privilege(%(role)s, n.oid, 'USAGE')
+           AND bool_and(has_table_privilege(%(role)s, c.oid, 'SELECT'))
+           AND EXISTS (
+               SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) a
+               WHERE d.defaclnamespace = n.oid AND d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                 AND d.defaclobjtype = 'r' AND a.privilege_type = 'SELECT'
+                 AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(role)s))
+        FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+        WHERE n.nspname = %(schema)s AND c.relname = ANY(%(names)s)
+        GROUP BY n.oid
+        """,
+        {"role": reader, "schema": spec.warehouse.schema, "names": [PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS]},
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def _grant_read(cur: Any, spec: Any, reader: str) -> None:
+    """For the reader role: USAGE on the schema, SELECT on every table and view in it (the
+    three relations, and the audit table when it exists), and SELECT on those the writer
+    creates there later (default privileges). Nothing else: no write, no DDL, no row locks.
+
+    Idempotent (GRANT of a held privilege is a no-op); run under the DDL advisory lock, since
+    two sessions updating the same ACL at once fail with "tuple concurrently updated".
+    A GRANT by a role that does not own the tables only warns, so the result is checked.
+    """
+    role, schema = sql.Identifier(reader), sql.Identifier(spec.warehouse.schema)
+    cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
+    cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role))
+    cur.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(schema, role))
+    if not _reader_can_read(cur, spec, reader):
+        raise ValueError(
+            f"warehouse.reader_role of spec {spec.name!r}: could not grant {reader!r} read access to schema "
+            f"{spec.warehouse.schema!r}: the pipeline's role must own its schema and tables")
 
 
 def _create_predictions(cur: Any, spec: Any, key_name: str, key_type: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,69 @@ def test_rerun_replaces_the_night_and_leaves_other_nights(pg_conn, spec, tmp_pat
         (DAY2, 3, "second"), (DAY2, 4, "second"), (DAY2, 5, "second"),
     ]
     assert [s for d, _, s, _ in rows if d == DAY2] == second.score.tolist()
+
+
+def _publish_in_child(uri: str, spec, day: dt.date, path: str) -> tuple[str, object]:
+    """Runs in a separate process: one publish on its own connection; the outcome, never a raise."""
+    conn = psycopg2.connect(uri)
+    try:
+        return "ok", wh.replace_partition(conn, spec, day, path)
+    except Exception as exc:  # reported to the parent, which asserts on it
+        return "error", repr(exc)
+    finally:
+        conn.close()
+
+
+def _wait_for_lock_waiters(uri: str, count: int) -> None:
+    """Until `count` other sessions of this database wait on a lock (a hang guard, not a timing check)."""
+    monitor = psycopg2.connect(uri)
+    monitor.autocommit = True  # pg_stat_activity is frozen for the length of a transaction
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with monitor.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                if cur.fetchone()[0] >= count:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} publishers never both reached the lock")
+            time.sleep(0.05)
+    finally:
+        monitor.close()
+
+
+def test_two_processes_publishing_the_same_night_leave_one_row_per_entity(pg_conn, pg_uri, spec, tmp_path):
+    """Two publishes of one night at the same moment, from two processes with their own connections.
+
+    A session holding a SHARE lock on the table stops both inside their transaction until
+    both are waiting; then it lets go. Without the advisory lock both would delete the old
+    night and both COPY, and the second would fail on the primary key (or, with a weaker key,
+    leave two rows per entity). With it they queue: both succeed and the night is exactly
+    one of the two files, whole.
+    """
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions(np.arange(1, 501), 1, "old"), tmp_path / "old.parquet"))
+    files = {run: _write(_predictions(np.arange(1, 2001), seed, run), tmp_path / f"{run}.parquet")
+             for seed, run in ((2, "a"), (3, "b"))}
+    blocker = psycopg2.connect(pg_uri)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE churn.predictions IN SHARE MODE")  # held until the commit below
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pending = [pool.apply_async(_publish_in_child, (pg_uri, spec, DAY1, str(path))) for path in files.values()]
+            _wait_for_lock_waiters(pg_uri, 2)
+            blocker.commit()
+            outcomes = [p.get(timeout=120) for p in pending]
+    finally:
+        blocker.close()
+
+    assert outcomes == [("ok", 2000), ("ok", 2000)]
+    rows = _rows(pg_conn, spec)
+    assert len(rows) == 2000 and len({k for _, k, _, _ in rows}) == 2000
+    runs = {run for _, _, _, run in rows}
+    assert len(runs) == 1, f"the night mixes runs {runs}"
+    winner = _predictions(np.arange(1, 2001), {"a": 2, "b": 3}[runs.pop()])
+    assert [s for _, _, s, _ in rows] == winner.score.tolist()
 
 
 @pytest.mark.parametrize("bad_keys", [[7, 8, 8], [7.0, None, 9.0]], ids=["duplicate key", "null key"])
