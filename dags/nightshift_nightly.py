@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from pathlib import Path
 
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -20,6 +19,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
 from nightshift_airflow import operators as ops
+from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import TaskFailureNotifier
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ DEFAULT_ARGS = {
     "owner": "nightshift",
     "retries": 2,
     # Seconds before the first retry (doubling after): env NIGHTSHIFT_RETRY_DELAY_SECONDS, default 60.
-    "retry_delay": dt.timedelta(seconds=float(os.environ.get("NIGHTSHIFT_RETRY_DELAY_SECONDS", "60"))),
+    "retry_delay": runtime.retry_delay(),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
     "on_failure_callback": TaskFailureNotifier(),
@@ -43,7 +43,7 @@ PARAMS = {
                                           "sanity checks still apply)."),
     "dry_run": Param(False, type="boolean", title="Dry run",
                      description="Run every step but publish nothing and promote nothing."),
-    "note": Param("", type="string", maxLength=500, title="Note",
+    "note": Param(None, type=["null", "string"], maxLength=500, title="Note",
                   description="Why this run was triggered; kept in the run history (pipeline_runs.note)."),
     "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
                       description="The day to process (YYYY-MM-DD). Empty: the run's data interval."),

@@ -13,6 +13,7 @@ from airflow.sdk import DAG, Param, chain
 
 from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
 from nightshift_airflow import rollback_operators as ops
+from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import TaskFailureNotifier
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def rollback_dag(spec: DatasetSpec) -> DAG:
         description=f"Roll back the {spec.model_name} champion (manual)",
         schedule=None,
         max_active_runs=1,
-        default_args={"owner": "nightshift", "retries": 1, "on_failure_callback": TaskFailureNotifier()},
+        default_args={"owner": "nightshift", "retries": 1, "retry_delay": runtime.retry_delay(),
+                      "on_failure_callback": TaskFailureNotifier()},
         params=PARAMS,
         tags=["nightshift", "rollback", spec.name],
         doc_md=f"""\

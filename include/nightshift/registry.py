@@ -5,6 +5,9 @@ plain values (ModelVersionInfo, DataFrames, fitted pipelines) and MLflow's quirk
 
 - aliases, not stages (stages are deprecated in MLflow 3); the production model is the
   version behind the alias `champion`, and a version is blessed by tags that say why;
+- the alias moves in two ways only, promote() and rollback(), both tags first, alias last; a
+  rollback's who/why/when is written on the version restored and on the version left, and
+  "previous champion" is read from those tags (see previous_champion);
 - every call names its tracking and registry URI explicitly, so two Registry objects (or a
   test and the demo) never share MLflow's process-wide "current URI" by accident;
 - experiments are created with an explicit artifact location: with a SQLite store MLflow
@@ -19,6 +22,7 @@ plain values (ModelVersionInfo, DataFrames, fitted pipelines) and MLflow's quirk
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import tempfile
@@ -48,6 +52,19 @@ BASELINE_ARTIFACT = "baseline"
 REFERENCE_ARTIFACT = "reference.parquet"
 BLESSED_TAG = "nightshift.blessed"
 PROMOTED_AT_TAG = "nightshift.promoted_at"
+REPLACED_VERSION_TAG = "nightshift.replaced_version"
+# On the version a rollback restored (the latest rollback to it):
+ROLLBACK_ID_TAG = "nightshift.rollback.id"
+ROLLBACK_AT_TAG = "nightshift.rollback.at"
+ROLLBACK_BY_TAG = "nightshift.rollback.by"
+ROLLBACK_REASON_TAG = "nightshift.rollback.reason"
+ROLLBACK_FROM_TAG = "nightshift.rollback.from"
+# On the version a rollback moved away from (the latest rollback from it):
+ROLLED_BACK_AT_TAG = "nightshift.rolled_back.at"
+ROLLED_BACK_BY_TAG = "nightshift.rolled_back.by"
+ROLLED_BACK_REASON_TAG = "nightshift.rolled_back.reason"
+ROLLED_BACK_TO_TAG = "nightshift.rolled_back.to"
+ROLLED_BACK_ID_TAG = "nightshift.rolled_back.id"
 VERDICT_AT_TAG = "nightshift.verdict_at"
 VERDICT_PREFIX = "verdict."
 INPUT_EXAMPLE_ROWS = 5
@@ -73,6 +90,58 @@ class ModelVersionInfo:
     created_at: dt.datetime  # UTC
     tags: dict[str, str]
     aliases: list[str]
+
+    @property
+    def champion_since(self) -> dt.datetime | None:
+        """When this version last became champion (promoted or rolled back to); None if it never was."""
+        stamps = [_parse_iso(self.tags[t]) for t in (PROMOTED_AT_TAG, ROLLBACK_AT_TAG) if self.tags.get(t)]
+        return max(stamps, default=None)
+
+    @property
+    def rolled_back_from(self) -> bool:
+        """True when the last thing that happened to this version as champion was a rollback away from it."""
+        since, away = self.champion_since, self.tags.get(ROLLED_BACK_AT_TAG)
+        return since is not None and away is not None and _parse_iso(away) > since
+
+    @property
+    def passed_gate(self) -> bool:
+        """Whether this version may be made champion by a rollback: it passed the gate once.
+
+        True when it was blessed (nightshift.blessed=true, written only by promote()), was
+        champion at least once, or its verdict says the gate passed (verdict.promote=true: a
+        version the gate passed but a run's policy held back, e.g. promotion_policy=never or a
+        dry run). A rejected challenger (blessed=false, gate failed, never champion) and a
+        version never judged do not qualify.
+        """
+        return (self.tags.get(BLESSED_TAG) == "true" or self.champion_since is not None
+                or self.tags.get(f"{VERDICT_PREFIX}promote") == "true")
+
+
+class RollbackRefused(ValueError):
+    """A rollback that was refused: the message says what is wrong and what to do instead."""
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback did (or, replayed with the same rollback_id, what it had done).
+
+    changed: the alias moved (False only when the target already was the champion before
+    this rollback began: a no-op). resumed: this call found the rollback_id already recorded
+    and completed or confirmed it instead of resolving the target again.
+    at: when the rollback happened (the first attempt's time on a replay).
+    """
+
+    model_name: str
+    from_version: int
+    to_version: int
+    changed: bool
+    rollback_id: str
+    at: dt.datetime
+    resumed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (for XCom and the audit table's details)."""
+        return {**dataclasses.asdict(self), "at": self.at.isoformat()}
 
 
 class Registry:
@@ -113,16 +182,137 @@ class Registry:
             registered = mlflow.register_model(logged.model_uri, spec.model_name, tags=tags)
         return self.version(spec.model_name, int(registered.version))
 
-    def promote(self, model_name: str, version: int, verdict: dict[str, Any]) -> None:
-        """Bless a version and point `champion` at it.
+    def promote(self, model_name: str, version: int, verdict: dict[str, Any]) -> int | None:
+        """Bless a version and point `champion` at it; returns the version it replaced (None if none).
 
         Tags first, alias last: if anything fails half-way, the alias still names a blessed
-        model, never one without its reasons.
+        model, never one without its reasons. The replaced champion is kept in
+        nightshift.replaced_version, so every champion names its predecessor. Promoting the
+        current champion again (a retried task) keeps the predecessor it recorded the first time.
         """
         now = _now_iso()
+        current = self.champion(model_name)
+        if current is not None and current.version == int(version):
+            replaced = current.tags.get(REPLACED_VERSION_TAG)
+            replaced = int(replaced) if replaced else None
+        else:
+            replaced = None if current is None else current.version
         self._write_verdict(model_name, version, verdict, blessed=True, at=now)
         self.client.set_model_version_tag(model_name, str(version), PROMOTED_AT_TAG, now)
+        if replaced is not None:
+            self.client.set_model_version_tag(model_name, str(version), REPLACED_VERSION_TAG, str(replaced))
         self.client.set_registered_model_alias(model_name, CHAMPION, str(version))
+        return replaced
+
+    def rollback(self, model_name: str, *, to_version: int | None, actor: str, reason: str,
+                 rollback_id: str) -> RollbackResult:
+        """Point `champion` back at an earlier version, recording who, why and when on both versions.
+
+        to_version None means previous_champion(). The target must exist and have passed the
+        gate once (ModelVersionInfo.passed_gate); a version that was rolled back away from may
+        still be named explicitly, it is only skipped when "previous" is resolved. Rolling back
+        to the current champion is a no-op (changed=False, nothing written).
+
+        Idempotent per rollback_id (the Airflow run id): the id is the last tag written on the
+        target, the mark that its rollback tags are complete, and it is written before the alias
+        moves. So a retry (an Airflow task retry, before or after the alias moved) that finds the
+        id knows the target and where it came from, instead of resolving "previous" again, which
+        after the move would be one step further back; it finishes what is missing and returns
+        the first attempt's result (resumed=True). A retry that does not find the id knows the
+        alias has not moved, and resolving again gives the same target. A replay is refused
+        when the champion has since moved to a third version: undoing that is a new rollback.
+
+        Tags first, alias last, as in promote(): the alias never names a version without the
+        reasons it is there.
+        """
+        for name, value in (("actor", actor), ("reason", reason), ("rollback_id", rollback_id)):
+            if not isinstance(value, str) or not value.strip():
+                raise RollbackRefused(f"rollback of {model_name}: {name} must be a non-empty string")
+        if to_version is not None and (isinstance(to_version, bool) or not isinstance(to_version, int)
+                                       or to_version < 1):
+            raise RollbackRefused(f"rollback of {model_name}: the version to restore must be a positive integer, "
+                                  f"got {to_version!r}")
+        current = self.champion(model_name)
+        if current is None:
+            raise RollbackRefused(f"{model_name} has no champion (no alias {CHAMPION!r}): "
+                                  "there is nothing to roll back")
+        recorded = self._rolled_back_by_id(model_name, rollback_id)
+        if recorded is not None:
+            return self._resume_rollback(current, recorded, to_version, rollback_id)
+        if to_version is None:
+            target = self.previous_champion(model_name)
+            if target is None:
+                raise RollbackRefused(
+                    f"{model_name}: no previous champion to roll back to from v{current.version} (no earlier "
+                    f"champion, or every earlier one was rolled back from): name the version to restore")
+        elif to_version == current.version:  # already there: nothing to do, nothing written
+            return RollbackResult(model_name, current.version, current.version, False, rollback_id,
+                                  dt.datetime.now(dt.UTC))
+        else:
+            target = self._eligible_target(model_name, to_version)
+        at = dt.datetime.now(dt.UTC)
+        self._write_rollback_tags(model_name, current.version, target.version, actor=actor, reason=reason,
+                                  rollback_id=rollback_id, at=at.isoformat())
+        self.client.set_registered_model_alias(model_name, CHAMPION, str(target.version))
+        return RollbackResult(model_name, current.version, target.version, True, rollback_id, at)
+
+    def _eligible_target(self, model_name: str, to_version: int) -> ModelVersionInfo:
+        """The chosen version, refused with a clear message when it does not exist or never passed the gate."""
+        try:
+            target = self.version(model_name, to_version)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            raise RollbackRefused(f"{model_name} has no version {to_version}: cannot roll back to it") from exc
+        if not target.passed_gate:
+            blessed = target.tags.get(BLESSED_TAG, "unset: never judged")
+            raise RollbackRefused(
+                f"{model_name} v{to_version} never passed the promotion gate ({BLESSED_TAG}={blessed}, never "
+                f"champion): only a version that passed the gate once can be restored")
+        return target
+
+    def _resume_rollback(self, current: ModelVersionInfo, target: ModelVersionInfo, to_version: int | None,
+                         rollback_id: str) -> RollbackResult:
+        """Finish (or confirm) the rollback recorded under rollback_id on `target`."""
+        name, tags = target.name, target.tags
+        if to_version is not None and int(to_version) != target.version:
+            raise RollbackRefused(f"rollback id {rollback_id!r} of {name} already restored v{target.version}, "
+                                  f"not v{to_version}: use a new rollback id")
+        from_version = int(tags[ROLLBACK_FROM_TAG])
+        if current.version not in (from_version, target.version):
+            raise RollbackRefused(
+                f"rollback id {rollback_id!r} of {name} moved the champion from v{from_version} to "
+                f"v{target.version}, but the champion is now v{current.version}: start a new rollback")
+        at = tags[ROLLBACK_AT_TAG]
+        if current.version == from_version:  # interrupted before the alias moved: finish it
+            self._write_rollback_tags(name, from_version, target.version, actor=tags[ROLLBACK_BY_TAG],
+                                      reason=tags[ROLLBACK_REASON_TAG], rollback_id=rollback_id, at=at)
+            self.client.set_registered_model_alias(name, CHAMPION, str(target.version))
+        return RollbackResult(name, from_version, target.version, True, rollback_id, _parse_iso(at), resumed=True)
+
+    def _write_rollback_tags(self, model_name: str, from_version: int, to_version: int, *, actor: str,
+                             reason: str, rollback_id: str, at: str) -> None:
+        """The target's tags with the id last (what a retry looks for), then the version left.
+
+        Dicts keep their order: the id is written only once the target's other tags are.
+        """
+        for version, tags in (
+            (to_version, {ROLLBACK_FROM_TAG: str(from_version), ROLLBACK_BY_TAG: actor, ROLLBACK_REASON_TAG: reason,
+                          ROLLBACK_AT_TAG: at, ROLLBACK_ID_TAG: rollback_id}),
+            (from_version, {ROLLED_BACK_ID_TAG: rollback_id, ROLLED_BACK_TO_TAG: str(to_version),
+                            ROLLED_BACK_BY_TAG: actor, ROLLED_BACK_REASON_TAG: reason, ROLLED_BACK_AT_TAG: at}),
+        ):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(model_name, str(version), key, value)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str = "reports") -> str:
+        """Attach a file (a report) to a run, e.g. a model version's training run; returns its artifact URI."""
+        local = Path(local_path)
+        if not local.is_file():
+            raise FileNotFoundError(f"log_artifact: {local} is not a file")
+        self.client.log_artifact(run_id, str(local), artifact_path)
+        base = self.client.get_run(run_id).info.artifact_uri.rstrip("/")
+        return f"{base}/{artifact_path.strip('/')}/{local.name}" if artifact_path else f"{base}/{local.name}"
 
     def record_verdict(self, model_name: str, version: int, verdict: dict[str, Any]) -> None:
         """Record why a version was not promoted (tags only; the alias does not move).
@@ -155,15 +345,43 @@ class Registry:
         return None if version is None else self.version(model_name, int(version))
 
     def version(self, model_name: str, version: int) -> ModelVersionInfo:
-        mv = self.client.get_model_version(model_name, str(version))
-        return ModelVersionInfo(
-            name=mv.name,
-            version=int(mv.version),
-            run_id=mv.run_id,
-            created_at=_from_millis(mv.creation_timestamp),
-            tags=dict(mv.tags),
-            aliases=list(mv.aliases),
-        )
+        return _info(self.client.get_model_version(model_name, str(version)))
+
+    def versions(self, model_name: str) -> list[ModelVersionInfo]:
+        """Every version of a model with its tags, oldest first ([] when the model does not exist).
+
+        Aliases are not filled in (MLflow's search does not promise them); use champion().
+        """
+        found, token = [], None
+        while True:
+            page = self.client.search_model_versions(_name_filter(model_name), page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
+        return sorted((_info(mv, aliases=[]) for mv in found), key=lambda v: v.version)
+
+    def previous_champion(self, model_name: str) -> ModelVersionInfo | None:
+        """The version a rollback without a target goes back to; None when there is none.
+
+        Definition: among the versions other than the current champion that have been
+        champion (tag nightshift.promoted_at or nightshift.rollback.at), leaving out those
+        rolled back from (nightshift.rolled_back_at later than when they last became
+        champion), the one that became champion most recently. So with v1, v3, v5 promoted
+        the previous champion is v3; after a rollback to v3 it is v1 (v5 was rolled back
+        from); after v7 is promoted next it is v3 again. The times are the tags' UTC
+        timestamps, written by whichever machine made the change.
+        """
+        current = self.champion(model_name)
+        candidates = [v for v in self.versions(model_name)
+                      if v.champion_since is not None and not v.rolled_back_from
+                      and (current is None or v.version != current.version)]
+        return max(candidates, key=lambda v: (v.champion_since, v.version), default=None)
+
+    def _rolled_back_by_id(self, model_name: str, rollback_id: str) -> ModelVersionInfo | None:
+        """The version a rollback with this id restored (its first tag), or None."""
+        matches = [v for v in self.versions(model_name) if v.tags.get(ROLLBACK_ID_TAG) == rollback_id]
+        return matches[0] if matches else None
 
     def champion_promoted_at(self, model_name: str) -> dt.datetime | None:
         """When the champion became champion (its tag, else its creation time): the max-age rule's clock."""
@@ -171,7 +389,7 @@ class Registry:
         if current is None:
             return None
         stamp = current.tags.get(PROMOTED_AT_TAG)
-        return dt.datetime.fromisoformat(stamp).astimezone(dt.UTC) if stamp else current.created_at
+        return _parse_iso(stamp) if stamp else current.created_at
 
     def load_model(self, model_name: str, version: int):
         """The fitted sklearn pipeline of one registered version (by number, never by alias, so
@@ -245,6 +463,28 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
 def _tag_value(value: Any) -> str:
     """Tags are strings: keep strings as they are, JSON for numbers, booleans, lists and dicts."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _info(mv, aliases: list[str] | None = None) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        run_id=mv.run_id,
+        created_at=_from_millis(mv.creation_timestamp),
+        tags=dict(mv.tags),
+        aliases=list(mv.aliases) if aliases is None else aliases,
+    )
+
+
+def _name_filter(model_name: str) -> str:
+    """An MLflow filter on one model name (names come from specs: plain identifiers, never a quote)."""
+    if "'" in model_name or "\\" in model_name:
+        raise ValueError(f"model name {model_name!r}: quotes and backslashes are not allowed")
+    return f"name = '{model_name}'"
+
+
+def _parse_iso(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp).astimezone(dt.UTC)
 
 
 def _from_millis(millis: int) -> dt.datetime:

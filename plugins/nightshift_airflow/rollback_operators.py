@@ -45,19 +45,22 @@ class RollbackOperator(NightshiftOperator):
             raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
         change = {"event": "rollback", "model_name": spec.model_name, "from_version": result.from_version,
                   "to_version": result.to_version, "actor": who, "reason": reason, "dag_run_id": context["run_id"],
-                  "details": {"requested_version": version, "changed": result.changed}}
-        conn = runtime.postgres_connection(spec.warehouse.connection_id)
-        try:
-            audit.ensure_audit(conn, spec)
-            audit.record_change(conn, spec, change)
-        finally:
-            conn.close()
+                  "changed_at": result.at,
+                  "details": {"requested_version": version, "rollback_id": result.rollback_id,
+                              "resumed": result.resumed}}
+        if result.changed:  # a no-op changed nothing: there is nothing to audit
+            conn = runtime.postgres_connection(spec.warehouse.connection_id)
+            try:
+                audit.ensure_audit(conn, spec)
+                audit.record_change(conn, spec, change)
+            finally:
+                conn.close()
         message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
         notify("rollback", message, context, details=change)
         log.info("%s", message)
-        return {**change, "changed": result.changed}
+        return {**change, "changed_at": result.at.isoformat(), "changed": result.changed}
 
 
 class RepublishOperator(NightshiftOperator):

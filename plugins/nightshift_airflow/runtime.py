@@ -21,6 +21,11 @@ class SettingMissing(RuntimeError):
     """A setting the pipeline cannot run without is not configured."""
 
 
+def retry_delay() -> dt.timedelta:
+    """Wait before a task's first retry: env NIGHTSHIFT_RETRY_DELAY_SECONDS (default 60); tests set it low."""
+    return dt.timedelta(seconds=float(os.environ.get("NIGHTSHIFT_RETRY_DELAY_SECONDS", "60")))
+
+
 def run_date(context: Any) -> dt.date:
     """The day a run processes: its `run_date` param, else the data interval's start, else the
     logical date, else the day before `run_after` (an API run with a null logical date)."""

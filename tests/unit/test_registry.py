@@ -176,3 +176,34 @@ def test_registries_on_different_stores_do_not_mix(registry, spec, models, data,
     assert registry.champion(spec.model_name) is None
     assert other.champion(spec.model_name).version == 1
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_log_artifact_attaches_a_report_to_the_run(registry, spec, models, data, tmp_path):
+    info = _log(registry, spec, models, data)
+    report = tmp_path / "evaluation.html"
+    report.write_text("<html>verdict</html>")
+
+    uri = registry.log_artifact(info.run_id, report)
+
+    assert uri.endswith("/reports/evaluation.html")
+    assert [a.path for a in registry.client.list_artifacts(info.run_id, "reports")] == ["reports/evaluation.html"]
+    fetched = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="reports/evaluation.html",
+                                                  dst_path=str(tmp_path / "back"), tracking_uri=registry.tracking_uri)
+    assert Path(fetched).read_text() == "<html>verdict</html>"
+    with pytest.raises(FileNotFoundError, match="missing.html is not a file"):
+        registry.log_artifact(info.run_id, tmp_path / "missing.html")
+
+
+def test_versions_lists_every_version_with_its_tags(registry, spec, models, data):
+    assert registry.versions(spec.model_name) == []  # no such model yet
+    _log(registry, spec, models, data)
+    _log(registry, spec, models, data, **{"nightshift.extra": "x"})
+    registry.promote(spec.model_name, 2, {"decision": "promote"})
+
+    versions = registry.versions(spec.model_name)
+    assert [v.version for v in versions] == [1, 2]
+    assert versions[1].tags["nightshift.extra"] == "x" and versions[1].tags["nightshift.blessed"] == "true"
+    assert versions[1].champion_since is not None and versions[0].champion_since is None
+    assert versions[1].passed_gate and not versions[0].passed_gate
+    with pytest.raises(ValueError, match="quotes"):
+        registry.versions("a'b")
