@@ -177,13 +177,20 @@ def _read_columns(snapshot_dict: dict, columns: list[str]) -> dict[str, dict]:
 
 
 def _save_html(snapshot, path: Path, columns: dict[str, dict]) -> str:
-    """Evidently's report; a plain page when no feature could be tested (so the file always exists)."""
+    """Evidently's report; a plain page when no feature could be tested (so the file always exists).
+
+    Evidently 0.7's ``save_html`` inlines its JavaScript, styles and data (about 5 MB): the
+    page fetches nothing (checked in headless Chromium: no request beyond the file itself),
+    so it opens offline and from any URL, like the other reports.
+    """
+    from include.nightshift.reports import page
+
     path.parent.mkdir(parents=True, exist_ok=True)
     if snapshot is not None:
         snapshot.save_html(str(path))  # a str: a file object is silently ignored
     else:
         rows = "".join(f"<li>{html.escape(name)}: {html.escape(col['method'])}</li>" for name, col in columns.items())
-        path.write_text(f"<html><body><h1>No feature could be tested for drift</h1><ul>{rows}</ul></body></html>")
+        path.write_text(page("No feature could be tested for drift", f"<ul>{rows}</ul>"), encoding="utf-8")
     return str(path)
 
 

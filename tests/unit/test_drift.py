@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,19 @@ DAY1, DAY2, DRIFT_DAY = dt.date(2026, 1, 5), dt.date(2026, 1, 6), dt.date(2026, 
 SHIFTED = {"tenure_months", "monthly_charges", "price_increase_pct", "outage_minutes_30d",
            "logins_30d", "avg_session_minutes", "data_usage_gb", "plan", "acquisition_channel"}
 UNTOUCHED = {"age", "region", "payment_method", "late_payments_12m", "referrals", "discount_pct"}
+
+
+# What would make a browser fetch something: an element loading a URL, or CSS importing one.
+# (Plain links such as Plotly's logo link are not loads.)
+FETCHING_ELEMENT = re.compile(r"""<(?:script|link|img|iframe|embed|object|source|video|audio)\b[^>]*?"""
+                              r"""\b(?:src|href|data)\s*=\s*["']?(?:https?:)?//""", re.I)
+FETCHING_CSS = re.compile(r"""(?:@import\s*|url\(\s*)["']?(?:https?:)?//""", re.I)
+
+
+def assert_loads_nothing(text: str) -> None:
+    assert not FETCHING_ELEMENT.findall(text), FETCHING_ELEMENT.findall(text)[:3]
+    assert not FETCHING_CSS.findall(text), FETCHING_CSS.findall(text)[:3]
+    assert not re.search(r"<script\b[^>]*\bsrc\s*=", text, re.I)
 
 
 def with_drift(spec, **changes):
@@ -65,6 +79,7 @@ def test_covariate_drift_is_above_threshold_and_names_the_columns(churn_spec, re
     assert result.report_path == str(html)
     text = html.read_text()
     assert "<html" in text.lower() and len(text) > 10_000
+    assert_loads_nothing(text)  # Evidently inlines its scripts and data: opens offline, from any URL
     # JSON-safe, and the same facts.
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert data["drifted"] == result.drifted and data["report_path"] == str(html)
@@ -127,4 +142,6 @@ def test_nothing_testable_still_gives_a_verdict_and_a_report(churn_spec, referen
     result = measure_drift(current, reference, churn_spec, html_path=tmp_path / "drift.html")
 
     assert result.share == 1.0 and result.drifted == churn_spec.feature_names
-    assert "No feature could be tested" in (tmp_path / "drift.html").read_text()
+    text = (tmp_path / "drift.html").read_text()
+    assert "No feature could be tested" in text and "<li>age: all null in current</li>" in text
+    assert "://" not in text
