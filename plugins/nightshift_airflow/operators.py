@@ -22,12 +22,16 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator
 
 from nightshift_airflow import runtime
+from nightshift_airflow.links import (DriftReportLink, EvaluationReportLink, HealthPageLink,
+                                     LabelledValidationReportLink, ValidationReportLink)
 from nightshift_airflow.notifiers import configured_notifiers, notify
 
 log = logging.getLogger(__name__)
 
 # XCom keys holding the artifact-store address of a task's report (its extra links read them).
 REPORT_URL = "report_url"
+HEALTH_URL = "health_url"
+HEALTH_DAYS = 90  # nights on the model-health page
 REPORT_KEYS = {"current": REPORT_URL, "labelled": "labelled_report_url"}
 
 # Task ids the steps find each other by; the DAG factory uses the same names.
@@ -91,6 +95,7 @@ class ValidateOperator(NightshiftOperator):
     """Run the spec's Great Expectations suite; a failure stops the run before anything is trained or published."""
 
     ui_color = "#fde68a"
+    operator_extra_links = (ValidationReportLink(), LabelledValidationReportLink())
 
     def execute(self, context: Any) -> dict:
         from include.nightshift import warehouse
@@ -119,7 +124,8 @@ class ValidateOperator(NightshiftOperator):
                 report_url = self._keep_report(store, tmp / kind, result.report_path, spec.name, snap["day"], kind)
             message = result.message().replace(str(result.report_path), str(report_url))
             results[kind] = {**result.to_dict(), "report_path": report_url}
-            context["ti"].xcom_push(key=REPORT_KEYS[kind], value=report_url)
+            if report_url:
+                context["ti"].xcom_push(key=REPORT_KEYS[kind], value=report_url)
             log.info("validation of %s snapshot %s: %s; report %s", kind, ref.day,
                      "passed" if result.success else "FAILED", report_url)
             if not result.success:
@@ -145,6 +151,7 @@ class DriftOperator(NightshiftOperator):
     """Compare the night's features with the champion's reference sample (Evidently)."""
 
     ui_color = "#fbcfe8"
+    operator_extra_links = (DriftReportLink(),)
 
     def execute(self, context: Any) -> dict:
         from include.nightshift.drift import measure_drift
@@ -290,6 +297,7 @@ class EvaluateOperator(NightshiftOperator):
     """Champion, challenger and baseline on the same out-of-time holdout; promote only through the gate."""
 
     ui_color = "#bbf7d0"
+    operator_extra_links = (EvaluationReportLink(),)
 
     def execute(self, context: Any) -> dict:
         import numpy as np
@@ -325,8 +333,8 @@ class EvaluateOperator(NightshiftOperator):
         url = self._write_report(context, evaluation, record, trained)  # before anything moves
         if promote:
             self._audit_ready()  # the warehouse must take the audit row before the alias moves
-            registry.promote(spec.model_name, trained["version"], record)
-            self._announce_promotion(context, record)
+            replaced = registry.promote(spec.model_name, trained["version"], record)
+            self._announce_promotion(context, record, replaced)
         else:
             registry.record_verdict(spec.model_name, trained["version"], record)
         log.info("verdict for v%s: %s (%s)\n%s", trained["version"], "PROMOTED" if promote else "not promoted",
@@ -344,13 +352,13 @@ class EvaluateOperator(NightshiftOperator):
         store.put_text(json.dumps({"evaluation": evaluation, "verdict": record}, indent=2, default=str),
                        store.url("reports", spec.name, day, "evaluation.json"))
         with store.staging_dir() as tmp:
-            (tmp / "evaluation.html").write_text(evaluation_report_html(evaluation, record, title))
+            (tmp / "evaluation.html").write_text(evaluation_report_html(evaluation, record, title, spec=spec))
             store.put_file(tmp / "evaluation.html", url)
-            runtime.registry().client.log_artifact(trained["run_id"], str(tmp / "evaluation.html"), "reports")
+            runtime.registry().log_artifact(trained["run_id"], tmp / "evaluation.html", "reports")
             drift_url = context["ti"].xcom_pull(task_ids=DRIFT, key=REPORT_URL)
             if drift_url and store.exists(drift_url):
                 with store.local_copy(drift_url) as drift_html:
-                    runtime.registry().client.log_artifact(trained["run_id"], str(drift_html), "reports")
+                    runtime.registry().log_artifact(trained["run_id"], drift_html, "reports")
         context["ti"].xcom_push(key=REPORT_URL, value=url)
         return url
 
@@ -363,22 +371,22 @@ class EvaluateOperator(NightshiftOperator):
         finally:
             conn.close()
 
-    def _announce_promotion(self, context: Any, record: dict) -> None:
+    def _announce_promotion(self, context: Any, record: dict, replaced: int | None) -> None:
         """The champion changed: one row in the audit table (as rollbacks write) and an alert.
 
         The promotion has happened (its tags say who, why and when): failing the task now
         would record a run as failed whose champion did change, so a failure here is logged.
         """
         try:
-            self._record_promotion(context, record)
+            self._record_promotion(context, record, replaced)
         except Exception:
             log.exception("promotion of v%s is done but its audit row or alert failed", record["challenger_version"])
 
-    def _record_promotion(self, context: Any, record: dict) -> None:
+    def _record_promotion(self, context: Any, record: dict, replaced: int | None) -> None:
         from include.nightshift import audit
 
         spec = self.spec
-        change = {"event": "promote", "model_name": spec.model_name, "from_version": record["champion_version"],
+        change = {"event": "promote", "model_name": spec.model_name, "from_version": replaced,
                   "to_version": record["challenger_version"], "actor": "nightshift",
                   "reason": record["policy_note"], "dag_run_id": context["run_id"],
                   "details": {"policy": record["policy"], "metric": spec.promotion.metric,
@@ -390,7 +398,7 @@ class EvaluateOperator(NightshiftOperator):
         finally:
             conn.close()
         notify("promotion", f"{spec.model_name}: v{record['challenger_version']} promoted to champion "
-                            f"(was v{record['champion_version']}; {record['policy_note']})", context, details=change)
+                            f"(was v{replaced}; {record['policy_note']})", context, details=change)
 
     def _policy(self, context: Any, verdict) -> tuple[bool, str]:
         """The run's promotion policy on top of the gate: `never` and dry runs never promote;
@@ -456,6 +464,7 @@ class RecordRunOperator(NightshiftOperator):
     """Write the run's one row of history (whatever happened), then fail the run if a step failed."""
 
     ui_color = "#e5e7eb"
+    operator_extra_links = (HealthPageLink(),)
 
     def execute(self, context: Any) -> dict:
         from include.nightshift import warehouse
@@ -505,6 +514,7 @@ class RecordRunOperator(NightshiftOperator):
         try:
             warehouse.ensure_warehouse(conn, spec)
             warehouse.upsert_run(conn, spec, run)
+            health_url = self._write_health_page(context, conn, day)
         finally:
             conn.close()
         summary = (f"{day}: rows {run['rows_in']}, drift share {run['drift_share']}, reason {run['retrain_reason']}, "
@@ -512,10 +522,34 @@ class RecordRunOperator(NightshiftOperator):
         log.info("run summary: %s", summary)
         for name, url in self._reports(context).items():  # the reports, last in the log, for a reader of the UI
             log.info("report %s: %s", name, url)
+        if health_url:
+            log.info("model health page: %s", health_url)
         if failed:
             raise AirflowFailException(f"run failed at {', '.join(failed)}; recorded in "
                                        f"{spec.warehouse.schema}.pipeline_runs")
         return {"decision": outcome, "summary": summary}
+
+    def _write_health_page(self, context: Any, conn: Any, day: dt.date) -> str | None:
+        """Regenerate reports/<dataset>/health.html from the warehouse's history, newest night included.
+
+        The run's row is already written; a page that cannot be drawn is logged, not raised,
+        so a plotting problem never turns a good night into a failed one.
+        """
+        from include.nightshift.health import read_events, read_history, write_health_page
+
+        spec, store = self.spec, runtime.artifact_store()
+        url = store.url("reports", spec.name, "health.html")
+        try:
+            runs = read_history(conn, spec, HEALTH_DAYS)
+            events = read_events(conn, spec)
+            with store.staging_dir() as tmp:
+                write_health_page(tmp / "health.html", spec, runs, events)
+                store.put_file(tmp / "health.html", url)
+        except Exception:
+            log.exception("the model-health page for %s could not be written", day)
+            return None
+        context["ti"].xcom_push(key=HEALTH_URL, value=url)
+        return url
 
     @staticmethod
     def _reports(context: Any) -> dict[str, str]:

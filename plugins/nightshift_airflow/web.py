@@ -1,0 +1,247 @@
+"""Nightshift's reports over HTTP, inside the Airflow API server (mounted at /nightshift by plugin.py).
+
+The validation, drift, evaluation and model-health pages live in the artifact store (a local
+folder or s3://...), which a browser on the Airflow UI cannot open; this small app streams them
+from the store so that the task buttons (links.py) and the UI's "Nightshift reports" menu entry
+have an http address:
+
+    GET /nightshift/                       the datasets, each with its model-health page and latest reports
+    GET /nightshift/reports/<path>         a file under `reports/` of the store (a folder gives a listing)
+    GET /nightshift/health/<dag_id>        the DAG's model-health page (the "Model health" tab on a DAG)
+
+Only `reports/` is served: a path with `..`, `.`, an empty segment, a backslash or a leading
+slash is refused (400) before the store is touched; a missing file is 404.
+
+Access: every request needs a signed-in Airflow user. Airflow 3.3 does not protect plugin apps
+by itself, so each route depends on Airflow's own `get_user` (airflow.api_fastapi.core_api.security:
+the `Authorization: Bearer` token, else the UI's `_token` cookie, which the browser sends here
+because the app shares the UI's origin and cookie path). A browser without a session is sent to
+the login page; then a dataset's reports are shown only to users the auth manager lets read the
+task logs of its DAG (`nightshift_<dataset>`): the reports show the data, as the logs do.
+
+Report pages come from Great Expectations and Evidently and embed values from the source data,
+so they are served with `Content-Security-Policy: sandbox`: their scripts run (Evidently needs
+them) in an opaque origin that cannot read the Airflow UI or call its API with the user's
+session. The cost, seen in Chromium: the browser sends no cookie with a sandboxed page's own
+sub-requests, so a page's local images (the GX favicon) do not load; the pages are otherwise
+self-contained or load their styles from CDNs, and their links (top-level navigations) work.
+
+This module is imported by every Airflow process that loads plugins (task runners too), so
+Airflow's server modules are imported inside the functions that need them, not here.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+
+from nightshift_airflow.links import REPORTS_FOLDER
+
+DAG_PREFIX = "nightshift_"  # DatasetSpec.dag_id is f"nightshift_{name}"
+CHUNK = 1 << 20
+SANDBOX = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The pages of one night, in the order the index shows them (the first existing one per label).
+NIGHT_PAGES = (
+    ("validation", ("validation/current/validation.html",)),
+    ("validation (labelled)", ("validation/labelled/validation.html",)),
+    ("drift", ("drift.html",)),
+    ("evaluation", ("evaluation.html", "evaluation.json")),
+)
+HEALTH_PAGE = "health.html"
+ROLLBACK_SUFFIX = "_rollback"  # dags/nightshift_rollback.py: f"{spec.dag_id}_rollback"
+
+app = FastAPI(title="Nightshift reports", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class LoginRequired(Exception):
+    """No Airflow session on a browser request: answered with a redirect to the login page."""
+
+
+@app.exception_handler(LoginRequired)
+def _to_login(request: Request, _: LoginRequired) -> RedirectResponse:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(get_auth_manager().get_url_login(next_url=here), status_code=303)
+
+
+async def airflow_user(request: Request) -> Any:
+    """The signed-in Airflow user, validated by Airflow's own API dependency (JWT in header or cookie)."""
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    credentials = await bearer_scheme(request)
+    try:
+        return await get_user(request, _oauth_token=None, bearer_credentials=credentials)
+    except HTTPException as error:
+        if error.status_code == 401 and credentials is None:
+            raise LoginRequired() from error
+        raise
+
+
+def may_read(user: Any, dataset: str) -> bool:
+    """Whether the auth manager lets `user` read the task logs of the dataset's DAG."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.TASK_LOGS, details=DagDetails(id=DAG_PREFIX + dataset),
+        user=user)
+
+
+def artifact_store():
+    """The store named by Variable `nightshift_artifact_root`, read per request (a change needs no restart)."""
+    from nightshift_airflow import runtime
+
+    try:
+        return runtime.artifact_store()
+    except runtime.SettingMissing as error:
+        raise HTTPException(status_code=503, detail=str(error)) from error
+
+
+def report_parts(path: str) -> list[str]:
+    """The segments of a path under reports/; refuses anything that could leave that folder."""
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        raise HTTPException(status_code=400, detail=f"not a report path: {path!r}")
+    parts = path.removesuffix("/").split("/") if path not in ("", "/") else []
+    if any(part in ("", ".", "..") for part in parts):
+        raise HTTPException(status_code=400, detail=f"not a report path: {path!r}")
+    return parts
+
+
+def _info(store, url: str) -> dict | None:
+    """fsspec's description of a key (type, size), or None when there is nothing there."""
+    try:
+        return store.fs.info(store.fs._strip_protocol(url))
+    except FileNotFoundError:
+        return None
+
+
+def _listing(store, url: str) -> list[dict]:
+    """A folder's entries with their base names (an empty list when the folder does not exist)."""
+    path = store.fs._strip_protocol(url)
+    if not store.fs.exists(path):
+        return []
+    return [{**e, "name": e["name"].rstrip("/").rsplit("/", 1)[-1]} for e in store.fs.ls(path, detail=True)]
+
+
+def _exists(store, *parts: str) -> bool:
+    return store.exists(store.url(REPORTS_FOLDER, *parts))
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:70em} td,th{padding:.2em .8em;text-align:left}"
+        "</style></head><body>" + f"<h1>{html.escape(title)}</h1>{body}</body></html>",
+        headers={"Cache-Control": "no-cache"})
+
+
+def _link(href: str, text: str) -> str:
+    return f'<a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+
+
+def _stream(store, url: str) -> Iterator[bytes]:
+    with store.open(url) as handle:
+        while block := handle.read(CHUNK):
+            yield block
+
+
+def _newest_first(names: list[str]) -> list[str]:
+    """Night folders newest first; anything else alphabetically."""
+    return sorted(names, reverse=bool(names) and all(DATE.match(n) for n in names))
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(user: Any = Depends(airflow_user)) -> HTMLResponse:
+    """Each dataset the user may read: its model-health page, its latest night's reports, all nights."""
+    store = artifact_store()
+    datasets = sorted(e["name"] for e in _listing(store, store.url(REPORTS_FOLDER)) if e["type"] == "directory")
+    rows = [_dataset_row(store, dataset) for dataset in datasets if may_read(user, dataset)]
+    if not rows:
+        return _page("Nightshift reports", "<p>No reports yet: they appear after the first nightly run.</p>")
+    return _page("Nightshift reports",
+                 "<table><tr><th>dataset</th><th>model health</th><th>latest night</th><th>history</th></tr>"
+                 + "".join(rows) + "</table>")
+
+
+def _dataset_row(store, dataset: str) -> str:
+    nights = _newest_first([e["name"] for e in _listing(store, store.url(REPORTS_FOLDER, dataset))
+                            if e["type"] == "directory" and DATE.match(e["name"])])
+    health = (_link(f"{REPORTS_FOLDER}/{dataset}/{HEALTH_PAGE}", "model health")
+              if _exists(store, dataset, HEALTH_PAGE) else "no health page yet")
+    latest = "no reports yet"
+    if nights:
+        pages = [_link(f"{REPORTS_FOLDER}/{dataset}/{nights[0]}/{page}", label)
+                 for label, page in _night_pages(store, dataset, nights[0])]
+        latest = f"{html.escape(nights[0])}: " + (", ".join(pages) or "none")
+    return (f"<tr><td>{html.escape(dataset)}</td><td>{health}</td><td>{latest}</td>"
+            f"<td>{_link(f'{REPORTS_FOLDER}/{dataset}/', f'all nights ({len(nights)})')}</td></tr>")
+
+
+def _night_pages(store, dataset: str, night: str) -> list[tuple[str, str]]:
+    """(label, page) for each report the night has, the first existing candidate per label."""
+    found = []
+    for label, candidates in NIGHT_PAGES:
+        page = next((c for c in candidates if _exists(store, dataset, night, c)), None)
+        if page:
+            found.append((label, page))
+    return found
+
+
+@app.get("/health/{dag_id}")
+def health(dag_id: str, user: Any = Depends(airflow_user)):
+    """The DAG's model-health page, for the "Model health" tab the plugin adds to every DAG."""
+    dataset = dag_id.removeprefix(DAG_PREFIX)
+    if not dag_id.startswith(DAG_PREFIX) or not report_parts(dataset):
+        return _page("Model health", f"<p>{html.escape(dag_id)} is not a Nightshift DAG.</p>")
+    owner = dataset.removesuffix(ROLLBACK_SUFFIX)  # the rollback DAG shows its dataset's page
+    if owner != dataset and not _exists(artifact_store(), dataset, HEALTH_PAGE):
+        dataset = owner
+    if not may_read(user, dataset):
+        raise HTTPException(status_code=403, detail=f"no access to the reports of {DAG_PREFIX + dataset}")
+    if not _exists(artifact_store(), dataset, HEALTH_PAGE):
+        return _page("Model health", f"<p>No model-health page for {html.escape(dataset)} yet: "
+                                     "each nightly run writes it.</p>")
+    return RedirectResponse(f"../{REPORTS_FOLDER}/{dataset}/{HEALTH_PAGE}", status_code=307)
+
+
+@app.get("/reports/{path:path}")
+def report(path: str, user: Any = Depends(airflow_user)):
+    """A file under reports/ streamed from the store, or a folder's listing."""
+    parts = report_parts(path)
+    if parts and not may_read(user, parts[0]):
+        raise HTTPException(status_code=403, detail=f"no access to the reports of {DAG_PREFIX + parts[0]}")
+    store = artifact_store()
+    url = store.url(REPORTS_FOLDER, *parts)
+    info = _info(store, url)
+    if info is None:
+        raise HTTPException(status_code=404, detail=f"no report at {REPORTS_FOLDER}/{'/'.join(parts)}")
+    if info["type"] == "directory":
+        if parts and not path.endswith("/"):
+            return RedirectResponse(f"{parts[-1]}/", status_code=307)  # relative links inside need the slash
+        return _folder(store, url, parts, user)
+    media_type, _ = mimetypes.guess_type(parts[-1])
+    media_type = media_type or "application/octet-stream"
+    if media_type.startswith("text/"):
+        media_type += "; charset=utf-8"
+    headers = {"Content-Security-Policy": SANDBOX, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    if info.get("size") is not None:
+        headers["Content-Length"] = str(info["size"])
+    return StreamingResponse(_stream(store, url), media_type=media_type, headers=headers)
+
+
+def _folder(store, url: str, parts: list[str], user: Any) -> HTMLResponse:
+    entries = {e["name"]: e for e in _listing(store, url) if parts or may_read(user, e["name"])}
+    folders = _newest_first([n for n, e in entries.items() if e["type"] == "directory"])
+    files = sorted(n for n, e in entries.items() if e["type"] != "directory")
+    items = [_link("../", "..")] + [_link(f"{quote(n)}/", f"{n}/") for n in folders]
+    items += [_link(quote(n), n) + f" ({entries[n].get('size') or 0:,} bytes)" for n in files]
+    return _page("/".join([REPORTS_FOLDER, *parts]), "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")

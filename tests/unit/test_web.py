@@ -1,0 +1,258 @@
+"""The reports app, as the Airflow API server runs it: loaded by Airflow's plugin manager, mounted at
+/nightshift, behind Airflow's own authentication, reading a real local artifact store.
+
+One `airflow api-server` (core app, one worker) runs for the module on a fresh SQLite metadata
+DB, in its own process so that Airflow is configured before it is imported. Users are the
+simple auth manager's: `viewer` logs in through POST /auth/token like any API client; `nobody`
+has a valid token signed by the same server but no role, so the auth manager grants nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin
+
+import httpx
+import pytest
+
+from include.nightshift.artifacts import ArtifactStore
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = bytes(range(256)) * 4
+NIGHT = "reports/churn/2026-02-02"
+DOCS_PAGE = f"{NIGHT}/validation/current/validations/churn/2026-02-02/20260202T000000.000000Z/churn-snapshot.html"
+FILES = {
+    "reports/churn/2026-02-01/validation/current/validation.html": "<h1>churn validation 2026-02-01</h1>",
+    "reports/churn/2026-02-01/drift.html": "<h1>churn drift 2026-02-01</h1>",
+    f"{NIGHT}/validation/current/validation.html": '<h1>churn validation 2026-02-02</h1><a href="index.html">docs</a>',
+    f"{NIGHT}/validation/current/validation.json": '{"success": true}',
+    f"{NIGHT}/validation/current/index.html": '<link href="./static/styles/data_docs_default_styles.css">',
+    f"{NIGHT}/validation/current/static/styles/data_docs_default_styles.css": "body { color: #333 }",
+    DOCS_PAGE: "<h1>GX validation result page</h1>",
+    f"{NIGHT}/drift.html": "<script>document.title = 'drift'</script><h1>churn drift 2026-02-02</h1>",
+    f"{NIGHT}/evaluation.html": "<h1>churn evaluation 2026-02-02</h1>",
+    "reports/churn/health.html": "<h1>churn model health</h1>",
+    "reports/fraud/2026-01-15/drift.html": "<h1>fraud drift</h1>",
+    "snapshots/churn/2026-02-02/abc.parquet": "SECRET-SNAPSHOT",
+}
+FAVICON = f"{NIGHT}/validation/current/static/images/favicon.ico"
+
+SETUP = """
+    import json
+    from airflow.utils.db import upgradedb
+    upgradedb()
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    print("TOKEN " + create_auth_manager().generate_jwt(SimpleAuthManagerUser(username="nobody", role=None)))
+"""
+
+
+@dataclass
+class Server:
+    base: str
+    store: ArtifactStore
+    viewer: str
+    admin: str
+    nobody: str
+    outside: Path
+
+    def get(self, path: str, token: str | None = "viewer", **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {getattr(self, token)}"} if token else {}
+        return httpx.get(self.base + path, headers=headers, timeout=30, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_store(store: ArtifactStore, tmp: Path) -> None:
+    for key, text in FILES.items():
+        store.put_text(text, store.url(key))
+    (tmp / "favicon.ico").write_bytes(BINARY)
+    store.put_file(tmp / "favicon.ico", store.url(FAVICON))
+
+
+def _wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"api-server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/api/v2/version", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"api-server did not answer within 180 s:\n{log.read_text()[-4000:]}")
+
+
+def _login(base: str, home: Path, username: str) -> str:
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())[username]
+    answer = httpx.post(f"{base}/auth/token", json={"username": username, "password": password}, timeout=30)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["access_token"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("airflow_web")
+    (home / "dags").mkdir()
+    store = ArtifactStore(home / "store")
+    _write_store(store, home)
+    outside = home / "outside.txt"
+    outside.write_text("SECRET-OUTSIDE")
+    port = _free_port()
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+           "AIRFLOW__API_AUTH__JWT_SECRET": "nightshift-test-" + "x" * 48,
+           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+           "AIRFLOW_VAR_NIGHTSHIFT_ARTIFACT_ROOT": store.root,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    setup = subprocess.run([sys.executable, "-c", textwrap.dedent(SETUP)], env=env, cwd=home, capture_output=True,
+                           text=True, timeout=300)
+    tokens = [line.removeprefix("TOKEN ") for line in setup.stdout.splitlines() if line.startswith("TOKEN ")]
+    assert setup.returncode == 0 and tokens, (setup.stdout + setup.stderr)[-4000:]
+    log = home / "api-server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--apps", "core", "-H", "127.0.0.1",
+                                 "-p", str(port), "-w", "1"], env=env, cwd=home, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(proc, base, log)
+        yield Server(base=base, store=store, viewer=_login(base, home, "viewer"), admin=_login(base, home, "admin"),
+                     nobody=tokens[-1], outside=outside)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_airflow_loads_the_plugin_with_its_app_and_ui_entries(server):
+    plugins = server.get("/api/v2/plugins", token="admin").json()["plugins"]
+    nightshift = next(p for p in plugins if p["name"] == "nightshift")
+    assert nightshift["fastapi_apps"] == [
+        {"app": "fastapi.applications.FastAPI", "url_prefix": "/nightshift", "name": "Nightshift reports"}]
+    assert {(v["name"], v["destination"], v["href"]) for v in nightshift["external_views"]} == {
+        ("Nightshift reports", "nav", "nightshift/"), ("Model health", "dag", "nightshift/health/{DAG_ID}")}
+
+
+def test_report_page_is_streamed_as_html_in_a_sandbox(server):
+    answer = server.get(f"/nightshift/{NIGHT}/drift.html")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "text/html; charset=utf-8"
+    assert answer.text == FILES[f"{NIGHT}/drift.html"]
+    assert answer.headers["content-security-policy"].startswith("sandbox allow-scripts")
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_data_docs_pages_and_assets_beside_the_report_are_served(server):
+    page = server.get(f"/nightshift/{DOCS_PAGE}")
+    assert (page.status_code, page.headers["content-type"], page.text) == (
+        200, "text/html; charset=utf-8", FILES[DOCS_PAGE])
+    css = server.get(f"/nightshift/{NIGHT}/validation/current/static/styles/data_docs_default_styles.css")
+    assert (css.status_code, css.headers["content-type"]) == (200, "text/css; charset=utf-8")
+    icon = server.get(f"/nightshift/{FAVICON}")
+    assert (icon.status_code, icon.content) == (200, BINARY)
+    record = server.get(f"/nightshift/{NIGHT}/validation/current/validation.json")
+    assert (record.headers["content-type"], record.json()) == ("application/json", {"success": True})
+
+
+@pytest.mark.parametrize("path", [
+    "/nightshift/reports/churn/%2E%2E/%2E%2E/snapshots/churn/2026-02-02/abc.parquet",  # up into the store
+    "/nightshift/reports/%2E%2E/%2E%2E/outside.txt",                                  # up out of the store
+    "/nightshift/reports/churn/..%2F..%2F..%2Foutside.txt",                           # encoded slashes
+    "/nightshift/reports//{outside}",                                                 # an absolute path
+    "/nightshift/reports/churn%5C..%5C..%5Coutside.txt",                              # backslashes
+    "/nightshift/reports/churn/%2E/health.html",                                      # a dot segment
+    "/nightshift/reports/churn//health.html",                                         # an empty segment
+])
+def test_paths_that_could_leave_the_reports_folder_are_refused(server, path):
+    raw = path.format(outside=str(server.outside).lstrip("/"))
+    request = httpx.Request("GET", server.base + raw, headers={"Authorization": f"Bearer {server.viewer}"})
+    assert request.url.raw_path.decode() == raw  # sent as written, not tidied up by the client
+    with httpx.Client() as client:
+        answer = client.send(request)
+    assert answer.status_code == 400, (unquote(raw), answer.status_code, answer.text[:200])
+    assert "not a report path" in answer.json()["detail"]
+    assert "SECRET" not in answer.text
+
+
+def test_missing_report_is_404(server):
+    answer = server.get("/nightshift/reports/churn/2026-02-02/nothing.html")
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == "no report at reports/churn/2026-02-02/nothing.html"
+
+
+def test_a_folder_redirects_to_its_slash_form_then_lists_its_entries(server):
+    answer = server.get("/nightshift/reports/churn")
+    assert (answer.status_code, answer.headers["location"]) == (307, "churn/")
+    listing = server.get("/nightshift/reports/churn/")
+    assert listing.status_code == 200
+    assert re.findall(r'href="([^"]+)"', listing.text) == ["../", "2026-02-02/", "2026-02-01/", "health.html"]
+
+
+def test_index_lists_each_dataset_with_its_health_page_and_latest_night(server):
+    answer = server.get("/nightshift/")
+    assert answer.status_code == 200
+    rows = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", answer.text)}
+    assert set(rows) == {"churn", "fraud"}
+    assert re.findall(r'href="([^"]+)"', rows["churn"]) == [
+        "reports/churn/health.html", f"{NIGHT}/validation/current/validation.html", f"{NIGHT}/drift.html",
+        f"{NIGHT}/evaluation.html", "reports/churn/"]
+    assert "2026-02-02:" in rows["churn"] and "all nights (2)" in rows["churn"]
+    assert "no health page yet" in rows["fraud"]
+    for href in re.findall(r'href="([^"]+)"', answer.text):  # every link on the page works from where it is
+        assert server.get(urljoin(f"{server.base}/nightshift/", href)[len(server.base):]).status_code == 200, href
+
+
+def test_model_health_tab_of_a_dag_opens_its_datasets_page(server):
+    answer = server.get("/nightshift/health/nightshift_churn", follow_redirects=True)
+    assert (answer.status_code, answer.text) == (200, FILES["reports/churn/health.html"])
+    assert str(answer.url).endswith("/nightshift/reports/churn/health.html")
+    from_rollback = server.get("/nightshift/health/nightshift_churn_rollback", follow_redirects=True)
+    assert str(from_rollback.url).endswith("/nightshift/reports/churn/health.html")  # the dataset's own page
+    assert "No model-health page for fraud yet" in server.get("/nightshift/health/nightshift_fraud").text
+    assert "is not a Nightshift DAG" in server.get("/nightshift/health/some_other_dag").text
+
+
+def test_a_browser_without_a_session_is_sent_to_the_login_page(server):
+    answer = server.get(f"/nightshift/{NIGHT}/drift.html", token=None)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/auth/login?next=%2Fnightshift%2F{NIGHT.replace('/', '%2F')}%2Fdrift.html"
+
+
+def test_the_ui_session_cookie_is_accepted(server):
+    answer = httpx.get(f"{server.base}/nightshift/{NIGHT}/evaluation.html", cookies={"_token": server.viewer})
+    assert (answer.status_code, answer.text) == (200, FILES[f"{NIGHT}/evaluation.html"])
+
+
+def test_a_forged_token_is_refused(server):
+    answer = httpx.get(f"{server.base}/nightshift/", headers={"Authorization": f"Bearer {server.viewer[:-4]}AAAA"})
+    assert answer.status_code == 403
+
+
+def test_a_user_the_auth_manager_grants_nothing_sees_no_reports(server):
+    assert "No reports yet" in server.get("/nightshift/", token="nobody").text
+    answer = server.get(f"/nightshift/{NIGHT}/drift.html", token="nobody")
+    assert answer.status_code == 403
+    assert answer.json()["detail"] == "no access to the reports of nightshift_churn"
+    assert server.get("/nightshift/health/nightshift_churn", token="nobody").status_code == 403
