@@ -461,7 +461,7 @@ class PublishOperator(NightshiftOperator):
 
 
 class RecordRunOperator(NightshiftOperator):
-    """Write the run's one row of history (whatever happened), then fail the run if a step failed."""
+    """Write the run's one row of history (whatever happened; a dry run writes none), then fail the run if a step failed."""
 
     ui_color = "#e5e7eb"
     operator_extra_links = (HealthPageLink(),)
@@ -489,6 +489,7 @@ class RecordRunOperator(NightshiftOperator):
             outcome = "skipped"
         day = runtime.run_date(context)
         dag_run = context.get("dag_run")
+        dry_run = bool(self.param(context, "dry_run", False))
         run = {
             "logical_date": day,
             "dag_run_id": context["run_id"],
@@ -508,12 +509,15 @@ class RecordRunOperator(NightshiftOperator):
             "note": self.param(context, "note") or None,
             "details": {"failed_tasks": failed, "task_states": states, "validation_failure": failure,
                         "drifted": drift.get("drifted"), "decision": decision, "verdict": verdict.get("checks"),
-                        "policy": verdict.get("policy_note"), "dry_run": bool(self.param(context, "dry_run", False))},
+                        "policy": verdict.get("policy_note")},
         }
         conn = runtime.postgres_connection(spec.warehouse.connection_id)
         try:
             warehouse.ensure_warehouse(conn, spec)
-            warehouse.upsert_run(conn, spec, run)
+            if dry_run:  # the history is of what was published: a rehearsal must not overwrite the night's row
+                log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
+            else:
+                warehouse.upsert_run(conn, spec, run)
             health_url = self._write_health_page(context, conn, day)
         finally:
             conn.close()

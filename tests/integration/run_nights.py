@@ -80,7 +80,7 @@ def main(plan_path: str) -> int:
             champion = runtime.registry().champion(spec.model_name)
             print(json.dumps({"day": day.isoformat(), "state": str(getattr(dag_run, "state", None)),
                               "run_id": getattr(dag_run, "run_id", None), "log": str(log_file),
-                              "champion": champion.version if champion else None,
+                              "champion": champion.version if champion else None, "conf": arg.get("conf", {}),
                               "seconds": round(time.monotonic() - started, 1)}), flush=True)
         else:
             raise ValueError(f"unknown plan step {kind!r}")

@@ -9,6 +9,9 @@ and the registry afterwards:
   night 4  corrupt source rows   -> validation fails, nothing published, run recorded as failed
   night 5  covariate drift       -> retrains for reason "drift"
   night 5 again (rerun)          -> still exactly one row per entity, one pipeline_runs row
+  night 5, a dry run forcing a retrain and a promotion
+                                 -> a challenger is trained and evaluated, but nothing is
+                                    promoted, published or written to pipeline_runs
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ PLAN = {
         {"load_days": {"from": d(N[4]), "to": d(N[4])}},
         {"run": {"day": d(N[4])}},
         {"run": {"day": d(N[4]), "conf": {"note": "rerun"}}},
+        {"run": {"day": d(N[4]), "conf": {"note": "dry", "dry_run": True, "force_retrain": True,
+                                           "promotion_policy": "force"}}},
     ],
 }
 
@@ -102,7 +107,7 @@ def history(nights) -> dict[str, dict]:
 
 def test_every_night_ran_and_only_the_corrupt_one_failed(nights):
     states = [(r["day"], r["state"]) for r in nights["runs"]]
-    assert [s for _, s in states] == ["success", "success", "success", "failed", "success", "success"], states
+    assert [s for _, s in states] == ["success", "success", "success", "failed", "success", "success", "success"], states
 
 
 def test_cold_start_trains_and_promotes(nights):
@@ -157,7 +162,7 @@ def test_one_row_per_entity_per_night_and_one_history_row_per_date(nights):
 
 
 def test_every_prediction_names_the_champion_of_its_run(nights):
-    last_run_per_day = {r["day"]: r for r in nights["runs"] if r["state"] == "success"}
+    last_run_per_day = {r["day"]: r for r in nights["runs"] if r["state"] == "success" and not r["conf"].get("dry_run")}
     rows = query(nights, "SELECT score_date, model_version, dag_run_id, snapshot_sha256, count(*) "
                          "FROM churn.predictions GROUP BY 1, 2, 3, 4")
     assert len(rows) == 4  # one model version, one run and one snapshot per night
@@ -165,3 +170,20 @@ def test_every_prediction_names_the_champion_of_its_run(nights):
         run = last_run_per_day[score_date.isoformat()]
         assert (version, run_id) == (run["champion"], run["run_id"])
         assert len(sha) == 64
+
+
+def test_dry_run_trains_and_evaluates_but_changes_nothing_a_consumer_sees(nights):
+    *_, rerun, dry = nights["runs"]
+    assert dry["conf"]["dry_run"] and dry["state"] == "success"
+    assert dry["champion"] == rerun["champion"]  # promotion_policy=force, yet nothing promoted
+    published = query(nights, "SELECT DISTINCT model_version, dag_run_id FROM churn.predictions WHERE score_date = %s",
+                      (N[4],))
+    assert published == [(rerun["champion"], rerun["run_id"])]  # the rerun's night, untouched
+    recorded = query(nights, "SELECT dag_run_id, note FROM churn.pipeline_runs WHERE logical_date = %s", (N[4],))
+    assert recorded == [(rerun["run_id"], "rerun")]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
+    (trained,) = client.search_model_versions(
+        f"name = 'nightshift_churn' and tag.`nightshift.dag_run_id` = '{dry['run_id']}'")
+    assert trained.tags.get("nightshift.blessed") == "false"
