@@ -17,8 +17,10 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py run
 
-## test: install, then the whole suite (unit, DAG integrity, integration) on real PostgreSQL and MLflow
+## test: install (the venv, and Debian's chromium for the browser tests), then the whole suite on
+## real PostgreSQL, MLflow and Airflow: unit, DAG integrity, integration, faults, end to end
 test: $(STAMP)
+	bash scripts/install_chromium.sh
 	$(PY) -m pytest
 
 ## stop: stop the demo's PostgreSQL

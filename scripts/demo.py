@@ -126,11 +126,14 @@ def print_summary(server: str, spec) -> None:
 
 def print_where_to_look(server: str, spec) -> None:
     home = local_stack.HOME
+    reader = "" if not spec.warehouse.reader_role else (
+        f"  as a consumer (read-only role {spec.warehouse.reader_role}):\n"
+        f"              psql \"{local_stack.as_user(local_stack.database_uri(server, 'warehouse'), spec.warehouse.reader_role)}\"\n")
     print(f"""
 Where to look (the PostgreSQL server keeps running until `make stop`):
   warehouse:  psql "{local_stack.database_uri(server, 'warehouse')}"
               SELECT * FROM {spec.warehouse.schema}.pipeline_runs ORDER BY logical_date;
-  Airflow UI: make ui        then http://localhost:8080 (the demo's runs, logs and reports)
+{reader}  Airflow UI: make ui        then http://localhost:8080 (the demo's runs, logs and reports)
   MLflow UI:  make mlflow-ui then http://localhost:5000 (model {spec.model_name}, alias champion)
   reports:    {home / 'artifacts' / 'reports' / spec.name}""")
 

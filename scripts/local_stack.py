@@ -100,6 +100,13 @@ def database_uri(server_uri: str, dbname: str) -> str:
     return f"{head}/{dbname}" + (f"?{query}" if query else "")
 
 
+def as_user(uri: str, user: str) -> str:
+    """The same server and database, logged in as another role (no password: the local server trusts it)."""
+    url = urlparse(uri)
+    host = url.netloc.rpartition("@")[2]
+    return url._replace(netloc=f"{user}@{host}").geturl()
+
+
 def connection_json(server_uri: str, dbname: str) -> str:
     """An Airflow connection (JSON form) for one database of the server."""
     url = urlparse(server_uri)

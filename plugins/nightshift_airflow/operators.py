@@ -343,7 +343,8 @@ class EvaluateOperator(NightshiftOperator):
         return {**record, "evaluation": evaluation, "report_path": url}
 
     def _write_report(self, context: Any, evaluation: dict, record: dict, trained: dict) -> str:
-        """evaluation.html (+ .json) in the artifact store, and on the challenger's MLflow run."""
+        """evaluation.html (+ .json) in the artifact store; it, the drift and the validation reports on the
+        challenger's MLflow run, so the run in MLflow holds every page its promotion was decided on."""
         from include.nightshift.reports import evaluation_report_html
 
         spec, store, day = self.spec, runtime.artifact_store(), runtime.run_date(context).isoformat()
@@ -355,10 +356,12 @@ class EvaluateOperator(NightshiftOperator):
             (tmp / "evaluation.html").write_text(evaluation_report_html(evaluation, record, title, spec=spec))
             store.put_file(tmp / "evaluation.html", url)
             runtime.registry().log_artifact(trained["run_id"], tmp / "evaluation.html", "reports")
-            drift_url = context["ti"].xcom_pull(task_ids=DRIFT, key=REPORT_URL)
-            if drift_url and store.exists(drift_url):
-                with store.local_copy(drift_url) as drift_html:
-                    runtime.registry().log_artifact(trained["run_id"], drift_html, "reports")
+        for task, key, folder in ((DRIFT, REPORT_URL, "reports"), (VALIDATE, REPORT_KEYS["current"], "reports/validation"),
+                                  (VALIDATE, REPORT_KEYS["labelled"], "reports/validation_labelled")):
+            found = context["ti"].xcom_pull(task_ids=task, key=key)  # the night's other reports, beside it
+            if found and store.exists(found):
+                with store.local_copy(found) as local:
+                    runtime.registry().log_artifact(trained["run_id"], local, folder)
         context["ti"].xcom_push(key=REPORT_URL, value=url)
         return url
 

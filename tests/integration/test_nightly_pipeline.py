@@ -135,6 +135,11 @@ def test_worse_challenger_is_not_promoted(nights):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
     assert client.get_model_version("nightshift_churn", "2").tags.get("nightshift.blessed") == "false"
+    run_id = client.get_model_version("nightshift_churn", "2").run_id
+    reports = {a.path for folder in ("reports", "reports/validation", "reports/validation_labelled")
+               for a in client.list_artifacts(run_id, folder) if not a.is_dir}
+    assert reports == {"reports/evaluation.html", "reports/drift.html", "reports/validation/validation.html",
+                       "reports/validation_labelled/validation.html"}  # every page the decision was made on
 
 
 def test_corrupt_source_fails_validation_and_publishes_nothing(nights):
