@@ -71,19 +71,32 @@ def create_reader_roles(server_uri: str, specs: Path | None = None) -> list[str]
     from psycopg2 import sql
 
     folder = specs or Path(os.environ.get("NIGHTSHIFT_SPECS_DIR") or ROOT / "include" / "specs")
-    roles = sorted({role for path in folder.glob("*.y*ml")
-                    if isinstance(role := ((yaml.safe_load(path.read_text()) or {}).get("warehouse") or {})
-                                  .get("reader_role"), str)})
+    roles = sorted({role for path in folder.glob("*.y*ml") if (role := _reader_role(path))})
     conn = psycopg2.connect(server_uri)
     conn.autocommit = True
     with conn.cursor() as cur:
         for role in roles:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-            if not cur.fetchone():
+            if cur.fetchone():
+                continue
+            try:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
                     sql.Identifier(role)))
+            except psycopg2.Error as error:  # e.g. a reserved name: the spec's own check names the key
+                print(f"reader role {role!r} not created: {error}".strip(), file=sys.stderr)
     conn.close()
     return roles
+
+
+def _reader_role(path: Path) -> str | None:
+    """warehouse.reader_role of a spec file, or None (a broken spec is the DAG processor's to report)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    warehouse = data.get("warehouse") if isinstance(data, dict) else None
+    role = warehouse.get("reader_role") if isinstance(warehouse, dict) else None
+    return role if isinstance(role, str) and role.strip() else None
 
 
 def init_mlflow_store() -> None:
