@@ -68,6 +68,21 @@ class NightshiftOperator(BaseOperator):
     def param(context: Any, name: str, default: Any = None) -> Any:
         return (context.get("params") or {}).get(name, default)
 
+    def record_champion_change(self, change: dict | None = None) -> bool:
+        """One row in <schema>.champion_changes, the table created if missing (no change: only that).
+
+        False when the row was there already (a retried task). Promotions and rollbacks both
+        write through here, so the audit table has one writer and one shape.
+        """
+        from include.nightshift import audit
+
+        conn = runtime.postgres_connection(self.spec.warehouse.connection_id)
+        try:
+            audit.ensure_audit(conn, self.spec)
+            return audit.record_change(conn, self.spec, change) if change else False
+        finally:
+            conn.close()
+
 
 class SnapshotOperator(NightshiftOperator):
     """Freeze the night's rows (and yesterday's newly labelled rows) as content-hashed Parquet."""
@@ -332,7 +347,7 @@ class EvaluateOperator(NightshiftOperator):
                   "challenger_version": trained["version"], "promoted": promote, "policy_note": why}
         url = self._write_report(context, evaluation, record, trained)  # before anything moves
         if promote:
-            self._audit_ready()  # the warehouse must take the audit row before the alias moves
+            self.record_champion_change()  # the warehouse must take the audit row before the alias moves
             replaced = registry.promote(spec.model_name, trained["version"], record)
             self._announce_promotion(context, record, replaced)
         else:
@@ -365,15 +380,6 @@ class EvaluateOperator(NightshiftOperator):
         context["ti"].xcom_push(key=REPORT_URL, value=url)
         return url
 
-    def _audit_ready(self) -> None:
-        from include.nightshift import audit
-
-        conn = runtime.postgres_connection(self.spec.warehouse.connection_id)
-        try:
-            audit.ensure_audit(conn, self.spec)
-        finally:
-            conn.close()
-
     def _announce_promotion(self, context: Any, record: dict, replaced: int | None) -> None:
         """The champion changed: one row in the audit table (as rollbacks write) and an alert.
 
@@ -386,20 +392,13 @@ class EvaluateOperator(NightshiftOperator):
             log.exception("promotion of v%s is done but its audit row or alert failed", record["challenger_version"])
 
     def _record_promotion(self, context: Any, record: dict, replaced: int | None) -> None:
-        from include.nightshift import audit
-
         spec = self.spec
         change = {"event": "promote", "model_name": spec.model_name, "from_version": replaced,
                   "to_version": record["challenger_version"], "actor": "nightshift",
                   "reason": record["policy_note"], "dag_run_id": context["run_id"],
                   "details": {"policy": record["policy"], "metric": spec.promotion.metric,
                               "champion": record.get("champion"), "challenger": record.get("challenger")}}
-        conn = runtime.postgres_connection(spec.warehouse.connection_id)
-        try:
-            audit.ensure_audit(conn, spec)
-            audit.record_change(conn, spec, change)
-        finally:
-            conn.close()
+        self.record_champion_change(change)
         notify("promotion", f"{spec.model_name}: v{record['challenger_version']} promoted to champion "
                             f"(was v{replaced}; {record['policy_note']})", context, details=change)
 

@@ -32,7 +32,6 @@ class RollbackOperator(NightshiftOperator):
     ui_color = "#fecaca"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift import audit
         from include.nightshift.rollback import RollbackRefused, rollback
 
         spec, registry = self.spec, runtime.registry()
@@ -49,12 +48,7 @@ class RollbackOperator(NightshiftOperator):
                   "details": {"requested_version": version, "rollback_id": result.rollback_id,
                               "resumed": result.resumed}}
         if result.changed:  # a no-op changed nothing: there is nothing to audit
-            conn = runtime.postgres_connection(spec.warehouse.connection_id)
-            try:
-                audit.ensure_audit(conn, spec)
-                audit.record_change(conn, spec, change)
-            finally:
-                conn.close()
+            self.record_champion_change(change)
         message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
