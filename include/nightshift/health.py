@@ -44,6 +44,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from include.nightshift import audit, warehouse
 from include.nightshift.reports import MISSING, esc, num, page, status, table
 
 EVENTS = ("promote", "rollback")
@@ -56,11 +57,6 @@ COLORS = {"line": "#1f4e9c", "threshold": "#b00020", "above": "#b00020", "holdou
 # --------------------------------------------------------------------------- reading
 
 
-def _table_exists(cur: Any, schema: str, name: str) -> bool:
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, name))
-    return bool(cur.fetchone()[0])
-
-
 def read_history(conn: Any, spec: Any, days: int, *, until: dt.date | None = None) -> list[dict[str, Any]]:
     """The run rows of the `days` nights up to `until` (default: the newest night recorded), oldest first.
 
@@ -71,10 +67,9 @@ def read_history(conn: Any, spec: Any, days: int, *, until: dt.date | None = Non
     """
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(f"read_history: days must be a positive integer, got {days!r}")
-    schema = spec.warehouse.schema
-    runs = sql.Identifier(schema, "pipeline_runs")
+    runs = sql.Identifier(spec.warehouse.schema, warehouse.PIPELINE_RUNS)
     with conn, conn.cursor() as cur:
-        if not _table_exists(cur, schema, "pipeline_runs"):
+        if not warehouse._table_exists(cur, spec, warehouse.PIPELINE_RUNS):
             return []
         if until is None:
             cur.execute(sql.SQL("SELECT max(logical_date) FROM {}").format(runs))
@@ -100,11 +95,6 @@ def _monitored(run: dict[str, Any], key: str) -> Any:
 
 def read_events(conn: Any, spec: Any) -> list[dict[str, Any]]:
     """Every champion change (audit.champion_changes rows), oldest first; [] before the first one."""
-    from include.nightshift import audit
-
-    with conn, conn.cursor() as cur:
-        if not _table_exists(cur, spec.warehouse.schema, audit.CHANGES):
-            return []
     return audit.changes(conn, spec)
 
 
