@@ -19,19 +19,10 @@ kind of row can come through the source query into a night's snapshot.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 1000
 COLD_START = dt.date(2026, 4, 1)
 
@@ -148,29 +139,10 @@ PLAN = {
 
 
 @pytest.fixture(scope="module")
-def nights(pg_server_uri, tmp_path_factory):
+def nights(run_plan, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightshift-bad-input")
-    admin = psycopg2.connect(pg_server_uri)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in ("source", "warehouse"):
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    admin.close()
-    plan = home / "plan.json"
-    plan.write_text(json.dumps(PLAN))
-    env = {**os.environ, "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_PG_URI": pg_server_uri,
-           "NIGHTSHIFT_RETRY_DELAY_SECONDS": "1"}
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "run_nights.py"), str(plan)],
-                         env=env, capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stderr[-5000:]
-    runs = {r["day"]: r for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))}
-    print(f"\n{len(runs)} nights in {time.monotonic() - started:.0f} s: "
-          + ", ".join(f"{r['day']} {r['state']} {r.get('seconds')} s" for r in runs.values()))
-    base, _, query = pg_server_uri.partition("?")
-    warehouse = psycopg2.connect(base.rpartition("/")[0] + "/warehouse" + (f"?{query}" if query else ""))
-    yield {"runs": runs, "home": home, "warehouse": warehouse}
-    warehouse.close()
+    runs, warehouse = run_plan(PLAN, home)
+    return {"runs": {r["day"]: r for r in runs}, "home": home, "warehouse": warehouse}
 
 
 def query(nights, text, args=()):

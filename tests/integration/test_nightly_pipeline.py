@@ -17,17 +17,9 @@ and the registry afterwards:
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 2000
 N = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(5)]
 
@@ -69,25 +61,10 @@ PLAN = {
 
 
 @pytest.fixture(scope="module")
-def nights(pg_server_uri, tmp_path_factory):
+def nights(run_plan, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightshift")
-    admin = psycopg2.connect(pg_server_uri)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in ("source", "warehouse"):
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    admin.close()
-    plan = home / "plan.json"
-    plan.write_text(json.dumps(PLAN))
-    env = {**os.environ, "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_PG_URI": pg_server_uri}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "run_nights.py"), str(plan)],
-                         env=env, capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stderr[-5000:]
-    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    base, _, query = pg_server_uri.partition("?")
-    warehouse = psycopg2.connect(base.rpartition("/")[0] + "/warehouse" + (f"?{query}" if query else ""))
-    yield {"runs": runs, "home": home, "warehouse": warehouse}
-    warehouse.close()
+    runs, warehouse = run_plan(PLAN, home)
+    return {"runs": runs, "home": home, "warehouse": warehouse}
 
 
 def query(nights, text, args=()):
