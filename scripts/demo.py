@@ -12,11 +12,8 @@ the same code path as `airflow dags test`). Covariate drift starts part way thro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,12 +29,8 @@ def run(nights: int, rows: int, drift_night: int) -> int:
     local_stack.stop_postgres()
     shutil.rmtree(local_stack.HOME, ignore_errors=True)
     t0 = time.monotonic()
-    server = local_stack.start_postgres()
-    local_stack.create_databases(server)
-    env = local_stack.apply_env(server)
     print(f"state: {local_stack.HOME}", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env={**os.environ, **env},
-                   stdout=subprocess.DEVNULL)
+    server, _ = local_stack.start()
 
     import psycopg2
 
@@ -55,48 +48,22 @@ def run(nights: int, rows: int, drift_night: int) -> int:
     print(f"source: {history} days of labelled history x {rows} rows; covariate drift from night {drift_night}",
           flush=True)
 
-    from airflow.utils.cli import get_bagged_dag
-
-    with output_to(local_stack.HOME / "logs" / "airflow-setup.log"):
-        dag = get_bagged_dag(bundle_names=None, dag_id=spec.dag_id)
-    # Every run gets every param: in one process dag.test() would carry one run's conf into the next.
-    defaults = dict(dag.params.dump())
+    runner = local_stack.NightRunner(spec.dag_id)
     failures = 0
     for night in range(nights):
         day = FIRST_NIGHT + dt.timedelta(days=night)
         demo_data.load_day(source, day, rows, table=spec.source.table, drift=drift)
         demo_data.reveal_labels(source, day - dt.timedelta(days=1), rows, table=spec.source.table, drift=drift)
-        started = time.monotonic()
-        log_file = local_stack.HOME / "logs" / f"{spec.dag_id}-{day}.log"
-        with output_to(log_file):
-            dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
-                               run_conf={**defaults, "run_date": day.isoformat(), "note": f"demo night {night + 1}"})
-        state = getattr(dag_run, "state", "?")
+        done = runner.run(day, {"note": f"demo night {night + 1}"})
+        state = getattr(done.dag_run, "state", "?")
         failures += state != "success"
-        print(f"night {night + 1:2d} {day}: DAG run {state} in {time.monotonic() - started:.0f} s  (log: {log_file})",
-              flush=True)
+        print(f"night {night + 1:2d} {day}: DAG run {state} in {done.seconds:.0f} s  (log: {done.log})", flush=True)
     source.close()
 
     print_summary(server, spec)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s ({failures} failed runs)")
     print_where_to_look(server, spec)
     return 1 if failures else 0
-
-
-@contextlib.contextmanager
-def output_to(path: Path):
-    """Send everything written to stdout/stderr (Airflow's task logs included) to a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as handle:
-        os.dup2(handle.fileno(), 1), os.dup2(handle.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
 
 
 def print_summary(server: str, spec) -> None:

@@ -7,14 +7,26 @@ NIGHTSHIFT_PG_URI to a superuser URI to use a real PostgreSQL server instead.
 
 Airflow's connections and variables come from airflow_settings.yaml (the same file the
 deployed stack uses), with hosts and paths replaced by the local ones.
+
+This is the one harness: `make demo`, the tests' plan runner (tests/integration/run_nights.py),
+the fault kit and the end-to-end stack all start PostgreSQL, name databases, pick ports and run
+nights through the functions here, so a fix to any of them reaches every caller.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
@@ -108,6 +120,7 @@ def init_mlflow_store() -> None:
 
 
 def database_uri(server_uri: str, dbname: str) -> str:
+    """The same server and login, another database; the query (pgserver's unix-socket `host=`) is kept."""
     base, _, query = server_uri.partition("?")
     head, _, _ = base.rpartition("/")
     return f"{head}/{dbname}" + (f"?{query}" if query else "")
@@ -181,3 +194,77 @@ def apply_env(server_uri: str) -> dict[str, str]:
     for folder in ("airflow", "artifacts", "mlflow"):
         (HOME / folder).mkdir(parents=True, exist_ok=True)
     return env
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now, for a server the demo or a test starts next."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start() -> tuple[str, dict[str, str]]:
+    """Start (or reuse) PostgreSQL, create its databases, point this process's Airflow at the stack
+    and migrate Airflow's metadata DB: (the server's superuser URI, Airflow's environment).
+
+    Airflow reads its configuration when it is first imported, so this runs before any Airflow import."""
+    server = start_postgres()
+    create_databases(server)
+    env = apply_env(server)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env={**os.environ, **env},
+                   stdout=subprocess.DEVNULL)
+    return server, env
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send everything written to stdout/stderr (Airflow's task logs included) to a file.
+
+    File descriptors, not sys.stdout: dag.test() runs tasks that log through handlers holding the
+    original streams, and a night's log belongs in its own file, not in the demo's summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as handle:
+        os.dup2(handle.fileno(), 1), os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+@dataclass(frozen=True)
+class Night:
+    """One finished DAG run of the night runner: the DagRun, its log file and how long it took."""
+
+    day: dt.date
+    dag_run: Any
+    log: Path
+    seconds: float
+
+
+class NightRunner:
+    """Runs one DAG for simulated nights in this process, through `dag.test` (the code path of
+    `airflow dags test`): the demo and the tests' plan runner drive Airflow through this one class.
+
+    Call start() first: the DAG is read from the DAG bag of the Airflow configured there."""
+
+    def __init__(self, dag_id: str) -> None:
+        from airflow.utils.cli import get_bagged_dag
+
+        with output_to(HOME / "logs" / "airflow-setup.log"):
+            self.dag = get_bagged_dag(bundle_names=None, dag_id=dag_id)
+        # Every run gets every param: in one process dag.test() would carry one run's conf into the next.
+        self.defaults = dict(self.dag.params.dump())
+
+    def run(self, day: dt.date, conf: dict[str, Any] | None = None) -> Night:
+        """Run the DAG for `day` (logical date at midnight UTC, param run_date = day) with `conf` on top
+        of every param's default; its output goes to logs/<dag_id>-<day>.log under HOME."""
+        log_file = HOME / "logs" / f"{self.dag.dag_id}-{day}.log"
+        started = time.monotonic()
+        with output_to(log_file):
+            dag_run = self.dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
+                                    run_conf={**self.defaults, "run_date": day.isoformat(), **(conf or {})})
+        return Night(day, dag_run, log_file, time.monotonic() - started)

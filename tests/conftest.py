@@ -47,12 +47,6 @@ def pg_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
-def _with_database(uri: str, dbname: str) -> str:
-    base, _, query = uri.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{dbname}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 def pg_uri(pg_server_uri: str) -> Iterator[str]:
     """URI of a fresh, empty database that is dropped after the test."""
@@ -62,7 +56,7 @@ def pg_uri(pg_server_uri: str) -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     try:
-        yield _with_database(pg_server_uri, dbname)
+        yield local_stack.database_uri(pg_server_uri, dbname)
     finally:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,12 +47,6 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 class StackError(RuntimeError):
     """The stack did not come up, or a run did not finish; the message says where the logs are."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recreate_databases(server_uri: str) -> None:
@@ -126,7 +119,7 @@ class AirflowStack:
     def start(cls, server_uri: str, home: Path, dag_ids: tuple[str, ...], timeout: float = 180) -> "AirflowStack":
         home.mkdir(parents=True, exist_ok=True)
         recreate_databases(server_uri)
-        port = free_port()
+        port = local_stack.free_port()
         env = stack_env(server_uri, home, port)
         password = secrets.token_urlsafe(12)
         (home / "passwords.json").write_text(json.dumps({USERNAME: password}))

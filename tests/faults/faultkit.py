@@ -26,22 +26,13 @@ from pathlib import Path
 
 import psycopg2
 
+from local_stack import database_uri, free_port  # noqa: F401  scripts/, on the path by tests/conftest.py; re-exported
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_PLAN = Path(__file__).resolve().parents[1] / "integration" / "run_nights.py"
 DAG_ID = "nightshift_churn"
 ROWS = 1000  # rows per simulated day: enough to train (training.min_rows 2000 over 14 days), fast to run
 HISTORY_DAYS = 18  # training window 14 + holdout 3 + label delay 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def database_uri(server_uri: str, dbname: str) -> str:
-    base, _, query = server_uri.partition("?")
-    return f"{base.rpartition('/')[0]}/{dbname}" + (f"?{query}" if query else "")
 
 
 def wait_for(what: str, condition: Callable[[], object], timeout: float = 300, every: float = 0.05):

@@ -13,24 +13,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-import demo  # noqa: E402
 import local_stack  # noqa: E402
 
 
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
-    server = local_stack.start_postgres()
-    local_stack.create_databases(server)
-    env = local_stack.apply_env(server)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=env | dict(__import__("os").environ),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, _ = local_stack.start()
 
     import psycopg2
     from psycopg2 import sql
@@ -46,12 +39,7 @@ def main(plan_path: str) -> int:
     source = psycopg2.connect(local_stack.database_uri(server, "source"))
     demo_data.create_source_table(source, spec.source.table)
 
-    with demo.output_to(local_stack.HOME / "logs" / "airflow-setup.log"):
-        from airflow.utils.cli import get_bagged_dag
-
-        dag = get_bagged_dag(bundle_names=None, dag_id=spec.dag_id)
-    # Every run gets every param: in one process dag.test() would carry one run's conf into the next.
-    defaults = dict(dag.params.dump())
+    runner = local_stack.NightRunner(spec.dag_id)
 
     for step in plan["steps"]:
         kind, arg = next(iter(step.items()))
@@ -71,17 +59,12 @@ def main(plan_path: str) -> int:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*spec.source.table.split("."))))
             demo_data.create_source_table(source, spec.source.table)
         elif kind == "run":  # {"day": date, "conf": {...}}
-            day = dt.date.fromisoformat(arg["day"])
-            log_file = local_stack.HOME / "logs" / f"{spec.dag_id}-{day}.log"
-            started = time.monotonic()
-            with demo.output_to(log_file):
-                dag_run = dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
-                                   run_conf={**defaults, "run_date": day.isoformat(), **arg.get("conf", {})})
+            night = runner.run(dt.date.fromisoformat(arg["day"]), arg.get("conf", {}))
             champion = runtime.registry().champion(spec.model_name)
-            print(json.dumps({"day": day.isoformat(), "state": str(getattr(dag_run, "state", None)),
-                              "run_id": getattr(dag_run, "run_id", None), "log": str(log_file),
+            print(json.dumps({"day": night.day.isoformat(), "state": str(getattr(night.dag_run, "state", None)),
+                              "run_id": getattr(night.dag_run, "run_id", None), "log": str(night.log),
                               "champion": champion.version if champion else None, "conf": arg.get("conf", {}),
-                              "seconds": round(time.monotonic() - started, 1)}), flush=True)
+                              "seconds": round(night.seconds, 1)}), flush=True)
         else:
             raise ValueError(f"unknown plan step {kind!r}")
     source.close()
