@@ -23,7 +23,6 @@ none of it.
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,14 +182,14 @@ def _save_html(snapshot, path: Path, columns: dict[str, dict]) -> str:
     page fetches nothing (checked in headless Chromium: no request beyond the file itself),
     so it opens offline and from any URL, like the other reports.
     """
-    from include.nightshift.reports import page
+    from include.nightshift.reports import message_page
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if snapshot is not None:
         snapshot.save_html(str(path))  # a str: a file object is silently ignored
     else:
-        rows = "".join(f"<li>{html.escape(name)}: {html.escape(col['method'])}</li>" for name, col in columns.items())
-        path.write_text(page("No feature could be tested for drift", f"<ul>{rows}</ul>"), encoding="utf-8")
+        items = [f"{name}: {col['method']}" for name, col in columns.items()]
+        path.write_text(message_page("No feature could be tested for drift", items=items), encoding="utf-8")
     return str(path)
 
 

@@ -11,7 +11,7 @@ Plain Python with numpy, pandas and scikit-learn metrics: no MLflow, no Airflow.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -152,11 +152,28 @@ def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.nda
 # --------------------------------------------------------------------------- gate
 
 
+# What the gate concluded about one slice (the "outcome" of each record in the slices check).
+# "failed" and "cannot_compare" fail the check; an unset tolerance fails it as a whole (fail
+# closed), its compared slices recorded as "no_tolerance"; the others are not judged.
+SLICE_OUTCOMES = ("passed", "failed", "cannot_compare", "undefined", "too_small", "no_champion", "no_tolerance")
+
+
 @dataclass
 class Check:
+    """One rule of the gate. `slices` is set on the "slices" check only: every slice as the gate
+    judged it, so that a page or an audit reads the decision instead of re-deriving it."""
+
     name: str
     passed: bool
     detail: str
+    slices: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """name, passed, detail as before; `slices` only where there is a record of them."""
+        out = {"name": self.name, "passed": bool(self.passed), "detail": self.detail}
+        if self.slices is not None:
+            out["slices"] = [dict(s) for s in self.slices]
+        return out
 
 
 @dataclass
@@ -186,7 +203,7 @@ class Verdict:
             "champion": _json_number(self.champion),
             "baseline": _json_number(self.baseline),
             "message": self.message(),
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_dict() for c in self.checks],
         }
 
 
@@ -211,6 +228,7 @@ class _Context:
     overall: dict[str, float]
     thresholds: dict[str, float]
     slices: list[dict[str, Any]] = field(default_factory=list)
+    min_slice_rows: int | None = None
 
     def gain(self, a: float, b: float) -> float:
         """How much better a is than b, in the metric's direction (negative: worse)."""
@@ -303,41 +321,59 @@ def _slice_label(s: dict[str, Any]) -> str:
     return f"{s['column']}={s['value']}"
 
 
+def _judge_slice(ctx: _Context, s: dict[str, Any], tolerance: float | None) -> dict[str, Any]:
+    """One slice's record: its numbers as evaluated (a role absent when not evaluated, None when
+    undefined), the rule's inputs and the outcome. The one place the slice rule is applied."""
+    record: dict[str, Any] = {"column": s.get("column"), "value": s.get("value"), "rows": s.get("rows")}
+    record.update({role: _json_number(s[role]) for role in ("challenger", "champion") if role in s})
+    record.update(min_rows=ctx.min_slice_rows, tolerance=tolerance, regression=None)
+    ch, champ = _number(s.get("challenger")), _number(s.get("champion"))
+    if s.get("skipped"):
+        outcome = "too_small"
+    elif not ctx.has_champion:
+        outcome = "no_champion"
+    elif math.isnan(ch) and math.isnan(champ):
+        outcome = "undefined"  # e.g. one class only: neither model can be judged here
+    elif math.isnan(ch) or math.isnan(champ):
+        outcome = "cannot_compare"
+    else:
+        record["regression"] = _json_number(-ctx.gain(ch, champ))
+        if tolerance is None:
+            outcome = "no_tolerance"
+        else:
+            outcome = "failed" if record["regression"] > tolerance + EPS else "passed"
+    passed = {"passed": True, "failed": False, "cannot_compare": False}.get(outcome)
+    return {**record, "outcome": outcome, "passed": passed}
+
+
 def _check_slices(ctx: _Context) -> Check:
+    tol = None if math.isnan(ctx.thresholds["slice_tolerance"]) else ctx.thresholds["slice_tolerance"]
+    records = [_judge_slice(ctx, s, tol) for s in ctx.slices]
     if not ctx.has_champion:
-        return Check("slices", True, "no champion: floor only")
+        return Check("slices", True, "no champion: floor only", records)
     unset = _unset(ctx, "slice_tolerance")
     if unset:
-        return Check("slices", False, unset.detail)
-    tol = ctx.thresholds["slice_tolerance"]
-    compared, undefined, failures, worst = 0, [], [], None
-    for s in ctx.slices:
-        if s.get("skipped"):
-            continue
-        ch, champ = _number(s.get("challenger")), _number(s.get("champion"))
-        if math.isnan(ch) and math.isnan(champ):
-            undefined.append(_slice_label(s))  # e.g. one class only: neither model can be judged here
-            continue
-        if math.isnan(ch) or math.isnan(champ):
-            failures.append(f"{_slice_label(s)}: challenger {_fmt(ch)} vs champion {_fmt(champ)} (cannot compare)")
-            continue
-        compared += 1
-        loss = -ctx.gain(ch, champ)
-        if worst is None or loss > worst[0]:
-            worst = (loss, _slice_label(s))
-        if loss > tol + EPS:
-            failures.append(f"{_slice_label(s)} ({s['rows']} rows): challenger {ch:.4f} vs champion {champ:.4f}, "
-                            f"regression {loss:.4f} > slice_tolerance {tol:.4f}")
-    skipped = sum(1 for s in ctx.slices if s.get("skipped"))
-    tail = f"{compared} slices compared, {skipped} too small"
+        return Check("slices", False, unset.detail, records)
+    undefined = [_slice_label(r) for r in records if r["outcome"] == "undefined"]
+    failures = []
+    for r in records:
+        if r["outcome"] == "cannot_compare":
+            failures.append(f"{_slice_label(r)}: challenger {_fmt(r.get('challenger'))} vs champion "
+                            f"{_fmt(r.get('champion'))} (cannot compare)")
+        elif r["outcome"] == "failed":
+            failures.append(f"{_slice_label(r)} ({r['rows']} rows): challenger {r['challenger']:.4f} vs champion "
+                            f"{r['champion']:.4f}, regression {r['regression']:.4f} > slice_tolerance {tol:.4f}")
+    compared = [r for r in records if r["outcome"] in ("passed", "failed")]
+    tail = f"{len(compared)} slices compared, {sum(r['outcome'] == 'too_small' for r in records)} too small"
     if undefined:
         tail += f", {len(undefined)} undefined ({', '.join(undefined)})"
     if failures:
-        return Check("slices", False, "; ".join(failures) + f" [{tail}]")
-    if worst is None:
-        return Check("slices", True, f"no slice to compare [{tail}]")
-    return Check("slices", True, f"worst slice {worst[1]}: regression {worst[0]:.4f} <= slice_tolerance {tol:.4f} "
-                                 f"[{tail}]")
+        return Check("slices", False, "; ".join(failures) + f" [{tail}]", records)
+    if not compared:
+        return Check("slices", True, f"no slice to compare [{tail}]", records)
+    worst = max(compared, key=lambda r: r["regression"])  # the first of equals, as before
+    return Check("slices", True, f"worst slice {_slice_label(worst)}: regression {worst['regression']:.4f} "
+                                 f"<= slice_tolerance {tol:.4f} [{tail}]", records)
 
 
 def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
@@ -365,6 +401,7 @@ def gate(evaluation: dict, promotion, *, challenger_scores: np.ndarray, roundtri
         overall=overall,
         thresholds={name: _number(getattr(promotion, name, None)) for name in THRESHOLDS},
         slices=list(evaluation.get("slices") or []),
+        min_slice_rows=None if getattr(promotion, "min_slice_rows", None) is None else int(promotion.min_slice_rows),
     )
     checks = [
         _check_thresholds(ctx, evaluation.get("metric")),

@@ -1,7 +1,8 @@
 """The model-health page of one data set: how the nights went, on one static page.
 
-Four plots over the recent nights, each an inline SVG drawn by matplotlib (no script, nothing
-fetched: the page opens offline and from any URL, like the other reports):
+Four plots over the recent nights, each a PNG drawn by matplotlib and embedded as a ``data:``
+URI with a text alternative (no script, nothing fetched: the page opens offline and from any
+URL, like the other reports; the page itself is the ``health.html`` template, reports.render):
 
 - drift share, with the spec's threshold drawn (nights at or above it marked);
 - the champion's realised metric on the rows whose labels arrived that night, with the
@@ -36,16 +37,14 @@ An event dict: ``event`` ('promote' or 'rollback'), the new version as ``to_vers
 from __future__ import annotations
 
 import datetime as dt
-import io
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
 
 from include.nightshift import audit, warehouse
-from include.nightshift.reports import MISSING, esc, num, page, status, table
+from include.nightshift.reports import MISSING, num, png_data_uri, render
 
 EVENTS = ("promote", "rollback")
 MONITOR_KEYS = ("realised_metric", "champion_holdout_metric")
@@ -196,22 +195,6 @@ def _events(events: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[di
 # --------------------------------------------------------------------------- plots
 
 
-def _svg(fig: Any, prefix: str) -> str:
-    """The figure as inline SVG: no XML prolog or DOCTYPE, no namespace URLs, ids made unique per plot.
-
-    Inline SVG in HTML needs no xmlns (the HTML parser puts it in the SVG namespace), and
-    several plots on one page must not share ids such as ``axes_1``.
-    """
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight",
-                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    text = buffer.getvalue()
-    text = text[text.index("<svg"):]
-    text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text, count=2)
-    text = re.sub(r'(\bid="|href="#|url\(#)([^")]+)', lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
-    return text.replace("<svg", f'<svg role="img" aria-label="{esc(prefix)}"', 1)
-
-
 def _axes(title: str, x_range: tuple[dt.datetime, dt.datetime]):
     import matplotlib.dates as mdates
     from matplotlib.figure import Figure
@@ -236,7 +219,7 @@ def _nan(values: list[float | None]) -> list[float]:
     return [math.nan if v is None else v for v in values]
 
 
-def _drift_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> str:
+def _drift_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     threshold = float(spec.drift.share_threshold)
     fig, ax = _axes("Drift share: features drifted / all features", x_range)
     ax.plot(x, _nan([r["drift_share"] for r in runs]), marker="o", color=COLORS["line"], gid="share",
@@ -249,10 +232,10 @@ def _drift_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> s
                label=f"threshold {threshold:g} (drift.share_threshold)")
     ax.set_ylim(0, 1.02)
     _legend(ax)
-    return _svg(fig, "drift")
+    return fig
 
 
-def _metric_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> str:
+def _metric_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     pro = spec.promotion
     gib, tolerance = bool(pro.greater_is_better), float(pro.realised_tolerance)
     fig, ax = _axes(f"Champion's {pro.metric}: realised on newly labelled rows, and on its holdout", x_range)
@@ -267,17 +250,17 @@ def _metric_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> 
     ax.plot(x, _nan([r["realised_metric"] for r in runs]), marker="o", color=COLORS["line"], gid="realised",
             label="realised")
     _legend(ax)
-    return _svg(fig, "metric")
+    return fig
 
 
-def _rows_plot(runs: list[dict], x: list[dt.datetime], x_range) -> str:
+def _rows_plot(runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     fig, ax = _axes("Rows published", x_range)
     ax.bar(x, [r["rows_published"] or 0 for r in runs], width=0.7, color=COLORS["bars"], gid="bars")
     ax.set_ylim(bottom=0)
-    return _svg(fig, "rows")
+    return fig
 
 
-def _version_plot(runs: list[dict], events: list[dict], x: list[dt.datetime], x_range) -> str:
+def _version_plot(runs: list[dict], events: list[dict], x: list[dt.datetime], x_range) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _axes("Champion version serving each night (promotions ▲, rollbacks ▼)", x_range)
@@ -295,54 +278,83 @@ def _version_plot(runs: list[dict], events: list[dict], x: list[dt.datetime], x_
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(y=0.3)
     _legend(ax)
-    return _svg(fig, "versions")
+    return fig
 
 
-def _figure(figure_id: str, svg: str, caption: str) -> str:
-    return f'<figure id="{figure_id}">{svg}<figcaption>{caption}</figcaption></figure>'
-
-
-def _plots(spec: Any, runs: list[dict], events: list[dict]) -> str:
-    import matplotlib
-
+def _charts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, Any]:
+    """The four figures of normalised nights and events, by figure id (drift, metric, rows, versions)."""
     x = [_moment(r["day"], "night") for r in runs]
     shown_events = [e["x"] for e in events if e["x"] >= x[0] - HALF_DAY]
     x_range = (x[0] - HALF_DAY, max([x[-1], *shown_events]) + HALF_DAY)
+    return {"drift": _drift_plot(spec, runs, x, x_range), "metric": _metric_plot(spec, runs, x, x_range),
+            "rows": _rows_plot(runs, x, x_range), "versions": _version_plot(runs, events, x, x_range)}
+
+
+def health_charts(spec: Any, runs: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The page's plots as matplotlib figures (before they become PNGs), for whoever needs the
+    drawn data itself: each line, marker set and bar set carries a gid (share, above, threshold,
+    realised, holdout, decay-limit, floor, bars, served, promotes, rollbacks). Needs one run."""
+    nights = _runs(list(runs))
+    if not nights:
+        raise ValueError("health_charts: no run to plot")
+    return _charts(spec, nights, _events(list(events), nights))
+
+
+def _alt_texts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, str]:
+    """What each plot shows, in words, for the <img> alt text (a PNG cannot be read aloud or searched)."""
+    threshold = float(spec.drift.share_threshold)
+    shares = [r["drift_share"] for r in runs if r["drift_share"] is not None]
+    realised = [r["realised_metric"] for r in runs if r["realised_metric"] is not None]
+    served = [_version_str(r["served_version"]) for r in runs]
+    span = f"{runs[0]['day'].isoformat()} to {runs[-1]['day'].isoformat()}"
+    kinds = [e["event"] for e in events]
+    return {
+        "drift": f"Drift share per night, {span}: {len(shares)} night(s) measured, "
+                 f"{sum(v >= threshold for v in shares)} at or above the threshold {threshold:g}; "
+                 f"last {num(runs[-1]['drift_share'])}.",
+        "metric": f"The champion's realised {spec.promotion.metric} per night, {span}, with its holdout value, "
+                  f"the decay limit and the floor {float(spec.promotion.floor):g}; "
+                  f"{len(realised)} night(s) with a realised value, last {num(runs[-1]['realised_metric'])}.",
+        "rows": f"Rows published per night, {span}; last night {runs[-1]['rows_published'] or 0}.",
+        "versions": f"Champion version serving each night, {span}: {', '.join(served)}; "
+                    f"{kinds.count('promote')} promotion(s), {kinds.count('rollback')} rollback(s).",
+    }
+
+
+def _figures(spec: Any, runs: list[dict], events: list[dict]) -> list[dict[str, str]]:
+    """Each plot as a PNG data URI with its alt text and caption."""
     metric, delay = spec.promotion.metric, spec.label.delay_days
-    realised_missing = all(r["realised_metric"] is None for r in runs)
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nightshift"}):
-        parts = [
-            _figure("drift", _drift_plot(spec, runs, x, x_range),
-                    esc(f"Nights without a value had no champion to compare with. Retraining starts at "
-                        f"{spec.drift.share_threshold:g}.")),
-            _figure("metric", _metric_plot(spec, runs, x, x_range),
-                    esc(f"Realised: the champion's {metric} on the rows whose labels arrived that night "
-                        f"(label.delay_days {delay}). A retrain is due when it crosses the decay limit "
-                        f"or the floor.")
-                    + (' <span class="fail">No realised metric recorded yet.</span>' if realised_missing else "")),
-            _figure("rows", _rows_plot(runs, x, x_range), "Rows written to the predictions table each night."),
-            _figure("versions", _version_plot(runs, events, x, x_range),
-                    "The version that scored each night: the challenger on a promotion night, else the champion."),
-        ]
-    return "\n".join(parts)
+    captions = {
+        "drift": f"Nights without a value had no champion to compare with. Retraining starts at "
+                 f"{spec.drift.share_threshold:g}.",
+        "metric": f"Realised: the champion's {metric} on the rows whose labels arrived that night "
+                  f"(label.delay_days {delay}). A retrain is due when it crosses the decay limit or the floor.",
+        "rows": "Rows written to the predictions table each night.",
+        "versions": "The version that scored each night: the challenger on a promotion night, else the champion.",
+    }
+    warnings = {"metric": "No realised metric recorded yet."
+                if all(r["realised_metric"] is None for r in runs) else ""}
+    alts = _alt_texts(spec, runs, events)
+    return [{"id": key, "src": png_data_uri(fig), "alt": alts[key], "caption": captions[key],
+             "warning": warnings.get(key, "")} for key, fig in _charts(spec, runs, events).items()]
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def _events_table(events: list[dict]) -> str:
-    if not events:
-        return '<h2>Champion changes</h2><p class="note">No promotion or rollback recorded.</p>'
-    rows = [("fail" if e["event"] == "rollback" else "", [
-        (esc(e["at"].strftime("%Y-%m-%d %H:%M UTC")), True), (esc(e["event"]), True),
-        (esc(MISSING if e["from_version"] is None else f"v{e['from_version']}"), True),
-        (esc(MISSING if e["version"] is None else f"v{e['version']}"), True),
-        (esc(e["by"] or MISSING), True), (esc(e["reason"] or MISSING), True)]) for e in reversed(events)]
-    return "<h2>Champion changes</h2>" + table(
-        "events", [("when", True), ("event", True), ("from", True), ("to", True), ("by", True), ("why", True)], rows)
+def _version_str(version: int | None) -> str:
+    return MISSING if version is None else f"v{version}"
 
 
-def _periods_table(runs: list[dict]) -> str:
+def _events_rows(events: list[dict]) -> list[dict[str, str]]:
+    """Newest first; a rollback marked."""
+    return [{"cls": "fail" if e["event"] == "rollback" else "", "when": e["at"].strftime("%Y-%m-%d %H:%M UTC"),
+             "event": e["event"], "from_version": _version_str(e["from_version"]),
+             "to_version": _version_str(e["version"]), "by": e["by"] or MISSING, "reason": e["reason"] or MISSING}
+            for e in reversed(events)]
+
+
+def _periods_rows(runs: list[dict]) -> list[dict[str, Any]]:
     """Consecutive nights served by the same version, newest first."""
     periods: list[dict] = []
     for r in runs:
@@ -350,32 +362,22 @@ def _periods_table(runs: list[dict]) -> str:
             periods[-1].update(last=r["day"], nights=periods[-1]["nights"] + 1)
         else:
             periods.append({"version": r["served_version"], "first": r["day"], "last": r["day"], "nights": 1})
-    rows = [("", [(esc(MISSING if p["version"] is None else f"v{p['version']}"), True),
-                  (esc(p["first"].isoformat()), True), (esc(p["last"].isoformat()), True), (esc(p["nights"]), False)])
-            for p in reversed(periods)]
-    return "<h2>Which version was champion when</h2>" + table(
-        "periods", [("version", True), ("first night", True), ("last night", True), ("nights", False)], rows)
+    return [{"version": _version_str(p["version"]), "first": p["first"].isoformat(), "last": p["last"].isoformat(),
+             "nights": p["nights"]} for p in reversed(periods)]
 
 
-def _runs_table(spec: Any, runs: list[dict]) -> str:
+def _runs_rows(spec: Any, runs: list[dict]) -> list[dict[str, Any]]:
+    """Newest first; a failed night marked, a drift share at or above the threshold highlighted."""
     threshold = float(spec.drift.share_threshold)
-    rows = []
-    for r in reversed(runs):
-        drift = r["drift_share"]
-        drift_cell = num(drift) if drift is None or drift < threshold else status(False, text_fail=num(drift))
-        version = r["served_version"]
-        rows.append(("fail" if r.get("decision") == "failed" else "", [
-            (esc(r["day"].isoformat()), True), (esc(r.get("decision") or MISSING), True),
-            (esc(r.get("retrain_reason") or MISSING), True), (drift_cell, False), (num(r["realised_metric"]), False),
-            (num(r["champion_holdout_metric"]), False), (esc(MISSING if version is None else f"v{version}"), True),
-            (esc(MISSING if r.get("challenger_version") is None else f"v{r['challenger_version']}"), True),
-            (num(r.get("challenger_metric")), False),
-            (esc(MISSING if r["rows_published"] is None else r["rows_published"]), False)]))
-    metric = spec.promotion.metric
-    return "<h2>Every night</h2>" + table("runs", [
-        ("night", True), ("decision", True), ("retrain reason", True), ("drift share", False),
-        (f"realised {metric}", False), (f"holdout {metric}", False), ("champion", True), ("challenger", True),
-        (f"challenger {metric}", False), ("rows published", False)], rows)
+    return [{"cls": "fail" if r.get("decision") == "failed" else "", "night": r["day"].isoformat(),
+             "decision": r.get("decision") or MISSING, "reason": r.get("retrain_reason") or MISSING,
+             "drift": num(r["drift_share"]),
+             "drift_above": r["drift_share"] is not None and r["drift_share"] >= threshold,
+             "realised": num(r["realised_metric"]), "holdout": num(r["champion_holdout_metric"]),
+             "champion": _version_str(r["served_version"]), "challenger": _version_str(_int(r.get("challenger_version"))),
+             "challenger_metric": num(r.get("challenger_metric")),
+             "rows_published": MISSING if r["rows_published"] is None else r["rows_published"]}
+            for r in reversed(runs)]
 
 
 # --------------------------------------------------------------------------- the page
@@ -388,23 +390,18 @@ def health_page_html(spec: Any, runs: list[dict[str, Any]], events: list[dict[st
     `runs`: run dicts (see the module docstring; read_history gives them), any order.
     `events`: champion changes (read_events gives them). With no run, a page that says so.
     """
-    title = f"Model health: {spec.name} ({spec.model_name})"
     stamp = (generated_at or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     nights = _runs(list(runs))
     changes = _events(list(events), nights)
+    context: dict[str, Any] = {"title": f"Model health: {spec.name} ({spec.model_name})", "generated": stamp,
+                               "nights": len(nights), "events": _events_rows(changes)}
     if not nights:
-        body = (f'<p id="no-runs" class="verdict">No runs yet.</p><p>The nightly DAG has recorded no run in '
-                f'{esc(spec.warehouse.schema)}.pipeline_runs. This page is regenerated after every run.</p>'
-                + _events_table(changes) + f'<p class="note">Generated {esc(stamp)}.</p>')
-        return page(title, body)
+        return render("health.html", **context, schema=spec.warehouse.schema)
     last = nights[-1]
-    summary = (f'<p>{len(nights)} night(s), {esc(nights[0]["day"].isoformat())} to {esc(last["day"].isoformat())}. '
-               f'Last night: {esc(last.get("decision") or MISSING)}; champion '
-               f'{esc(MISSING if last["served_version"] is None else "v" + str(last["served_version"]))}. '
-               f'Generated {esc(stamp)}.</p>')
-    body = "\n".join([summary, _plots(spec, nights, changes), _events_table(changes), _periods_table(nights),
-                      _runs_table(spec, nights)])
-    return page(title, body)
+    return render("health.html", **context, first_night=nights[0]["day"].isoformat(),
+                  last_night=last["day"].isoformat(), last_decision=last.get("decision") or MISSING,
+                  last_champion=_version_str(last["served_version"]), figures=_figures(spec, nights, changes),
+                  periods=_periods_rows(nights), runs=_runs_rows(spec, nights), metric=spec.promotion.metric)
 
 
 def write_health_page(path: str | Path, spec: Any, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,

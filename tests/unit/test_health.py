@@ -7,16 +7,22 @@ v3, a rollback to v1 by hand, then quiet nights again.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import math
 import re
+import struct
 from html.parser import HTMLParser
 
+import matplotlib.dates as mdates
 import pytest
 from psycopg2 import sql
 
 from include.nightshift import audit
 from include.nightshift import warehouse as wh
-from include.nightshift.health import health_page_html, read_events, read_history, write_health_page
+from include.nightshift.health import (health_charts, health_page_html, read_events, read_history,
+                                     write_health_page)
+from include.nightshift.reports import png_data_uri
 
 DAY0 = dt.date(2026, 1, 1)
 EVIL = "<img src=x onerror=alert(1)>"
@@ -71,10 +77,28 @@ class Tables(HTMLParser):
         return [(cls, dict(zip(header, cells))) for cls, cells in body]
 
 
-def figure(text: str, figure_id: str) -> str:
+def figure_image(text: str, figure_id: str) -> dict[str, str]:
+    """The attributes of the one <img> inside <figure id=figure_id>."""
     match = re.search(rf'<figure id="{figure_id}">(.*?)</figure>', text, re.S)
     assert match, f"no figure {figure_id}"
-    return match.group(1)
+    images = [dict(attrs) for tag, attrs in Tags(match.group(1)).tags if tag == "img"]
+    assert len(images) == 1, images
+    return images[0]
+
+
+class Tags(HTMLParser):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str]]]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+
+def drawn(ax, gid: str) -> list:
+    """The artists of a plot that carry `gid` (lines, marker sets, bar sets)."""
+    return [a for a in ax.get_children() if a.get_gid() == gid]
 
 
 def record_nights(conn, spec, nights, first: int, finished_base: dt.datetime) -> None:
@@ -126,40 +150,45 @@ def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path)
     path = write_health_page(tmp_path / "health.html", churn_spec, runs, events)
     text = (tmp_path / "health.html").read_text(encoding="utf-8")
     tables = Tables(text)
+    charts = health_charts(churn_spec, runs, events)
 
     assert path == str(tmp_path / "health.html")
+    assert "<svg" not in text
     for figure_id in ("drift", "metric", "rows", "versions"):
-        assert "<svg" in figure(text, figure_id)
+        image = figure_image(text, figure_id)
+        assert image["src"].startswith("data:image/png;base64,") and image["alt"]
+        png = base64.b64decode(image["src"].removeprefix("data:image/png;base64,"), validate=True)
+        width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and width > 400 and height > 100
+        assert image["src"] == png_data_uri(charts[figure_id])  # the picture is the figure checked below
 
     # The threshold is drawn, level, between the nights below it and those at or above it.
-    drift = figure(text, "drift")
-    threshold = re.search(r'<g id="drift-threshold">\s*<path d="M [\d.]+ ([\d.]+)\s+L [\d.]+ ([\d.]+)', drift)
-    assert threshold and threshold.group(1) == threshold.group(2)
-    level = float(threshold.group(1))
-    above = re.search(r'<g id="drift-above">(.*?)</g>\s*</g>', drift, re.S).group(1)
-    above_y = [float(y) for y in re.findall(r'<use [^>]*y="([\d.]+)"', above)]
-    assert len(above_y) == 2 and all(y < level for y in above_y)  # SVG y grows downwards
-    share_path = re.search(r'<g id="drift-share">\s*<path d="([^"]+)"', drift).group(1)
-    share_y = [float(y) for y in re.findall(r"[ML] [\d.]+ ([\d.]+)", share_path)]
-    assert len(share_y) == len(NIGHTS) - 1  # the cold-start night has no drift share
-    assert sum(y > level for y in share_y) == len(NIGHTS) - 1 - 2
-    assert f"threshold {churn_spec.drift.share_threshold:g} (drift.share_threshold)" in drift
+    threshold = float(churn_spec.drift.share_threshold)
+    drift = charts["drift"].axes[0]
+    (line,) = drawn(drift, "threshold")
+    assert set(line.get_ydata()) == {threshold}
+    assert line.get_label() == f"threshold {threshold:g} (drift.share_threshold)"
+    (above,) = drawn(drift, "above")
+    assert len(above.get_offsets()) == 2 and all(y >= threshold for _, y in above.get_offsets())
+    (share,) = drawn(drift, "share")
+    shares = [y for y in share.get_ydata() if not math.isnan(y)]
+    assert len(shares) == len(NIGHTS) - 1  # the cold-start night has no drift share
+    assert sum(y < threshold for y in shares) == len(NIGHTS) - 1 - 2
+    assert "7 night(s) measured, 2 at or above the threshold" in figure_image(text, "drift")["alt"]
 
-    metric = figure(text, "metric")
-    assert all(f'id="metric-{g}"' in metric for g in ("realised", "holdout", "decay-limit", "floor"))
+    metric = charts["metric"].axes[0]
+    assert all(drawn(metric, g) for g in ("realised", "holdout", "decay-limit", "floor"))
     assert "No realised metric recorded yet" not in text
 
-    versions = figure(text, "versions")
-    assert 'id="versions-promotes"' in versions and 'id="versions-rollbacks"' in versions
-    promotes = re.search(r'<g id="versions-promotes">(.*?)</g>\s*</g>', versions, re.S).group(1)
-    rollbacks = re.search(r'<g id="versions-rollbacks">(.*?)</g>\s*</g>', versions, re.S).group(1)
-    assert promotes.count("<use ") == 2 and rollbacks.count("<use ") == 1
+    versions = charts["versions"].axes[0]
+    (promotes,), (rollbacks,), (served,) = (drawn(versions, g) for g in ("promotes", "rollbacks", "served"))
+    assert len(promotes.get_offsets()) == 2 and len(rollbacks.get_offsets()) == 1
     # The rollback sits between the night before it and the night after it.
-    served = re.search(r'<g id="versions-served">(.*?)</g>\s*</g>', versions, re.S).group(1)
-    night_x = [float(x) for x in re.findall(r'<use [^>]*x="([\d.]+)"', served)]  # one marker per night
+    night_x = mdates.date2num(served.get_xdata())  # one marker per night
     assert len(night_x) == len(NIGHTS)
-    rollback_x = float(re.search(r'<use [^>]*x="([\d.]+)"', rollbacks).group(1))
+    rollback_x = rollbacks.get_offsets()[0][0]
     assert night_x[ROLLBACK_AFTER - 1] < rollback_x < night_x[ROLLBACK_AFTER]
+    assert f"{', '.join(SERVED)}; 2 promotion(s), 1 rollback(s)" in figure_image(text, "versions")["alt"]
 
     changes = tables["events"]
     assert [(c["event"], c["from"], c["to"], c["by"]) for _, c in changes] == [
@@ -206,7 +235,7 @@ def test_empty_history_says_no_runs_yet(churn_spec):
     text = health_page_html(churn_spec, [], [], generated_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
 
     assert 'id="no-runs"' in text and "No runs yet" in text and "churn.pipeline_runs" in text
-    assert "<svg" not in text and "No promotion or rollback recorded" in text
+    assert "<svg" not in text and "<img" not in text and "No promotion or rollback recorded" in text
 
 
 def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):

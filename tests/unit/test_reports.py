@@ -174,7 +174,7 @@ def test_rejected_challenger_numbers_checks_and_failures_in_their_cells(spec, ho
     assert slices["segment=negatives_only"][1]["challenger"] == "n/a"
     assert slices["segment=tiny"][0] == "skip"
 
-    assert EVIL not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert EVIL not in text and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text  # MarkupSafe's spelling
     loads_nothing(text, page)
 
 
@@ -211,3 +211,59 @@ def test_report_without_spec_or_checks_still_renders_and_says_so():
     assert overall["baseline"][1]["log_loss"] == "n/a"  # evaluated, undefined
     assert overall["champion"][1]["log_loss"] == "–"  # not evaluated
     assert overall["challenger"][1]["rule"] == "floor"  # no spec: the rule is named, without a number
+
+
+def test_slice_rows_are_the_gate_s_record_not_a_second_judgement(spec, holdout, models):
+    """The page shows what the gate recorded per slice; it applies no slice rule of its own."""
+    roles = {"challenger": "strong", "champion": "weak", "baseline": "baseline"}
+    evaluation, verdict = run(spec, holdout, models, roles, champion_version=3, promoted=True, policy_note="gate passed")
+    slices_check = next(c for c in verdict["checks"] if c["name"] == "slices")
+    records = slices_check["slices"]
+    assert [(r["column"], r["value"], r["rows"]) for r in records] == [
+        (s["column"], s["value"], s["rows"]) for s in evaluation["slices"]]  # every slice, in order
+
+    # Rewrite the record of one judged slice: numbers, tolerance and outcome the evaluation does not give.
+    judged = next(i for i, r in enumerate(records) if r["outcome"] == "passed")
+    forged = {**records[judged], "challenger": 0.1234, "champion": 0.5678, "regression": 0.4444,
+              "tolerance": 0.0101, "outcome": "failed", "passed": False}
+    verdict["checks"] = [{**c, "slices": [*records[:judged], forged, *records[judged + 1:]]}
+                         if c["name"] == "slices" else c for c in verdict["checks"]]
+
+    text = evaluation_report_html(evaluation, verdict, "record", spec=spec)
+    rows = Page(text).rows("slices")
+    cls, cells = rows[f"{forged['column']}={forged['value']}"]
+    assert cls == "fail"
+    assert (cells["challenger"], cells["champion"], cells["challenger vs champion"]) == ("0.1234", "0.5678", "-0.4444")
+    assert cells["slice check"] == "FAILED: regression 0.4444 > slice_tolerance 0.0101"
+    original = evaluation["slices"][judged]
+    assert cells["baseline"] == f"{original['baseline']:.4f}"  # not judged per slice: the evaluation's number
+    # Every other slice reads as the gate recorded it.
+    for r in records[:judged] + records[judged + 1:]:
+        cls, cells = rows[f"{r['column']}={r['value']}"]
+        assert cls == {"passed": "pass", "failed": "fail", "too_small": "skip"}.get(r["outcome"], "")
+        if r["outcome"] == "passed":
+            assert cells["slice check"] == "ok"
+            assert cells["challenger vs champion"] == f"{-r['regression']:+.4f}"
+
+    # A verdict without a record (written before the gate kept one): numbers shown, nothing judged here.
+    bare = {**verdict, "checks": [{k: v for k, v in c.items() if k != "slices"} for c in verdict["checks"]]}
+    rows = Page(evaluation_report_html(evaluation, bare, "no record", spec=spec)).rows("slices")
+    for s in evaluation["slices"]:
+        cls, cells = rows[f"{s['column']}={s['value']}"]
+        assert cells["slice check"] == ("too few rows: not judged" if s["skipped"] else "not recorded by the gate")
+        assert cls == ("skip" if s["skipped"] else "")
+
+
+def test_markup_in_title_policy_note_and_check_details_is_escaped(spec, holdout, models):
+    evaluation, verdict = run(spec, holdout, models, {"challenger": "strong", "baseline": "baseline"},
+                              champion_version=None, promoted=False, policy=EVIL, policy_note=EVIL)
+    verdict["checks"][0] = {**verdict["checks"][0], "name": EVIL, "detail": EVIL}
+    text = evaluation_report_html(evaluation, verdict, f"title {EVIL}", spec=spec)
+    page = Page(text)
+
+    assert EVIL not in text and not [t for t, _ in page.tags if t == "script"]
+    assert page.ids["decision"] == "NOT PROMOTED"
+    assert text.count("&lt;script&gt;") >= 5  # <title>, <h1>, policy, policy note, the check (name and detail)
+    summary = {cells[0]: cells[1] for _, cells in page.tables["summary"]}
+    assert summary["policy"] == EVIL and summary["policy note"] == EVIL  # read back as written: text, not markup
+    assert page.rows("checks")[EVIL][1]["detail"] == EVIL
