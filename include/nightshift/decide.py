@@ -11,21 +11,35 @@ Plain Python: no Airflow, no MLflow.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from include.nightshift.spec import DatasetSpec
+from include.nightshift.steps import StepOutput
 
 REASONS = ("forced", "no_champion", "drift", "quality_decay", "model_age")
 
 
 @dataclass
-class Decision:
+class Decision(StepOutput):
     retrain: bool
     reason: str | None
     details: dict
 
     def to_dict(self) -> dict:
         return {"retrain": bool(self.retrain), "reason": self.reason, "details": dict(self.details)}
+
+
+def model_age_days(trained_for: dt.date | None, run_date: dt.date) -> float | None:
+    """How many days of data the champion is behind tonight's run: the max-age rule's clock.
+
+    Measured from the night the champion was trained for to the night being processed, never
+    against the wall clock: a replay or a backfill of old nights must see the age those nights
+    saw, and a model trained for yesterday is one day old whenever the run happens.
+    """
+    return None if trained_for is None else float((run_date - trained_for).days)
 
 
 def _measured(value: float | None) -> float | None:
@@ -77,7 +91,8 @@ def _age(age: float | None, max_days: float) -> tuple[bool, str]:
 
 
 def decide(*, has_champion: bool, drift_share: float | None, realised_metric: float | None,
-           champion_holdout_metric: float | None, champion_age_days: float | None, force: bool, spec) -> Decision:
+           champion_holdout_metric: float | None, champion_age_days: float | None, force: bool,
+           spec: DatasetSpec) -> Decision:
     """Retrain or not, with the first matching reason and every input and threshold recorded."""
     pro = spec.promotion
     drift_share, realised = _measured(drift_share), _measured(realised_metric)

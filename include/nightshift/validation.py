@@ -406,45 +406,16 @@ def _checks(gx_result: Any, columns: list[str]) -> list[dict[str, Any]]:
     return sorted(checks, key=lambda c: -1 if c["column"] is None else position.get(c["column"], len(columns)))
 
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;width:100%}}
-td,th{{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}}
-.fail{{color:#b00020;font-weight:bold}} .pass{{color:#137333}}</style></head>
-<body><h1>{title}</h1><p class="{verdict_class}">{verdict}</p><p>{summary}</p>
-{failures}<h2>Every check ({evaluated})</h2>
-<table><tr><th>status</th><th>column</th><th>expectation</th><th>fails when values / the table</th></tr>
-{rows}</table>
-<p>Great Expectations Data Docs: <a href="{page}">this validation</a> (styled when online),
-<a href="index.html">site index</a>. Machine-readable: <a href="validation.json">validation.json</a>.</p>
-</body></html>
-"""
-
-
 def _html_report(result: ValidationResult, checks: list[dict[str, Any]], spec: DatasetSpec,
                  day: dt.date, page: str | None) -> str:
     """A self-contained page (no CDN): Data Docs load their styles and scripts from the internet,
     and without them the index is blank and failed checks are not marked."""
-    from html import escape
+    from include.nightshift.reports import render
 
-    def row(*cells: Any) -> str:
-        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-    failures = ""
-    if result.failures:
-        failures = ("<h2>Failures</h2><table><tr><th>column</th><th>expectation</th><th>details</th></tr>"
-                    + "".join(row(escape(f.column or "(table)"), escape(f.expectation), escape(f.details))
-                              for f in result.failures) + "</table>")
-    rows = "".join(row(
-        '<span class="pass">passed</span>' if c["success"] else '<span class="fail">FAILED</span>',
-        escape(c["column"] or "(table)"), escape(c["expectation"]), escape(c["fails_on"])) for c in checks)
-    return PAGE.format(
-        title=escape(f"Validation of {spec.name} for {day.isoformat()}"),
-        verdict_class="pass" if result.success else "fail",
-        verdict="PASSED" if result.success else "FAILED",
-        summary=escape(f"{result.rows} rows, {result.evaluated} checks run, {len(result.failures)} problem(s)."),
-        failures=failures, evaluated=result.evaluated, rows=rows,
-        page=escape(page or "index.html"))
+    return render("validation.html", title=f"Validation of {spec.name} for {day.isoformat()}",
+                  passed=result.success, failures=result.failures, checks=checks, evaluated=result.evaluated,
+                  summary=f"{result.rows} rows, {result.evaluated} checks run, {len(result.failures)} problem(s).",
+                  data_docs_page=page or "index.html")
 
 
 def _write_reports(report_dir: Path, result: ValidationResult, gx_result: Any, spec: DatasetSpec,

@@ -26,13 +26,16 @@ session. The cost, seen in Chromium: the browser sends no cookie with a sandboxe
 sub-requests, so a page's local images (the GX favicon) do not load; the pages are otherwise
 self-contained or load their styles from CDNs, and their links (top-level navigations) work.
 
+The app's own pages (the index, folder listings, notices) come from the same Jinja2 templates
+and stylesheet as the reports (include/nightshift/reports.py, autoescaped). The report pages it
+streams use what the sandbox CSP leaves allowed: inline styles and ``data:`` images (charts).
+
 This module is imported by every Airflow process that loads plugins (task runners too), so
 Airflow's server modules are imported inside the functions that need them, not here.
 """
 
 from __future__ import annotations
 
-import html
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -136,16 +139,17 @@ def _exists(store, *parts: str) -> bool:
     return store.exists(store.url(REPORTS_FOLDER, *parts))
 
 
-def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:1.5em;max-width:70em} td,th{padding:.2em .8em;text-align:left}"
-        "</style></head><body>" + f"<h1>{html.escape(title)}</h1>{body}</body></html>",
-        headers={"Cache-Control": "no-cache"})
+def _page(template: str, **context: Any) -> HTMLResponse:
+    """One of the app's own pages from its template (every value escaped there)."""
+    from include.nightshift.reports import render
+
+    return HTMLResponse(render(template, **context), headers={"Cache-Control": "no-cache"})
 
 
-def _link(href: str, text: str) -> str:
-    return f'<a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+def _notice(title: str, text: str) -> HTMLResponse:
+    from include.nightshift.reports import message_page
+
+    return HTMLResponse(message_page(title, [text]), headers={"Cache-Control": "no-cache"})
 
 
 def _stream(store, url: str) -> Iterator[bytes]:
@@ -166,24 +170,21 @@ def index(user: Any = Depends(airflow_user)) -> HTMLResponse:
     datasets = sorted(e["name"] for e in _listing(store, store.url(REPORTS_FOLDER)) if e["type"] == "directory")
     rows = [_dataset_row(store, dataset) for dataset in datasets if may_read(user, dataset)]
     if not rows:
-        return _page("Nightshift reports", "<p>No reports yet: they appear after the first nightly run.</p>")
-    return _page("Nightshift reports",
-                 "<table><tr><th>dataset</th><th>model health</th><th>latest night</th><th>history</th></tr>"
-                 + "".join(rows) + "</table>")
+        return _notice("Nightshift reports", "No reports yet: they appear after the first nightly run.")
+    return _page("reports_index.html", title="Nightshift reports", datasets=rows)
 
 
-def _dataset_row(store, dataset: str) -> str:
+def _dataset_row(store, dataset: str) -> dict[str, Any]:
+    """What the index shows of one dataset: its health page, its newest night's pages, all nights."""
     nights = _newest_first([e["name"] for e in _listing(store, store.url(REPORTS_FOLDER, dataset))
                             if e["type"] == "directory" and DATE.match(e["name"])])
-    health = (_link(f"{REPORTS_FOLDER}/{dataset}/{HEALTH_PAGE}", "model health")
-              if _exists(store, dataset, HEALTH_PAGE) else "no health page yet")
-    latest = "no reports yet"
-    if nights:
-        pages = [_link(f"{REPORTS_FOLDER}/{dataset}/{nights[0]}/{page}", label)
-                 for label, page in _night_pages(store, dataset, nights[0])]
-        latest = f"{html.escape(nights[0])}: " + (", ".join(pages) or "none")
-    return (f"<tr><td>{html.escape(dataset)}</td><td>{health}</td><td>{latest}</td>"
-            f"<td>{_link(f'{REPORTS_FOLDER}/{dataset}/', f'all nights ({len(nights)})')}</td></tr>")
+    night = nights[0] if nights else None
+    folder = f"{REPORTS_FOLDER}/{quote(dataset)}"  # a folder name is data: quoted into the address
+    return {"name": dataset, "night": night, "nights": len(nights),
+            "health": f"{folder}/{HEALTH_PAGE}" if _exists(store, dataset, HEALTH_PAGE) else None,
+            "pages": [(label, f"{folder}/{night}/{page}")
+                      for label, page in (_night_pages(store, dataset, night) if night else [])],
+            "history": f"{folder}/"}
 
 
 def _night_pages(store, dataset: str, night: str) -> list[tuple[str, str]]:
@@ -201,15 +202,14 @@ def health(dag_id: str, user: Any = Depends(airflow_user)):
     """The DAG's model-health page, for the "Model health" tab the plugin adds to every DAG."""
     dataset = dag_id.removeprefix(DAG_PREFIX)
     if not dag_id.startswith(DAG_PREFIX) or not report_parts(dataset):
-        return _page("Model health", f"<p>{html.escape(dag_id)} is not a Nightshift DAG.</p>")
+        return _notice("Model health", f"{dag_id} is not a Nightshift DAG.")
     owner = dataset.removesuffix(ROLLBACK_SUFFIX)  # the rollback DAG shows its dataset's page
     if owner != dataset and not _exists(artifact_store(), dataset, HEALTH_PAGE):
         dataset = owner
     if not may_read(user, dataset):
         raise HTTPException(status_code=403, detail=f"no access to the reports of {DAG_PREFIX + dataset}")
     if not _exists(artifact_store(), dataset, HEALTH_PAGE):
-        return _page("Model health", f"<p>No model-health page for {html.escape(dataset)} yet: "
-                                     "each nightly run writes it.</p>")
+        return _notice("Model health", f"No model-health page for {dataset} yet: each nightly run writes it.")
     return RedirectResponse(f"../{REPORTS_FOLDER}/{dataset}/{HEALTH_PAGE}", status_code=307)
 
 
@@ -242,6 +242,6 @@ def _folder(store, url: str, parts: list[str], user: Any) -> HTMLResponse:
     entries = {e["name"]: e for e in _listing(store, url) if parts or may_read(user, e["name"])}
     folders = _newest_first([n for n, e in entries.items() if e["type"] == "directory"])
     files = sorted(n for n, e in entries.items() if e["type"] != "directory")
-    items = [_link("../", "..")] + [_link(f"{quote(n)}/", f"{n}/") for n in folders]
-    items += [_link(quote(n), n) + f" ({entries[n].get('size') or 0:,} bytes)" for n in files]
-    return _page("/".join([REPORTS_FOLDER, *parts]), "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+    return _page("folder.html", title="/".join([REPORTS_FOLDER, *parts]),
+                 folders=[{"href": f"{quote(n)}/", "name": n} for n in folders],
+                 files=[{"href": quote(n), "name": n, "size": f"{entries[n].get('size') or 0:,}"} for n in files])

@@ -98,3 +98,18 @@ def test_precedence_first_matching_reason_wins(churn_spec):
         d = run(churn_spec, **inputs)
         assert d.reason == reason
         assert d.details["triggered"] == expected[i:]
+
+
+def test_model_age_is_counted_in_nights_up_to_the_run_date_not_the_wall_clock(churn_spec):
+    import datetime as dt
+
+    from include.nightshift.decide import model_age_days
+
+    trained_for = dt.date(2026, 1, 1)
+    assert model_age_days(trained_for, dt.date(2026, 1, 31)) == 30.0
+    assert model_age_days(None, dt.date(2026, 1, 31)) is None
+    # a backfill of a night long ago sees the age that night saw: no model_age retrain
+    backfill = run(churn_spec, champion_age_days=model_age_days(trained_for, dt.date(2026, 1, 10)))
+    assert backfill.reason is None
+    late = run(churn_spec, champion_age_days=model_age_days(trained_for, dt.date(2026, 2, 1)))
+    assert late.reason == "model_age"  # 31 nights > max_model_age_days 30

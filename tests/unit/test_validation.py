@@ -182,3 +182,13 @@ def test_float_key_is_still_not_an_integer_key(churn_spec, day_df):
     whole = day_df.copy()
     whole["customer_id"] = whole["customer_id"].astype("float64")
     assert "are not integers" in _failed(whole, churn_spec).message()
+
+
+def test_markup_in_the_data_is_text_on_the_page(churn_spec, day_df, tmp_path: Path):
+    evil = "<script>alert('x')</script>"
+    day_df.loc[day_df.index[:3], "plan"] = evil  # a category the spec does not know, written as markup
+    result = _failed(day_df, churn_spec, report_dir=tmp_path)
+    page = Path(result.report_path).read_text()
+    assert evil in result.message()  # the value is named in the failure ...
+    assert evil not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # ... as text on the page
+    assert "<script" not in page and "FAILED" in page and '<style>' in page  # the stylesheet inlined, no script

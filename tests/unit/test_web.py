@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,9 +25,11 @@ from urllib.parse import unquote, urljoin
 import httpx
 import pytest
 
+import local_stack  # scripts/, on the path by tests/conftest.py
 from include.nightshift.artifacts import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.dagrun  # every test talks to a real Airflow api-server started in a subprocess
 BINARY = bytes(range(256)) * 4
 NIGHT = "reports/churn/2026-02-02"
 DOCS_PAGE = f"{NIGHT}/validation/current/validations/churn/2026-02-02/20260202T000000.000000Z/churn-snapshot.html"
@@ -47,6 +48,9 @@ FILES = {
     "snapshots/churn/2026-02-02/abc.parquet": "SECRET-SNAPSHOT",
 }
 FAVICON = f"{NIGHT}/validation/current/static/images/favicon.ico"
+EVIL = "<img src=x onerror=alert(1)>"  # a dataset folder named as markup (no slash: it is one folder)
+EVIL_REPORT = f"reports/{EVIL}/2026-02-01/drift.html"
+SAMPLE = "reports/churn/2026-02-01/health-sample.html"  # a real model-health page, charts and all
 
 SETUP = """
     import json
@@ -72,14 +76,19 @@ class Server:
         return httpx.get(self.base + path, headers=headers, timeout=30, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _health_sample() -> str:
+    """A model-health page as Nightshift writes it: inline stylesheet, PNG charts as data: URIs."""
+    from include.nightshift.health import health_page_html
+    from include.nightshift.spec import load_spec
+
+    spec = load_spec(ROOT / "include" / "specs" / "churn.yaml")
+    runs = [{"logical_date": f"2026-01-0{d}", "decision": "skipped", "drift_share": 0.1 * d, "champion_version": 1,
+             "rows_published": 100 + d} for d in range(1, 5)]
+    return health_page_html(spec, runs, [])
 
 
 def _write_store(store: ArtifactStore, tmp: Path) -> None:
-    for key, text in FILES.items():
+    for key, text in {**FILES, EVIL_REPORT: "<h1>evil drift</h1>", SAMPLE: _health_sample()}.items():
         store.put_text(text, store.url(key))
     (tmp / "favicon.ico").write_bytes(BINARY)
     store.put_file(tmp / "favicon.ico", store.url(FAVICON))
@@ -114,7 +123,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _write_store(store, home)
     outside = home / "outside.txt"
     outside.write_text("SECRET-OUTSIDE")
-    port = _free_port()
+    port = local_stack.free_port()
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
@@ -208,6 +217,7 @@ def test_a_folder_redirects_to_its_slash_form_then_lists_its_entries(server):
     listing = server.get("/nightshift/reports/churn/")
     assert listing.status_code == 200
     assert re.findall(r'href="([^"]+)"', listing.text) == ["../", "2026-02-02/", "2026-02-01/", "health.html"]
+    assert "<style>" in listing.text  # the app's pages share the reports' stylesheet
 
 
 def test_index_lists_each_dataset_with_its_health_page_and_latest_night(server):
@@ -256,3 +266,29 @@ def test_a_user_the_auth_manager_grants_nothing_sees_no_reports(server):
     assert answer.status_code == 403
     assert answer.json()["detail"] == "no access to the reports of nightshift_churn"
     assert server.get("/nightshift/health/nightshift_churn", token="nobody").status_code == 403
+
+
+def _csp_allows(policy: str, directive: str, source: str) -> bool:
+    """Whether a CSP lets `directive` load `source`: its own list, else default-src, else anything."""
+    directives = {d.split()[0]: d.split()[1:] for d in (p.strip() for p in policy.split(";")) if d}
+    allowed = directives.get(directive, directives.get("default-src"))
+    return allowed is None or source in allowed
+
+
+def test_a_nightshift_page_gets_what_it_needs_from_the_sandbox_policy(server):
+    answer = server.get(f"/nightshift/{SAMPLE}")
+    assert answer.status_code == 200 and answer.text == server.store.read_text(server.store.url(SAMPLE))
+    policy = answer.headers["content-security-policy"]
+    assert policy.startswith("sandbox")
+    charts = re.findall(r'<img class="chart" src="(data:image/png;base64,[^"]+)" alt="([^"]+)"', answer.text)
+    assert len(charts) == 4 and "<style>" in answer.text  # what the page uses ...
+    assert _csp_allows(policy, "img-src", "data:") and _csp_allows(policy, "style-src", "'unsafe-inline'")  # ... allowed
+    assert not re.search(r'(src|href)="(?!data:)[^"]*//', answer.text)  # and nothing fetched from elsewhere
+
+
+def test_markup_in_a_folder_name_is_text_in_the_app_s_pages(server):
+    index = server.get("/nightshift/").text
+    assert EVIL not in index and "&lt;img src=x onerror=alert(1)&gt;" in index
+    assert "reports/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/" in index  # its address quoted, and it works:
+    listing = server.get("/nightshift/reports/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/")
+    assert listing.status_code == 200 and EVIL not in listing.text and "2026-02-01/" in listing.text

@@ -1,0 +1,314 @@
+"""The nightly run's steps as plain functions: typed outputs in, a typed output out.
+
+Each Airflow operator is an adapter over one function here: it opens the connections,
+hands over the upstream steps' outputs (steps.py) and returns this function's output to XCom.
+So every rule of the nightly run can be exercised without Airflow, and the Airflow layer
+holds no decision of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.decide import Decision, decide, model_age_days
+from include.nightshift.registry import Registry
+from include.nightshift.spec import DatasetSpec
+from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
+                                      TrainingStep, ValidationStep, VerdictStep)
+
+log = logging.getLogger(__name__)
+
+VALIDATED = (("current", False), ("labelled", True))  # which snapshots validate checks, and whether labelled
+
+
+class NotEnoughRows(ValueError):
+    """Too few labelled rows to train a challenger: retrying changes nothing until more labels arrive."""
+
+
+def take_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
+    """The night's rows, and the rows whose labels arrived with it (delay_days earlier)."""
+    from include.nightshift.snapshot import take_snapshot
+
+    current = take_snapshot(conn, store, spec, day)
+    labelled = take_snapshot(conn, store, spec, day - dt.timedelta(days=spec.label.delay_days), labelled=True)
+    return SnapshotStep(day=day, current=current, labelled=labelled)
+
+
+def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotStep,
+                   recent_row_counts: list[int]) -> ValidationStep:
+    """The spec's suite on the night's snapshot and on the newly labelled one; stops at the first failure.
+
+    The row-count norm applies to the night only (a labelled day is the night before, already
+    held to it). An empty labelled snapshot (the first night) has nothing to hold to account.
+    Reports go to the artifact store under reports/<dataset>/<day>/validation/<kind>/.
+    """
+    from include.nightshift.snapshot import read_snapshot
+    from include.nightshift.validation import validate_snapshot
+
+    results, urls = {}, {}
+    for kind, labelled in VALIDATED:
+        ref = getattr(snapshot, kind)
+        if labelled and ref.rows == 0:
+            continue
+        with store.staging_dir() as tmp:
+            result = validate_snapshot(
+                read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
+                recent_row_counts=() if labelled else recent_row_counts, report_dir=tmp / kind)
+            url = keep_report_folder(store, tmp / kind, result.report_path,
+                                     ("reports", spec.name, snapshot.day.isoformat(), "validation", kind))
+        results[kind] = {**result.to_dict(), "report_path": url}
+        if url:
+            urls[kind] = url
+        log.info("validation of %s snapshot %s: %s; report %s", kind, ref.day,
+                 "passed" if result.success else "FAILED", url)
+        if not result.success:
+            message = result.message().replace(str(result.report_path), str(url))
+            return ValidationStep(passed=False, rows=snapshot.current.rows, results=results, report_urls=urls,
+                                  failure={"snapshot": kind, "day": ref.day, "message": message,
+                                           "failures": [f"{f.column}: {f.details}" for f in result.failures][:20]})
+    return ValidationStep(passed=True, rows=snapshot.current.rows, results=results, report_urls=urls)
+
+
+def keep_report_folder(store: ArtifactStore, folder: Path, entry: str | None, base: tuple[str, ...]) -> str | None:
+    """Copy a report folder into the artifact store under `base`; the address of its entry page."""
+    if not folder.exists():
+        return None
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.put_file(path, store.url(*base, str(path.relative_to(folder))))
+    return store.url(*base, str(Path(entry).relative_to(folder))) if entry else None
+
+
+def measure_night_drift(store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                        snapshot: SnapshotStep) -> DriftStep:
+    """The night's features against the champion's reference sample; nothing to compare without a champion."""
+    from include.nightshift.drift import measure_drift
+    from include.nightshift.snapshot import read_snapshot
+
+    champion = registry.champion(spec.model_name)
+    if champion is None:
+        log.info("no champion yet: nothing to compare against")
+        return DriftStep(share=None, champion_version=None)
+    current = read_snapshot(store, snapshot.current.url, columns=spec.feature_names)
+    reference = registry.load_reference(champion.run_id)
+    url = store.url("reports", spec.name, snapshot.day.isoformat(), "drift.html")
+    with store.staging_dir() as tmp:
+        result = measure_drift(current, reference, spec, html_path=tmp / "drift.html")
+        store.put_file(tmp / "drift.html", url)
+    log.info("drift share %.3f (threshold %.3f); drifted: %s; report %s", result.share,
+             spec.drift.share_threshold, ", ".join(result.drifted) or "none", url)
+    return DriftStep(share=float(result.share), champion_version=champion.version, drifted=list(result.drifted),
+                     report_url=url, details={**result.to_dict(), "report_path": url})
+
+
+def drift_alarm(spec: DatasetSpec, drift: DriftStep) -> bool:
+    """Whether tonight's drift is worth an alert (the same threshold that triggers a retrain)."""
+    return drift.share is not None and drift.share >= spec.drift.share_threshold
+
+
+def monitor_champion(store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                     snapshot: SnapshotStep) -> MonitorStep:
+    """The champion's realised metric on the newly labelled rows, next to its holdout metric at promotion."""
+    from include.nightshift.evaluation import metric_value
+    from include.nightshift.snapshot import read_snapshot
+    from include.nightshift.training import labels, predict_scores
+
+    champion = registry.champion(spec.model_name)
+    labelled = snapshot.labelled
+    if champion is None or labelled.rows == 0:
+        return MonitorStep(realised_metric=None, rows=labelled.rows, champion_version=None)
+    df = read_snapshot(store, labelled.url)
+    scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
+    value = metric_value(spec.promotion.metric, labels(df, spec), scores, spec.scoring.decision_threshold)
+    holdout = champion.tags.get("verdict.challenger")  # its holdout metric when it was promoted
+    log.info("champion v%s realised %s on %s (%d rows): %.4f (holdout %s)", champion.version,
+             spec.promotion.metric, labelled.day, len(df), value, holdout)
+    return MonitorStep(realised_metric=None if value != value else float(value), rows=len(df),
+                       day=dt.date.fromisoformat(labelled.day), champion_version=champion.version,
+                       champion_holdout_metric=float(holdout) if holdout else None)
+
+
+def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: DriftStep | None,
+                 monitor: MonitorStep | None, *, force: bool) -> Decision:
+    """Retrain tonight or not, and why; the champion's age is counted in nights, up to `day`."""
+    champion = registry.champion(spec.model_name)
+    return decide(
+        has_champion=champion is not None,
+        drift_share=drift.share if drift else None,
+        realised_metric=monitor.realised_metric if monitor else None,
+        champion_holdout_metric=monitor.champion_holdout_metric if monitor else None,
+        champion_age_days=model_age_days(champion.trained_for, day) if champion else None,
+        force=force,
+        spec=spec,
+    )
+
+
+def train_challenger(conn: Any, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
+                     decision: Decision | None, dag_run_id: str) -> TrainingStep:
+    """Train, log and register a challenger (and its baseline) on the labelled window before `day`."""
+    import numpy as np
+
+    from include.nightshift import training
+    from include.nightshift.drift import reference_sample
+    from include.nightshift.snapshot import manifest, read_snapshots, take_snapshot
+
+    end, days = training.training_days(spec, day)
+    refs = [take_snapshot(conn, store, spec, d, labelled=True) for d in days]
+    train_df, holdout_df = training.split_train_holdout(read_snapshots(store, refs), spec, end)
+    if len(train_df) < spec.training.min_rows or len(holdout_df) == 0:
+        raise NotEnoughRows(
+            f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
+            f"{spec.training.min_rows}) and {len(holdout_df)} holdout rows in the {len(days)} days up to {end}")
+    model = training.fit(training.build_model(spec), train_df, spec)
+    baseline = training.fit(training.build_baseline(spec), train_df, spec)
+    holdout_scores = training.predict_scores(model, holdout_df, spec)
+    info = registry.log_challenger(
+        model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
+        params={"seed": spec.training.seed, "window_days": spec.training.window_days,
+                "holdout_days": spec.training.holdout_days, **spec.training.params},
+        metrics={"train_rows": len(train_df), "holdout_rows": len(holdout_df)},
+        tags={"nightshift.dag_run_id": dag_run_id, "nightshift.run_date": day.isoformat(),
+              "nightshift.retrain_reason": str(decision.reason if decision else None)},
+        snapshots=refs,
+    )
+    holdout_url = store.url("holdout", spec.name, day.isoformat(), f"v{info.version}.npz")
+    with store.staging_dir() as tmp:
+        np.savez(tmp / "holdout.npz", scores=holdout_scores)
+        store.put_file(tmp / "holdout.npz", holdout_url)
+        (tmp / "snapshots.json").write_text(manifest(refs))
+        refs_url = store.put_file(tmp / "snapshots.json",
+                                  store.url("holdout", spec.name, day.isoformat(), f"v{info.version}-snapshots.json"))
+    log.info("trained challenger v%s on %d rows (%d held out, days %s..%s)", info.version, len(train_df),
+             len(holdout_df), days[-1], end)
+    return TrainingStep(version=info.version, run_id=info.run_id, train_rows=len(train_df),
+                        holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
+                        snapshots_url=refs_url)
+
+
+def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
+                     day: dt.date, policy: str, dry_run: bool, dag_run_id: str,
+                     reports: dict[str, str | None]) -> VerdictStep:
+    """Champion, challenger (loaded back from the registry) and baseline on the same holdout; the gate;
+    the run's policy. The evaluation report is written and logged before anything moves."""
+    import numpy as np
+
+    from include.nightshift import training
+    from include.nightshift.evaluation import evaluate, gate
+    from include.nightshift.promotion import apply_policy
+    from include.nightshift.snapshot import SnapshotRef, read_snapshots
+
+    refs = [SnapshotRef.from_dict(r) for r in json.loads(store.read_text(trained.snapshots_url))]
+    _, holdout = training.split_train_holdout(read_snapshots(store, refs), spec, trained.holdout_end)
+    y = training.labels(holdout, spec)
+    challenger = registry.load_model(spec.model_name, trained.version)
+    scores = {"challenger": training.predict_scores(challenger, holdout, spec),
+              "baseline": training.predict_scores(registry.load_baseline(trained.run_id), holdout, spec)}
+    with store.open(trained.holdout_scores_url) as handle:
+        in_memory = np.load(handle)["scores"]
+    champion = registry.champion(spec.model_name)
+    if champion is not None and champion.version != trained.version:
+        scores["champion"] = training.predict_scores(registry.load_model(spec.model_name, champion.version),
+                                                     holdout, spec)
+    evaluation = evaluate(holdout, y, scores, spec)
+    verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
+                   roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])))
+    promote, why = apply_policy(verdict, policy, dry_run=dry_run)
+    judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=dag_run_id,
+                         champion_version=champion.version if champion else None,
+                         challenger_version=trained.version, promoted=promote, policy_note=why,
+                         evaluation=evaluation)
+    registry.log_holdout_metrics(trained.run_id, spec.promotion.metric, {
+        "challenger": verdict.challenger, "champion": verdict.champion, "baseline": verdict.baseline})
+    url = write_evaluation_report(store, registry, spec, day, trained, judged, reports)
+    log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
+             why, verdict.message())
+    return VerdictStep.from_xcom({**judged.to_xcom(), "report_url": url})
+
+
+def night_reports(validation: ValidationStep | None, drift: DriftStep | None) -> dict[str, str | None]:
+    """The night's reports by the folder of the challenger's MLflow run they are logged in."""
+    urls = validation.report_urls if validation else {}
+    return {"reports": drift.report_url if drift else None, "reports/validation": urls.get("current"),
+            "reports/validation_labelled": urls.get("labelled")}
+
+
+def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
+                            trained: TrainingStep, judged: VerdictStep, reports: dict[str, str | None]) -> str:
+    """evaluation.html (+ .json) in the artifact store; it and the night's other reports on the
+    challenger's MLflow run, so the run in MLflow holds every page its promotion was decided on."""
+    from include.nightshift.reports import evaluation_report_html
+
+    title = f"{spec.name} {day.isoformat()}: challenger v{trained.version}"
+    record = judged.tags()
+    url = store.url("reports", spec.name, day.isoformat(), "evaluation.html")
+    store.put_text(json.dumps({"evaluation": judged.evaluation, "verdict": record}, indent=2, default=str),
+                   store.url("reports", spec.name, day.isoformat(), "evaluation.json"))
+    with store.staging_dir() as tmp:
+        (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec))
+        store.put_file(tmp / "evaluation.html", url)
+        registry.log_artifact(trained.run_id, tmp / "evaluation.html", "reports")
+    for folder, found in reports.items():  # e.g. {"reports": drift, "reports/validation": ...}
+        if found and store.exists(found):
+            with store.local_copy(found) as local:
+                registry.log_artifact(trained.run_id, local, folder)
+    return url
+
+
+def settle_verdict(registry: Registry, conn: Any, spec: DatasetSpec, verdict: VerdictStep) -> int | None:
+    """Promote (alias + audit row, one step) or record why not; the version replaced, if any."""
+    from include.nightshift.promotion import promote
+
+    if verdict.promoted:
+        return promote(registry, conn, spec, verdict)
+    registry.record_verdict(spec.model_name, verdict.challenger_version, verdict.tags())
+    return None
+
+
+def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
+                dag_run_id: str) -> ScoringStep | None:
+    """The champion scores the night, chunk by chunk; None when there is no champion."""
+    from include.nightshift.scoring import score_snapshot
+
+    champion = registry.champion(spec.model_name)
+    if champion is None:
+        return None
+    url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
+    rows = score_snapshot(
+        store, snapshot.current.url, url, spec,
+        model=registry.load_model(spec.model_name, champion.version), model_version=champion.version,
+        snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id)
+    log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
+    return ScoringStep(url=url, rows=rows, model_version=champion.version, day=snapshot.day)
+
+
+def publish_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> PublishStep:
+    """Replace the night's partition of the predictions table (one transaction)."""
+    from include.nightshift import warehouse
+
+    warehouse.ensure_warehouse(conn, spec)
+    with store.local_copy(scored.url) as path:
+        rows = warehouse.replace_partition(conn, spec, scored.day, path)
+    log.info("published %d rows to %s.predictions for %s", rows, spec.warehouse.schema, scored.day)
+    return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
+
+
+def write_health_page(conn: Any, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
+    """Regenerate reports/<dataset>/health.html from the warehouse's history; its address."""
+    from include.nightshift import health
+
+    url = store.url("reports", spec.name, "health.html")
+    runs = health.read_history(conn, spec, days)
+    events = health.read_events(conn, spec)
+    with store.staging_dir() as tmp:
+        health.write_health_page(tmp / "health.html", spec, runs, events)
+        store.put_file(tmp / "health.html", url)
+    return url
+
+
+def safe_name(run_id: str) -> str:
+    """A run id as a file name (Airflow run ids hold ':' and '+')."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)

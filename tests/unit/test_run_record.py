@@ -1,0 +1,72 @@
+"""The run's row of history, built from the steps' outputs: pure, so every outcome is reachable here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from include.nightshift.decide import Decision
+from include.nightshift.run_record import build_run_record, run_outcome
+from include.nightshift.snapshot import SnapshotRef
+from include.nightshift.spec import load_spec
+from include.nightshift.steps import (DriftStep, PublishStep, SnapshotStep, TrainingStep, ValidationStep,
+                                      VerdictStep)
+
+SPEC = load_spec(Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml")
+DAY = dt.date(2026, 2, 5)
+NOW = dt.datetime(2026, 2, 6, 1, 0, tzinfo=dt.timezone.utc)
+REF = SnapshotRef(url="/s.parquet", sha256="c" * 64, rows=1000, day=DAY.isoformat(), labelled=False)
+SNAP = SnapshotStep(day=DAY, current=REF, labelled=REF)
+OK = ValidationStep(passed=True, rows=1000)
+DRIFT = DriftStep(share=0.3, champion_version=2, drifted=["age"])
+TRAINED = TrainingStep(version=3, run_id="r", train_rows=9, holdout_rows=3, holdout_end=DAY, holdout_scores_url="/h",
+                       snapshots_url="/s")
+
+
+def verdict(promoted: bool) -> VerdictStep:
+    return VerdictStep(promote=promoted, metric="roc_auc", challenger=0.81, champion=0.8, baseline=0.7, message="m",
+                       checks=[{"name": "floor", "passed": True, "detail": "ok"}], policy="auto", dag_run_id="run",
+                       champion_version=2, challenger_version=3, promoted=promoted,
+                       policy_note="gate passed" if promoted else "gate failed")
+
+
+def record(states=None, **steps):
+    given = dict(snapshot=SNAP, validation=OK, drift=DRIFT, decision=None, training=None, verdict=None, published=None)
+    return build_run_record(SPEC, day=DAY, dag_run_id="run", states=states or {}, **{**given, **steps},
+                            started_at=None, finished_at=NOW, note="")
+
+
+@pytest.mark.parametrize(("failed", "promoted", "expected"), [
+    (["validate"], None, "failed"), ([], True, "promoted"), ([], False, "rejected"), ([], None, "skipped"),
+    (["publish"], True, "failed"),  # a promotion does not make a night whose publish failed a success
+])
+def test_the_outcome(failed, promoted, expected):
+    assert run_outcome(failed, None if promoted is None else verdict(promoted)) == expected
+
+
+def test_a_promoting_night():
+    row = record(states={"snapshot": "success", "record_run": "running"},
+                 decision=Decision(retrain=True, reason="drift", details={}), training=TRAINED, verdict=verdict(True),
+                 published=PublishStep(rows=990, day=DAY, model_version=3))
+    assert (row.decision, row.retrain_reason, row.challenger_version, row.champion_version) == ("promoted", "drift", 3, 2)
+    assert (row.champion_metric, row.challenger_metric, row.rows_in, row.rows_published) == (0.8, 0.81, 1000, 990)
+    assert row.validation_passed is True and row.note is None and row.drift_share == 0.3
+    assert row.details["failed_tasks"] == [] and row.details["policy"] == "gate passed"
+    assert set(row.row()) >= {"logical_date", "decision", "details"}
+
+
+def test_a_night_that_failed_validation_names_what_failed():
+    failure = {"snapshot": "current", "message": "age: 300 rows above max 100"}
+    row = record(states={"validate": "failed", "drift": "upstream_failed", "record_run": "running"},
+                 validation=ValidationStep(passed=False, rows=1000, failure=failure), drift=None)
+    assert row.decision == "failed" and row.validation_passed is False
+    assert row.details["failed_tasks"] == ["drift", "validate"]  # sorted; the record task itself never counts
+    assert row.details["validation_failure"] == failure
+    assert row.rows_published == 0 and row.champion_version is None
+
+
+def test_a_night_that_never_validated_says_unknown_not_failed():
+    row = record(states={"snapshot": "failed"}, snapshot=None, validation=None, drift=None)
+    assert row.validation_passed is None and row.rows_in is None and row.decision == "failed"
