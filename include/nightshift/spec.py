@@ -5,47 +5,174 @@ needs a new spec file and nothing else. The loader is strict on purpose: an unkn
 a wrong type or a missing threshold is refused with the dotted path of the key at fault,
 because a typo in a threshold must never silently become "no threshold".
 
-Plain Python and PyYAML only: the DAG file parses specs at DAG-parse time.
+The spec is a tree of frozen standard-library dataclasses that pydantic validates (strict
+scalars, bounds, Literal choices, cross-field validators). They stay plain dataclasses rather
+than pydantic models so that `dataclasses.replace` keeps working for the callers that derive
+a spec from another without re-validating it (tests build specs the loader would refuse, to
+prove the core still quotes every name). The JSON Schema of the spec is published as
+docs/dataset-spec.schema.json; regenerate it with
+
+    python -m include.nightshift.spec --schema > docs/dataset-spec.schema.json
+
+PyYAML and pydantic only: the DAG file parses specs at DAG-parse time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import math
+import difflib
+import functools
+import json
 import os
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import yaml
+from pydantic import (AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WrapValidator,
+                      field_validator, model_validator)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-KEY_TYPES = {"bigint", "integer", "text"}
-FEATURE_TYPES = {"numeric", "categorical"}
+TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 RESERVED_ROLES = {"public", "none", "current_user", "current_role", "session_user"}
+# metric -> greater is better
 METRICS = {"roc_auc": True, "average_precision": True, "accuracy": True, "f1": True, "log_loss": False}
+Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"]
+KeyType = Literal["bigint", "integer", "text"]
+KEY_TYPES = set(get_args(KeyType))
+FEATURE_TYPES = {"numeric", "categorical"}
 
 
 class SpecError(ValueError):
-    """A dataset spec is invalid; the message starts with the key at fault."""
+    """A dataset spec is invalid; each line of the message starts with the key at fault."""
 
 
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    type: str  # "numeric" | "categorical"
-    min: float | None = None
-    max: float | None = None
-    categories: tuple[str, ...] = ()
-    max_null_share: float = 0.0
-    max_unseen_share: float = 0.0
+# --- field types ---------------------------------------------------------------------------
+# Strict scalars: YAML's "100" stays text and 14.5 is no integer (an int is still a number).
 
 
-@dataclass(frozen=True)
-class Source:
-    table: str  # "schema.table" or "table"
-    connection_id: str
+def _plain_identifier(value: str) -> str:
+    """Names from a spec reach SQL (always quoted too); only plain names are accepted."""
+    if not IDENTIFIER.match(value):
+        raise PydanticCustomError("identifier", "{value} is not a plain SQL identifier (letters, digits, underscore)",
+                                  {"value": repr(value)})
+    return value
+
+
+def _table_name(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) > 2:
+        raise PydanticCustomError("table", "{value} must be 'table' or 'schema.table'", {"value": repr(value)})
+    for part in parts:
+        _plain_identifier(part)
+    return value
+
+
+def _grantable_role(value: str) -> str:
+    """PUBLIC (every role) and the predefined pg_* roles are refused: granting read access to
+    them would open the warehouse to far more than one consumer login."""
+    if value.lower() in RESERVED_ROLES or value.lower().startswith("pg_"):
+        raise PydanticCustomError("reserved_role", "{value} is a reserved PostgreSQL role; name the consumers' own role",
+                                  {"value": repr(value)})
+    return value
+
+
+def _share_message(value: Any, handler: Any) -> Any:
+    """One message for both ends of a share, so that it reads as the range it is."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] in ("greater_than_equal", "less_than_equal"):
+            raise PydanticCustomError("share", "must be between 0 and 1, got {value}", {"value": value}) from None
+        raise
+
+
+Text = Annotated[str, Strict()]
+Integer = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Positive = Annotated[int, Strict(), Field(ge=1)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False), WrapValidator(_share_message)]
+Identifier = Annotated[str, Strict(), AfterValidator(_plain_identifier),
+                       Field(json_schema_extra={"pattern": IDENTIFIER.pattern})]
+TableName = Annotated[str, Strict(), AfterValidator(_table_name), Field(json_schema_extra={"pattern": TABLE.pattern})]
+Role = Annotated[Identifier, AfterValidator(_grantable_role)]
+
+
+def _refuse(title: str, problems: list[tuple[tuple[str | int, ...], PydanticCustomError, Any]]) -> None:
+    """Raise the cross-field problems at the keys they concern (a model validator alone would
+    report them at the section)."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title, [{"type": error, "loc": loc, "input": value} for loc, error, value in problems])
+
+
+class _Section:
+    """What every part of a spec shares: unknown keys are refused, and a key written with no
+    value (`description:`) counts as absent, as the hand-written reader did before."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+# --- the spec ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NumericFeature(_Section):
+    """A numeric model input, checked against its range each night."""
+
+    name: Annotated[Identifier, Field(description="Column name in the source table.")]
+    type: Literal["numeric"]
+    min: Annotated[Number | None, Field(description="Smallest valid value (validation fails below it).")] = None
+    max: Annotated[Number | None, Field(description="Largest valid value (validation fails above it).")] = None
+    max_null_share: Annotated[Share, Field(description="Largest share of nulls a night may have.")] = 0.0
+    # Not keys of a numeric feature (a file giving them is refused), but every feature answers them.
+    categories: ClassVar[tuple[str, ...]] = ()
+    max_unseen_share: ClassVar[float] = 0.0
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> NumericFeature:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            _refuse("NumericFeature", [(("min",), PydanticCustomError(
+                "range", "{low} is above max {high}", {"low": self.min, "high": self.max}), self.min)])
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class CategoricalFeature(_Section):
+    """A categorical model input with a closed list of known categories."""
+
+    name: Annotated[Identifier, Field(description="Column name in the source table.")]
+    type: Literal["categorical"]
+    categories: Annotated[tuple[Text, ...], Field(min_length=1, description=(
+        "The known categories, as text (quote values YAML would read otherwise: 'NO', 'yes', '01')."))]
+    max_null_share: Annotated[Share, Field(description="Largest share of nulls a night may have.")] = 0.0
+    max_unseen_share: Annotated[Share, Field(description="Largest share of rows whose category is not listed.")] = 0.0
+    min: ClassVar[float | None] = None
+    max: ClassVar[float | None] = None
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="type")]
+_FEATURE_KINDS = {"numeric": NumericFeature, "categorical": CategoricalFeature}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source(_Section):
+    """Where the night's rows come from."""
+
+    table: Annotated[TableName, Field(description="'table' or 'schema.table': one row per entity per day.")]
+    connection_id: Annotated[Text, Field(description="Airflow connection of the source database.")] = \
+        "nightshift_source"
 
     @property
     def schema_and_name(self) -> tuple[str | None, str]:
@@ -53,90 +180,145 @@ class Source:
         return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-@dataclass(frozen=True)
-class EntityKey:
-    name: str
-    type: str  # bigint | integer | text
+@dataclass(frozen=True, kw_only=True)
+class EntityKey(_Section):
+    """The column that identifies what is scored (a customer, an account)."""
+
+    name: Annotated[Identifier, Field(description="Column name.")]
+    type: Annotated[KeyType, Field(description="Column type in the warehouse.")]
 
 
-@dataclass(frozen=True)
-class Label:
-    name: str
-    delay_days: int = 1
+@dataclass(frozen=True, kw_only=True)
+class Label(_Section):
+    """The 0/1 target column, null until it is known."""
+
+    name: Annotated[Identifier, Field(description="Column name.")]
+    delay_days: Annotated[Integer, Field(ge=0, description="Days after the event before the label is known.")] = 1
 
 
-@dataclass(frozen=True)
-class Validation:
-    min_rows: int
-    min_row_ratio: float  # a day's rows must be at least this share of the recent median
-    row_norm_days: int = 7
+@dataclass(frozen=True, kw_only=True)
+class Validation(_Section):
+    """Checks on each night's snapshot before anything is trained or published."""
+
+    min_rows: Annotated[Positive, Field(description="An empty or near-empty night fails.")]
+    min_row_ratio: Annotated[Share, Field(
+        description="A night fails below this share of the median row count of the last row_norm_days nights.")]
+    row_norm_days: Annotated[Positive, Field(description="Nights in that median.")] = 7
 
 
-@dataclass(frozen=True)
-class Training:
-    window_days: int
-    holdout_days: int
-    min_rows: int
-    seed: int
-    params: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True, kw_only=True)
+class Training(_Section):
+    """How a challenger is trained."""
+
+    window_days: Annotated[Positive, Field(description="Labelled days to train on ...")]
+    holdout_days: Annotated[Positive, Field(
+        description="... followed by the latest labelled days, held out (out of time).")]
+    min_rows: Annotated[Positive, Field(description="Fewest training rows to train at all.")]
+    seed: Annotated[Integer, Field(description="Seed of the model and of every sample: same data, same model.")]
+    params: Annotated[dict[str, Any], Field(description="XGBoost parameters, passed as given.")] = \
+        dataclasses.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Drift:
-    share_threshold: float  # retrain when at least this share of features drifted
-    sample_rows: int
-    seed: int = 0
+@dataclass(frozen=True, kw_only=True)
+class Drift(_Section):
+    """When input drift calls for retraining."""
+
+    share_threshold: Annotated[Share, Field(description="Retrain when at least this share of the features drifted.")]
+    sample_rows: Annotated[Positive, Field(description="Evidently runs on a seeded sample of at most this many rows.")]
+    seed: Annotated[Integer, Field(description="Seed of that sample.")] = 0
 
 
-@dataclass(frozen=True)
-class Promotion:
-    metric: str
-    floor: float  # absolute floor on the holdout metric
-    min_improvement: float  # over the champion, same holdout
-    slice_tolerance: float  # largest allowed regression on any slice
-    baseline_margin: float  # must beat the logistic-regression baseline by this much
-    max_model_age_days: int
-    realised_tolerance: float  # champion's realised metric may fall this far below its holdout metric
-    slice_columns: tuple[str, ...] = ()
-    min_slice_rows: int = 50
+@dataclass(frozen=True, kw_only=True)
+class Promotion(_Section):
+    """The gate a challenger must pass to become the champion, and when to retrain a champion."""
+
+    # The floor's range depends on the metric; the schema says so too (the loader checks it below).
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra={"if": {
+        "properties": {"metric": {"enum": [m for m, greater in METRICS.items() if greater]}}},
+        "then": {"properties": {"floor": {"maximum": 1}}}})
+
+    metric: Annotated[Metric, Field(description="Holdout metric the gate compares.")]
+    floor: Annotated[Number, Field(description=(
+        "Never promote below this, even the first model (for log_loss: never above it). "
+        "Between 0 and 1 for every metric but log_loss."), json_schema_extra={"minimum": 0})]
+    min_improvement: Annotated[NonNegative, Field(
+        description="A challenger must beat the champion by this much on the same holdout.")]
+    slice_tolerance: Annotated[NonNegative, Field(description="... and lose no more than this on any slice.")]
+    slice_columns: Annotated[tuple[Identifier, ...], Field(
+        description="Categorical features whose values are the slices.")] = ()
+    min_slice_rows: Annotated[Positive, Field(description="Slices with fewer holdout rows are not judged.")] = 50
+    baseline_margin: Annotated[NonNegative, Field(
+        description="... and beat a logistic regression trained on the same rows by this much.")]
+    max_model_age_days: Annotated[Positive, Field(description="Retrain a champion older than this.")]
+    realised_tolerance: Annotated[NonNegative, Field(
+        description="Retrain when the realised metric falls this far below the champion's holdout metric.")]
 
     @property
     def greater_is_better(self) -> bool:
         return METRICS[self.metric]
 
-
-@dataclass(frozen=True)
-class Scoring:
-    chunk_rows: int
-    decision_threshold: float
-
-
-@dataclass(frozen=True)
-class Warehouse:
-    schema: str
-    connection_id: str
-    # A role that consumers log in as: ensure_warehouse grants it read access and nothing else.
-    reader_role: str | None = None
+    @model_validator(mode="after")
+    def _floor_fits_the_metric(self) -> Promotion:
+        """A negative floor silently removes the floor; every greater-is-better metric here lives in [0, 1]."""
+        context = {"metric": self.metric, "floor": self.floor}
+        if METRICS[self.metric] and not 0.0 <= self.floor <= 1.0:
+            _refuse("Promotion", [(("floor",), PydanticCustomError(
+                "floor", "must be between 0 and 1 for {metric}, got {floor}", context), self.floor)])
+        if self.floor < 0:  # log_loss: a ceiling, never below 0
+            _refuse("Promotion", [(("floor",), PydanticCustomError(
+                "floor", "must be 0 or more for {metric}, got {floor}", context), self.floor)])
+        return self
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    description: str
-    schedule: str
-    start_date: dt.date
+@dataclass(frozen=True, kw_only=True)
+class Scoring(_Section):
+    """How the champion scores the night's population."""
+
+    chunk_rows: Annotated[Positive, Field(description="Rows scored at a time (bounds the memory).")]
+    decision_threshold: Annotated[Share, Field(description="Score at or above which the predicted label is 1.")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warehouse(_Section):
+    """Where predictions and the run history are published."""
+
+    schema: Annotated[Identifier, Field(description=(
+        "One PostgreSQL schema per spec: predictions, predictions_latest, pipeline_runs."))]
+    connection_id: Annotated[Text, Field(description=(
+        "The pipeline writes with this connection's role (it owns the tables)."))] = "nightshift_warehouse"
+    reader_role: Annotated[Role | None, Field(description=(
+        "Optional: a role consumers log in as. The pipeline grants it USAGE on the schema and SELECT on the "
+        "relations it writes, nothing else. The role must already exist. A plain identifier, never PUBLIC "
+        "or a pg_* role."))] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec(_Section):
+    """A Nightshift dataset spec: one file = one nightly DAG, one MLflow registered model
+    (nightshift_<name>) and one warehouse schema. Every threshold the pipeline applies is here.
+    The loader (include/nightshift/spec.py) also checks what this schema cannot say: min <= max,
+    column names used once, slice columns that are categorical features, no reserved reader role,
+    and no two spec files sharing a name or a warehouse schema."""
+
+    name: Annotated[Identifier, Field(description=(
+        "The data set; the DAG and the registered model are called nightshift_<name>. Unique across specs."))]
+    description: Annotated[Text, Field(description="Shown on the DAG page.")] = ""
+    schedule: Annotated[Text, Field(description="A cron expression or preset, in UTC.")] = "@daily"
+    start_date: Annotated[dt.date, Strict(), Field(description="First night the DAG may run (YYYY-MM-DD).")]
     source: Source
     entity_key: EntityKey
-    timestamp: str
+    timestamp: Annotated[Identifier, Field(description=(
+        "timestamptz column: rows with it in [date, date + 1 day) belong to that night."))]
     label: Label
-    features: tuple[Feature, ...]
+    features: Annotated[tuple[Feature, ...], Field(min_length=1, description="The model's inputs, in order.")]
     validation: Validation
     training: Training
     drift: Drift
     promotion: Promotion
     scoring: Scoring
     warehouse: Warehouse
-    path: str = ""
+    # The file the spec was read from: set by load_spec, never a key of the file.
+    path: SkipJsonSchema[str] = ""
 
     @property
     def model_name(self) -> str:
@@ -163,243 +345,192 @@ class DatasetSpec:
         """Every column a snapshot must have, in a stable order."""
         return [self.entity_key.name, self.timestamp, *self.feature_names, self.label.name]
 
-
-# --- loading -------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-class _Reader:
-    """Reads one mapping, remembering its dotted path and refusing keys nobody asked for."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if not isinstance(data, dict):
-            raise SpecError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
-        self.data = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        self.seen.add(name)
-        if name not in self.data or self.data[name] is None:
-            if default is _MISSING:
-                raise SpecError(f"{self.key(name)}: required key is missing")
-            return default
-        value = self.data[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise SpecError(f"{self.key(name)}: expected {_names(kinds)}, got a boolean")
-        if not isinstance(value, kinds):
-            raise SpecError(f"{self.key(name)}: expected {_names(kinds)}, got {type(value).__name__} {value!r}")
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        """YAML reads an unquoted 2026-01-01 as a date; a quoted one must still be an ISO date."""
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                raise PydanticCustomError("date", "{value} is not an ISO date (YYYY-MM-DD)",
+                                          {"value": repr(value)}) from None
         return value
 
-    def share(self, name: str, default: Any = _MISSING) -> float:
-        value = self.get(name, float, default)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise SpecError(f"{self.key(name)}: must be between 0 and 1, got {value}")
-        return value
+    @model_validator(mode="before")
+    @classmethod
+    def _path_is_not_a_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" in data:
+            raise ValidationError.from_exception_data(
+                "DatasetSpec", [{"type": "extra_forbidden", "loc": ("path",), "input": data["path"]}])
+        return data
 
-    def finite(self, name: str, default: Any = _MISSING) -> float:
-        value = self.get(name, float, default)
-        if value is not None and not math.isfinite(value):
-            raise SpecError(f"{self.key(name)}: must be a finite number, got {value}")
-        return value
-
-    def non_negative(self, name: str, default: Any = _MISSING) -> float:
-        value = self.finite(name, default)
-        if value is not None and value < 0:
-            raise SpecError(f"{self.key(name)}: must be 0 or more, got {value}")
-        return value
-
-    def positive(self, name: str, default: Any = _MISSING) -> int:
-        value = self.get(name, int, default)
-        if value < 1:
-            raise SpecError(f"{self.key(name)}: must be at least 1, got {value}")
-        return value
-
-    def identifier(self, name: str, default: Any = _MISSING) -> str:
-        value = self.get(name, str, default)
-        return value if value is None else _identifier(value, self.key(name))
-
-    def child(self, name: str) -> "_Reader":
-        self.seen.add(name)
-        if name not in self.data:
-            raise SpecError(f"{self.key(name)}: required section is missing")
-        return _Reader(self.data[name], self.key(name))
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise SpecError(
-                f"{self.key(str(unknown[0]))}: unknown key (allowed here: {', '.join(sorted(self.seen))})"
-            )
+    @model_validator(mode="after")
+    def _columns_fit_together(self) -> DatasetSpec:
+        named = [(("entity_key", "name"), self.entity_key.name), (("timestamp",), self.timestamp),
+                 (("label", "name"), self.label.name),
+                 *((("features", i, "name"), f.name) for i, f in enumerate(self.features))]
+        problems: list[tuple[tuple[str | int, ...], PydanticCustomError, Any]] = []
+        seen: dict[str, tuple[str | int, ...]] = {}
+        for loc, column in named:
+            if column in seen:
+                problems.append((loc, PydanticCustomError(
+                    "duplicate_column", "column {column} is named more than once (also {other})",
+                    {"column": repr(column), "other": _dotted(seen[column])}), column))
+            seen.setdefault(column, loc)
+        categorical = set(self.categorical_features)
+        for i, column in enumerate(self.promotion.slice_columns):
+            if column not in categorical:
+                problems.append((("promotion", "slice_columns", i), PydanticCustomError(
+                    "slice_column", "{column} is not a categorical feature", {"column": repr(column)}), column))
+        _refuse("DatasetSpec", problems)
+        return self
 
 
-def _names(kinds: tuple[type, ...]) -> str:
-    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
-                        dict: "a mapping", bool: "a boolean", dt.date: "a date"}.get(k, k.__name__) for k in kinds)
+# --- errors: pydantic's to one line per key ------------------------------------------------
+
+_UNKNOWN = {"extra_forbidden", "unexpected_keyword_argument"}
+_EXPECTED = {
+    "int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string", "date_type": "a date",
+    "dataclass_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping",
+    "tuple_type": "a list", "list_type": "a list", "bool_type": "a boolean",
+}
+
+_READ_AS = {int: "a number", float: "a number", dt.date: "a date", dt.datetime: "a timestamp"}
+_TOO_SHORT = {"features": "at least one feature is required", "categories": "must be a non-empty list of strings"}
 
 
-def _identifier(value: str, key: str) -> str:
-    if not IDENTIFIER.match(value):
-        raise SpecError(f"{key}: {value!r} is not a plain SQL identifier (letters, digits, underscore)")
-    return value
+def _clean(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """pydantic puts a feature's tag in its location (features.3.numeric.max); the file has none."""
+    return tuple(part for i, part in enumerate(loc)
+                 if not (i and isinstance(loc[i - 1], int) and part in _FEATURE_KINDS))
 
 
-def _role(value: str | None, key: str) -> str | None:
-    """A role to grant to: a plain identifier that names one real role.
-
-    PUBLIC (every role) and the predefined pg_* roles are refused: granting read access to
-    them would open the warehouse to far more than one consumer login.
-    """
-    if value is not None and (value.lower() in RESERVED_ROLES or value.lower().startswith("pg_")):
-        raise SpecError(f"{key}: {value!r} is a reserved PostgreSQL role; name the consumers' own role")
-    return value
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return key or "<root>"
 
 
-def _feature(data: Any, key: str) -> Feature:
-    r = _Reader(data, key)
-    name = r.identifier("name")
-    kind = r.get("type", str)
-    if kind not in FEATURE_TYPES:
-        raise SpecError(f"{r.key('type')}: must be one of {sorted(FEATURE_TYPES)}, got {kind!r}")
-    feature = Feature(
-        name=name,
-        type=kind,
-        max_null_share=r.share("max_null_share", 0.0),
-        **(_numeric_bounds(r) if kind == "numeric" else _categories(r)),
-    )
-    r.done()
-    return feature
+def _type_at(raw_loc: tuple[str | int, ...]) -> Any:
+    """The declared type at a pydantic location (tags included), or None past what is declared."""
+    current: Any = DatasetSpec
+    for part in raw_loc:
+        if get_origin(current) is tuple:
+            current = get_args(current)[0]
+        elif part in _FEATURE_KINDS and not dataclasses.is_dataclass(current):
+            current = _FEATURE_KINDS[part]
+        elif dataclasses.is_dataclass(current):
+            current = get_type_hints(current).get(part)
+        else:
+            return None
+    return current
 
 
-def _numeric_bounds(r: _Reader) -> dict[str, Any]:
-    low, high = r.get("min", float, None), r.get("max", float, None)
-    if low is not None and high is not None and low > high:
-        raise SpecError(f"{r.key('min')}: {low} is above max {high}")
-    return {"min": low, "max": high}
+def _written(node: yaml.Node | None, loc: tuple[str | int, ...]) -> str | None:
+    """The text of a scalar as the file wrote it (YAML's NO, not Python's False)."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) else None
 
 
-def _categories(r: _Reader) -> dict[str, Any]:
-    cats = r.get("categories", list)
-    if not cats or not all(isinstance(c, str) for c in cats):
-        raise SpecError(f"{r.key('categories')}: must be a non-empty list of strings")
-    return {"categories": tuple(cats), "max_unseen_share": r.share("max_unseen_share", 0.0)}
+def _got(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _unknown_key(raw_loc: tuple[str | int, ...]) -> str:
+    parent = _type_at(raw_loc[:-1])
+    if not dataclasses.is_dataclass(parent):
+        return "unknown key"
+    allowed = [f.name for f in dataclasses.fields(parent) if f.name != "path"]
+    close = difflib.get_close_matches(str(raw_loc[-1]), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (allowed here: {', '.join(allowed)})"
+
+
+def _explain(error: Any, node: yaml.Node | None) -> tuple[tuple[str | int, ...], str]:
+    """One error as (location in the file, message), in the words the spec's author uses."""
+    raw, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    loc, ctx = _clean(raw), error.get("ctx") or {}
+    if kind == "union_tag_not_found":
+        return (*loc, "type"), "required key is missing"
+    if kind == "union_tag_invalid":
+        return (*loc, "type"), f"must be one of {sorted(FEATURE_TYPES)}, got {ctx.get('tag')!r}"
+    if kind == "missing":
+        section = dataclasses.is_dataclass(_type_at(raw))
+        return loc, f"required {'section' if section else 'key'} is missing"
+    if kind in _UNKNOWN:
+        return loc, _unknown_key(raw)
+    if kind == "string_type" and (written := _written(node, loc) or _yaml_text(value)) is not None:
+        read_as = f"the boolean {str(value).lower()}" if isinstance(value, bool) else _READ_AS.get(type(value), "a value")
+        return loc, f"expected a string, but YAML read {written} as {read_as}: quote it ('{written}') to mean the text"
+    if kind in _EXPECTED:
+        return loc, f"expected {_EXPECTED[kind]}, got {_got(value)}"
+    if kind == "too_short":
+        return loc, _TOO_SHORT.get(loc[-1] if loc else "", "must not be empty")
+    if kind == "greater_than_equal":
+        return loc, f"must be {'0 or more' if ctx['ge'] == 0 else 'at least ' + str(ctx['ge'])}, got {value}"
+    if kind == "less_than_equal":
+        return loc, f"must be at most {ctx['le']}, got {value}"
+    if kind == "finite_number":
+        return loc, f"must be a finite number, got {value}"
+    if kind == "literal_error":
+        return loc, f"must be one of {sorted(get_args(_type_at(raw)))}, got {value!r}"
+    return loc, error["msg"]
+
+
+def _yaml_text(value: Any) -> str | None:
+    """Without the file's nodes, a scalar YAML would have read as something other than text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value) if isinstance(value, (int, float, dt.date)) else None
+
+
+def _messages(exc: ValidationError, node: yaml.Node | None) -> list[str]:
+    """One line per problem, unknown keys first: a typo'd `flor:` is the cause of the missing
+    `floor`, so it is what the author should read first."""
+    errors = exc.errors()
+    unknown: list[str] = []
+    other: list[str] = []
+    for error in errors:
+        loc = _clean(tuple(error["loc"]))
+        # A list whose items failed also reports itself as too short: the items are the news.
+        if error["type"] == "too_short" and any(_clean(tuple(e["loc"]))[:len(loc)] == loc
+                                                for e in errors if e is not error):
+            continue
+        where, message = _explain(error, node)
+        (unknown if error["type"] in _UNKNOWN else other).append(f"{_dotted(where)}: {message}")
+    return list(dict.fromkeys(unknown + other))
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[DatasetSpec]:
+    return TypeAdapter(DatasetSpec)
+
+
+def _validate(data: Any, path: str, node: yaml.Node | None) -> DatasetSpec:
+    try:
+        spec = _adapter().validate_python(data)
+    except ValidationError as exc:
+        raise SpecError("\n".join(_messages(exc, node))) from None
+    return dataclasses.replace(spec, path=path)
 
 
 def parse_spec(data: Any, path: str = "") -> DatasetSpec:
-    """Build a DatasetSpec from parsed YAML, or raise SpecError naming the key at fault."""
-    root = _Reader(data, "")
-    src, key, lab = root.child("source"), root.child("entity_key"), root.child("label")
-    val, trn, drf = root.child("validation"), root.child("training"), root.child("drift")
-    pro, sco, wh = root.child("promotion"), root.child("scoring"), root.child("warehouse")
-
-    table = src.get("table", str)
-    parts = table.split(".")
-    if len(parts) > 2:
-        raise SpecError(f"source.table: {table!r} must be 'table' or 'schema.table'")
-    for part in parts:
-        _identifier(part, "source.table")
-
-    features_raw = root.get("features", list)
-    if not features_raw:
-        raise SpecError("features: at least one feature is required")
-    features = tuple(_feature(f, f"features[{i}]") for i, f in enumerate(features_raw))
-
-    key_type = key.get("type", str)
-    if key_type not in KEY_TYPES:
-        raise SpecError(f"entity_key.type: must be one of {sorted(KEY_TYPES)}, got {key_type!r}")
-
-    metric = pro.get("metric", str)
-    if metric not in METRICS:
-        raise SpecError(f"promotion.metric: must be one of {sorted(METRICS)}, got {metric!r}")
-    floor = pro.finite("floor")
-    if METRICS[metric] and not 0.0 <= floor <= 1.0:  # every greater-is-better metric here lives in [0, 1]
-        raise SpecError(f"promotion.floor: must be between 0 and 1 for {metric}, got {floor}")
-    if floor < 0:  # log_loss: a ceiling, never below 0
-        raise SpecError(f"promotion.floor: must be 0 or more for {metric}, got {floor}")
-
-    start = root.get("start_date", (dt.date, str))
-    if isinstance(start, str):
-        try:
-            start = dt.date.fromisoformat(start)
-        except ValueError:
-            raise SpecError(f"start_date: {start!r} is not an ISO date (YYYY-MM-DD)") from None
-
-    spec = DatasetSpec(
-        name=root.identifier("name"),
-        description=root.get("description", str, ""),
-        schedule=root.get("schedule", str, "@daily"),
-        start_date=start,
-        source=Source(table=table, connection_id=src.get("connection_id", str, "nightshift_source")),
-        entity_key=EntityKey(name=key.identifier("name"), type=key_type),
-        timestamp=root.identifier("timestamp"),
-        label=Label(name=lab.identifier("name"), delay_days=lab.get("delay_days", int, 1)),
-        features=features,
-        validation=Validation(
-            min_rows=val.positive("min_rows"),
-            min_row_ratio=val.share("min_row_ratio"),
-            row_norm_days=val.positive("row_norm_days", 7),
-        ),
-        training=Training(
-            window_days=trn.positive("window_days"),
-            holdout_days=trn.positive("holdout_days"),
-            min_rows=trn.positive("min_rows"),
-            seed=trn.get("seed", int),
-            params=trn.get("params", dict, {}),
-        ),
-        drift=Drift(
-            share_threshold=drf.share("share_threshold"),
-            sample_rows=drf.positive("sample_rows"),
-            seed=drf.get("seed", int, 0),
-        ),
-        promotion=Promotion(
-            metric=metric,
-            floor=floor,
-            min_improvement=pro.non_negative("min_improvement"),
-            slice_tolerance=pro.non_negative("slice_tolerance"),
-            baseline_margin=pro.non_negative("baseline_margin"),
-            max_model_age_days=pro.positive("max_model_age_days"),
-            realised_tolerance=pro.non_negative("realised_tolerance"),
-            slice_columns=tuple(pro.get("slice_columns", list, [])),
-            min_slice_rows=pro.positive("min_slice_rows", 50),
-        ),
-        scoring=Scoring(
-            chunk_rows=sco.positive("chunk_rows"),
-            decision_threshold=sco.share("decision_threshold"),
-        ),
-        warehouse=Warehouse(
-            schema=wh.identifier("schema"),
-            connection_id=wh.get("connection_id", str, "nightshift_warehouse"),
-            reader_role=_role(wh.identifier("reader_role", None), wh.key("reader_role")),
-        ),
-        path=path,
-    )
-    for reader in (src, key, lab, val, trn, drf, pro, sco, wh, root):
-        reader.done()
-    _check_cross_references(spec)
-    return spec
+    """Build a DatasetSpec from parsed YAML, or raise SpecError naming the key at fault (one line per problem)."""
+    return _validate(data, path, None)
 
 
-def _check_cross_references(spec: DatasetSpec) -> None:
-    named = [("entity_key.name", spec.entity_key.name), ("timestamp", spec.timestamp), ("label.name", spec.label.name),
-             *((f"features[{i}].name", f.name) for i, f in enumerate(spec.features))]
-    seen: dict[str, str] = {}
-    for key, column in named:
-        if column in seen:
-            raise SpecError(f"{key}: column {column!r} is named more than once (also {seen[column]})")
-        seen[column] = key
-    categorical = set(spec.categorical_features)
-    for i, col in enumerate(spec.promotion.slice_columns):
-        if col not in categorical:
-            raise SpecError(f"promotion.slice_columns[{i}]: {col!r} is not a categorical feature")
-    if spec.label.delay_days < 0:
-        raise SpecError(f"label.delay_days: must be 0 or more, got {spec.label.delay_days}")
+# --- loading -------------------------------------------------------------------------------
 
 
 def _refuse_duplicate_keys(node: Any, path: str = "") -> None:
@@ -419,19 +550,23 @@ def _refuse_duplicate_keys(node: Any, path: str = "") -> None:
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
-    """Read and validate one spec file; errors name the file and the key."""
+    """Read and validate one spec file; every line of an error names the file and the key."""
     path = Path(path)
+    # One parse gives both the nodes (for duplicate keys and the text as written) and the data;
+    # libyaml's loader when PyYAML has it (the DAG processor parses every spec file continually).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(path.read_text())
     try:
-        text = path.read_text()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
     try:
         _refuse_duplicate_keys(node)
-        return parse_spec(data, str(path))
+        return _validate(data, str(path), node)
     except SpecError as exc:
-        raise SpecError(f"{path.name}: {exc}") from None
+        raise SpecError("\n".join(f"{path.name}: {line}" for line in str(exc).splitlines())) from None
 
 
 def specs_dir() -> Path:
@@ -439,12 +574,60 @@ def specs_dir() -> Path:
     return Path(os.environ.get("NIGHTSHIFT_SPECS_DIR") or Path(__file__).resolve().parent.parent / "specs")
 
 
-def load_all_specs(directory: str | Path | None = None) -> list[DatasetSpec]:
-    """Every spec in include/specs, sorted by name; a broken spec raises (the DAG shows an import error)."""
+# What two specs may not share: each spec has its own DAG and registered model (both named after
+# `name`) and its own warehouse schema (and predictions Asset). Compared ignoring case: names that
+# differ only in case are a mistake, not a second data set.
+_UNIQUE = {
+    "name": lambda spec: spec.name,
+    "warehouse.schema": lambda spec: spec.warehouse.schema,
+}
+
+
+def load_specs(directory: str | Path | None = None) -> list[tuple[Path, DatasetSpec | SpecError]]:
+    """Every spec file in the directory, sorted, with its spec or its error.
+
+    Specs that share a name or a warehouse schema are all refused, each error naming the other
+    files: otherwise one DAG would silently replace another, or two would write one schema.
+    """
     directory = Path(directory) if directory else specs_dir()
-    specs = [load_spec(p) for p in sorted(directory.glob("*.y*ml"))]
-    names = [s.name for s in specs]
-    for name in names:
-        if names.count(name) > 1:
-            raise SpecError(f"name: {name!r} is used by more than one spec in {directory}")
+    loaded: list[tuple[Path, DatasetSpec | SpecError]] = []
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            loaded.append((path, load_spec(path)))
+        except SpecError as exc:
+            loaded.append((path, exc))
+    problems: dict[Path, list[str]] = {}
+    for key, value_of in _UNIQUE.items():
+        holders: dict[str, list[tuple[Path, str]]] = {}
+        for path, spec in loaded:
+            if isinstance(spec, DatasetSpec):
+                holders.setdefault(value_of(spec).lower(), []).append((path, value_of(spec)))
+        for shared in (group for group in holders.values() if len(group) > 1):
+            for path, value in shared:
+                others = ", ".join(other.name for other, _ in shared if other != path)
+                problems.setdefault(path, []).append(
+                    f"{path.name}: {key}: {value!r} is also the {key} of {others} (spec files must not share it)")
+    return [(path, SpecError("\n".join(problems[path])) if path in problems else spec) for path, spec in loaded]
+
+
+def load_all_specs(directory: str | Path | None = None) -> list[DatasetSpec]:
+    """Every spec in include/specs, sorted by file name; a broken or clashing spec raises."""
+    specs = []
+    for _, spec in load_specs(directory):
+        if isinstance(spec, SpecError):
+            raise spec
+        specs.append(spec)
     return specs
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, published as docs/dataset-spec.schema.json for editors and reviewers."""
+    schema = _adapter().json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Nightshift dataset spec", **{
+        k: v for k, v in schema.items() if k != "title"}}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--schema"]:
+        sys.exit("usage: python -m include.nightshift.spec --schema > docs/dataset-spec.schema.json")
+    print(json.dumps(json_schema(), indent=2))

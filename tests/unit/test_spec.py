@@ -8,14 +8,20 @@ become "no threshold", and nothing from a spec that reaches SQL may be anything 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime as dt
+import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
-from include.nightshift.spec import SpecError, load_spec
+from include.nightshift.spec import (METRICS, DatasetSpec, Metric, SpecError, json_schema, load_all_specs, load_spec,
+                                     load_specs)
 
 CHURN = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
 BASE: dict[str, Any] = yaml.safe_load(CHURN.read_text())
@@ -155,8 +161,10 @@ CASES: dict[str, tuple[Callable[[dict], Any], str, str]] = {
     "unknown metric": (set_key("promotion.metric", "auc"), "promotion.metric", "must be one of"),
     "categorical without categories": (set_feature(PLAN, "categories", []), f"features[{PLAN}].categories",
                                        "non-empty list of strings"),
-    "category not a string": (set_feature(PLAN, "categories", ["basic", 2]), f"features[{PLAN}].categories",
-                              "non-empty list of strings"),
+    # the item at fault, and how to write it
+    "category not a string": (set_feature(PLAN, "categories", ["basic", 2]), f"features[{PLAN}].categories[1]",
+                              "expected a string, but YAML read 2 as a number: quote it ('2')"),
+    "a file cannot set its own path": (set_key("path", "/elsewhere/churn.yaml"), "path", "unknown key"),
 }
 
 
@@ -186,3 +194,171 @@ def test_not_yaml_is_refused_naming_the_file(tmp_path):
 def test_empty_file_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"broken\.yaml: <root>: expected a mapping"):
         load_spec(write(tmp_path, ""))
+
+
+def test_a_renamed_key_is_reported_as_unknown_before_the_key_it_hid(tmp_path):
+    """`flor:` for `floor:` leaves floor missing too; the typo is the cause, so it comes first,
+    with the key it was probably meant to be."""
+    text = CHURN.read_text().replace("  floor: 0.70", "  flor: 0.70", 1)
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, text))
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("broken.yaml: promotion.flor: unknown key; did you mean 'floor'?"), lines
+    assert lines[1:] == ["broken.yaml: promotion.floor: required key is missing"], lines
+
+
+def test_every_problem_is_reported_one_line_each_naming_file_and_key(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["validation"]["min_rows"] = 0
+    data["drift"]["share_threshold"] = 2
+    feature(data, AGE)["maximum"] = 100
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, yaml.safe_dump(data, sort_keys=False)))
+    assert str(caught.value).splitlines() == [
+        f"broken.yaml: features[{AGE}].maximum: unknown key; did you mean 'max'? "
+        "(allowed here: name, type, min, max, max_null_share)",
+        "broken.yaml: validation.min_rows: must be at least 1, got 0",
+        "broken.yaml: drift.share_threshold: must be between 0 and 1, got 2",
+    ]
+
+
+@pytest.mark.parametrize(("written", "read_as"), [("NO", "false"), ("yes", "true"), ("off", "false")])
+def test_a_category_yaml_reads_as_a_boolean_is_named_with_a_fix(tmp_path, written, read_as):
+    """Country and airport codes (NO, YES, ON) are booleans to YAML 1.1: the error must show the
+    value as written and say to quote it, not complain about `False`."""
+    text = CHURN.read_text().replace("categories: [north, south,", f"categories: [north, {written},", 1)
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, text))
+    assert str(caught.value) == (
+        f"broken.yaml: features[{REGION}].categories[1]: expected a string, but YAML read {written} "
+        f"as the boolean {read_as}: quote it ('{written}') to mean the text")
+    quoted = load_spec(write(tmp_path, text.replace(f"[north, {written},", f"[north, '{written}',")))
+    assert quoted.features[REGION].categories[:2] == ("north", written)
+
+
+def test_a_key_written_without_a_value_is_absent(tmp_path):
+    """As before pydantic: `description:` means the default, and a required key left empty is missing."""
+    text = CHURN.read_text().replace("description: Will a subscriber", "description:\nx_was: Will a subscriber", 1)
+    text = text.replace("\nx_was: ", "\n# ", 1)
+    assert load_spec(write(tmp_path, text)).description == ""
+    with pytest.raises(SpecError, match=r"^broken\.yaml: promotion\.floor: required key is missing$"):
+        load_spec(write(tmp_path, CHURN.read_text().replace("  floor: 0.70", "  floor:", 1)))
+
+
+def test_parsed_spec_keeps_its_types_and_path(tmp_path):
+    spec = load_spec(CHURN)
+    assert spec.path == str(CHURN)
+    assert spec.start_date == dt.date(2026, 1, 1) and spec.promotion.floor == 0.7
+    assert isinstance(spec.features, tuple) and spec.features[PLAN].categories == ("basic", "standard", "premium",
+                                                                                  "family")
+    age, plan = spec.features[AGE], spec.features[PLAN]  # every feature answers every feature attribute
+    assert (age.min, age.max, age.categories, age.max_unseen_share) == (18, 100, (), 0.0)
+    assert (plan.min, plan.max, plan.max_unseen_share) == (None, None, 0.0)
+    assert spec.promotion.slice_columns == ("plan", "region") and spec.promotion.greater_is_better
+    assert spec.training.params["n_estimators"] == 150 and spec.warehouse.reader_role == "nightshift_reader"
+    quoted_date = CHURN.read_text().replace("start_date: 2026-01-01", "start_date: '2026-01-01'", 1)
+    assert load_spec(write(tmp_path, quoted_date)).start_date == dt.date(2026, 1, 1)
+
+
+def test_a_derived_spec_is_not_validated_again():
+    """Callers derive specs with dataclasses.replace, and tests of the core build specs the loader
+    would refuse (a schema with a space) to prove every name is quoted: replace must not validate."""
+    spec = load_spec(CHURN)
+    odd = dataclasses.replace(spec, warehouse=dataclasses.replace(spec.warehouse, schema="Audit Schema"))
+    assert odd.warehouse.schema == "Audit Schema" and odd.path == spec.path
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "other"  # type: ignore[misc]
+
+
+def test_metrics_and_their_literal_agree():
+    assert set(typing.get_args(Metric)) == set(METRICS)
+
+
+# --- the published JSON Schema ----------------------------------------------------------------
+
+SCHEMA_FILE = CHURN.parents[2] / "docs" / "dataset-spec.schema.json"
+
+
+def _as_json(data: Any) -> Any:
+    """What an editor's YAML plugin hands to the schema: dates are text."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def test_published_schema_is_up_to_date():
+    assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), (
+        "docs/dataset-spec.schema.json is stale: python -m include.nightshift.spec --schema > "
+        "docs/dataset-spec.schema.json")
+
+
+def test_shipped_specs_validate_against_the_schema():
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    for path in sorted((CHURN.parent).glob("*.y*ml")):
+        assert list(validator.iter_errors(_as_json(yaml.safe_load(path.read_text())))) == [], path
+
+
+@pytest.mark.parametrize("case", ["unknown key in a section", "share above 1", "unknown feature type",
+                                  "bounds on a categorical feature", "missing section", "negative floor for roc_auc",
+                                  "SQL in the table name", "no features"])
+def test_schema_refuses_what_the_loader_refuses(case):
+    """The schema is not a looser second opinion: for rules it can express, it agrees with the loader."""
+    data = copy.deepcopy(BASE)
+    CASES[case][0](data)
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    assert list(validator.iter_errors(_as_json(data))), case
+
+
+def test_log_loss_floor_is_a_ceiling_above_1_in_schema_and_loader(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["promotion"].update(metric="log_loss", floor=1.5)
+    assert load_spec(write(tmp_path, yaml.safe_dump(data))).promotion.floor == 1.5
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    assert list(validator.iter_errors(_as_json(data))) == []
+
+
+# --- uniqueness across spec files -------------------------------------------------------------
+
+
+def _spec_files(tmp_path: Path, **variants: dict[str, Any]) -> Path:
+    """One churn.yaml copy per file name, each changed by its dict of dotted keys."""
+    for file_name, changes in variants.items():
+        data = copy.deepcopy(BASE)
+        for dotted, value in changes.items():
+            set_key(dotted, value)(data)
+        (tmp_path / f"{file_name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp_path
+
+
+def test_specs_sharing_a_name_are_all_refused_naming_each_other(tmp_path):
+    loaded = dict(load_specs(_spec_files(tmp_path, a={}, b={"warehouse.schema": "churn_b"},
+                                         c={"name": "other", "warehouse.schema": "other"})))
+    a, b, c = (loaded[tmp_path / f"{n}.yaml"] for n in "abc")
+    assert isinstance(a, SpecError) and isinstance(b, SpecError)
+    assert str(a) == "a.yaml: name: 'churn' is also the name of b.yaml (spec files must not share it)"
+    assert str(b) == "b.yaml: name: 'churn' is also the name of a.yaml (spec files must not share it)"
+    assert isinstance(c, DatasetSpec) and c.name == "other"
+
+
+def test_specs_sharing_a_warehouse_schema_are_refused_ignoring_case(tmp_path):
+    loaded = dict(load_specs(_spec_files(tmp_path, a={"name": "a"}, b={"name": "b", "warehouse.schema": "Churn"})))
+    assert str(loaded[tmp_path / "a.yaml"]) == (
+        "a.yaml: warehouse.schema: 'churn' is also the warehouse.schema of b.yaml (spec files must not share it)")
+    assert "b.yaml: warehouse.schema: 'Churn' is also the warehouse.schema of a.yaml" in str(loaded[tmp_path / "b.yaml"])
+    with pytest.raises(SpecError, match=r"^a\.yaml: warehouse\.schema"):
+        load_all_specs(tmp_path)
+
+
+def test_exact_copies_clash_on_every_unique_key_and_a_broken_file_stays_its_own_error(tmp_path):
+    _spec_files(tmp_path, churn={}, copy={}, typo={"promotion.flor": 0.7})
+    loaded = dict(load_specs(tmp_path))
+    assert str(loaded[tmp_path / "copy.yaml"]).splitlines() == [
+        "copy.yaml: name: 'churn' is also the name of churn.yaml (spec files must not share it)",
+        "copy.yaml: warehouse.schema: 'churn' is also the warehouse.schema of churn.yaml (spec files must not share it)",
+    ]
+    assert str(loaded[tmp_path / "typo.yaml"]).startswith("typo.yaml: promotion.flor: unknown key")  # not a clash
+    assert [p.name for p in loaded] == ["churn.yaml", "copy.yaml", "typo.yaml"]
+
+
+def test_distinct_specs_all_load(tmp_path):
+    specs = load_all_specs(_spec_files(tmp_path, a={}, b={"name": "b", "warehouse.schema": "b"}))
+    assert [(s.name, s.warehouse.schema, s.model_name) for s in specs] == [
+        ("churn", "churn", "nightshift_churn"), ("b", "b", "nightshift_b")]
