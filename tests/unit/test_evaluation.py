@@ -335,3 +335,64 @@ def test_model_whose_predict_proba_returns_nan_is_refused(holdout, y, churn_spec
     assert {"finite", "floor", "champion", "baseline"} <= set(failed(verdict))
     assert verdict.message().startswith("REJECT") and "finite: 300 of 3000" in verdict.message()
     json.dumps(verdict.to_dict(), allow_nan=False)
+
+
+def slice_records(verdict: Verdict) -> list[dict]:
+    return check(verdict, "slices").slices
+
+
+def test_gate_records_every_slice_with_its_numbers_tolerance_and_outcome(holdout, y, churn_spec):
+    scores = roles(y, challenger=1.0, champion=0.6)
+    family = (holdout["plan"] == "family").to_numpy()
+    scores["challenger"][family] = scores_for(y, 0.0, 9)[family]  # worse than the champion on one plan only
+    ev, verdict = run_gate(holdout, y, scores, churn_spec)
+    records = slice_records(verdict)
+    tolerance = churn_spec.promotion.slice_tolerance
+
+    assert [(r["column"], r["value"], r["rows"]) for r in records] == [
+        (s["column"], s["value"], s["rows"]) for s in ev["slices"]]  # every slice, in the evaluation's order
+    for r, s in zip(records, ev["slices"]):
+        assert r["tolerance"] == tolerance and r["min_rows"] == churn_spec.promotion.min_slice_rows
+        if s["skipped"]:
+            assert (r["outcome"], r["passed"], r["regression"]) == ("too_small", None, None)
+            continue
+        assert (r["challenger"], r["champion"]) == (s["challenger"], s["champion"])
+        assert r["regression"] == pytest.approx(s["champion"] - s["challenger"])  # roc_auc: greater is better
+        failed_here = s["champion"] - s["challenger"] > tolerance
+        assert (r["outcome"], r["passed"]) == (("failed", False) if failed_here else ("passed", True))
+    family_record = next(r for r in records if r["column"] == "plan" and r["value"] == "family")
+    assert family_record["outcome"] == "failed"
+    assert [r for r in records if r["outcome"] == "failed"] == [family_record]
+    assert not check(verdict, "slices").passed  # the check's verdict is its records' verdict
+
+    record = verdict.to_dict()
+    json.dumps(record, allow_nan=False)
+    as_recorded = next(c for c in record["checks"] if c["name"] == "slices")
+    assert as_recorded["slices"] == records
+    assert all("slices" not in c for c in record["checks"] if c["name"] != "slices")  # the other checks as before
+
+
+def test_slice_records_without_champion_or_tolerance_judge_nothing(holdout, y, churn_spec):
+    _, first = run_gate(holdout, y, roles(y, champion=None), churn_spec)
+    assert {r["outcome"] for r in slice_records(first)} <= {"no_champion", "too_small"}
+    assert all(r["passed"] is None and "champion" not in r for r in slice_records(first))
+
+    _, unset = run_gate(holdout, y, roles(y), with_promotion(churn_spec, slice_tolerance=None))
+    assert not check(unset, "slices").passed  # fail closed ...
+    judged = [r for r in slice_records(unset) if r["outcome"] != "too_small"]
+    assert judged and all(r["outcome"] == "no_tolerance" and r["passed"] is None and r["tolerance"] is None
+                          and r["regression"] is not None for r in judged)  # ... with the numbers kept
+
+
+def test_slice_records_of_undefined_and_incomparable_slices(churn_spec):
+    ev = {"metric": "roc_auc", "greater_is_better": True, "rows": 4,
+          "overall": {"challenger": 0.9, "champion": 0.8, "baseline": 0.6},
+          "slices": [{"column": "plan", "value": "basic", "rows": 60, "skipped": False,
+                      "challenger": None, "champion": None, "baseline": None},
+                     {"column": "plan", "value": "family", "rows": 60, "skipped": False,
+                      "challenger": None, "champion": 0.7, "baseline": 0.6}]}
+    verdict = gate(ev, churn_spec.promotion, challenger_scores=np.array([0.1, 0.2, 0.8, 0.9]), roundtrip_equal=True)
+    basic, family = slice_records(verdict)
+    assert (basic["outcome"], basic["passed"]) == ("undefined", None)
+    assert (family["outcome"], family["passed"], family["challenger"], family["champion"]) == (
+        "cannot_compare", False, None, 0.7)
