@@ -252,3 +252,18 @@ def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):
         health_page_html(churn_spec, runs, [{"event": "demote", "version": 1, "at": "2026-01-01"}])
     with pytest.raises(ValueError, match="run 0: logical_date is required"):
         health_page_html(churn_spec, [{"decision": "skipped"}])
+
+
+def test_markup_in_recorded_values_is_text_on_the_page(churn_spec):
+    runs = [{"logical_date": "2026-01-01", "decision": EVIL, "retrain_reason": EVIL, "champion_version": 1,
+             "rows_published": 5}]
+    text = health_page_html(churn_spec, runs, [{"event": "promote", "version": 1, "at": "2026-01-01T01:00:00+00:00",
+                                                "by": EVIL, "reason": EVIL}])
+    tables = Tables(text)
+
+    assert EVIL not in text and "<script" not in text
+    (_, night), = tables["runs"]
+    assert (night["decision"], night["retrain reason"]) == (EVIL, EVIL)  # read back as written: text, not markup
+    (_, change), = tables["events"]
+    assert (change["by"], change["why"]) == (EVIL, EVIL)
+    assert f"Last night: {EVIL.replace('<', '&lt;').replace('>', '&gt;')};" in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from include.nightshift import training
 from include.nightshift.demo_data import generate_day
 from include.nightshift.evaluation import evaluate, gate
-from include.nightshift.reports import evaluation_report_html, write_evaluation_report
+from include.nightshift.reports import evaluation_report_html, message_page, write_evaluation_report
 from include.nightshift.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +268,23 @@ def test_markup_in_title_policy_note_and_check_details_is_escaped(spec, holdout,
     summary = {cells[0]: cells[1] for _, cells in page.tables["summary"]}
     assert summary["policy"] == EVIL and summary["policy note"] == EVIL  # read back as written: text, not markup
     assert page.rows("checks")[EVIL][1]["detail"] == EVIL
+
+
+def test_message_page_escapes_and_inlines_the_one_stylesheet():
+    text = message_page(f"title {EVIL}", [f"said {EVIL}"], [f"item {EVIL}"])
+    page = Page(text)
+
+    assert EVIL not in text and text.count("&lt;script&gt;") == 4  # <title>, <h1>, the paragraph, the item
+    assert not [t for t, _ in page.tags if t == "script"]
+    css = (ROOT / "include" / "nightshift" / "templates" / "nightshift.css").read_text(encoding="utf-8")
+    assert f"<style>{css}</style>" in text
+    loads_nothing(text, page)
+
+
+def test_no_page_is_built_from_strings_in_python():
+    """Every page comes from the templates: no HTML document or table scaffold left in Python source."""
+    scaffold = re.compile(r"<(html|!doctype|table|body|svg)\b", re.IGNORECASE)
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for folder in ("include", "plugins", "dags", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if scaffold.search(line)]
+    assert found == []
