@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 # MLflow 3.17 refuses to unpickle models unless told to; the registries here hold only models the tests trained.
@@ -51,8 +51,7 @@ def pg_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pg_uri(pg_server_uri: str) -> Iterator[str]:
     """URI of a fresh, empty database that is dropped after the test."""
     dbname = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(pg_server_uri)
-    admin.autocommit = True
+    admin = psycopg.connect(pg_server_uri, autocommit=True)
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     try:
@@ -64,8 +63,8 @@ def pg_uri(pg_server_uri: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_conn(pg_uri: str) -> Iterator["psycopg2.extensions.connection"]:
-    conn = psycopg2.connect(pg_uri)
+def pg_conn(pg_uri: str) -> Iterator[psycopg.Connection]:
+    conn = psycopg.connect(pg_uri)
     try:
         yield conn
     finally:

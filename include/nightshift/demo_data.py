@@ -13,14 +13,13 @@ Two kinds of drift can be switched on from a chosen day:
 from __future__ import annotations
 
 import datetime as dt
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from psycopg2 import sql
+from psycopg import Connection, Cursor, sql
 
 PLANS = ["basic", "standard", "premium", "family"]
 REGIONS = ["north", "south", "east", "west", "central"]
@@ -138,46 +137,45 @@ def _table(name: str) -> sql.Composable:
     return sql.Identifier(*name.split("."))
 
 
-def create_source_table(conn, table: str = "public.churn_events") -> None:
+def create_source_table(conn: Connection, table: str = "public.churn_events") -> None:
     ddl = sql.SQL(SOURCE_DDL).format(
         table=_table(table),
         numeric=sql.SQL(", ").join(sql.SQL("{} double precision").format(sql.Identifier(c)) for c in NUMERIC),
     )
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(ddl)
         cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (event_ts)").format(
             sql.Identifier(table.split(".")[-1] + "_ts"), _table(table)))
 
 
-def _copy(cur, table: sql.Composable, df: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), buf,
-                    pacsv.WriteOptions(include_header=False))
-    buf.seek(0)
+def _copy(cur: Cursor, table: sql.Composable, df: pd.DataFrame) -> None:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), sink, pacsv.WriteOptions(include_header=False))
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in df.columns)
-    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(table, cols).as_string(cur), buf)
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, cols)) as copy:
+        copy.write(memoryview(sink.getvalue()))
 
 
-def load_day(conn, day: dt.date, n_rows: int, *, table: str = "public.churn_events", seed: int = 7,
+def load_day(conn: Connection, day: dt.date, n_rows: int, *, table: str = "public.churn_events", seed: int = 7,
              drift: DriftPlan = DriftPlan(), with_labels: bool = False) -> int:
     """Replace one day in the source table; labels are withheld unless asked for (they come a day later)."""
     df = generate_day(day, n_rows, seed, drift)
     if not with_labels:
         df["churned"] = pd.array([None] * len(df), dtype="Int64")
     start = pd.Timestamp(day, tz="UTC")
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("DELETE FROM {} WHERE event_ts >= %s AND event_ts < %s").format(_table(table)),
                     (start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()))
         _copy(cur, _table(table), df)
     return len(df)
 
 
-def reveal_labels(conn, day: dt.date, n_rows: int, *, table: str = "public.churn_events", seed: int = 7,
+def reveal_labels(conn: Connection, day: dt.date, n_rows: int, *, table: str = "public.churn_events", seed: int = 7,
                   drift: DriftPlan = DriftPlan()) -> int:
     """Fill in one day's labels, as the business learns them one day after the event."""
     df = generate_day(day, n_rows, seed, drift)[["customer_id", "event_ts", "churned"]]
     start = pd.Timestamp(day, tz="UTC")
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE revealed (customer_id bigint, event_ts timestamptz, churned smallint) ON COMMIT DROP")
         _copy(cur, sql.Identifier("revealed"), df)
         cur.execute(sql.SQL(

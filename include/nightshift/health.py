@@ -66,19 +66,7 @@ def read_history(conn: Any, spec: Any, days: int, *, until: dt.date | None = Non
     """
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(f"read_history: days must be a positive integer, got {days!r}")
-    runs = sql.Identifier(spec.warehouse.schema, warehouse.PIPELINE_RUNS)
-    with conn, conn.cursor() as cur:
-        if not warehouse._table_exists(cur, spec, warehouse.PIPELINE_RUNS):
-            return []
-        if until is None:
-            cur.execute(sql.SQL("SELECT max(logical_date) FROM {}").format(runs))
-            until = cur.fetchone()[0]
-            if until is None:
-                return []
-        cur.execute(sql.SQL("SELECT * FROM {} WHERE logical_date > %s AND logical_date <= %s "
-                            "ORDER BY logical_date").format(runs), (until - dt.timedelta(days=days), until))
-        names = [c.name for c in cur.description]
-        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    rows = warehouse.runs(conn, spec, days, until)
     for row in rows:
         for key in MONITOR_KEYS:
             row[key] = _monitored(row, key)

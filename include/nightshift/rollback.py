@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from psycopg2 import sql
+from psycopg import Connection, sql
 
 from include.nightshift import warehouse
 from include.nightshift.artifacts import ArtifactStore
@@ -28,19 +28,19 @@ def rollback(registry: Registry, model_name: str, *, to_version: int | None, act
     return registry.rollback(model_name, to_version=to_version, actor=actor, reason=reason, rollback_id=rollback_id)
 
 
-def latest_published(conn: Any, spec: DatasetSpec) -> tuple[dt.date, str] | None:
+def latest_published(conn: Connection, spec: DatasetSpec) -> tuple[dt.date, str] | None:
     """The newest score_date of <schema>.predictions and the snapshot (sha256) it was scored from.
 
     None when nothing was ever published (no table, or no rows). A night is published from
     one snapshot; anything else is refused rather than guessed.
     """
-    table = sql.Identifier(spec.warehouse.schema, warehouse.PREDICTIONS)
-    with conn, conn.cursor() as cur:
-        if not warehouse._table_exists(cur, spec, warehouse.PREDICTIONS):
-            return None
+    if not warehouse.table_exists(conn, spec, warehouse.PREDICTIONS):
+        return None
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL(
             "SELECT score_date, array_agg(DISTINCT snapshot_sha256) FROM {t} "
-            "WHERE score_date = (SELECT max(score_date) FROM {t}) GROUP BY score_date").format(t=table))
+            "WHERE score_date = (SELECT max(score_date) FROM {t}) GROUP BY score_date"
+        ).format(t=warehouse.table(spec, warehouse.PREDICTIONS)))
         row = cur.fetchone()
     if row is None:
         return None
@@ -51,7 +51,7 @@ def latest_published(conn: Any, spec: DatasetSpec) -> tuple[dt.date, str] | None
     return day, hashes[0]
 
 
-def republish_latest(conn: Any, store: ArtifactStore, registry: Registry, spec: DatasetSpec, version: int,
+def republish_latest(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, version: int,
                      dag_run_id: str) -> dict[str, Any] | None:
     """Re-score the latest published night with `version` and replace that partition.
 

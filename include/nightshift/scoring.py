@@ -16,21 +16,7 @@ import pyarrow.parquet as pq
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.training import predict_scores
-
-_KEY_TYPES = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
-
-
-def prediction_schema(spec: DatasetSpec) -> pa.Schema:
-    return pa.schema([
-        (spec.entity_key.name, _KEY_TYPES[spec.entity_key.type]),
-        ("score", pa.float64()),
-        ("predicted_label", pa.int16()),
-        ("model_name", pa.string()),
-        ("model_version", pa.int32()),
-        ("snapshot_sha256", pa.string()),
-        ("dag_run_id", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-    ])
+from include.nightshift.warehouse import prediction_schema
 
 
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,

@@ -2,10 +2,12 @@
 
 A snapshot is named by the SHA-256 of its bytes, so the same source rows always give the
 same file and hash, and a model can name exactly the data it was trained on. Rows are read
-with COPY TO STDOUT into Arrow (about ten times faster than pandas.read_sql) with the
-source's own column types, so a column of numbers stored as text stays text and
-validation can name it. Rows are ordered by (timestamp, entity key) and written with fixed
-Parquet options: that is what makes the bytes, and so the hash, reproducible.
+with ADBC (``fetch_arrow_table``: a binary COPY straight into Arrow, several times faster
+than pandas.read_sql) with the source's own column types, so a column of numbers stored as
+text stays text and validation can name it. ``normalise`` is the one rule that turns the
+driver's Arrow types into the snapshot's (integers int64, floats float64, ``numeric``
+exact decimals, timestamptz in UTC). Rows are ordered by (timestamp, entity key) and
+written with fixed Parquet options: that is what makes the bytes, and so the hash, reproducible.
 """
 
 from __future__ import annotations
@@ -17,22 +19,20 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from psycopg2 import sql
+from psycopg import Connection, sql
+from psycopg.conninfo import make_conninfo
 
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.spec import DatasetSpec
 
-# PostgreSQL type OIDs -> Arrow types; anything else is read as text.
-_ARROW_TYPES = {
-    16: pa.bool_(), 20: pa.int64(), 21: pa.int64(), 23: pa.int64(),
-    700: pa.float64(), 701: pa.float64(), 1700: pa.float64(),
-    1082: pa.date32(), 1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"),
-}
 _PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True, "version": "2.6"}
+_PG_TYPE = b"POSTGRESQL:type"  # field metadata the ADBC driver sets: the source column's PostgreSQL type
+_PG_TYPMOD = b"POSTGRESQL:typmod"
 
 
 @dataclass(frozen=True)
@@ -67,59 +67,137 @@ class SourceSchemaError(Exception):
     """The source table lacks the spec's timestamp column: no day can be selected from it."""
 
 
-def source_columns(conn, spec: DatasetSpec) -> list[str]:
+def source_columns(conn: Connection, spec: DatasetSpec) -> list[str]:
     """The source table's column names, as it is now (not as the spec says it should be)."""
-    with conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(_table(spec)))
-        names = [d.name for d in cur.description]
-    conn.rollback()
-    return names
+        return [d.name for d in cur.description]
 
 
-def window_query(spec: DatasetSpec, labelled: bool, columns: list[str] | None = None) -> sql.Composed:
+def window_query(spec: DatasetSpec, day: dt.date, labelled: bool, columns: list[str] | None = None) -> sql.Composed:
     """All columns of one day's rows (labelled: only rows whose label is known), in a stable order.
 
     `columns` are the source's actual columns: a missing label or entity key column is left out of
     the filter and the order, so that the snapshot is still taken and validation names the column
     (a query on a missing column would crash here, be retried, and never reach validation).
+    The day's bounds are literals (quoted by psycopg): the query runs on another driver.
     """
     present = set(spec.columns if columns is None else columns)
     if spec.timestamp not in present:
         raise SourceSchemaError(f"source table {spec.source.table} has no column {spec.timestamp!r} (the spec's "
                                 f"timestamp), so the day's rows cannot be selected; its columns: {sorted(present)}")
+    start, end = day_bounds(day)
     ts, key, label = (sql.Identifier(c) for c in (spec.timestamp, spec.entity_key.name, spec.label.name))
-    query = sql.SQL("SELECT * FROM {table} WHERE {ts} >= %(start)s AND {ts} < %(end)s").format(
-        table=_table(spec), ts=ts)
+    query = sql.SQL("SELECT * FROM {table} WHERE {ts} >= {start} AND {ts} < {end}").format(
+        table=_table(spec), ts=ts, start=sql.Literal(start), end=sql.Literal(end))
     if labelled and spec.label.name in present:
         query += sql.SQL(" AND {label} IS NOT NULL").format(label=label)
     order = [ts, key] if spec.entity_key.name in present else [ts]
     return query + sql.SQL(" ORDER BY ") + sql.SQL(", ").join(order)
 
 
-def read_day(conn, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
-    """One day of the source as an Arrow table with the source's column types."""
-    start, end = day_bounds(day)
-    query = window_query(spec, labelled, source_columns(conn, spec))
-    with conn.cursor() as cur:
-        cur.execute("SET TIME ZONE 'UTC'")
-        cur.execute(sql.SQL("SELECT * FROM ({q}) AS w LIMIT 0").format(q=query), {"start": start, "end": end})
-        columns = [(d.name, _ARROW_TYPES.get(d.type_code, pa.string())) for d in cur.description]
-        copy = sql.SQL("COPY ({q}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(q=query)
-        with tempfile.TemporaryFile() as buf:
-            cur.copy_expert(cur.mogrify(copy, {"start": start, "end": end}).decode(), buf)
-            buf.seek(0)
-            table = pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(
-                column_types=dict(columns), strings_can_be_null=True, quoted_strings_can_be_null=False))
-    conn.rollback()  # end the read-only transaction; nothing to keep
-    return table
+def read_day(conn: Connection, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
+    """One day of the source as an Arrow table with the source's column types (see normalise).
+
+    The rows come through ADBC on a second connection to the same database, opened with the
+    psycopg connection's own parameters: ADBC reads the binary COPY format into Arrow in C++,
+    where psycopg would build a Python object per value. Binary timestamps are UTC instants,
+    so the session's TimeZone and DateStyle cannot change a snapshot.
+    """
+    query = window_query(spec, day, labelled, source_columns(conn, spec)).as_string(conn)
+    with adbc.connect(_conninfo(conn)) as reader, reader.cursor() as cur:
+        cur.execute(query)
+        return normalise(cur.fetch_arrow_table())
+
+
+def _conninfo(conn: Connection) -> str:
+    """The libpq connection string of an open psycopg connection, password included."""
+    password = conn.info.password
+    return make_conninfo(conn.info.dsn, password=password) if password else conn.info.dsn
+
+
+def normalise(table: pa.Table) -> pa.Table:
+    """The snapshot's types, from the source's (as ADBC hands them over), in one place.
+
+    Integers of any width are int64 and floats float64 (what the models and validation have
+    always seen), ``numeric`` becomes an exact decimal (never a float: a money column must
+    keep its cents), timestamptz is a UTC timestamp, date/bool/text stay; anything else
+    (json, uuid, ...) becomes its text. Field metadata is dropped, so the Parquet bytes
+    depend on the rows alone, not on the driver's version.
+    """
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns):
+        column = _normal_column(field, column)
+        fields.append(pa.field(field.name, column.type))
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _normal_column(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    kind, pg_type = field.type, (field.metadata or {}).get(_PG_TYPE)
+    if pg_type == b"numeric":
+        return _decimal(field, _storage(column))
+    if pa.types.is_integer(kind):
+        return column.cast(pa.int64())
+    if pa.types.is_floating(kind):
+        return column.cast(pa.float64())
+    if pa.types.is_timestamp(kind):
+        return column.cast(pa.timestamp("us", tz="UTC" if kind.tz else None))
+    if pa.types.is_boolean(kind) or pa.types.is_date32(kind) or pa.types.is_string(kind):
+        return column
+    if pa.types.is_large_string(kind):
+        return column.cast(pa.string())
+    if isinstance(kind, pa.ExtensionType) and pa.types.is_string(kind.storage_type):
+        return _storage(column)  # json, jsonb and other text-backed types: their text
+    if isinstance(kind, pa.UuidType):
+        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        raise TypeError(f"source column {field.name!r} ({pg_type or kind}) has no snapshot type; "
+                        "cast it in a view over the source table") from exc
+
+
+def _storage(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pa.chunked_array([c.storage if isinstance(c, pa.ExtensionArray) else c for c in column.chunks],
+                            column.type.storage_type if isinstance(column.type, pa.ExtensionType) else column.type)
+
+
+def _decimal(field: pa.Field, text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """numeric(p, s) as decimal(p, s); an unconstrained numeric as decimal(38, the scale its values
+    need) (so its type can change with the data: declare numeric(p, s) for a stable one).
+
+    PostgreSQL's typmod is ((p << 16) | s) + 4, or -1 when the column declares neither.
+    NaN and infinities have no decimal form and are refused with the column named.
+    """
+    typmod = int((field.metadata or {}).get(_PG_TYPMOD, b"-1"))
+    if typmod >= 4:
+        precision, scale = (typmod - 4) >> 16, (typmod - 4) & 0x7FF
+        scale = scale - 0x800 if scale & 0x400 else scale  # PostgreSQL 15+ allows a negative scale
+    else:
+        dot, length = pc.find_substring(text, "."), pc.utf8_length(text)
+        has_dot = pc.greater_equal(dot, 0)
+        scale = pc.max(pc.if_else(has_dot, pc.subtract(pc.subtract(length, dot), 1), 0)).as_py() or 0
+        digits = pc.max(pc.if_else(has_dot, dot, length)).as_py() or 0
+        precision = 38 if digits + scale <= 38 else 76
+    kind = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+    try:
+        return text.cast(kind)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"source column {field.name!r} (numeric): a value does not fit {kind} "
+                         f"(NaN, infinity or too many digits): {exc}") from exc
 
 
 def write_snapshot(table: pa.Table, store: ArtifactStore, spec: DatasetSpec, day: dt.date,
                    *, labelled: bool) -> SnapshotRef:
-    """Write once under its content hash; an identical snapshot already stored is reused as is."""
+    """Write once under its content hash; an identical snapshot already stored is reused as is.
+
+    The rows are made one contiguous chunk first: Parquet's page boundaries follow the Arrow
+    chunks, and how a reader chunks its batches must not change the bytes of the same rows.
+    """
     with tempfile.TemporaryDirectory(prefix="nightshift-snap-") as tmp:
         local = Path(tmp) / "snapshot.parquet"
-        pq.write_table(table, local, **_PARQUET_OPTIONS)
+        pq.write_table(table.combine_chunks(), local, **_PARQUET_OPTIONS)
         digest = _sha256(local)
         url = store.url("snapshots", spec.name, day.isoformat(), f"{digest}.parquet")
         if not store.exists(url):
@@ -127,14 +205,20 @@ def write_snapshot(table: pa.Table, store: ArtifactStore, spec: DatasetSpec, day
     return SnapshotRef(url=url, sha256=digest, rows=table.num_rows, day=day.isoformat(), labelled=labelled)
 
 
-def take_snapshot(conn, store: ArtifactStore, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> SnapshotRef:
+def take_snapshot(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> SnapshotRef:
     return write_snapshot(read_day(conn, spec, day, labelled=labelled), store, spec, day, labelled=labelled)
 
 
 def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A snapshot as a frame for the steps; exact decimals become float64 here, deliberately:
+    the models, drift and validation compute in floating point, the snapshot file stays exact."""
     url = ref.url if isinstance(ref, SnapshotRef) else ref
     with store.open(url) as handle:
-        return pq.read_table(handle, columns=columns).to_pandas()
+        table = pq.read_table(handle, columns=columns)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
+    return table.to_pandas()
 
 
 def read_snapshots(store: ArtifactStore, refs: list[SnapshotRef]) -> pd.DataFrame:

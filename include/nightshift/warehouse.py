@@ -1,14 +1,19 @@
 """Warehouse I/O: the tables consumers read, written with COPY, one night at a time.
 
-Plain psycopg2 on a connection the caller opens (the Airflow adapter gets it from a hook),
-so the core stays testable without Airflow. One PostgreSQL schema per spec
-(``spec.warehouse.schema``) holds:
+Plain psycopg 3 on a connection the caller opens and closes (the Airflow adapter gets it
+from the stock PostgresHook), so the core stays testable without Airflow. One PostgreSQL
+schema per spec (``spec.warehouse.schema``) holds:
 
 - ``predictions``: one row per entity per score date, primary key (score_date, entity key);
 - ``predictions_latest``: a view of the newest score date;
-- ``pipeline_runs``: one row per logical date, the run's summary and decision.
+- ``pipeline_runs``: one row per logical date, the run's summary and decision;
+- ``champion_changes``: the audit table, one row per promotion or rollback (audit.py writes it);
+- ``schema_version``: which of MIGRATIONS have been applied, so a later change reaches an
+  existing warehouse by itself.
 
 Why it is written this way:
+- This module owns every statement of DDL: the tables are defined once, here, and a change
+  to them is a new entry at the end of MIGRATIONS, never an edit of an old one.
 - Every identifier from the spec goes through ``sql.Identifier``: a schema such as
   ``Churn_X`` must be that schema, never ``churn_x``, and nothing is formatted into SQL.
 - Consumers read with their own role (``spec.warehouse.reader_role``): the pipeline's role
@@ -16,52 +21,54 @@ Why it is written this way:
   consumer's query can neither change a night nor lock a publish out.
 - A night is replaced as a whole (DELETE that date + COPY, one transaction, under an
   advisory lock): a rerun never duplicates, a crash never leaves half a night.
-- Rows stream Parquet -> Arrow record batches -> CSV (pyarrow) -> one COPY FROM STDIN,
-  so memory stays bounded by one batch whatever the night's size; ``to_sql`` and row
-  inserts are one to two orders of magnitude slower.
+- Rows stream Parquet -> Arrow record batches -> CSV (pyarrow) -> one COPY FROM STDIN, each
+  batch's CSV buffer handed to ``Copy.write`` as is, so memory stays bounded by one batch
+  whatever the night's size; ``to_sql`` and row inserts are one to two orders of magnitude slower.
+- Every function runs its statements inside ``conn.transaction()`` and leaves the connection
+  idle: psycopg 3's ``with conn:`` would close the caller's connection.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg2
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from psycopg2 import sql
-from psycopg2.extras import Json
+from psycopg import Connection, Cursor, sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from include.nightshift.spec import DatasetSpec
 
 PREDICTIONS = "predictions"
 PREDICTIONS_LATEST = "predictions_latest"
 PIPELINE_RUNS = "pipeline_runs"
+CHANGES = "champion_changes"
+SCHEMA_VERSION = "schema_version"
 DECISIONS = ("skipped", "promoted", "rejected", "failed")
+CHANGE_EVENTS = ("promote", "rollback")
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV, the memory bound of a publish
-COPY_READ_BYTES = 1 << 20  # how much psycopg2 asks the stream for at a time
 
-_ARROW_KEY_TYPES = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
+KEY_TYPES: dict[str, pa.DataType] = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
 
-# Columns of `predictions` after score_date and the entity key: name, SQL type, Arrow type, comment.
-_PREDICTION_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
+# Columns of `predictions` after score_date and the entity key: name, SQL type, Arrow type (of
+# the scoring step's Parquet file), comment. The one definition of the predictions contract.
+PREDICTION_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
     ("score", "double precision", pa.float64(), "Model output: probability of the positive class (or the predicted value)."),
     ("predicted_label", "smallint", pa.int16(), "Predicted class: 1 when score >= the spec's decision threshold, else 0."),
     ("model_name", "text", pa.string(), "MLflow registered model that produced the score."),
     ("model_version", "integer", pa.int32(), "MLflow model version that produced the score (the champion at scoring time)."),
     ("snapshot_sha256", "text", pa.string(), "SHA-256 of the input snapshot Parquet file the row was scored from."),
     ("dag_run_id", "text", pa.string(), "Airflow DAG run that scored and published the row."),
-    # Written as naive UTC wall time, read under SET LOCAL TimeZone = 'UTC': pyarrow formats
-    # tz-aware timestamps about 20x slower (most of a publish's time otherwise).
-    ("scored_at", "timestamptz", pa.timestamp("us"), "When the row was scored."),
+    ("scored_at", "timestamptz", pa.timestamp("us", tz="UTC"), "When the row was scored."),
 )
-PREDICTION_INPUT_COLUMNS = tuple(c[0] for c in _PREDICTION_COLUMNS)  # plus the entity key
+PREDICTION_INPUT_COLUMNS = tuple(c[0] for c in PREDICTION_COLUMNS)  # plus the entity key
 
 _RUN_COLUMNS: dict[str, str] = {
     "logical_date": "date PRIMARY KEY",
@@ -84,24 +91,46 @@ _RUN_COLUMNS: dict[str, str] = {
 }
 RUN_COLUMNS = tuple(_RUN_COLUMNS)
 
+# The audit table: name -> (SQL type, comment); append-only, keyed by CHANGE_KEY (see audit.py).
+CHANGE_COLUMNS: dict[str, tuple[str, str]] = {
+    "event": ("text NOT NULL CHECK (event IN ({}))".format(", ".join(f"'{e}'" for e in CHANGE_EVENTS)),
+              "promote (the nightly gate moved the champion) or rollback (a person moved it back)."),
+    "model_name": ("text NOT NULL", "MLflow registered model whose alias `champion` moved."),
+    "from_version": ("integer", "Champion before the change (NULL: there was none)."),
+    "to_version": ("integer NOT NULL", "Champion after the change."),
+    "actor": ("text NOT NULL", "Who: the Airflow user who triggered a rollback, or nightshift for a promotion."),
+    "reason": ("text NOT NULL", "Why: the rollback's reason, or the promotion's gate/policy note."),
+    "dag_run_id": ("text NOT NULL", "The Airflow DAG run that made the change."),
+    "changed_at": ("timestamptz NOT NULL DEFAULT now()", "When the change was recorded (or the time given)."),
+    "details": ("jsonb", "Anything else worth keeping (metrics, requested version, rollback id, ...)."),
+}
+CHANGE_KEY = ("event", "dag_run_id", "to_version")
+
 _DDL_LOCK = int.from_bytes(hashlib.sha256(b"nightshift.warehouse.ddl").digest()[:8], "big", signed=True)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _table(spec: Any, name: str) -> sql.Composed:
+def table(spec: DatasetSpec, name: str) -> sql.Composed:
+    """A relation of the spec's schema, quoted."""
     return sql.SQL("{}.{}").format(sql.Identifier(spec.warehouse.schema), sql.Identifier(name))
 
 
-def _key(spec: Any) -> tuple[str, str]:
+def _key(spec: DatasetSpec) -> tuple[str, str]:
     """The entity key's name and SQL type, refusing names that clash with our own columns."""
     name, kind = spec.entity_key.name, spec.entity_key.type
     if name == "score_date" or name in PREDICTION_INPUT_COLUMNS:
         raise ValueError(f"entity_key.name {name!r} clashes with a column of the predictions table")
-    if kind not in _ARROW_KEY_TYPES:
-        raise ValueError(f"entity_key.type {kind!r} is not one of {sorted(_ARROW_KEY_TYPES)}")
+    if kind not in KEY_TYPES:
+        raise ValueError(f"entity_key.type {kind!r} is not one of {sorted(KEY_TYPES)}")
     return name, kind
+
+
+def prediction_schema(spec: DatasetSpec) -> pa.Schema:
+    """The Arrow schema of a predictions Parquet file (what scoring writes and publish reads)."""
+    key_name, key_type = _key(spec)
+    return pa.schema([(key_name, KEY_TYPES[key_type]), *((n, t) for n, _, t, _ in PREDICTION_COLUMNS)])
 
 
 def _schema_lock_id(schema: str) -> int:
@@ -109,56 +138,151 @@ def _schema_lock_id(schema: str) -> int:
     return int.from_bytes(hashlib.sha256(schema.encode()).digest()[:4], "big", signed=True)
 
 
-def _table_exists(cur: Any, spec: Any, name: str) -> bool:
+def _exists(cur: Cursor, spec: DatasetSpec, name: str) -> bool:
     cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (spec.warehouse.schema, name))
     return bool(cur.fetchone()[0])
 
 
-# ---------------------------------------------------------------- DDL
+def table_exists(conn: Connection, spec: DatasetSpec, name: str) -> bool:
+    """Whether <schema>.<name> exists (readers answer "no history yet" rather than fail)."""
+    with conn.transaction(), conn.cursor() as cur:
+        return _exists(cur, spec, name)
 
 
-def ensure_warehouse(conn: Any, spec: Any) -> None:
-    """Create the schema, tables and view when missing; safe to run again and at the same time.
+# ---------------------------------------------------------------- DDL, versioned
+
+
+def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
+    predictions = table(spec, PREDICTIONS)
+    columns = [
+        sql.SQL("score_date date NOT NULL"),
+        sql.SQL("{} {} NOT NULL").format(sql.Identifier(key_name), sql.SQL(key_type)),
+        *(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in PREDICTION_COLUMNS),
+        sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
+    ]
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(predictions, sql.SQL(", ").join(columns)))
+    _check_key_column(cur, spec, key_name, key_type)
+    _comment(cur, "TABLE", predictions, f"Nightly batch predictions of dataset {spec.name}: one row per entity per score_date.")
+    comments = {
+        "score_date": "The night the row was scored for (the DAG run's logical date); one partition per date.",
+        key_name: f"Entity key ({key_name}, from the dataset spec); unique within a score_date.",
+        **{n: c for n, _, _, c in PREDICTION_COLUMNS},
+    }
+    for column, text in comments.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(predictions, sql.Identifier(column)), text)
+
+    view = table(spec, PREDICTIONS_LATEST)
+    view_columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", key_name, *PREDICTION_INPUT_COLUMNS))
+    cur.execute(sql.SQL(
+        "CREATE OR REPLACE VIEW {view} AS SELECT {columns} FROM {table} "
+        "WHERE score_date = (SELECT max(score_date) FROM {table})"
+    ).format(view=view, columns=view_columns, table=predictions))
+    _comment(cur, "VIEW", view, "The predictions of the newest score_date only.")
+
+    runs = table(spec, PIPELINE_RUNS)
+    run_columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in _RUN_COLUMNS.items())
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(runs, run_columns))
+    _comment(cur, "TABLE", runs, f"One row per nightly run of dataset {spec.name}: inputs, checks, decision, output.")
+
+
+def _create_changes(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    changes = table(spec, CHANGES)
+    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in CHANGE_COLUMNS.items()]
+    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, CHANGE_KEY))))
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(changes, sql.SQL(", ").join(columns)))
+    _comment(cur, "TABLE", changes, f"Every change of the {spec.model_name} champion: one row per promotion or rollback.")
+    for name, (_, text) in CHANGE_COLUMNS.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(changes, sql.Identifier(name)), text)
+
+
+def _comment(cur: Cursor, kind: str, target: sql.Composable, text: str) -> None:
+    cur.execute(sql.SQL("COMMENT ON {} {} IS {}").format(sql.SQL(kind), target, sql.Literal(text)))
+
+
+Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
+
+# (version, description, step): applied in order, each once, under the DDL advisory lock, and
+# recorded in <schema>.schema_version. A step must be idempotent (IF NOT EXISTS, OR REPLACE):
+# a warehouse made before versioning has no schema_version table and is taken from version 0,
+# and a relation dropped by hand is repaired by running the steps again. Add a change (a new
+# column, say) as a new last entry; never edit an entry a warehouse may have applied.
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
+    (1, "predictions, predictions_latest, pipeline_runs", _create_predictions),
+    (2, "champion_changes (the audit table)", _create_changes),
+)
+# Every relation the migrations create: the fast path checks them, the reader is granted them.
+RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, SCHEMA_VERSION)
+
+
+def schema_version(conn: Connection, spec: DatasetSpec) -> int:
+    """The warehouse's applied version (0: none recorded, e.g. made before versioning or not yet made)."""
+    with conn.transaction(), conn.cursor() as cur:
+        return _version(cur, spec)
+
+
+def _version(cur: Cursor, spec: DatasetSpec) -> int:
+    if not _exists(cur, spec, SCHEMA_VERSION):
+        return 0
+    cur.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(table(spec, SCHEMA_VERSION)))
+    return int(cur.fetchone()[0])
+
+
+def _migrate(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """Bring the schema to the last of MIGRATIONS; re-runs every step when a relation is missing."""
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
+    versions = table(spec, SCHEMA_VERSION)
+    cur.execute(sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, description text NOT NULL, "
+        "applied_at timestamptz NOT NULL DEFAULT now())").format(versions))
+    _comment(cur, "TABLE", versions, "Schema changes applied to this warehouse by the pipeline (warehouse.MIGRATIONS).")
+    current = _version(cur, spec)
+    repair = not all(_exists(cur, spec, name) for name in RELATIONS)
+    for version, description, step in MIGRATIONS:
+        if version > current or repair:
+            step(cur, spec, key_name, key_type)
+            cur.execute(sql.SQL("INSERT INTO {} (version, description) VALUES (%s, %s) ON CONFLICT DO NOTHING")
+                        .format(versions), (version, description))
+
+
+def ensure_warehouse(conn: Connection, spec: DatasetSpec) -> None:
+    """Create or upgrade the schema's relations; safe to run again and at the same time.
 
     CREATE ... IF NOT EXISTS alone still races (two sessions can both decide to create and
     one fails on a catalog unique index), so the DDL runs under a transaction-scoped
     advisory lock. An existing `predictions` table whose entity key differs from the spec
     is refused rather than silently kept.
 
-    When everything exists already (every task after the first night) no DDL runs at all:
-    CREATE OR REPLACE VIEW takes an exclusive lock on the view, and a publish must not queue
-    behind a consumer's long query on predictions_latest.
+    When the warehouse is at the last version with every relation present (every task after
+    the first night) no DDL runs at all: CREATE OR REPLACE VIEW takes an exclusive lock on
+    the view, and a publish must not queue behind a consumer's long query on predictions_latest.
 
     With ``warehouse.reader_role`` set, that role gets read access (see _grant_read); a
     role that does not exist is refused before anything is created.
     """
     key_name, key_type = _key(spec)
     reader = _reader_role(conn, spec)
-    with conn, conn.cursor() as cur:
-        ready = all(_table_exists(cur, spec, name) for name in (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS))
+    latest = MIGRATIONS[-1][0]
+    with conn.transaction(), conn.cursor() as cur:
+        ready = all(_exists(cur, spec, name) for name in RELATIONS) and _version(cur, spec) >= latest
         if ready and (reader is None or _reader_can_read(cur, spec, reader)):
             _check_key_column(cur, spec, key_name, key_type)
             return
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-        if ready:
+        cur.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (_DDL_LOCK,))
+        if _exists(cur, spec, PREDICTIONS):
             _check_key_column(cur, spec, key_name, key_type)
-        else:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
-            _create_predictions(cur, spec, key_name, key_type)
-            _check_key_column(cur, spec, key_name, key_type)
-            _create_latest_view(cur, spec, key_name)
-            _create_runs(cur, spec)
+        _migrate(cur, spec, key_name, key_type)
         if reader is not None:
             _grant_read(cur, spec, reader)
 
 
-def _reader_role(conn: Any, spec: Any) -> str | None:
+def _reader_role(conn: Connection, spec: DatasetSpec) -> str | None:
     """spec.warehouse.reader_role, checked against the server: it must exist, and be neither
     the role the pipeline writes with nor a superuser (either could write)."""
     reader = getattr(spec.warehouse, "reader_role", None)
     if reader is None:
         return None
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (reader,))
         row = cur.fetchone()
     setting = f"warehouse.reader_role of spec {spec.name!r}"
@@ -173,7 +297,7 @@ def _reader_role(conn: Any, spec: Any) -> str | None:
     return reader
 
 
-def _reader_can_read(cur: Any, spec: Any, reader: str) -> bool:
+def _reader_can_read(cur: Cursor, spec: DatasetSpec, reader: str) -> bool:
     """Whether the reader already has every grant _grant_read gives (so nothing needs to run)."""
     cur.execute(
         """
@@ -185,19 +309,19 @@ def _reader_can_read(cur: Any, spec: Any, reader: str) -> bool:
                  AND d.defaclobjtype = 'r' AND a.privilege_type = 'SELECT'
                  AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(role)s))
         FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
-        WHERE n.nspname = %(schema)s AND c.relname = ANY(%(names)s)
+        WHERE n.nspname = %(schema)s AND c.relname::text = ANY(%(names)s::text[])
         GROUP BY n.oid
         """,
-        {"role": reader, "schema": spec.warehouse.schema, "names": [PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS]},
+        {"role": reader, "schema": spec.warehouse.schema, "names": list(RELATIONS)},
     )
     row = cur.fetchone()
     return bool(row and row[0])
 
 
-def _grant_read(cur: Any, spec: Any, reader: str) -> None:
-    """For the reader role: USAGE on the schema, SELECT on every table and view in it (the
-    three relations, and the audit table when it exists), and SELECT on those the writer
-    creates there later (default privileges). Nothing else: no write, no DDL, no row locks.
+def _grant_read(cur: Cursor, spec: DatasetSpec, reader: str) -> None:
+    """For the reader role: USAGE on the schema, SELECT on every table and view in it, and
+    SELECT on those the writer creates there later (default privileges). Nothing else: no
+    write, no DDL, no row locks.
 
     Idempotent (GRANT of a held privilege is a no-op); run under the DDL advisory lock, since
     two sessions updating the same ACL at once fail with "tuple concurrently updated".
@@ -213,27 +337,7 @@ def _grant_read(cur: Any, spec: Any, reader: str) -> None:
             f"{spec.warehouse.schema!r}: the pipeline's role must own its schema and tables")
 
 
-def _create_predictions(cur: Any, spec: Any, key_name: str, key_type: str) -> None:
-    table = _table(spec, PREDICTIONS)
-    columns = [
-        sql.SQL("score_date date NOT NULL"),
-        sql.SQL("{} {} NOT NULL").format(sql.Identifier(key_name), sql.SQL(key_type)),
-        *(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in _PREDICTION_COLUMNS),
-        sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
-    ]
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(columns)))
-    comments = {
-        "score_date": "The night the row was scored for (the DAG run's logical date); one partition per date.",
-        key_name: f"Entity key ({key_name}, from the dataset spec); unique within a score_date.",
-        **{n: c for n, _, _, c in _PREDICTION_COLUMNS},
-    }
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        table, sql.Literal(f"Nightly batch predictions of dataset {spec.name}: one row per entity per score_date.")))
-    for column, text in comments.items():
-        cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(table, sql.Identifier(column), sql.Literal(text)))
-
-
-def _check_key_column(cur: Any, spec: Any, key_name: str, key_type: str) -> None:
+def _check_key_column(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     cur.execute(
         "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND a.attname = %s AND NOT a.attisdropped",
@@ -248,39 +352,16 @@ def _check_key_column(cur: Any, spec: Any, key_name: str, key_type: str) -> None
         )
 
 
-def _create_latest_view(cur: Any, spec: Any, key_name: str) -> None:
-    columns = sql.SQL(", ").join(
-        sql.Identifier(c) for c in ("score_date", key_name, *PREDICTION_INPUT_COLUMNS)
-    )
-    table = _table(spec, PREDICTIONS)
-    view = _table(spec, PREDICTIONS_LATEST)
-    cur.execute(sql.SQL(
-        "CREATE OR REPLACE VIEW {view} AS SELECT {columns} FROM {table} "
-        "WHERE score_date = (SELECT max(score_date) FROM {table})"
-    ).format(view=view, columns=columns, table=table))
-    cur.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
-        view, sql.Literal("The predictions of the newest score_date only.")))
-
-
-def _create_runs(cur: Any, spec: Any) -> None:
-    table = _table(spec, PIPELINE_RUNS)
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in _RUN_COLUMNS.items()
-    )
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, columns))
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        table, sql.Literal(f"One row per nightly run of dataset {spec.name}: inputs, checks, decision, output.")))
-
-
 # ---------------------------------------------------------------- predictions
 
 
-def replace_partition(conn: Any, spec: Any, score_date: dt.date, predictions_path: str | Path) -> int:
+def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, predictions_path: str | Path) -> int:
     """Replace one score_date's rows with those of a Parquet file, all or nothing; returns rows written.
 
     One transaction: an advisory lock on (schema, date) so two publishes of the same night
     queue instead of colliding on the primary key, DELETE of the date, then a single COPY fed
-    batch by batch. Any error rolls back (the previous rows stay) and is re-raised.
+    batch by batch. Any error rolls back (the previous rows stay) and is re-raised as it
+    was raised (an Arrow cast error stays that error: psycopg 3 ends the COPY with CopyFail).
     scored_at may be tz-aware (any zone) or naive UTC; the session's TimeZone does not matter.
     Needs ensure_warehouse() to have run.
     """
@@ -290,29 +371,31 @@ def replace_partition(conn: Any, spec: Any, score_date: dt.date, predictions_pat
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
         raise ValueError(f"{predictions_path}: missing column(s) {missing}")
-    target = _arrow_schema(spec)
-    copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        _table(spec, PREDICTIONS), sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        table(spec, PREDICTIONS), sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
     )
-    stream = _CsvStream(_csv_chunks(parquet, columns, target, score_date))
-    try:
-        with conn, conn.cursor() as cur:
-            lock = (_schema_lock_id(spec.warehouse.schema), score_date.toordinal())
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
-            cur.execute("SET LOCAL TimeZone = 'UTC'")  # naive timestamps in the CSV are UTC
-            cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(_table(spec, PREDICTIONS)), (score_date,))
-            cur.copy_expert(copy, stream, size=COPY_READ_BYTES)
-    except psycopg2.Error as exc:
-        if stream.error is not None:  # psycopg2 reports our own failure as QueryCanceled: raise the real one
-            raise stream.error from exc
-        raise
-    return stream.rows
+    rows = 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+                    (_schema_lock_id(spec.warehouse.schema), score_date.toordinal()))
+        cur.execute("SET LOCAL TimeZone = 'UTC'")  # naive timestamps in the CSV are UTC
+        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(table(spec, PREDICTIONS)), (score_date,))
+        with cur.copy(copy) as stream:
+            for data, n in _csv_chunks(parquet, columns, _csv_schema(spec), score_date):
+                stream.write(memoryview(data))
+                rows += n
+    return rows
 
 
-def _arrow_schema(spec: Any) -> pa.Schema:
-    """The Arrow types the CSV is written from: casting first turns e.g. a bool label into 0/1."""
-    key_name, key_type = _key(spec)
-    return pa.schema([(key_name, _ARROW_KEY_TYPES[key_type]), *((n, t) for n, _, t, _ in _PREDICTION_COLUMNS)])
+def _csv_schema(spec: DatasetSpec) -> pa.Schema:
+    """The Arrow types the CSV is written from: casting first turns e.g. a bool label into 0/1.
+
+    scored_at is written as naive UTC wall time and read under SET LOCAL TimeZone = 'UTC':
+    pyarrow formats tz-aware timestamps about 20x slower (most of a publish's time otherwise).
+    """
+    schema = prediction_schema(spec)
+    index = schema.get_field_index("scored_at")
+    return schema.set(index, pa.field("scored_at", pa.timestamp("us")))
 
 
 def _csv_chunks(
@@ -321,81 +404,26 @@ def _csv_chunks(
     """CSV bytes (no header) per record batch, with score_date prepended, and the batch's row count."""
     options = pa_csv.WriteOptions(include_header=False)
     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
-        table = _conform(pa.Table.from_batches([batch]).select(list(columns)), target)
-        table = table.add_column(0, "score_date", pa.repeat(score_date, table.num_rows))
+        arrays = _conform(pa.Table.from_batches([batch]).select(list(columns)), target)
+        arrays = arrays.add_column(0, "score_date", pa.repeat(score_date, arrays.num_rows))
         sink = pa.BufferOutputStream()  # Arrow memory, handed on without a copy
-        pa_csv.write_csv(table, sink, options)
-        yield sink.getvalue(), table.num_rows
+        pa_csv.write_csv(arrays, sink, options)
+        yield sink.getvalue(), arrays.num_rows
 
 
-def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+def _conform(arrays: pa.Table, target: pa.Schema) -> pa.Table:
     """Cast to the target types; overflow stays an error, sub-microsecond time is truncated (PostgreSQL keeps us).
 
     A tz-aware timestamp becomes its UTC wall time; a naive one is taken to be UTC already.
     """
-    arrays = [
-        table.column(f.name).cast(f.type, safe=not pa.types.is_timestamp(f.type)) for f in target
-    ]
-    return pa.Table.from_arrays(arrays, schema=target)
-
-
-class _CsvStream(io.RawIOBase):
-    """A read-only file over CSV chunks made on demand, for copy_expert: one chunk in memory at a time."""
-
-    def __init__(self, chunks: Iterator[tuple[pa.Buffer, int]]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._current = memoryview(b"")
-        self._pos = 0
-        self.rows = 0
-        self.error: Exception | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while self._pos >= len(self._current):
-            try:
-                data, rows = next(self._chunks)
-            except StopIteration:
-                return b""
-            except Exception as exc:
-                self.error = exc
-                raise
-            self._current, self._pos = memoryview(data), 0
-            self.rows += rows
-        end = len(self._current) if size is None or size < 0 else self._pos + size
-        out = bytes(self._current[self._pos:end])
-        self._pos += len(out)
-        return out
-
-
-def published_predictions(conn: Any, spec: Any, score_date: dt.date) -> "pd.DataFrame":
-    """Entity key and score published for one date (empty when none), for the realised-quality check.
-
-    COPY TO STDOUT + pyarrow's CSV reader: several times faster than pd.read_sql, and the key
-    keeps the spec's type (int64 for integer keys, strings for text keys).
-    """
-    key_name, key_type = _key(spec)
-    types = {key_name: _ARROW_KEY_TYPES[key_type] if key_type == "text" else pa.int64(), "score": pa.float64()}
-    buffer = io.BytesIO()
-    with conn, conn.cursor() as cur:
-        if _table_exists(cur, spec, PREDICTIONS):
-            query = sql.SQL("COPY (SELECT {key}, score FROM {table} WHERE score_date = {day} ORDER BY {key}) "
-                            "TO STDOUT WITH (FORMAT csv, HEADER true)").format(
-                key=sql.Identifier(key_name), table=_table(spec, PREDICTIONS), day=sql.Literal(score_date))
-            cur.copy_expert(query, buffer)
-    if not buffer.getvalue():
-        return pa.table({k: pa.array([], t) for k, t in types.items()}).to_pandas()
-    buffer.seek(0)
-    table = pa_csv.read_csv(buffer, convert_options=pa_csv.ConvertOptions(column_types=types))
-    return table.to_pandas()
+    columns = [arrays.column(f.name).cast(f.type, safe=not pa.types.is_timestamp(f.type)) for f in target]
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 # ---------------------------------------------------------------- run history
 
 
-def upsert_run(conn: Any, spec: Any, run: Mapping[str, Any]) -> None:
+def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> None:
     """Insert or update the row of run["logical_date"], setting only the keys given.
 
     Tasks record what they know when they know it; a rerun of the same date overwrites its
@@ -408,7 +436,7 @@ def upsert_run(conn: Any, spec: Any, run: Mapping[str, Any]) -> None:
     if run.get("logical_date") is None:
         raise ValueError("upsert_run: 'logical_date' is required")
     names = list(run)
-    values = [Json(v) if k == "details" and v is not None else v for k, v in run.items()]
+    values = [Jsonb(v) if k == "details" and v is not None else v for k, v in run.items()]
     updates = [n for n in names if n != "logical_date"]
     conflict = (
         sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
@@ -416,27 +444,49 @@ def upsert_run(conn: Any, spec: Any, run: Mapping[str, Any]) -> None:
         if updates else sql.SQL("DO NOTHING")
     )
     query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (logical_date) {}").format(
-        _table(spec, PIPELINE_RUNS),
+        table(spec, PIPELINE_RUNS),
         sql.SQL(", ").join(sql.Identifier(n) for n in names),
         sql.SQL(", ").join(sql.Placeholder() * len(names)),
         conflict,
     )
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(query, values)
 
 
-def recent_row_counts(conn: Any, spec: Any, before: dt.date, days: int) -> list[int]:
+def recent_row_counts(conn: Connection, spec: DatasetSpec, before: dt.date, days: int) -> list[int]:
     """rows_in of the last `days` validated runs before `before`, newest first ([] when none).
 
     The row-count norm compares tonight with recent good nights only: a night that failed
     validation must not drag the norm down. No table yet (first run) means no history.
     """
-    with conn, conn.cursor() as cur:
-        if not _table_exists(cur, spec, PIPELINE_RUNS):
+    with conn.transaction(), conn.cursor() as cur:
+        if not _exists(cur, spec, PIPELINE_RUNS):
             return []
         cur.execute(
             sql.SQL("SELECT rows_in FROM {} WHERE logical_date < %s AND validation_passed AND rows_in IS NOT NULL "
-                    "ORDER BY logical_date DESC LIMIT %s").format(_table(spec, PIPELINE_RUNS)),
+                    "ORDER BY logical_date DESC LIMIT %s").format(table(spec, PIPELINE_RUNS)),
             (before, days),
         )
         return [int(r[0]) for r in cur.fetchall()]
+
+
+def runs(conn: Connection, spec: DatasetSpec, days: int, until: dt.date | None = None) -> list[dict[str, Any]]:
+    """Every column of the pipeline_runs rows of the `days` nights up to `until` (default: the
+    newest night recorded), oldest first; [] when there is no table or no row yet.
+
+    ``SELECT *`` on purpose: a column added by a later migration reaches the caller unchanged.
+    """
+    runs_table = table(spec, PIPELINE_RUNS)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            if not _exists(cur, spec, PIPELINE_RUNS):
+                return []
+            if until is None:
+                cur.execute(sql.SQL("SELECT max(logical_date) FROM {}").format(runs_table))
+                until = cur.fetchone()[0]
+                if until is None:
+                    return []
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql.SQL("SELECT * FROM {} WHERE logical_date > %s AND logical_date <= %s "
+                                "ORDER BY logical_date").format(runs_table), (until - dt.timedelta(days=days), until))
+            return cur.fetchall()

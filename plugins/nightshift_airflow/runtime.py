@@ -70,7 +70,23 @@ def registry():
 
 
 def postgres_connection(conn_id: str):
-    """A psycopg2 connection for an Airflow connection id."""
-    from nightshift_airflow.hooks import NightshiftPostgresHook
+    """A psycopg 3 connection for an Airflow connection id; the caller closes it.
 
-    return NightshiftPostgresHook(postgres_conn_id=conn_id).psycopg2_conn()
+    The stock PostgresHook opens it (Airflow connections, extras such as sslmode, IAM), and
+    hands out psycopg 3 because Airflow 3 brings SQLAlchemy 2. Sessions are named
+    ``nightshift`` (pg_stat_activity.application_name, so an operator of the database can
+    find the pipeline's sessions) unless the connection's extra sets application_name or options.
+    """
+    import psycopg
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    named = {"application_name", "options"} & set(hook.connection.extra_dejson)
+    if not named:
+        hook = PostgresHook(postgres_conn_id=conn_id, options="-c application_name=nightshift")
+    conn = hook.get_conn()
+    if not isinstance(conn, psycopg.Connection):
+        conn.close()
+        raise RuntimeError(f"connection {conn_id!r}: the Postgres provider opened {type(conn).__module__}, not psycopg 3 "
+                           "(it needs SQLAlchemy 2 and psycopg installed)")
+    return conn

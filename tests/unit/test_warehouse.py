@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg2
+import psycopg
 import pyarrow as pa
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 from include.nightshift import warehouse as wh
 
@@ -44,11 +44,20 @@ def _write(df: pd.DataFrame, path: Path) -> Path:
 
 def _rows(conn, spec, table: str = "predictions", where: str = "") -> list[tuple]:
     key = spec.entity_key.name
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT score_date, {k}, score, dag_run_id FROM {t} {w} ORDER BY score_date, {k}").format(
             k=sql.Identifier(key), t=sql.SQL("{}.{}").format(sql.Identifier(spec.warehouse.schema), sql.Identifier(table)),
             w=sql.SQL(where)))
         return cur.fetchall()
+
+
+def _published(conn, spec, day: dt.date) -> pd.DataFrame:
+    """Entity key and score of one published night, ordered by key (what a consumer reads)."""
+    key = spec.entity_key.name
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT {k}, score FROM {t} WHERE score_date = %s ORDER BY {k}").format(
+            k=sql.Identifier(key), t=wh.table(spec, wh.PREDICTIONS)), (day,))
+        return pd.DataFrame(cur.fetchall(), columns=[key, "score"])
 
 
 def _with_schema(spec, schema: str):
@@ -64,10 +73,13 @@ def spec(churn_spec, pg_conn):
 def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.ensure_warehouse(pg_conn, churn_spec)
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
-        assert cur.fetchall() == [("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
-                                  ("predictions_latest", "VIEW")]
+        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("pipeline_runs", "BASE TABLE"),
+                                  ("predictions", "BASE TABLE"), ("predictions_latest", "VIEW"),
+                                  ("schema_version", "BASE TABLE")]
+        cur.execute("SELECT version FROM churn.schema_version ORDER BY version")
+        assert [v for v, in cur.fetchall()] == [m[0] for m in wh.MIGRATIONS]
         cur.execute("SELECT column_name, data_type FROM information_schema.columns "
                     "WHERE table_schema = 'churn' AND table_name = 'predictions' ORDER BY ordinal_position")
         assert cur.fetchall()[:3] == [("score_date", "date"), ("customer_id", "bigint"), ("score", "double precision")]
@@ -81,11 +93,11 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
 
 
 def test_ensure_warehouse_repairs_a_missing_view_and_does_not_wait_for_readers(pg_conn, pg_uri, spec):
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("DROP VIEW churn.predictions_latest")
     wh.ensure_warehouse(pg_conn, spec)
 
-    reader = psycopg2.connect(pg_uri)  # a consumer's long query holds a lock on the view
+    reader = psycopg.connect(pg_uri)  # a consumer's long query holds a lock on the view
     try:
         with reader.cursor() as cur:
             cur.execute("SELECT count(*) FROM churn.predictions_latest")
@@ -95,7 +107,7 @@ def test_ensure_warehouse_repairs_a_missing_view_and_does_not_wait_for_readers(p
         wh.ensure_warehouse(pg_conn, spec)  # would raise LockNotAvailable if it replaced the view again
     finally:
         reader.close()
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM churn.predictions_latest")
         assert cur.fetchone() == (0,)
 
@@ -105,7 +117,7 @@ def test_ensure_warehouse_concurrently(pg_uri, churn_spec):
     barrier = threading.Barrier(4)
 
     def run() -> None:
-        conn = psycopg2.connect(pg_uri)
+        conn = psycopg.connect(pg_uri)
         try:
             barrier.wait()
             wh.ensure_warehouse(conn, churn_spec)
@@ -138,7 +150,7 @@ def test_replace_partition_writes_all_rows_with_their_values(pg_conn, spec, tmp_
     df = _predictions(np.arange(1, 30_001), seed=1)
     written = wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
     assert written == 30_000
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT count(*), count(DISTINCT customer_id), sum(score), sum(predicted_label), "
                     "min(scored_at), max(model_version), min(snapshot_sha256) FROM churn.predictions WHERE score_date = %s",
                     (DAY1,))
@@ -147,17 +159,17 @@ def test_replace_partition_writes_all_rows_with_their_values(pg_conn, spec, tmp_
     assert score_sum == pytest.approx(df.score.sum(), rel=1e-12)
     assert positives == df.predicted_label.sum()
     assert scored_at == dt.datetime(2026, 3, 2, 1, 2, 3, 456789, tzinfo=dt.timezone.utc)
-    assert pg_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    assert pg_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 @pytest.mark.parametrize("scored_at", [pd.Timestamp("2026-03-02 02:02:03", tz="Europe/Paris"),
                                        pd.Timestamp("2026-03-02 01:02:03")], ids=["other zone", "naive UTC"])
 def test_scored_at_is_the_same_instant_whatever_the_session_zone(pg_conn, spec, tmp_path, scored_at):
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SET TimeZone = 'America/New_York'")
     df = _predictions([1], 1).assign(scored_at=scored_at)
     wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT scored_at FROM churn.predictions")
         assert cur.fetchone()[0] == dt.datetime(2026, 3, 2, 1, 2, 3, tzinfo=dt.timezone.utc)
 
@@ -178,7 +190,7 @@ def test_rerun_replaces_the_night_and_leaves_other_nights(pg_conn, spec, tmp_pat
 
 def _publish_in_child(uri: str, spec, day: dt.date, path: str) -> tuple[str, object]:
     """Runs in a separate process: one publish on its own connection; the outcome, never a raise."""
-    conn = psycopg2.connect(uri)
+    conn = psycopg.connect(uri)
     try:
         return "ok", wh.replace_partition(conn, spec, day, path)
     except Exception as exc:  # reported to the parent, which asserts on it
@@ -189,8 +201,7 @@ def _publish_in_child(uri: str, spec, day: dt.date, path: str) -> tuple[str, obj
 
 def _wait_for_lock_waiters(uri: str, count: int) -> None:
     """Until `count` other sessions of this database wait on a lock (a hang guard, not a timing check)."""
-    monitor = psycopg2.connect(uri)
-    monitor.autocommit = True  # pg_stat_activity is frozen for the length of a transaction
+    monitor = psycopg.connect(uri, autocommit=True)  # pg_stat_activity is frozen for the length of a transaction
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -218,7 +229,7 @@ def test_two_processes_publishing_the_same_night_leave_one_row_per_entity(pg_con
     wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions(np.arange(1, 501), 1, "old"), tmp_path / "old.parquet"))
     files = {run: _write(_predictions(np.arange(1, 2001), seed, run), tmp_path / f"{run}.parquet")
              for seed, run in ((2, "a"), (3, "b"))}
-    blocker = psycopg2.connect(pg_uri)
+    blocker = psycopg.connect(pg_uri)
     try:
         with blocker.cursor() as cur:
             cur.execute("LOCK TABLE churn.predictions IN SHARE MODE")  # held until the commit below
@@ -244,10 +255,10 @@ def test_failed_copy_rolls_back_and_keeps_previous_night(pg_conn, spec, tmp_path
     wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, "good"), tmp_path / "good.parquet"))
     bad = _predictions(bad_keys, 2, "bad")
     bad["customer_id"] = bad["customer_id"].astype("Int64")
-    with pytest.raises(psycopg2.IntegrityError):
+    with pytest.raises(psycopg.IntegrityError):
         wh.replace_partition(pg_conn, spec, DAY1, _write(bad, tmp_path / "bad.parquet"))
     assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "good"), (2, "good")]
-    assert pg_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    assert pg_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def test_error_while_streaming_rolls_back(pg_conn, spec, tmp_path, monkeypatch):
@@ -257,7 +268,7 @@ def test_error_while_streaming_rolls_back(pg_conn, spec, tmp_path, monkeypatch):
     bad = _predictions(np.arange(100, 130), 2, "bad")
     bad["model_version"] = bad["model_version"].astype("int64")
     bad.loc[25, "model_version"] = 2**40  # does not fit the integer column: the 3rd batch fails to cast
-    with pytest.raises(pa.ArrowInvalid, match="not in range"):  # the real error, not psycopg2's QueryCanceled
+    with pytest.raises(pa.ArrowInvalid, match="not in range"):  # the real error, not a driver's QueryCanceled
         wh.replace_partition(pg_conn, spec, DAY1, _write(bad, tmp_path / "bad.parquet"))
     assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "good"), (2, "good")]
 
@@ -281,7 +292,7 @@ def test_text_entity_key(pg_conn, churn_spec, tmp_path):
     assert wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "t.parquet")) == 5
     assert sorted(k for _, k, _, _ in _rows(pg_conn, spec)) == sorted(keys)
 
-    back = wh.published_predictions(pg_conn, spec, DAY1)
+    back = _published(pg_conn, spec, DAY1)
     assert sorted(back.account_ref) == sorted(keys)
     assert dict(zip(back.account_ref, back.score)) == dict(zip(df.account_ref, df.score))
 
@@ -293,20 +304,13 @@ def test_predictions_latest_shows_only_newest_date(pg_conn, spec, tmp_path):
     assert len(_rows(pg_conn, spec, "predictions_latest")) == 3
 
 
-def test_published_predictions_round_trip(pg_conn, spec, tmp_path):
+def test_published_scores_are_the_files_scores_to_the_bit(pg_conn, spec, tmp_path):
     df = _predictions(np.arange(10, 2010), 5)
     wh.replace_partition(pg_conn, spec, DAY1, _write(df, tmp_path / "p.parquet"))
-    back = wh.published_predictions(pg_conn, spec, DAY1)
-    assert list(back.columns) == ["customer_id", "score"]
-    assert back.customer_id.dtype == "int64"
-    pd.testing.assert_frame_equal(back.reset_index(drop=True), df[["customer_id", "score"]].reset_index(drop=True))
-
-    empty = wh.published_predictions(pg_conn, spec, DAY2)
-    assert empty.empty and list(empty.columns) == ["customer_id", "score"]
-
-
-def test_published_predictions_without_tables_is_empty(pg_conn, churn_spec):
-    assert wh.published_predictions(pg_conn, churn_spec, DAY1).empty
+    back = _published(pg_conn, spec, DAY1)
+    assert back.customer_id.tolist() == df.customer_id.tolist()
+    assert back.score.to_numpy().tobytes() == df.score.to_numpy().tobytes()  # CSV text round-trips float64 exactly
+    assert _published(pg_conn, spec, DAY2).empty
 
 
 def test_upsert_run_inserts_then_updates_one_row(pg_conn, spec):
@@ -316,7 +320,7 @@ def test_upsert_run_inserts_then_updates_one_row(pg_conn, spec):
     wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "dag_run_id": "r2", "validation_passed": True,
                                   "decision": "promoted", "champion_metric": 0.81, "challenger_metric": 0.83,
                                   "metric_name": "roc_auc", "details": {"verdict": {"passed": True, "reasons": []}}})
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT logical_date, dag_run_id, rows_in, started_at, validation_passed, decision, "
                     "challenger_metric, retrain_reason, details FROM churn.pipeline_runs")
         rows = cur.fetchall()
@@ -327,7 +331,7 @@ def test_upsert_run_inserts_then_updates_one_row(pg_conn, spec):
 def test_upsert_run_refuses_unknown_key_and_bad_decision(pg_conn, spec):
     with pytest.raises(ValueError, match="'row_in'"):
         wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "row_in": 5})
-    with pytest.raises(psycopg2.errors.CheckViolation):
+    with pytest.raises(psycopg.errors.CheckViolation):
         wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "decision": "maybe"})
 
 
@@ -347,10 +351,79 @@ def test_schema_name_is_quoted_not_folded(pg_conn, churn_spec, tmp_path):
     wh.ensure_warehouse(pg_conn, spec)
     wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1), tmp_path / "p.parquet"))
     wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "rows_in": 2, "validation_passed": True})
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT nspname FROM pg_namespace WHERE lower(nspname) = 'churn_x'")
         assert cur.fetchall() == [("Churn_X",)]
         cur.execute('SELECT count(*) FROM "Churn_X".predictions_latest')
         assert cur.fetchone() == (2,)
     assert wh.recent_row_counts(pg_conn, spec, DAY2, 7) == [2]
-    assert len(wh.published_predictions(pg_conn, spec, DAY1)) == 2
+    assert len(_published(pg_conn, spec, DAY1)) == 2
+
+
+# --- versioned DDL ----------------------------------------------------------------------------------
+
+
+def _versions(conn, schema: str = "churn") -> list[tuple[int, dt.datetime]]:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT version, applied_at FROM {}.schema_version ORDER BY version").format(
+            sql.Identifier(schema)))
+        return cur.fetchall()
+
+
+def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_conn, churn_spec, tmp_path, monkeypatch):
+    """A warehouse as the pipeline made it before DDL was versioned: the three relations of
+    version 1, rows in them, no audit table and no schema_version table. The next
+    ensure_warehouse brings it to the last version and keeps every row."""
+    monkeypatch.setattr(wh, "MIGRATIONS", wh.MIGRATIONS[:1])
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    wh.replace_partition(pg_conn, churn_spec, DAY1, _write(_predictions([1, 2, 3], 1, "v1"), tmp_path / "p.parquet"))
+    wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY1, "rows_in": 3, "validation_passed": True})
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("DROP TABLE churn.schema_version")
+    assert not wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
+    assert wh.schema_version(pg_conn, churn_spec) == 0
+    monkeypatch.undo()
+
+    wh.ensure_warehouse(pg_conn, churn_spec)
+
+    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2]
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, churn_spec)] == [(1, "v1"), (2, "v1"), (3, "v1")]
+    assert wh.recent_row_counts(pg_conn, churn_spec, DAY2, 7) == [3]
+    assert wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
+    with pg_conn.transaction(), pg_conn.cursor() as cur:  # the reader is granted the new table too
+        cur.execute("SELECT has_table_privilege(%s, 'churn.champion_changes', 'SELECT')", (churn_spec.warehouse.reader_role,))
+        assert cur.fetchone() == (True,)
+
+
+def test_a_later_migration_adds_a_column_to_an_existing_warehouse_once(pg_conn, spec, monkeypatch):
+    """How a later issue changes the warehouse: a new last entry in MIGRATIONS. An existing
+    warehouse (rows included) gets it on the next ensure_warehouse, exactly once."""
+    wh.upsert_run(pg_conn, spec, {"logical_date": DAY1, "rows_in": 5})
+
+    def add_column(cur, spec, key_name, key_type):
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS realised_metric double precision").format(
+            wh.table(spec, wh.PIPELINE_RUNS)))
+
+    monkeypatch.setattr(wh, "MIGRATIONS", (*wh.MIGRATIONS, (3, "pipeline_runs.realised_metric", add_column)))
+    wh.ensure_warehouse(pg_conn, spec)
+    applied = _versions(pg_conn)
+    assert [v for v, _ in applied] == [1, 2, 3]
+    wh.ensure_warehouse(pg_conn, spec)
+    assert _versions(pg_conn) == applied  # applied once: nothing ran again
+    [run] = wh.runs(pg_conn, spec, 7)
+    assert run["rows_in"] == 5 and "realised_metric" in run and run["realised_metric"] is None
+
+
+def test_runs_gives_every_column_of_the_window_oldest_first(pg_conn, churn_spec):
+    assert wh.runs(pg_conn, churn_spec, 7) == []  # no table yet
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    assert wh.runs(pg_conn, churn_spec, 7) == []  # no row yet
+    for i in range(5):
+        wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY1 + dt.timedelta(days=i), "rows_in": i,
+                                            "details": {"night": i}})
+    rows = wh.runs(pg_conn, churn_spec, 2)
+    assert [(r["logical_date"], r["rows_in"], r["details"]) for r in rows] == [
+        (DAY1 + dt.timedelta(days=3), 3, {"night": 3}), (DAY1 + dt.timedelta(days=4), 4, {"night": 4})]
+    assert set(rows[0]) == set(wh.RUN_COLUMNS)
+    assert [r["rows_in"] for r in wh.runs(pg_conn, churn_spec, 2, until=DAY1 + dt.timedelta(days=1))] == [0, 1]
+    assert pg_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
