@@ -17,7 +17,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Asset, Param, TaskGroup, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
+from include.nightshift.spec import DatasetSpec, SpecError, load_specs, specs_dir
 from nightshift_airflow import operators as ops
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import TaskFailureNotifier
@@ -90,12 +90,13 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
 
 
 def invalid_spec_dag(path: Path, error: SpecError) -> DAG:
-    """A broken spec shows up in the UI as a DAG that explains itself, without hiding the good ones."""
+    """A broken spec (or one clashing with another file) shows up in the UI as a DAG that explains
+    itself, without hiding the good ones. Every line of the error already names the file."""
     from airflow.providers.standard.operators.python import PythonOperator
 
     with DAG(dag_id=f"nightshift_invalid_{path.stem}", schedule=None, tags=["nightshift", "invalid-spec"],
              doc_md=f"### Invalid dataset spec `{path.name}`\n\n```\n{error}\n```", default_args={"retries": 0}) as dag:
-        PythonOperator(task_id="explain", python_callable=_refuse, op_args=[f"{path.name}: {error}"])
+        PythonOperator(task_id="explain", python_callable=_refuse, op_args=[str(error)])
     return dag
 
 
@@ -124,12 +125,12 @@ Spec: `{Path(spec.path).name}`.
 """
 
 
-for _path in sorted(specs_dir().glob("*.y*ml")):
-    try:
-        _spec = load_spec(_path)
-    except SpecError as _error:
-        log.error("invalid dataset spec %s: %s", _path, _error)
-        _dag = invalid_spec_dag(_path, _error)
+# load_specs also refuses specs that share a name or a warehouse schema: each of them becomes an
+# invalid-spec DAG naming the others, rather than one DAG silently replacing another.
+for _path, _loaded in load_specs(specs_dir()):
+    if isinstance(_loaded, SpecError):
+        log.error("invalid dataset spec %s: %s", _path, _loaded)
+        _dag = invalid_spec_dag(_path, _loaded)
     else:
-        _dag = nightly_dag(_spec)
+        _dag = nightly_dag(_loaded)
     globals()[_dag.dag_id] = _dag
