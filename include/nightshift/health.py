@@ -293,7 +293,7 @@ def _alt_texts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, str
     threshold = float(spec.drift.share_threshold)
     shares = [r["drift_share"] for r in runs if r["drift_share"] is not None]
     realised = [r["realised_metric"] for r in runs if r["realised_metric"] is not None]
-    served = [_version_str(r["served_version"]) for r in runs]
+    served = ", then ".join(f"{_version_str(p['version'])} for {p['nights']} night(s)" for p in _periods(runs))
     span = f"{runs[0]['day'].isoformat()} to {runs[-1]['day'].isoformat()}"
     kinds = [e["event"] for e in events]
     return {
@@ -304,7 +304,7 @@ def _alt_texts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, str
                   f"the decay limit and the floor {float(spec.promotion.floor):g}; "
                   f"{len(realised)} night(s) with a realised value, last {num(runs[-1]['realised_metric'])}.",
         "rows": f"Rows published per night, {span}; last night {runs[-1]['rows_published'] or 0}.",
-        "versions": f"Champion version serving each night, {span}: {', '.join(served)}; "
+        "versions": f"Champion version serving each night, {span}: {served}; "
                     f"{kinds.count('promote')} promotion(s), {kinds.count('rollback')} rollback(s).",
     }
 
@@ -342,16 +342,21 @@ def _events_rows(events: list[dict]) -> list[dict[str, str]]:
             for e in reversed(events)]
 
 
-def _periods_rows(runs: list[dict]) -> list[dict[str, Any]]:
-    """Consecutive nights served by the same version, newest first."""
+def _periods(runs: list[dict]) -> list[dict[str, Any]]:
+    """Consecutive nights served by the same version, oldest first."""
     periods: list[dict] = []
     for r in runs:
         if periods and periods[-1]["version"] == r["served_version"]:
             periods[-1].update(last=r["day"], nights=periods[-1]["nights"] + 1)
         else:
             periods.append({"version": r["served_version"], "first": r["day"], "last": r["day"], "nights": 1})
+    return periods
+
+
+def _periods_rows(runs: list[dict]) -> list[dict[str, Any]]:
+    """The periods table, newest first."""
     return [{"version": _version_str(p["version"]), "first": p["first"].isoformat(), "last": p["last"].isoformat(),
-             "nights": p["nights"]} for p in reversed(periods)]
+             "nights": p["nights"]} for p in reversed(_periods(runs))]
 
 
 def _runs_rows(spec: Any, runs: list[dict]) -> list[dict[str, Any]]:

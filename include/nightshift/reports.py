@@ -59,7 +59,7 @@ def message_page(title: str, paragraphs: list[str] = (), items: list[str] = ()) 
     return render("message.html", title=title, paragraphs=list(paragraphs), items=list(items))
 
 
-def png_data_uri(fig: Any, dpi: int = 110) -> str:
+def png_data_uri(fig: Any, dpi: int = 100) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI for an <img>: nothing to fetch,
     allowed by the reports app's CSP, and no SVG markup (ids, namespaces) to fix up in the page.
     Metadata dropped so that the same figure gives the same bytes on another matplotlib version."""

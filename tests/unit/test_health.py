@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 
 import matplotlib.dates as mdates
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 from include.nightshift import audit
 from include.nightshift import warehouse as wh
@@ -188,7 +188,8 @@ def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path)
     assert len(night_x) == len(NIGHTS)
     rollback_x = rollbacks.get_offsets()[0][0]
     assert night_x[ROLLBACK_AFTER - 1] < rollback_x < night_x[ROLLBACK_AFTER]
-    assert f"{', '.join(SERVED)}; 2 promotion(s), 1 rollback(s)" in figure_image(text, "versions")["alt"]
+    assert ("v1 for 4 night(s), then v2 for 2 night(s), then v1 for 2 night(s); 2 promotion(s), 1 rollback(s)"
+            in figure_image(text, "versions")["alt"])
 
     changes = tables["events"]
     assert [(c["event"], c["from"], c["to"], c["by"]) for _, c in changes] == [
@@ -223,7 +224,7 @@ def test_read_history_window_new_columns_and_no_table(pg_conn, churn_spec):
     # A column added later (realised_metric) comes back and wins over the details where it is set;
     # nights recorded before it existed keep the decision's copy.
     runs_table = sql.Identifier(churn_spec.warehouse.schema, "pipeline_runs")
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN realised_metric double precision").format(runs_table))
         cur.execute(sql.SQL("UPDATE {} SET realised_metric = 0.5 WHERE logical_date > %s").format(runs_table),
                     (DAY0 + dt.timedelta(days=3),))
