@@ -70,20 +70,27 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
         doc_md=_doc(spec),
     ) as dag:
         with TaskGroup("ingest", prefix_group_id=False, tooltip="Freeze the night's rows and check them") as ingest:
-            chain(ops.SnapshotOperator(task_id=ops.SNAPSHOT, **common), ops.ValidateOperator(task_id=ops.VALIDATE, **common))
+            snapshot = ops.SnapshotOperator(task_id=ops.SNAPSHOT, **common)
+            validate = ops.ValidateOperator(task_id=ops.VALIDATE, snapshot=snapshot.output, **common)
         with TaskGroup("watch", prefix_group_id=False, tooltip="Drift of the inputs, realised quality of the champion") as watch:
-            ops.DriftOperator(task_id=ops.DRIFT, **common)
-            ops.MonitorOperator(task_id=ops.MONITOR, **common)
-        decide = ops.DecideOperator(task_id=ops.DECIDE, **common)
+            drift = ops.DriftOperator(task_id=ops.DRIFT, snapshot=snapshot.output, **common)
+            monitor = ops.MonitorOperator(task_id=ops.MONITOR, snapshot=snapshot.output, **common)
+        decide = ops.DecideOperator(task_id=ops.DECIDE, drift=drift.output, monitor=monitor.output, **common)
         with TaskGroup("retrain", prefix_group_id=False, tooltip="Only when there is a reason") as retrain:
-            chain(ops.TrainOperator(task_id=ops.TRAIN, **common),
-                  ops.EvaluateOperator(task_id=ops.EVALUATE, retries=0, **common))
+            train = ops.TrainOperator(task_id=ops.TRAIN, decision=decide.output, **common)
+            evaluate = ops.EvaluateOperator(task_id=ops.EVALUATE, trained=train.output, validation=validate.output,
+                                            drift=drift.output, retries=0, **common)
         skip = EmptyOperator(task_id=ops.SKIP_TRAINING,
                              doc_md="The branch taken when nothing calls for a new model: the champion scores tonight.")
         with TaskGroup("serve", prefix_group_id=False, tooltip="Score with the champion and publish") as serve:
-            chain(ops.ScoreOperator(task_id=ops.SCORE, trigger_rule="none_failed_min_one_success", **common),
-                  ops.PublishOperator(task_id=ops.PUBLISH, outlets=[predictions_asset(spec)], **common))
-        record = ops.RecordRunOperator(task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common)
+            score = ops.ScoreOperator(task_id=ops.SCORE, snapshot=snapshot.output,
+                                      trigger_rule="none_failed_min_one_success", **common)
+            publish = ops.PublishOperator(task_id=ops.PUBLISH, scored=score.output,
+                                          outlets=[predictions_asset(spec)], **common)
+        record = ops.RecordRunOperator(
+            task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common,
+            snapshot=snapshot.output, validation=validate.output, drift=drift.output, decision=decide.output,
+            trained=train.output, verdict=evaluate.output, published=publish.output)
 
         chain(ingest, watch, decide, [retrain, skip], serve, record)
     return dag

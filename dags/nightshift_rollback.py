@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from airflow.sdk import DAG, Param, chain
+from airflow.sdk import DAG, Param
 
 from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
 from nightshift_airflow import rollback_operators as ops
@@ -52,8 +52,8 @@ when go to `{spec.warehouse.schema}.champion_changes` and onto the model version
 restored model. Running the same rollback again changes nothing.
 """,
     ) as dag:
-        chain(ops.RollbackOperator(task_id=ops.ROLLBACK, **common),
-              ops.RepublishOperator(task_id=ops.REPUBLISH, **common))
+        rollback = ops.RollbackOperator(task_id=ops.ROLLBACK, **common)
+        ops.RepublishOperator(task_id=ops.REPUBLISH, rolled_back=rollback.output, **common)
     return dag
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.decide import Decision, decide, model_age_days
 from include.nightshift.registry import Registry
+from include.nightshift.run_record import RunRecord
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
                                       TrainingStep, ValidationStep, VerdictStep)
@@ -105,9 +106,23 @@ def measure_night_drift(store: ArtifactStore, registry: Registry, spec: DatasetS
                      report_url=url, details={**result.to_dict(), "report_path": url})
 
 
-def drift_alarm(spec: DatasetSpec, drift: DriftStep) -> bool:
-    """Whether tonight's drift is worth an alert (the same threshold that triggers a retrain)."""
-    return drift.share is not None and drift.share >= spec.drift.share_threshold
+Alert = tuple[str, dict[str, Any]]  # one sentence for a person, and the facts behind it
+
+
+def drift_alert(spec: DatasetSpec, day: dt.date, drift: DriftStep) -> Alert | None:
+    """An alert when tonight's drift reaches the threshold that triggers a retrain; else None."""
+    if drift.share is None or drift.share < spec.drift.share_threshold:
+        return None
+    return (f"{spec.name} {day}: {drift.share:.0%} of the features drifted "
+            f"(threshold {spec.drift.share_threshold:.0%})",
+            {"share": drift.share, "drifted": drift.drifted, "report": drift.report_url})
+
+
+def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
+    """The alert of a failed validation: which snapshot, which rules, where the report is."""
+    failure = result.failure or {}
+    return (f"{spec.name} {failure.get('snapshot')} snapshot of {failure.get('day')} failed validation",
+            {"failures": failure.get("failures"), "report": result.report_urls.get(failure.get("snapshot"))})
 
 
 def monitor_champion(store: ArtifactStore, registry: Registry, spec: DatasetSpec,
@@ -296,6 +311,24 @@ def publish_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, scored: Sc
     return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
 
 
+def record_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *, dry_run: bool,
+                 health_days: int) -> str | None:
+    """Upsert the night's row of pipeline_runs (a dry run writes none: the history is of what was
+    published), then regenerate the model-health page; the page's address, None if it failed."""
+    from include.nightshift import warehouse
+
+    warehouse.ensure_warehouse(conn, spec)
+    if dry_run:
+        log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
+    else:
+        warehouse.upsert_run(conn, spec, record.row())
+    try:
+        return write_health_page(conn, store, spec, health_days)
+    except Exception:  # the row is written: a plotting problem never turns a good night into a failed one
+        log.exception("the model-health page of %s could not be written", spec.name)
+        return None
+
+
 def write_health_page(conn: Any, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
     """Regenerate reports/<dataset>/health.html from the warehouse's history; its address."""
     from include.nightshift import health
@@ -307,6 +340,15 @@ def write_health_page(conn: Any, store: ArtifactStore, spec: DatasetSpec, days: 
         health.write_health_page(tmp / "health.html", spec, runs, events)
         store.put_file(tmp / "health.html", url)
     return url
+
+
+def run_reports(validation: ValidationStep | None, drift: DriftStep | None,
+                verdict: VerdictStep | None) -> dict[str, str]:
+    """The night's report pages by name, for the last lines of the run's log."""
+    urls = validation.report_urls if validation else {}
+    found = {"validation": urls.get("current"), "validation of labels": urls.get("labelled"),
+             "drift": drift.report_url if drift else None, "evaluation": verdict.report_url if verdict else None}
+    return {name: url for name, url in found.items() if url}
 
 
 def safe_name(run_id: str) -> str:

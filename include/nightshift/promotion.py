@@ -63,3 +63,9 @@ def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | 
             "dag_run_id": verdict.dag_run_id,
             "details": {"policy": verdict.policy, "metric": spec.promotion.metric,
                         "champion": verdict.champion, "challenger": verdict.challenger}}
+
+
+def promotion_alert(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None) -> tuple[str, dict[str, Any]]:
+    """The alert of a promotion: which version serves now, which it replaced, and why."""
+    return (f"{spec.model_name}: v{verdict.challenger_version} promoted to champion (was v{replaced}; "
+            f"{verdict.policy_note})", promotion_change(spec, verdict, replaced))

@@ -26,7 +26,7 @@ import dataclasses
 import datetime as dt
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -43,6 +43,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
+from include.nightshift.snapshot import SnapshotRef
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.training import features_frame
 
@@ -66,6 +67,8 @@ ROLLED_BACK_REASON_TAG = "nightshift.rolled_back.reason"
 ROLLED_BACK_TO_TAG = "nightshift.rolled_back.to"
 ROLLED_BACK_ID_TAG = "nightshift.rolled_back.id"
 VERDICT_AT_TAG = "nightshift.verdict_at"
+RUN_DATE_TAG = "nightshift.run_date"  # on a version: the night its training run was for
+MAX_DIGEST = 36  # MLflow's limit on a dataset digest
 VERDICT_PREFIX = "verdict."
 INPUT_EXAMPLE_ROWS = 5
 # Declared, not inferred: MLflow's inference starts a subprocess that imports the model (about
@@ -96,6 +99,13 @@ class ModelVersionInfo:
         """When this version last became champion (promoted or rolled back to); None if it never was."""
         stamps = [_parse_iso(self.tags[t]) for t in (PROMOTED_AT_TAG, ROLLBACK_AT_TAG) if self.tags.get(t)]
         return max(stamps, default=None)
+
+    @property
+    def trained_for(self) -> dt.date | None:
+        """The night whose run trained this version (tag nightshift.run_date), else the day it was
+        registered: the start of its age in nights (decide.model_age_days)."""
+        stamp = self.tags.get(RUN_DATE_TAG)
+        return dt.date.fromisoformat(stamp) if stamp else self.created_at.date()
 
     @property
     def rolled_back_from(self) -> bool:
@@ -156,14 +166,15 @@ class Registry:
 
     def log_challenger(self, model, baseline, *, spec: DatasetSpec, train_df: pd.DataFrame,
                        reference: pd.DataFrame, params: dict[str, Any], metrics: dict[str, float],
-                       tags: dict[str, str]) -> ModelVersionInfo:
+                       tags: dict[str, str], snapshots: Sequence[SnapshotRef] = ()) -> ModelVersionInfo:
         """Log one training run and register its model as a new version of spec.model_name.
 
         The run holds everything needed to judge and reproduce the model later: params,
         metrics, tags (data hashes, Airflow run id), the model with its signature and an input
         example, the baseline it was compared with (logged, not registered) and the reference
         data that drift is measured against. The version carries the same tags, so the
-        registry UI alone tells where a version came from.
+        registry UI alone tells where a version came from. The snapshots it was trained and held
+        out on are the run's dataset inputs (MLflow's lineage view), by address and hash.
         """
         experiment_id = self._experiment_id(spec.dag_id)
         example = features_frame(train_df.head(INPUT_EXAMPLE_ROWS), spec)
@@ -172,6 +183,7 @@ class Registry:
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
             mlflow.set_tags(tags)
+            _log_snapshots(snapshots)
             logged = mlflow.sklearn.log_model(model, name=MODEL_ARTIFACT, signature=signature,
                                               input_example=example, **_LOG_OPTIONS)
             mlflow.sklearn.log_model(baseline, name=BASELINE_ARTIFACT, signature=signature, **_LOG_OPTIONS)
@@ -181,6 +193,14 @@ class Registry:
                 mlflow.log_artifact(str(path))
             registered = mlflow.register_model(logged.model_uri, spec.model_name, tags=tags)
         return self.version(spec.model_name, int(registered.version))
+
+    def log_holdout_metrics(self, run_id: str, metric: str, values: dict[str, float | None]) -> None:
+        """The holdout metric of each role (challenger, champion, baseline) as metrics of the
+        challenger's run, e.g. `holdout_roc_auc_champion`, so MLflow's UI can chart and compare them.
+        A role that was not measured (no champion yet) is left out, never logged as NaN."""
+        for role, value in values.items():
+            if value is not None:
+                self.client.log_metric(run_id, f"holdout_{metric}_{role}", float(value))
 
     def promote(self, model_name: str, version: int, verdict: dict[str, Any]) -> int | None:
         """Bless a version and point `champion` at it; returns the version it replaced (None if none).
@@ -225,13 +245,7 @@ class Registry:
         Tags first, alias last, as in promote(): the alias never names a version without the
         reasons it is there.
         """
-        for name, value in (("actor", actor), ("reason", reason), ("rollback_id", rollback_id)):
-            if not isinstance(value, str) or not value.strip():
-                raise RollbackRefused(f"rollback of {model_name}: {name} must be a non-empty string")
-        if to_version is not None and (isinstance(to_version, bool) or not isinstance(to_version, int)
-                                       or to_version < 1):
-            raise RollbackRefused(f"rollback of {model_name}: the version to restore must be a positive integer, "
-                                  f"got {to_version!r}")
+        _check_rollback_request(model_name, to_version, actor=actor, reason=reason, rollback_id=rollback_id)
         current = self.champion(model_name)
         if current is None:
             raise RollbackRefused(f"{model_name} has no champion (no alias {CHAMPION!r}): "
@@ -383,14 +397,6 @@ class Registry:
         matches = [v for v in self.versions(model_name) if v.tags.get(ROLLBACK_ID_TAG) == rollback_id]
         return matches[0] if matches else None
 
-    def champion_promoted_at(self, model_name: str) -> dt.datetime | None:
-        """When the champion became champion (its tag, else its creation time): the max-age rule's clock."""
-        current = self.champion(model_name)
-        if current is None:
-            return None
-        stamp = current.tags.get(PROMOTED_AT_TAG)
-        return _parse_iso(stamp) if stamp else current.created_at
-
     def load_model(self, model_name: str, version: int):
         """The fitted sklearn pipeline of one registered version (by number, never by alias, so
         that what is loaded is exactly what was decided on)."""
@@ -434,6 +440,27 @@ class Registry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         yield
+
+
+def _check_rollback_request(model_name: str, to_version: int | None, **texts: str) -> None:
+    """Refuse a rollback whose who/why/id is empty or whose version is not a positive integer."""
+    for name, value in texts.items():
+        if not isinstance(value, str) or not value.strip():
+            raise RollbackRefused(f"rollback of {model_name}: {name} must be a non-empty string")
+    if to_version is not None and (isinstance(to_version, bool) or not isinstance(to_version, int) or to_version < 1):
+        raise RollbackRefused(f"rollback of {model_name}: the version to restore must be a positive integer, "
+                              f"got {to_version!r}")
+
+
+def _log_snapshots(snapshots: Sequence[SnapshotRef]) -> None:
+    """Each snapshot as a dataset input of the active run: its address, hash, day and rows."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for ref in snapshots:
+        dataset = MetaDataset(resolve_dataset_source(ref.url), name=f"snapshot {ref.day}", digest=ref.sha256[:MAX_DIGEST])
+        mlflow.log_input(dataset, context="labelled" if ref.labelled else "scored",
+                         tags={"sha256": ref.sha256, "rows": str(ref.rows), "day": ref.day})
 
 
 def _signature(spec: DatasetSpec, proba) -> ModelSignature:

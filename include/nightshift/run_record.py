@@ -66,32 +66,34 @@ class RunRecord(StepOutput):
 
 def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states: dict[str, str],
                      snapshot: SnapshotStep | None, validation: ValidationStep | None, drift: DriftStep | None,
-                     decision: Decision | None, training: TrainingStep | None, verdict: VerdictStep | None,
+                     decision: Decision | None, trained: TrainingStep | None, verdict: VerdictStep | None,
                      published: PublishStep | None, started_at: dt.datetime | None, finished_at: dt.datetime,
                      note: str | None, record_task: str = "record_run") -> RunRecord:
     """What happened tonight, from what each step handed on (None: the step did not run or failed)."""
     failed = failed_tasks(states, besides=record_task)
-    failure = validation.failure if validation is not None else None
     return RunRecord(
         logical_date=day,
         dag_run_id=dag_run_id,
         rows_in=snapshot.current.rows if snapshot else None,
-        validation_passed=None if validation is None else validation.passed,
-        drift_share=drift.share if drift else None,
-        retrain_reason=decision.reason if decision else None,
+        validation_passed=_field(validation, "passed"),
+        drift_share=_field(drift, "share"),
+        retrain_reason=_field(decision, "reason"),
         decision=run_outcome(failed, verdict),
-        champion_version=verdict.champion_version if verdict else (drift.champion_version if drift else None),
-        challenger_version=training.version if training else None,
-        champion_metric=verdict.champion if verdict else None,
-        challenger_metric=verdict.challenger if verdict else None,
+        champion_version=verdict.champion_version if verdict else _field(drift, "champion_version"),
+        challenger_version=_field(trained, "version"),
+        champion_metric=_field(verdict, "champion"),
+        challenger_metric=_field(verdict, "challenger"),
         metric_name=spec.promotion.metric,
-        rows_published=published.rows if published else 0,
+        rows_published=_field(published, "rows", 0),
         started_at=started_at,
         finished_at=finished_at,
         note=note or None,
-        details={"failed_tasks": failed, "task_states": states, "validation_failure": failure,
-                 "drifted": drift.drifted if drift else None,
-                 "decision": decision.to_dict() if decision else {},
-                 "verdict": verdict.checks if verdict else None,
-                 "policy": verdict.policy_note if verdict else None},
+        details={"failed_tasks": failed, "task_states": states, "validation_failure": _field(validation, "failure"),
+                 "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
+                 "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note")},
     )
+
+
+def _field(step: StepOutput | None, name: str, default: Any = None) -> Any:
+    """A field of a step's output, or `default` when the step did not run."""
+    return default if step is None else getattr(step, name)

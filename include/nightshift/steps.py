@@ -41,6 +41,13 @@ class StepOutput:
         return cls(**{name: _decode(hints[name], value) for name, value in data.items()})
 
 
+def _not_none(hint: Any) -> Any:
+    """X from `X | None`; any other hint as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, StepOutput):
         return value.to_xcom()
@@ -54,8 +61,7 @@ def _encode(value: Any) -> Any:
 def _decode(hint: Any, value: Any) -> Any:
     if value is None:
         return None
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    hint = _not_none(hint)
     if hint is dt.date and isinstance(value, str):
         return dt.date.fromisoformat(value)
     if hint is dt.datetime and isinstance(value, str):
@@ -87,7 +93,12 @@ class ValidationStep(StepOutput):
     rows: int | None
     results: dict[str, dict] = field(default_factory=dict)
     report_urls: dict[str, str] = field(default_factory=dict)
-    failure: dict | None = None  # {"snapshot": kind, "message": text} when it failed
+    failure: dict | None = None  # {"snapshot": kind, "day", "message", "failures"} when it failed
+
+    def error(self) -> str:
+        """The task's error text when validation failed: which snapshot, and every failed rule."""
+        f = self.failure or {}
+        return f"validation failed for the {f.get('snapshot')} snapshot of {f.get('day')}: {f.get('message')}"
 
 
 @dataclass(frozen=True)
@@ -171,3 +182,17 @@ class PublishStep(StepOutput):
     rows: int
     day: dt.date
     model_version: int
+
+
+def read_outputs(sent: Mapping[str, Any]) -> dict[str, Any]:
+    """Upstream outputs by the name a step takes them under, each rebuilt as its type (None stays None)."""
+    from include.nightshift.decide import Decision
+
+    kinds: dict[str, type[StepOutput]] = {
+        "snapshot": SnapshotStep, "validation": ValidationStep, "drift": DriftStep, "monitor": MonitorStep,
+        "decision": Decision, "trained": TrainingStep, "verdict": VerdictStep, "scored": ScoringStep,
+        "published": PublishStep}
+    unknown = sorted(set(sent) - set(kinds))
+    if unknown:
+        raise ValueError(f"read_outputs: no step output is called {unknown[0]!r} (known: {', '.join(kinds)})")
+    return {name: kinds[name].from_xcom(value) for name, value in sent.items()}

@@ -71,6 +71,14 @@ def _utc(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True)
 
 
+def training_days(spec: DatasetSpec, run_date: dt.date) -> tuple[dt.date, list[dt.date]]:
+    """The newest labelled day a run on `run_date` can use (the holdout's end), and every day of
+    the training window plus holdout, newest first: labels arrive `label.delay_days` late."""
+    end = run_date - dt.timedelta(days=spec.label.delay_days)
+    t = spec.training
+    return end, [end - dt.timedelta(days=i) for i in range(t.window_days + t.holdout_days)]
+
+
 def split_train_holdout(labelled: pd.DataFrame, spec: DatasetSpec,
                         end_day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Out-of-time split by the spec's timestamp (UTC days).

@@ -32,6 +32,7 @@ class RollbackOperator(NightshiftOperator):
     ui_color = "#fecaca"
 
     def execute(self, context: Any) -> dict:
+        from include.nightshift import audit
         from include.nightshift.rollback import RollbackRefused, rollback
 
         spec, registry = self.spec, runtime.registry()
@@ -48,7 +49,9 @@ class RollbackOperator(NightshiftOperator):
                   "details": {"requested_version": version, "rollback_id": result.rollback_id,
                               "resumed": result.resumed}}
         if result.changed:  # a no-op changed nothing: there is nothing to audit
-            self.record_champion_change(change)
+            with self.connect() as conn:
+                audit.ensure_audit(conn, spec)
+                audit.record_change(conn, spec, change)
         message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
@@ -58,8 +61,12 @@ class RollbackOperator(NightshiftOperator):
 
 
 class RepublishOperator(NightshiftOperator):
-    """Re-score the latest published night with the restored champion and replace that partition."""
+    """Re-score the latest published night with the restored champion and replace that partition.
 
+    :param rolled_back: the rollback step's output (the version it restored).
+    """
+
+    inputs = ("rolled_back",)
     ui_color = "#fed7aa"
 
     def execute(self, context: Any) -> dict:
@@ -68,12 +75,8 @@ class RepublishOperator(NightshiftOperator):
         if not self.param(context, "republish", True):
             raise AirflowSkipException("republish=false: the published predictions are left as they are")
         spec, store, registry = self.spec, runtime.artifact_store(), runtime.registry()
-        restored = self.pull(context, ROLLBACK)["to_version"]
-        conn = runtime.postgres_connection(spec.warehouse.connection_id)
-        try:
-            done = republish_latest(conn, store, registry, spec, restored, context["run_id"])
-        finally:
-            conn.close()
+        with self.connect() as conn:
+            done = republish_latest(conn, store, registry, spec, self.rolled_back["to_version"], context["run_id"])
         if done is None:
             raise AirflowSkipException(f"nothing published yet in {spec.warehouse.schema}.predictions")
         log.info("re-published %s rows of %s with v%s", done["rows"], done["score_date"], done["model_version"])

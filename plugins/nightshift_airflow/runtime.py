@@ -9,8 +9,11 @@ their AIRFLOW_VAR_* environment form), never from code.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 ARTIFACT_ROOT_VARIABLE = "nightshift_artifact_root"
 TRACKING_URI_VARIABLE = "nightshift_mlflow_tracking_uri"
@@ -39,6 +42,17 @@ def run_date(context: Any) -> dt.date:
     if run_after is None:
         raise SettingMissing("cannot tell the run's date: no run_date param, data interval, logical date or run_after")
     return run_after.date() - dt.timedelta(days=1)
+
+
+def task_states(context: Any) -> dict[str, str]:
+    """Task id -> state of every task in this run ({} when Airflow cannot say, which is logged)."""
+    ti = context["ti"]
+    try:
+        found = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]])
+        return {k: str(v) for k, v in (found.get(context["run_id"]) or {}).items()}
+    except Exception as exc:  # the state API is an Airflow-3 feature; say so rather than guess silently
+        log.warning("could not read task states (%s); judging from the steps' outputs", exc)
+        return {}
 
 
 def variable(name: str, default: str | None = None) -> str:

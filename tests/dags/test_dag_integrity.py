@@ -171,3 +171,25 @@ def test_rollback_dag_per_spec_is_manual_and_asks_for_a_reason(bag):
     assert "NullTimetable" in out.splitlines()  # never scheduled
     assert "accepted" not in out, out
     assert "'version': 3" in out
+
+
+def test_steps_receive_their_inputs_as_upstream_outputs_not_by_task_id_lookups():
+    out = _run("""
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.sdk.definitions.xcom_arg import XComArg
+        dag = DagBag(dag_folder="dags").dags["nightshift_churn"]
+        for t in dag.tasks:
+            for name in getattr(t, "inputs", ()):
+                value = getattr(t, name)
+                print(t.task_id, name, value.operator.task_id if isinstance(value, XComArg) else type(value).__name__)
+    """)
+    wiring = {tuple(line.split()[:2]): line.split()[2] for line in out.strip().splitlines() if line.count(" ") == 2}
+    assert wiring[("validate", "snapshot")] == "snapshot"
+    assert wiring[("decide", "drift")] == "drift" and wiring[("decide", "monitor")] == "monitor"
+    assert wiring[("train", "decision")] == "decide" and wiring[("evaluate", "trained")] == "train"
+    assert wiring[("publish", "scored")] == "score"
+    assert {wiring[("record_run", n)] for n in ("snapshot", "validation", "drift", "decision", "trained", "verdict",
+                                                 "published")} == {"snapshot", "validate", "drift", "decide", "train",
+                                                                   "evaluate", "publish"}
+    plugins = "".join(p.read_text() for p in (ROOT / "plugins").rglob("*.py"))
+    assert "xcom_pull(task_ids" not in plugins  # no step digs another's output out by its task id

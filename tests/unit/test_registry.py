@@ -98,7 +98,6 @@ def test_log_challenger_registers_new_versions_with_tags(registry, spec, models,
 
 def test_champion_is_none_until_promoted_then_the_alias_moves(registry, spec, models, data):
     assert registry.champion(spec.model_name) is None  # no registered model at all
-    assert registry.champion_promoted_at(spec.model_name) is None
     _log(registry, spec, models, data)
     _log(registry, spec, models, data)
     assert registry.champion(spec.model_name) is None  # model, but no alias
@@ -112,7 +111,7 @@ def test_champion_is_none_until_promoted_then_the_alias_moves(registry, spec, mo
     assert champion.tags["verdict.decision"] == "promote"
     assert champion.tags["verdict.roc_auc"] == "0.81"
     assert champion.tags["verdict.reasons"] == '["first model"]'
-    assert before <= registry.champion_promoted_at(spec.model_name) <= after
+    assert before <= champion.champion_since <= after
 
     registry.promote(spec.model_name, 2, {"decision": "promote"})
     assert registry.champion(spec.model_name).version == 2
@@ -207,3 +206,27 @@ def test_versions_lists_every_version_with_its_tags(registry, spec, models, data
     assert versions[1].passed_gate and not versions[0].passed_gate
     with pytest.raises(ValueError, match="quotes"):
         registry.versions("a'b")
+
+
+def test_training_snapshots_are_dataset_inputs_and_holdout_metrics_are_run_metrics(registry, spec, models, data):
+    from include.nightshift.snapshot import SnapshotRef
+
+    refs = [SnapshotRef(url=f"/store/snapshots/churn/2026-02-0{d}/{str(d) * 64}.parquet", sha256=str(d) * 64,
+                        rows=100 * d, day=f"2026-02-0{d}", labelled=True) for d in (1, 2)]
+    model, baseline = models
+    info = registry.log_challenger(model, baseline, spec=spec, train_df=data, reference=data.head(50), params={},
+                                   metrics={}, tags={"nightshift.run_date": "2026-02-03"}, snapshots=refs)
+    run = registry.client.get_run(info.run_id)
+    inputs = sorted(run.inputs.dataset_inputs, key=lambda i: i.dataset.name)
+    assert [i.dataset.name for i in inputs] == ["snapshot 2026-02-01", "snapshot 2026-02-02"]
+    assert {t.key: t.value for t in inputs[1].tags}["sha256"] == "2" * 64  # the whole hash, not a cut one
+    assert {t.key: t.value for t in inputs[1].tags}["rows"] == "200"
+    assert "/store/snapshots/churn/2026-02-02/" in inputs[1].dataset.source
+
+    registry.log_holdout_metrics(info.run_id, "roc_auc", {"challenger": 0.8, "champion": None, "baseline": 0.7})
+    metrics = registry.client.get_run(info.run_id).data.metrics
+    assert metrics["holdout_roc_auc_challenger"] == 0.8 and metrics["holdout_roc_auc_baseline"] == 0.7
+    assert "holdout_roc_auc_champion" not in metrics  # not measured: absent, never NaN
+
+    # the model's age is counted from the night it was trained for, not from the wall clock
+    assert registry.version(spec.model_name, info.version).trained_for == dt.date(2026, 2, 3)

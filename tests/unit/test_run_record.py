@@ -33,7 +33,7 @@ def verdict(promoted: bool) -> VerdictStep:
 
 
 def record(states=None, **steps):
-    given = dict(snapshot=SNAP, validation=OK, drift=DRIFT, decision=None, training=None, verdict=None, published=None)
+    given = dict(snapshot=SNAP, validation=OK, drift=DRIFT, decision=None, trained=None, verdict=None, published=None)
     return build_run_record(SPEC, day=DAY, dag_run_id="run", states=states or {}, **{**given, **steps},
                             started_at=None, finished_at=NOW, note="")
 
@@ -48,7 +48,7 @@ def test_the_outcome(failed, promoted, expected):
 
 def test_a_promoting_night():
     row = record(states={"snapshot": "success", "record_run": "running"},
-                 decision=Decision(retrain=True, reason="drift", details={}), training=TRAINED, verdict=verdict(True),
+                 decision=Decision(retrain=True, reason="drift", details={}), trained=TRAINED, verdict=verdict(True),
                  published=PublishStep(rows=990, day=DAY, model_version=3))
     assert (row.decision, row.retrain_reason, row.challenger_version, row.champion_version) == ("promoted", "drift", 3, 2)
     assert (row.champion_metric, row.challenger_metric, row.rows_in, row.rows_published) == (0.8, 0.81, 1000, 990)
