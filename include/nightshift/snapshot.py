@@ -147,7 +147,7 @@ def _normal_column(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column
     if pa.types.is_large_string(kind):
         return column.cast(pa.string())
-    if isinstance(kind, pa.ExtensionType) and pa.types.is_string(kind.storage_type):
+    if isinstance(kind, pa.BaseExtensionType) and pa.types.is_string(kind.storage_type):
         return _storage(column)  # json, jsonb and other text-backed types: their text
     if isinstance(kind, pa.UuidType):
         return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
@@ -159,8 +159,10 @@ def _normal_column(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _storage(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pa.chunked_array([c.storage if isinstance(c, pa.ExtensionArray) else c for c in column.chunks],
-                            column.type.storage_type if isinstance(column.type, pa.ExtensionType) else column.type)
+    """The values under an extension type (PostgreSQL numeric, json): their text."""
+    if not isinstance(column.type, pa.BaseExtensionType):
+        return column
+    return pa.chunked_array([chunk.storage for chunk in column.chunks], column.type.storage_type)
 
 
 def _decimal(field: pa.Field, text: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -217,7 +219,8 @@ def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[st
         table = pq.read_table(handle, columns=columns)
     for i, field in enumerate(table.schema):
         if pa.types.is_decimal(field.type):
-            table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
+            # through the decimal text: Arrow's direct decimal -> float cast can miss the nearest float by an ulp
+            table = table.set_column(i, field.name, table.column(i).cast(pa.string()).cast(pa.float64()))
     return table.to_pandas()
 
 

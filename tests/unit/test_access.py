@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg2
-import psycopg2.errors
+import psycopg
 import pytest
 import yaml
-from psycopg2 import sql
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from include.nightshift import audit
 from include.nightshift import warehouse as wh
@@ -46,11 +46,11 @@ class Roles:
     reader: str
     reader_password: str
 
-    def connect_writer(self) -> "psycopg2.extensions.connection":
-        return psycopg2.connect(self.uri, user=self.writer, password=self.writer_password)
+    def connect_writer(self) -> psycopg.Connection:
+        return psycopg.connect(self.uri, user=self.writer, password=self.writer_password)
 
-    def connect_reader(self) -> "psycopg2.extensions.connection":
-        return psycopg2.connect(self.uri, user=self.reader, password=self.reader_password)
+    def connect_reader(self) -> psycopg.Connection:
+        return psycopg.connect(self.uri, user=self.reader, password=self.reader_password)
 
 
 @pytest.fixture
@@ -63,15 +63,14 @@ def roles(pg_server_uri: str, pg_uri: str) -> Iterator[Roles]:
     suffix = uuid.uuid4().hex[:10]
     made = Roles(pg_uri, f"ns_writer_{suffix}", secrets.token_urlsafe(24), f"ns_reader_{suffix}",
                  secrets.token_urlsafe(24))
-    admin = psycopg2.connect(pg_server_uri)
-    admin.autocommit = True
-    dbname = psycopg2.extensions.parse_dsn(pg_uri)["dbname"]
+    admin = psycopg.connect(pg_server_uri, autocommit=True)
+    dbname = conninfo_to_dict(pg_uri)["dbname"]
     db, writer, reader = (sql.Identifier(n) for n in (dbname, made.writer, made.reader))
     with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(writer),
-                    (made.writer_password,))
-        cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(reader),
-                    (made.reader_password,))
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+            writer, sql.Literal(made.writer_password)))  # DDL takes no bound parameters: a quoted literal
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+            reader, sql.Literal(made.reader_password)))
         cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, writer))
         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, reader))
@@ -114,7 +113,7 @@ PUBLISHED_COUNTS = (3, 3, 1, 1)
 
 def _counts(conn, schema: str) -> tuple[int, ...]:
     """Rows in each relation a consumer reads; raises when the connection's role may not read one."""
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         found = []
         for name in RELATIONS:
             cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
@@ -138,7 +137,9 @@ def test_reader_reads_every_relation(roles, published):
     reader = roles.connect_reader()
     try:
         assert _counts(reader, "churn") == PUBLISHED_COUNTS
-        assert wh.published_predictions(reader, published, DAY).customer_id.tolist() == [1, 2, 3]
+        with reader.transaction(), reader.cursor() as cur:
+            cur.execute("SELECT customer_id FROM churn.predictions WHERE score_date = %s ORDER BY 1", (DAY,))
+            assert cur.fetchall() == [(1,), (2,), (3,)]
         assert wh.recent_row_counts(reader, published, DAY + dt.timedelta(days=1), 7) == [3]
     finally:
         reader.close()
@@ -149,7 +150,7 @@ def test_grants_are_usage_and_select_to_the_reader_and_nobody_else(roles, publis
     the reader's USAGE and SELECT are the only grants (not PUBLIC, not other roles)."""
     writer = roles.connect_writer()
     try:
-        with writer, writer.cursor() as cur:
+        with writer.transaction(), writer.cursor() as cur:
             cur.execute("""
                 SELECT 'schema'::text, a.grantee::regrole::text, a.privilege_type
                 FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'churn'
@@ -171,6 +172,7 @@ def test_grants_are_usage_and_select_to_the_reader_and_nobody_else(roles, publis
         ("predictions_latest", roles.reader, "SELECT"),
         ("pipeline_runs", roles.reader, "SELECT"),
         ("champion_changes", roles.reader, "SELECT"),
+        ("schema_version", roles.reader, "SELECT"),
         ("default r", roles.reader, "SELECT"),
     }
 
@@ -200,8 +202,8 @@ READER_REFUSED = {
 def test_reader_cannot_change_anything(roles, published, statement):
     reader = roles.connect_reader()
     try:
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            with reader, reader.cursor() as cur:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with reader.transaction(), reader.cursor() as cur:
                 cur.execute(sql.SQL(statement).format(s=sql.Identifier("churn")))
     finally:
         reader.close()
@@ -230,9 +232,9 @@ def _assert_not_superuser(conn) -> None:
         "COPY (SELECT 1) TO PROGRAM 'true'",
         "SELECT pg_read_file('postgresql.conf')",
     ]
-    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction (and `with conn` would open one)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     for statement in refused:
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with conn.cursor() as cur:
                 cur.execute(statement)
     conn.autocommit = False
@@ -241,7 +243,7 @@ def _assert_not_superuser(conn) -> None:
 def test_tables_the_writer_creates_later_are_readable_too(roles, published):
     writer = roles.connect_writer()
     try:
-        with writer, writer.cursor() as cur:
+        with writer.transaction(), writer.cursor() as cur:
             cur.execute("CREATE TABLE churn.monthly_summary AS SELECT 1 AS n")
             cur.execute("DROP VIEW churn.predictions_latest")
         wh.ensure_warehouse(writer, published)  # recreates the view: a new object, same grants
@@ -249,7 +251,7 @@ def test_tables_the_writer_creates_later_are_readable_too(roles, published):
         writer.close()
     reader = roles.connect_reader()
     try:
-        with reader, reader.cursor() as cur:
+        with reader.transaction(), reader.cursor() as cur:
             cur.execute("SELECT n FROM churn.monthly_summary")
             assert cur.fetchall() == [(1,)]
         assert _counts(reader, "churn") == PUBLISHED_COUNTS
@@ -265,7 +267,7 @@ def test_reader_role_added_later_is_granted_once_and_concurrently_safe(roles, ch
         writer.close()
     reader = roles.connect_reader()
     try:
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
             _counts(reader, "churn")
     finally:
         reader.close()
@@ -303,7 +305,7 @@ def test_missing_reader_role_is_named_and_nothing_is_created(roles, churn_spec):
     try:
         with pytest.raises(ValueError, match=r"warehouse\.reader_role .*'ns_nobody_\w+' does not exist"):
             wh.ensure_warehouse(writer, spec)
-        with writer, writer.cursor() as cur:
+        with writer.transaction(), writer.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'churn'")
             assert cur.fetchone() == (0,)
     finally:
@@ -315,7 +317,7 @@ def test_reader_role_that_could_write_is_refused(roles, churn_spec, pg_server_ur
     try:
         with pytest.raises(ValueError, match=r"warehouse\.reader_role .*role the pipeline writes with"):
             wh.ensure_warehouse(writer, _reading(churn_spec, roles.writer))
-        superuser = psycopg2.extensions.parse_dsn(pg_server_uri).get("user") or "postgres"
+        superuser = conninfo_to_dict(pg_server_uri).get("user") or "postgres"
         with pytest.raises(ValueError, match=r"warehouse\.reader_role .*is a superuser"):
             wh.ensure_warehouse(writer, _reading(churn_spec, superuser))
     finally:
@@ -339,37 +341,37 @@ def _spec_file(tmp_path: Path, **warehouse_and_key) -> Path:
 def test_names_that_need_quoting_work_end_to_end(pg_server_uri, roles, tmp_path):
     """A reserved, mixed-case schema ("Select"), entity key ("User") and reader role all work."""
     reader_role = f"Reader_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(pg_server_uri)
-    admin.autocommit = True
+    admin = psycopg.connect(pg_server_uri, autocommit=True)
     try:
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(reader_role)),
-                        (roles.reader_password,))
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(reader_role), sql.Literal(roles.reader_password)))
             cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(psycopg2.extensions.parse_dsn(roles.uri)["dbname"]), sql.Identifier(reader_role)))
+                sql.Identifier(conninfo_to_dict(roles.uri)["dbname"]), sql.Identifier(reader_role)))
         spec = load_spec(_spec_file(tmp_path, warehouse__schema="Select", warehouse__reader_role=reader_role,
                                     entity_key__name="User"))
         writer = roles.connect_writer()
         try:
             _publish(writer, spec, tmp_path, key_name="User")
-            assert wh.published_predictions(writer, spec, DAY)["User"].tolist() == [1, 2, 3]
-            with writer, writer.cursor() as cur:
+            with writer.transaction(), writer.cursor() as cur:
+                cur.execute('SELECT "User" FROM "Select".predictions WHERE score_date = %s ORDER BY 1', (DAY,))
+                assert cur.fetchall() == [(1,), (2,), (3,)]
+            with writer.transaction(), writer.cursor() as cur:
                 cur.execute("SELECT nspname FROM pg_namespace WHERE lower(nspname) = 'select'")
                 assert cur.fetchall() == [("Select",)]
         finally:
             writer.close()
-        reader = psycopg2.connect(roles.uri, user=reader_role, password=roles.reader_password)
+        reader = psycopg.connect(roles.uri, user=reader_role, password=roles.reader_password)
         try:
             assert _counts(reader, "Select") == PUBLISHED_COUNTS
-            with reader, reader.cursor() as cur:
+            with reader.transaction(), reader.cursor() as cur:
                 cur.execute('SELECT "User" FROM "Select".predictions_latest ORDER BY 1')
                 assert cur.fetchall() == [(1,), (2,), (3,)]
         finally:
             reader.close()
     finally:
         admin.close()
-        in_database = psycopg2.connect(roles.uri)  # as the superuser: DROP OWNED acts on this database
-        in_database.autocommit = True
+        in_database = psycopg.connect(roles.uri, autocommit=True)  # as the superuser: DROP OWNED acts on this database
         with in_database.cursor() as cur:
             cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(reader_role)))
             cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader_role)))
@@ -418,7 +420,7 @@ def deployed(tmp_path_factory) -> Iterator[str]:
 
 
 def _connect(uri: str, user: str, dbname: str = "warehouse"):
-    return psycopg2.connect(uri, user=user, dbname=dbname)
+    return psycopg.connect(uri, user=user, dbname=dbname)
 
 
 @pytest.fixture(scope="module")
@@ -449,15 +451,15 @@ def test_deployed_reader_cannot_write_even_in_a_read_write_session(deployed_nigh
     reader = _connect(deployed_night, "nightshift_reader")
     try:
         # First line of defence: the role's sessions are read-only (LOCK TABLE checks the grant first).
-        with reader.cursor() as cur, pytest.raises((psycopg2.errors.ReadOnlySqlTransaction,
-                                                    psycopg2.errors.InsufficientPrivilege)):
+        with reader.cursor() as cur, pytest.raises((psycopg.errors.ReadOnlySqlTransaction,
+                                                    psycopg.errors.InsufficientPrivilege)):
             cur.execute(statement)
         reader.rollback()
         reader.autocommit = True  # so the switch is not itself inside a read-only transaction
         with reader.cursor() as cur:
             cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
         reader.autocommit = False  # the next transaction starts read-write
-        with reader.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        with reader.cursor() as cur, pytest.raises(psycopg.errors.InsufficientPrivilege):
             cur.execute(statement)  # second: no grant to write, whatever the session says
         reader.rollback()
     finally:
@@ -473,7 +475,7 @@ def test_deployed_reader_cannot_write_even_in_a_read_write_session(deployed_nigh
                                               ("nightshift_reader", "mlflow"), ("nightshift", "airflow"),
                                               ("nightshift", "mlflow")])
 def test_deployed_roles_connect_only_to_their_databases(deployed, user, dbname):
-    with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
         _connect(deployed, user, dbname)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg2
+import psycopg
 import pytest
 
 from include.nightshift import demo_data, training
@@ -66,7 +66,7 @@ def test_two_fits_in_one_process_are_bit_identical():
 # The nightly path in a fresh interpreter: snapshots from the source, then training on them.
 PIPELINE = textwrap.dedent("""
     import dataclasses, datetime as dt, hashlib, json, sys
-    import psycopg2
+    import psycopg
     from include.nightshift import training
     from include.nightshift.artifacts import ArtifactStore
     from include.nightshift.snapshot import read_snapshots, take_snapshot
@@ -76,7 +76,7 @@ PIPELINE = textwrap.dedent("""
     spec = load_spec("include/specs/churn.yaml")
     spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=seed))
     days = [dt.date.fromisoformat(d) for d in sys.argv[4:]]
-    conn = psycopg2.connect(uri)
+    conn = psycopg.connect(uri)
     refs = [take_snapshot(conn, ArtifactStore(store_dir), spec, d, labelled=True) for d in days]
     train, holdout = training.split_train_holdout(read_snapshots(ArtifactStore(store_dir), refs), spec, days[-1])
     model = training.fit(training.build_model(spec), train, spec)
@@ -140,7 +140,7 @@ def test_same_source_rows_give_the_same_snapshot_bytes_and_hash(pg_conn, pg_uri,
     demo_data.load_day(pg_conn, DAY, 800)
     demo_data.reveal_labels(pg_conn, DAY, 800)
     demo_data.create_source_table(pg_conn, "public.churn_copy")
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT setseed(0.5)")
         cur.execute("INSERT INTO public.churn_copy SELECT * FROM public.churn_events ORDER BY random()")
         cur.execute("SELECT (SELECT array_agg(customer_id) FROM (SELECT customer_id FROM churn_events LIMIT 20) a)"
@@ -151,7 +151,7 @@ def test_same_source_rows_give_the_same_snapshot_bytes_and_hash(pg_conn, pg_uri,
     first_store, second_store = ArtifactStore(tmp_path / "a"), ArtifactStore(tmp_path / "b")
     first = take_snapshot(pg_conn, first_store, churn_spec, DAY, labelled=True)
     again = take_snapshot(pg_conn, first_store, churn_spec, DAY, labelled=True)
-    other_session = psycopg2.connect(pg_uri, options="-c TimeZone=Asia/Tokyo -c DateStyle=German")
+    other_session = psycopg.connect(pg_uri, options="-c TimeZone=Asia/Tokyo -c DateStyle=German")
     try:
         elsewhere = take_snapshot(other_session, second_store, copy_spec, DAY, labelled=True)
     finally:

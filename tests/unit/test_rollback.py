@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 from include.nightshift import audit, training, warehouse
 from include.nightshift.artifacts import ArtifactStore
@@ -291,7 +291,7 @@ def test_audit_table_is_created_once_with_comments_in_a_quoted_schema(pg_conn, c
     assert audit.changes(pg_conn, spec) == []  # before the table exists
     audit.ensure_audit(pg_conn, spec)
     audit.ensure_audit(pg_conn, spec)
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT obj_description(%s::regclass), col_description(%s::regclass, 1)",
                     ['"Audit Schema".champion_changes'] * 2)
         table_comment, event_comment = cur.fetchone()
@@ -355,7 +355,7 @@ def _publish_night(registry, store, conn, spec, day, version, run_id="night") ->
 
 
 def _published(conn, spec, day) -> pd.DataFrame:
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT customer_id, score, model_version, dag_run_id, snapshot_sha256 FROM {} "
                             "WHERE score_date = %s ORDER BY customer_id").format(
             sql.Identifier(spec.warehouse.schema, "predictions")), (day,))

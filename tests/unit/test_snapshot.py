@@ -1,7 +1,10 @@
 import datetime as dt
+from decimal import Decimal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from include.nightshift import demo_data
@@ -39,7 +42,7 @@ def test_rerun_reproduces_file_and_hash_and_changes_with_content(source, churn_s
     first = take_snapshot(source, store, churn_spec, DAY)
     again = take_snapshot(source, store, churn_spec, DAY)
     assert again == first
-    with source, source.cursor() as cur:
+    with source.transaction(), source.cursor() as cur:
         cur.execute("UPDATE churn_events SET age = age + 1 WHERE customer_id = 7 AND event_ts >= %s", (DAY,))
     changed = take_snapshot(source, store, churn_spec, DAY)
     assert changed.sha256 != first.sha256
@@ -57,7 +60,7 @@ def test_labelled_snapshot_keeps_only_rows_with_known_labels(source, churn_spec,
 def test_text_column_stays_text_and_infinity_survives(pg_conn, churn_spec, tmp_path):
     demo_data.create_source_table(pg_conn)
     demo_data.load_day(pg_conn, DAY, 50)
-    with pg_conn, pg_conn.cursor() as cur:
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("ALTER TABLE churn_events ALTER COLUMN age TYPE text USING age::text")
         cur.execute("UPDATE churn_events SET tenure_months = 'Infinity' WHERE customer_id = 1")
     df = read_snapshot(ArtifactStore(tmp_path), take_snapshot(pg_conn, ArtifactStore(tmp_path), churn_spec, DAY))
@@ -68,3 +71,41 @@ def test_text_column_stays_text_and_infinity_survives(pg_conn, churn_spec, tmp_p
 def test_ref_round_trips_through_json():
     ref = SnapshotRef(url="/x.parquet", sha256="ab", rows=3, day="2026-01-01", labelled=False)
     assert SnapshotRef.from_dict(ref.to_dict()) == ref
+
+
+def test_numeric_is_kept_exact_in_the_snapshot_and_read_as_float(pg_conn, churn_spec, tmp_path):
+    """numeric columns become decimals of their declared precision and scale (or, undeclared,
+    the scale their values need), never float64 on the way in; the steps read them as float64."""
+    demo_data.create_source_table(pg_conn)
+    demo_data.load_day(pg_conn, DAY, 50)
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("ALTER TABLE churn_events ALTER COLUMN monthly_charges TYPE numeric(12, 2), "
+                    "ALTER COLUMN total_charges TYPE numeric USING round(total_charges::numeric, 2), "
+                    "ALTER COLUMN referrals TYPE integer, ALTER COLUMN churned TYPE smallint")
+        cur.execute("UPDATE churn_events SET monthly_charges = 1234567890.12, "
+                    "total_charges = 0.1000000000000000055511151231257827 WHERE customer_id = 1")
+    store = ArtifactStore(tmp_path)
+    ref = take_snapshot(pg_conn, store, churn_spec, DAY)
+    with store.open(ref.url) as handle:
+        table = pq.read_table(handle)
+    assert table.schema.field("monthly_charges").type == pa.decimal128(12, 2)
+    assert table.schema.field("total_charges").type == pa.decimal128(38, 34)
+    assert table.schema.field("referrals").type == pa.int64() and table.schema.field("churned").type == pa.int64()
+    first = table.filter(pc.equal(table["customer_id"], 1))
+    assert first["monthly_charges"][0].as_py() == Decimal("1234567890.12")
+    assert first["total_charges"][0].as_py() == Decimal("0.1000000000000000055511151231257827")
+    assert not table.schema.metadata or b"ADBC" not in b"".join(table.schema.metadata.values())
+
+    df = read_snapshot(store, ref)
+    assert df["monthly_charges"].dtype == "float64" and df["total_charges"].dtype == "float64"
+    assert df.loc[df.customer_id == 1, "monthly_charges"].iloc[0] == 1234567890.12
+
+
+def test_a_value_numeric_cannot_hold_exactly_is_refused_naming_the_column(pg_conn, churn_spec, tmp_path):
+    demo_data.create_source_table(pg_conn)
+    demo_data.load_day(pg_conn, DAY, 20)
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("ALTER TABLE churn_events ALTER COLUMN age TYPE numeric")
+        cur.execute("UPDATE churn_events SET age = 'NaN' WHERE customer_id = 3")
+    with pytest.raises(ValueError, match="'age' .*numeric"):
+        take_snapshot(pg_conn, ArtifactStore(tmp_path), churn_spec, DAY)
