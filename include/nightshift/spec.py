@@ -444,7 +444,10 @@ def _written(node: yaml.Node | None, loc: tuple[str | int, ...]) -> str | None:
 def _got(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _unknown_key(raw_loc: tuple[str | int, ...]) -> str:
