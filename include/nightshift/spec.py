@@ -460,35 +460,46 @@ def _unknown_key(raw_loc: tuple[str | int, ...]) -> str:
     return f"unknown key{hint} (allowed here: {', '.join(allowed)})"
 
 
+def _at_least(ctx: dict[str, Any], value: Any) -> str:
+    return f"must be {'0 or more' if ctx['ge'] == 0 else 'at least ' + str(ctx['ge'])}, got {value}"
+
+
+def _missing(raw: tuple[str | int, ...]) -> str:
+    return f"required {'section' if dataclasses.is_dataclass(_type_at(raw)) else 'key'} is missing"
+
+
+def _quote_it(written: str, value: Any) -> str:
+    read_as = f"the boolean {str(value).lower()}" if isinstance(value, bool) else _READ_AS.get(type(value), "a value")
+    return f"expected a string, but YAML read {written} as {read_as}: quote it ('{written}') to mean the text"
+
+
+# error type -> message, from (raw location, clean location, wrong value, pydantic's context)
+_SAY: dict[str, Any] = {
+    "missing": lambda raw, loc, value, ctx: _missing(raw),
+    "extra_forbidden": lambda raw, loc, value, ctx: _unknown_key(raw),
+    "unexpected_keyword_argument": lambda raw, loc, value, ctx: _unknown_key(raw),
+    "too_short": lambda raw, loc, value, ctx: _TOO_SHORT.get(loc[-1] if loc else "", "must not be empty"),
+    "greater_than_equal": lambda raw, loc, value, ctx: _at_least(ctx, value),
+    "less_than_equal": lambda raw, loc, value, ctx: f"must be at most {ctx['le']}, got {value}",
+    "finite_number": lambda raw, loc, value, ctx: f"must be a finite number, got {value}",
+    "literal_error": lambda raw, loc, value, ctx: f"must be one of {sorted(get_args(_type_at(raw)))}, got {value!r}",
+    **{kind: (lambda raw, loc, value, ctx, what=what: f"expected {what}, got {_got(value)}")
+       for kind, what in _EXPECTED.items()},
+}
+
+
 def _explain(error: Any, node: yaml.Node | None) -> tuple[tuple[str | int, ...], str]:
     """One error as (location in the file, message), in the words the spec's author uses."""
     raw, kind, value = tuple(error["loc"]), error["type"], error.get("input")
     loc, ctx = _clean(raw), error.get("ctx") or {}
-    if kind == "union_tag_not_found":
+    if kind == "union_tag_not_found":  # a feature without its `type`
         return (*loc, "type"), "required key is missing"
     if kind == "union_tag_invalid":
         return (*loc, "type"), f"must be one of {sorted(FEATURE_TYPES)}, got {ctx.get('tag')!r}"
-    if kind == "missing":
-        section = dataclasses.is_dataclass(_type_at(raw))
-        return loc, f"required {'section' if section else 'key'} is missing"
-    if kind in _UNKNOWN:
-        return loc, _unknown_key(raw)
     if kind == "string_type" and (written := _written(node, loc) or _yaml_text(value)) is not None:
-        read_as = f"the boolean {str(value).lower()}" if isinstance(value, bool) else _READ_AS.get(type(value), "a value")
-        return loc, f"expected a string, but YAML read {written} as {read_as}: quote it ('{written}') to mean the text"
-    if kind in _EXPECTED:
-        return loc, f"expected {_EXPECTED[kind]}, got {_got(value)}"
-    if kind == "too_short":
-        return loc, _TOO_SHORT.get(loc[-1] if loc else "", "must not be empty")
-    if kind == "greater_than_equal":
-        return loc, f"must be {'0 or more' if ctx['ge'] == 0 else 'at least ' + str(ctx['ge'])}, got {value}"
-    if kind == "less_than_equal":
-        return loc, f"must be at most {ctx['le']}, got {value}"
-    if kind == "finite_number":
-        return loc, f"must be a finite number, got {value}"
-    if kind == "literal_error":
-        return loc, f"must be one of {sorted(get_args(_type_at(raw)))}, got {value!r}"
-    return loc, error["msg"]
+        return loc, _quote_it(written, value)
+    say = _SAY.get(kind)
+    return loc, say(raw, loc, value, ctx) if say else error["msg"]
 
 
 def _yaml_text(value: Any) -> str | None:
@@ -599,18 +610,23 @@ def load_specs(directory: str | Path | None = None) -> list[tuple[Path, DatasetS
             loaded.append((path, load_spec(path)))
         except SpecError as exc:
             loaded.append((path, exc))
+    clashes = _clashes([(path, spec) for path, spec in loaded if isinstance(spec, DatasetSpec)])
+    return [(path, SpecError("\n".join(clashes[path])) if path in clashes else spec) for path, spec in loaded]
+
+
+def _clashes(specs: list[tuple[Path, DatasetSpec]]) -> dict[Path, list[str]]:
+    """file -> one line per unique key it shares with other files."""
     problems: dict[Path, list[str]] = {}
     for key, value_of in _UNIQUE.items():
         holders: dict[str, list[tuple[Path, str]]] = {}
-        for path, spec in loaded:
-            if isinstance(spec, DatasetSpec):
-                holders.setdefault(value_of(spec).lower(), []).append((path, value_of(spec)))
+        for path, spec in specs:
+            holders.setdefault(value_of(spec).lower(), []).append((path, value_of(spec)))
         for shared in (group for group in holders.values() if len(group) > 1):
             for path, value in shared:
                 others = ", ".join(other.name for other, _ in shared if other != path)
                 problems.setdefault(path, []).append(
                     f"{path.name}: {key}: {value!r} is also the {key} of {others} (spec files must not share it)")
-    return [(path, SpecError("\n".join(problems[path])) if path in problems else spec) for path, spec in loaded]
+    return problems
 
 
 def load_all_specs(directory: str | Path | None = None) -> list[DatasetSpec]:
