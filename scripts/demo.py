@@ -32,7 +32,7 @@ def run(nights: int, rows: int, drift_night: int) -> int:
     print(f"state: {local_stack.HOME}", flush=True)
     server, _ = local_stack.start()
 
-    import psycopg2
+    import psycopg
 
     from include.nightshift import demo_data
     from include.nightshift.spec import load_spec
@@ -40,7 +40,7 @@ def run(nights: int, rows: int, drift_night: int) -> int:
     spec = load_spec(SPEC_FILE)
     history = spec.training.window_days + spec.training.holdout_days + spec.label.delay_days
     drift = demo_data.DriftPlan(covariate_from=FIRST_NIGHT + dt.timedelta(days=drift_night - 1))
-    source = psycopg2.connect(local_stack.database_uri(server, "source"))
+    source = psycopg.connect(local_stack.database_uri(server, "source"))
     demo_data.create_source_table(source, spec.source.table)
     for back in range(history, 0, -1):  # labelled history before the first night
         demo_data.load_day(source, FIRST_NIGHT - dt.timedelta(days=back), rows, table=spec.source.table,
@@ -67,10 +67,10 @@ def run(nights: int, rows: int, drift_night: int) -> int:
 
 
 def print_summary(server: str, spec) -> None:
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
 
-    conn = psycopg2.connect(local_stack.database_uri(server, "warehouse"))
+    conn = psycopg.connect(local_stack.database_uri(server, "warehouse"))
     with conn.cursor() as cur:
         cur.execute(sql.SQL(
             "SELECT logical_date, rows_in, drift_share, retrain_reason, decision, champion_version, "

@@ -58,11 +58,10 @@ def stop_postgres() -> bool:
 
 def create_databases(server_uri: str) -> None:
     """The source and warehouse databases, and the specs' reader roles (safe to run again)."""
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
 
-    conn = psycopg2.connect(server_uri)
-    conn.autocommit = True
+    conn = psycopg.connect(server_uri, autocommit=True)
     with conn.cursor() as cur:
         for name in DATABASES:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
@@ -79,13 +78,12 @@ def create_reader_roles(server_uri: str, specs: Path | None = None) -> list[str]
     password from the environment. Here the embedded server trusts local connections, so the
     role has no password. NOSUPERUSER NOCREATEDB NOCREATEROLE: the pipeline grants it SELECT.
     """
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
 
     folder = specs or Path(os.environ.get("NIGHTSHIFT_SPECS_DIR") or ROOT / "include" / "specs")
     roles = sorted({role for path in folder.glob("*.y*ml") if (role := _reader_role(path))})
-    conn = psycopg2.connect(server_uri)
-    conn.autocommit = True
+    conn = psycopg.connect(server_uri, autocommit=True)
     with conn.cursor() as cur:
         for role in roles:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
@@ -94,7 +92,7 @@ def create_reader_roles(server_uri: str, specs: Path | None = None) -> list[str]
             try:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
                     sql.Identifier(role)))
-            except psycopg2.Error as error:  # e.g. a reserved name: the spec's own check names the key
+            except psycopg.Error as error:  # e.g. a reserved name: the spec's own check names the key
                 print(f"reader role {role!r} not created: {error}".strip(), file=sys.stderr)
     conn.close()
     return roles

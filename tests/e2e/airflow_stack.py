@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import psycopg2
+import psycopg
 import requests
-from psycopg2 import sql
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -50,8 +50,7 @@ class StackError(RuntimeError):
 
 
 def recreate_databases(server_uri: str) -> None:
-    conn = psycopg2.connect(server_uri)
-    conn.autocommit = True
+    conn = psycopg.connect(server_uri, autocommit=True)
     with conn.cursor() as cur:
         for name in DATABASES.values():
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

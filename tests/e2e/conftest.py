@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 
 from .airflow_stack import DATABASES, Api, AirflowStack, local_stack
@@ -60,7 +60,7 @@ def source(stack: AirflowStack, pg_server_uri: str) -> None:
     (each night sees the previous day's labels, as when they arrive a day late)."""
     from include.nightshift import demo_data
 
-    conn = psycopg2.connect(local_stack.database_uri(pg_server_uri, DATABASES["source"]))
+    conn = psycopg.connect(local_stack.database_uri(pg_server_uri, DATABASES["source"]))
     try:
         demo_data.create_source_table(conn)
         for back in range(HISTORY_DAYS, 0, -1):
@@ -72,9 +72,9 @@ def source(stack: AirflowStack, pg_server_uri: str) -> None:
 
 
 @pytest.fixture(scope="package")
-def warehouse(stack: AirflowStack, pg_server_uri: str) -> Iterator["psycopg2.extensions.connection"]:
-    conn = psycopg2.connect(local_stack.database_uri(pg_server_uri, DATABASES["warehouse"]))
-    conn.autocommit = True  # every query sees the latest committed night
+def warehouse(stack: AirflowStack, pg_server_uri: str) -> Iterator[psycopg.Connection]:
+    # autocommit: every query sees the latest committed night
+    conn = psycopg.connect(local_stack.database_uri(pg_server_uri, DATABASES["warehouse"]), autocommit=True)
     try:
         yield conn
     finally:

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg2
+import psycopg
 
 from local_stack import database_uri, free_port  # noqa: F401  scripts/, on the path by tests/conftest.py; re-exported
 
@@ -294,9 +294,9 @@ class Nights:
 
 
 def query(uri: str, text: str, args: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(uri)
+    conn = psycopg.connect(uri)
     try:
-        with conn, conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute(text, args)
             return cur.fetchall()
     finally:

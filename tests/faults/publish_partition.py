@@ -20,13 +20,13 @@ APPLICATION = "nightshift-fault-publish"
 
 
 def main(uri: str, day: str, path: str) -> int:
-    import psycopg2
+    import psycopg
 
     from include.nightshift import warehouse
     from include.nightshift.spec import load_spec
 
     spec = load_spec(ROOT / "include" / "specs" / "churn.yaml")
-    conn = psycopg2.connect(uri, application_name=APPLICATION)
+    conn = psycopg.connect(uri, application_name=APPLICATION)
     try:
         warehouse.ensure_warehouse(conn, spec)
         print(warehouse.replace_partition(conn, spec, dt.date.fromisoformat(day), path), flush=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg2
+import psycopg
 import pytest
 
 from faultkit import (ROWS, Nights, OwnPostgres, cold_start, database_uri, history, next_night, partition,
@@ -26,9 +26,9 @@ N1, N2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 
 def publish_waiting_on_lock(warehouse_uri: str) -> bool:
     """True once a pipeline backend is inside the night's DELETE, blocked by the test's lock."""
-    conn = psycopg2.connect(warehouse_uri)
+    conn = psycopg.connect(warehouse_uri)
     try:
-        with conn, conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nightshift' "
                         "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM \"churn\".\"predictions\"%%'")
             return cur.fetchone()[0] == 1
@@ -49,7 +49,7 @@ def restarted(tmp_path_factory):
     try:
         first = nights.next_run()
         assert first["state"] == "success", nights.tail()
-        locker = psycopg2.connect(warehouse)
+        locker = psycopg.connect(warehouse)
         with locker.cursor() as cur:  # a transaction left open: the lock holds until the restart kills it
             cur.execute("LOCK TABLE churn.predictions IN SHARE MODE")
         wait_for("night 2's publish to block inside its transaction", lambda: publish_waiting_on_lock(warehouse))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psycopg2
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -61,7 +61,7 @@ def big_file(tmp_path_factory) -> Path:
 
 def partition(conn, day: dt.date) -> tuple[int, str]:
     """Row count and a digest of every column of every row of one night (exact comparison)."""
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT count(*), md5(coalesce(string_agg(p::text, '|' ORDER BY customer_id), '')) "
                     "FROM churn.predictions p WHERE score_date = %s", (day,))
         return cur.fetchone()
@@ -69,7 +69,7 @@ def partition(conn, day: dt.date) -> tuple[int, str]:
 
 def copy_progress(conn) -> tuple[int, int] | None:
     """(backend pid, rows its COPY has inserted so far) of the publish process, once its COPY runs."""
-    with conn, conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT a.pid, p.tuples_processed FROM pg_stat_activity a "
                     "JOIN pg_stat_progress_copy p ON p.pid = a.pid "
                     "WHERE a.application_name = %s AND a.query LIKE 'COPY%%'", (APPLICATION,))
@@ -105,10 +105,10 @@ def publish_again(uri: str, path: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("previously_published", [True, False], ids=["night-published-before", "night-never-published"])
 def test_killed_publish_leaves_the_night_as_it_was_and_the_retry_completes(
         pg_uri, churn_spec, big_file, tmp_path, previously_published):
-    watcher = psycopg2.connect(pg_uri)
+    watcher = psycopg.connect(pg_uri)
     try:
         if previously_published:
-            conn = psycopg2.connect(pg_uri)
+            conn = psycopg.connect(pg_uri)
             warehouse.ensure_warehouse(conn, churn_spec)
             small = predictions_file(tmp_path / "previous.parquet", PREVIOUS_ROWS, "run_previous", seed=2)
             assert warehouse.replace_partition(conn, churn_spec, DAY, small) == PREVIOUS_ROWS
@@ -126,7 +126,7 @@ def test_killed_publish_leaves_the_night_as_it_was_and_the_retry_completes(
         retry = publish_again(pg_uri, big_file)
         assert retry.returncode == 0, retry.stderr[-3000:]
         assert retry.stdout.strip() == str(BIG_ROWS)
-        with watcher, watcher.cursor() as cur:
+        with watcher.transaction(), watcher.cursor() as cur:
             cur.execute("SELECT count(*), count(DISTINCT customer_id), min(customer_id), max(customer_id), "
                         "array_agg(DISTINCT dag_run_id) FROM churn.predictions WHERE score_date = %s", (DAY,))
             assert cur.fetchone() == (BIG_ROWS, BIG_ROWS, 1, BIG_ROWS, ["run_killed"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg2
+import psycopg
 import pytest
 from mlflow import MlflowClient
 
@@ -40,9 +40,9 @@ def aliases(registry: MlflowClient) -> dict[str, str]:
 
 
 def waiting_at_barrier(source_uri: str) -> int:
-    conn = psycopg2.connect(source_uri)
+    conn = psycopg.connect(source_uri)
     try:
-        with conn, conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
                         (BARRIER,))
             return cur.fetchone()[0]
@@ -80,8 +80,7 @@ def reruns(stack):
 
 @pytest.fixture(scope="module")
 def concurrent(stack, reruns):
-    barrier = psycopg2.connect(stack["source"])
-    barrier.autocommit = True
+    barrier = psycopg.connect(stack["source"], autocommit=True)
     with barrier.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s)", (BARRIER,))
     wait = {"sql": f"SELECT pg_advisory_xact_lock_shared({BARRIER})"}

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 import local_stack  # scripts/, put on the path by tests/conftest.py
 
@@ -20,7 +20,7 @@ RUN_NIGHTS = Path(__file__).resolve().parent / "run_nights.py"
 
 
 @pytest.fixture(scope="module")
-def run_plan(pg_server_uri: str) -> Iterator[Callable[[dict, Path], tuple[list[dict], "psycopg2.extensions.connection"]]]:
+def run_plan(pg_server_uri: str) -> Iterator[Callable[[dict, Path], tuple[list[dict], psycopg.Connection]]]:
     """run_plan(plan, home) -> (one dict per DAG run, in order; a connection to the warehouse).
 
     The source and warehouse databases are dropped first: each module's plan starts from nothing.
@@ -28,9 +28,8 @@ def run_plan(pg_server_uri: str) -> Iterator[Callable[[dict, Path], tuple[list[d
     """
     opened: list = []
 
-    def run(plan: dict, home: Path) -> tuple[list[dict], "psycopg2.extensions.connection"]:
-        admin = psycopg2.connect(pg_server_uri)
-        admin.autocommit = True
+    def run(plan: dict, home: Path) -> tuple[list[dict], psycopg.Connection]:
+        admin = psycopg.connect(pg_server_uri, autocommit=True)
         with admin.cursor() as cur:
             for name in ("source", "warehouse"):
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -46,7 +45,7 @@ def run_plan(pg_server_uri: str) -> Iterator[Callable[[dict, Path], tuple[list[d
         runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         print(f"\n{len(runs)} nights in {time.monotonic() - started:.0f} s: "
               + ", ".join(f"{r['day']} {r['state']} {r.get('seconds')} s" for r in runs))
-        opened.append(psycopg2.connect(local_stack.database_uri(pg_server_uri, "warehouse")))
+        opened.append(psycopg.connect(local_stack.database_uri(pg_server_uri, "warehouse")))
         return runs, opened[-1]
 
     yield run

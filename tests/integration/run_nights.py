@@ -25,8 +25,8 @@ def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     server, _ = local_stack.start()
 
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
 
     from include.nightshift import demo_data
     from include.nightshift.spec import load_spec
@@ -36,7 +36,7 @@ def main(plan_path: str) -> int:
     rows = plan["rows"]
     drift = demo_data.DriftPlan(
         covariate_from=dt.date.fromisoformat(plan["covariate_from"]) if plan.get("covariate_from") else None)
-    source = psycopg2.connect(local_stack.database_uri(server, "source"))
+    source = psycopg.connect(local_stack.database_uri(server, "source"))
     demo_data.create_source_table(source, spec.source.table)
 
     runner = local_stack.NightRunner(spec.dag_id)
@@ -52,10 +52,10 @@ def main(plan_path: str) -> int:
         elif kind == "reveal":
             demo_data.reveal_labels(source, dt.date.fromisoformat(arg), rows, table=spec.source.table, drift=drift)
         elif kind == "sql":
-            with source, source.cursor() as cur:
+            with source.transaction(), source.cursor() as cur:
                 cur.execute(arg)
         elif kind == "recreate_source":  # drop the table and create it again, empty: undoes any schema change
-            with source, source.cursor() as cur:
+            with source.transaction(), source.cursor() as cur:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*spec.source.table.split("."))))
             demo_data.create_source_table(source, spec.source.table)
         elif kind == "run":  # {"day": date, "conf": {...}}
