@@ -346,6 +346,29 @@ def _judge_slice(ctx: _Context, s: dict[str, Any], tolerance: float | None) -> d
     return {**record, "outcome": outcome, "passed": passed}
 
 
+def _slice_failures(records: list[dict[str, Any]], tol: float) -> list[str]:
+    """One line per slice that fails the check, with its numbers."""
+    out = []
+    for r in records:
+        if r["outcome"] == "cannot_compare":
+            out.append(f"{_slice_label(r)}: challenger {_fmt(r.get('challenger'))} vs champion "
+                       f"{_fmt(r.get('champion'))} (cannot compare)")
+        elif r["outcome"] == "failed":
+            out.append(f"{_slice_label(r)} ({r['rows']} rows): challenger {r['challenger']:.4f} vs champion "
+                       f"{r['champion']:.4f}, regression {r['regression']:.4f} > slice_tolerance {tol:.4f}")
+    return out
+
+
+def _slices_tail(records: list[dict[str, Any]]) -> str:
+    """How many slices were compared, too small, undefined (the bracketed end of the detail)."""
+    compared = sum(r["outcome"] in ("passed", "failed") for r in records)
+    tail = f"{compared} slices compared, {sum(r['outcome'] == 'too_small' for r in records)} too small"
+    undefined = [_slice_label(r) for r in records if r["outcome"] == "undefined"]
+    if undefined:
+        tail += f", {len(undefined)} undefined ({', '.join(undefined)})"
+    return tail
+
+
 def _check_slices(ctx: _Context) -> Check:
     tol = None if math.isnan(ctx.thresholds["slice_tolerance"]) else ctx.thresholds["slice_tolerance"]
     records = [_judge_slice(ctx, s, tol) for s in ctx.slices]
@@ -354,21 +377,10 @@ def _check_slices(ctx: _Context) -> Check:
     unset = _unset(ctx, "slice_tolerance")
     if unset:
         return Check("slices", False, unset.detail, records)
-    undefined = [_slice_label(r) for r in records if r["outcome"] == "undefined"]
-    failures = []
-    for r in records:
-        if r["outcome"] == "cannot_compare":
-            failures.append(f"{_slice_label(r)}: challenger {_fmt(r.get('challenger'))} vs champion "
-                            f"{_fmt(r.get('champion'))} (cannot compare)")
-        elif r["outcome"] == "failed":
-            failures.append(f"{_slice_label(r)} ({r['rows']} rows): challenger {r['challenger']:.4f} vs champion "
-                            f"{r['champion']:.4f}, regression {r['regression']:.4f} > slice_tolerance {tol:.4f}")
-    compared = [r for r in records if r["outcome"] in ("passed", "failed")]
-    tail = f"{len(compared)} slices compared, {sum(r['outcome'] == 'too_small' for r in records)} too small"
-    if undefined:
-        tail += f", {len(undefined)} undefined ({', '.join(undefined)})"
+    failures, tail = _slice_failures(records, tol), _slices_tail(records)
     if failures:
         return Check("slices", False, "; ".join(failures) + f" [{tail}]", records)
+    compared = [r for r in records if r["outcome"] == "passed"]
     if not compared:
         return Check("slices", True, f"no slice to compare [{tail}]", records)
     worst = max(compared, key=lambda r: r["regression"])  # the first of equals, as before
