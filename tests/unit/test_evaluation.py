@@ -221,6 +221,10 @@ def test_slices_both_undefined_are_noted_not_failed(churn_spec):
     detail = check(verdict, "slices").detail
     assert failed(verdict) == ["slices"] and "plan=family" in detail and "cannot compare" in detail
     assert "1 undefined (plan=basic)" in detail
+    basic, family = check(verdict, "slices").slices  # the record: neither judged nor failed, and failed
+    assert (basic["outcome"], basic["passed"]) == ("undefined", None)
+    assert (family["outcome"], family["passed"], family["challenger"], family["champion"]) == (
+        "cannot_compare", False, None, 0.7)
 
 
 def test_baseline_must_be_strictly_beaten_at_zero_margin(holdout, y, churn_spec):
@@ -383,16 +387,3 @@ def test_slice_records_without_champion_or_tolerance_judge_nothing(holdout, y, c
     assert judged and all(r["outcome"] == "no_tolerance" and r["passed"] is None and r["tolerance"] is None
                           and r["regression"] is not None for r in judged)  # ... with the numbers kept
 
-
-def test_slice_records_of_undefined_and_incomparable_slices(churn_spec):
-    ev = {"metric": "roc_auc", "greater_is_better": True, "rows": 4,
-          "overall": {"challenger": 0.9, "champion": 0.8, "baseline": 0.6},
-          "slices": [{"column": "plan", "value": "basic", "rows": 60, "skipped": False,
-                      "challenger": None, "champion": None, "baseline": None},
-                     {"column": "plan", "value": "family", "rows": 60, "skipped": False,
-                      "challenger": None, "champion": 0.7, "baseline": 0.6}]}
-    verdict = gate(ev, churn_spec.promotion, challenger_scores=np.array([0.1, 0.2, 0.8, 0.9]), roundtrip_equal=True)
-    basic, family = slice_records(verdict)
-    assert (basic["outcome"], basic["passed"]) == ("undefined", None)
-    assert (family["outcome"], family["passed"], family["challenger"], family["champion"]) == (
-        "cannot_compare", False, None, 0.7)
