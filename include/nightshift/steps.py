@@ -161,8 +161,11 @@ class VerdictStep(StepOutput):
     report_url: str | None = None
 
     def tags(self) -> dict[str, Any]:
-        """What goes on the model version as verdict.* tags (the evaluation itself is a report, not a tag)."""
-        return {k: v for k, v in self.to_xcom().items() if k not in ("evaluation", "report_url")}
+        """What goes on the model version as verdict.* tags. The evaluation and each check's per-slice
+        record are reports, not tags: MLflow caps a tag's length, and a spec may have many slices."""
+        tags = {k: v for k, v in self.to_xcom().items() if k not in ("evaluation", "report_url")}
+        tags["checks"] = [{k: v for k, v in check.items() if k != "slices"} for check in self.checks]
+        return tags
 
 
 @dataclass(frozen=True)

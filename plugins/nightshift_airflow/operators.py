@@ -182,8 +182,10 @@ class DecideOperator(NightshiftOperator, BaseBranchOperator):
         decision = decide_night(runtime.registry(), self.spec, runtime.run_date(context), **self.received(),
                                 force=bool(self.param(context, "force_retrain", False)))
         log.info("decision: %s", decision.details.get("summary", decision.reason))
+        output = decision.to_xcom()
+        context["ti"].xcom_push(key=RETURN_VALUE, value=output)  # now: do_branch ends the task by raising
         self.do_branch(context, TRAIN if decision.retrain else SKIP_TRAINING)
-        return decision.to_xcom()
+        return output
 
 
 class TrainOperator(NightshiftOperator):

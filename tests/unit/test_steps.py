@@ -26,7 +26,9 @@ EXAMPLES = [
     TrainingStep(version=4, run_id="r1", train_rows=100, holdout_rows=20, holdout_end=dt.date(2026, 2, 1),
                  holdout_scores_url="/h.npz", snapshots_url="/s.json"),
     VerdictStep(promote=True, metric="roc_auc", challenger=0.8, champion=None, baseline=0.7, message="PROMOTE",
-                checks=[{"name": "floor", "passed": True, "detail": "ok"}], policy="auto", dag_run_id="run1",
+                checks=[{"name": "floor", "passed": True, "detail": "ok"},
+                        {"name": "slices", "passed": True, "detail": "ok", "slices": [{"column": "plan"}]}],
+                policy="auto", dag_run_id="run1",
                 champion_version=None, challenger_version=4, promoted=True, policy_note="gate passed",
                 evaluation={"overall": {}}, report_url="/e.html"),
     ScoringStep(url="/p.parquet", rows=10, model_version=4, day=dt.date(2026, 2, 2)),
@@ -62,3 +64,5 @@ def test_verdict_tags_are_the_flat_record_without_the_evaluation():
     tags = verdict.tags()
     assert "evaluation" not in tags and "report_url" not in tags
     assert tags["challenger"] == 0.8 and tags["promote"] is True and tags["policy_note"] == "gate passed"
+    assert tags["checks"][1] == {"name": "slices", "passed": True, "detail": "ok"}  # per-slice rows stay in the report
+    assert verdict.checks[1]["slices"] == [{"column": "plan"}]  # and in the step's output
