@@ -11,7 +11,7 @@ import logging
 
 from airflow.sdk import DAG, Param
 
-from include.nightshift.spec import DatasetSpec, SpecError, load_spec, specs_dir
+from include.nightshift.spec import DatasetSpec, SpecError, load_specs, specs_dir
 from nightshift_airflow import rollback_operators as ops
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import TaskFailureNotifier
@@ -57,9 +57,8 @@ restored model. Running the same rollback again changes nothing.
     return dag
 
 
-for _path in sorted(specs_dir().glob("*.y*ml")):
-    try:
-        _dag = rollback_dag(load_spec(_path))
-    except SpecError:
-        continue  # the nightly DAG file already shows the broken spec as nightshift_invalid_<name>
+for _path, _loaded in load_specs(specs_dir()):
+    if isinstance(_loaded, SpecError):
+        continue  # the nightly DAG file already shows the broken (or clashing) spec as nightshift_invalid_<name>
+    _dag = rollback_dag(_loaded)
     globals()[_dag.dag_id] = _dag

@@ -51,6 +51,7 @@ def test_two_copies_of_a_spec_each_become_an_invalid_dag_naming_both_files(tmp_p
     out = _parse(tmp_path)
     assert out["errors"] == {}
     assert "nightshift_churn" not in out["dags"]  # neither copy wins silently
+    assert "nightshift_churn_rollback" not in out["dags"]  # nor does either one's rollback DAG
     assert set(out["invalid"]) == {"nightshift_invalid_churn", "nightshift_invalid_churn_copy"}
     for dag_id, other in (("nightshift_invalid_churn", "churn_copy.yaml"), ("nightshift_invalid_churn_copy",
                                                                            "churn.yaml")):
