@@ -18,10 +18,15 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py run
 
 ## test: install (the venv, and Debian's chromium for the browser tests), then the whole suite on
-## real PostgreSQL, MLflow and Airflow: unit, DAG integrity, integration, faults, end to end
+## real PostgreSQL, MLflow and Airflow: every tier, pure to e2e (.ci/run runs this)
 test: $(STAMP)
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest
+
+## test-fast: the quick loop while editing: the pure and postgres tiers (no DAG run, no Airflow
+## process; under 2 minutes on 2 cores). Tiers: pytest.ini; more: make test-fast ARGS="-x -k name"
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "pure or postgres" $(ARGS)
 
 ## stop: stop the demo's PostgreSQL
 stop:

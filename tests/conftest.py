@@ -78,6 +78,47 @@ def churn_spec():
     return load_spec(ROOT / "include" / "specs" / "churn.yaml")
 
 
+# --- test tiers, cheapest first (pytest.ini registers them; README "Tests" says when to run which) ---
+TIERS = ("pure", "postgres", "dagrun", "faults", "e2e")
+# Every test under these folders runs whole DAGs, breaks real services, or drives a real Airflow stack.
+FOLDER_TIERS = {"integration": "dagrun", "faults": "faults", "e2e": "e2e"}
+# Fixtures that start or open a service; a test that uses one, directly or through another fixture
+# (pytest resolves the closure), is in that tier. Airflow in a subprocess without such a fixture:
+# mark the test itself (@pytest.mark.dagrun), which wins over this table.
+FIXTURE_TIERS = {
+    "pg_server_uri": "postgres", "pg_uri": "postgres", "pg_conn": "postgres",  # PostgreSQL (this file)
+    "deployed": "postgres",  # test_access.py: its own PostgreSQL with the deployed stack's init SQL
+    "registry": "postgres", "mlflow_env": "postgres",  # an MLflow tracking store and registry
+    "dag_run": "dagrun",  # test_links.py: a real DAG run in an Airflow subprocess
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The one tier of a test: its own tier marker, else its folder's, else the costliest fixture it uses."""
+    marked = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked with several tiers: {sorted(marked)}")
+    if marked:
+        return marked.pop()
+    folders = Path(str(item.path)).relative_to(ROOT / "tests").parts[:-1]
+    for folder in folders:
+        if folder in FOLDER_TIERS:
+            return FOLDER_TIERS[folder]
+    used = {FIXTURE_TIERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_TIERS}
+    return max(used, key=TIERS.index, default="pure")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier marker, so that `-m "pure or postgres"` (make test-fast) selects by
+    cost without anyone having to remember to mark a test; and run the cheap tiers first, so that a
+    whole run (make test) reports a broken core in minutes, not after the DAG runs and the e2e stack.
+    The sort is stable: within a tier, tests keep their file order (the e2e story relies on it)."""
+    tiers = {item.nodeid: tier_of(item) for item in items}
+    for item in items:
+        item.add_marker(tiers[item.nodeid])
+    items.sort(key=lambda item: TIERS.index(tiers[item.nodeid]))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """pgserver logs from an atexit hook, after pytest has closed the streams it captured; the
     resulting '--- Logging error ---' tracebacks say nothing about the tests, so keep them out."""

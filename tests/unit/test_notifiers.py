@@ -211,6 +211,7 @@ print("RUN_STATE", run.state, run.run_id)
 '''
 
 
+@pytest.mark.dagrun
 def test_real_dag_run_sends_events_and_task_failure(tmp_path, receiver):
     """dag.test: `notify` from inside a real task and `TaskFailureNotifier` as on_failure_callback."""
     (tmp_path / "dags").mkdir()
