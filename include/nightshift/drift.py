@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from include.nightshift.spec import DatasetSpec
+
 import numpy as np
 import pandas as pd
 
@@ -74,7 +76,7 @@ def _finite_or_none(value: Any) -> float | None:
 # --- sampling ------------------------------------------------------------------------
 
 
-def _feature_frame(df: pd.DataFrame, spec) -> pd.DataFrame:
+def _feature_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The spec's feature columns, in spec order, with types Evidently reads correctly.
 
     Numeric features become float64 (nullable Int64 or pd.NA from a database driver would
@@ -100,7 +102,7 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, bool]
     return df.sample(n=rows, random_state=seed).reset_index(drop=True), True
 
 
-def reference_sample(df: pd.DataFrame, spec) -> pd.DataFrame:
+def reference_sample(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The drift reference stored with a model: a seeded sample of its training features.
 
     Capped at ``spec.drift.sample_rows`` so the stored artifact and every later drift run
@@ -141,7 +143,7 @@ def _empty_column(name: str, current: pd.DataFrame, reference: pd.DataFrame) -> 
             "drifted": method != ALL_NULL_BOTH}
 
 
-def _run_evidently(current: pd.DataFrame, reference: pd.DataFrame, spec, columns: list[str]):
+def _run_evidently(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, columns: list[str]):
     """Evidently's DataDriftPreset on ``columns``; returns its snapshot."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -193,7 +195,7 @@ def _save_html(snapshot, path: Path, columns: dict[str, dict]) -> str:
     return str(path)
 
 
-def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec, *,
+def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, *,
                   html_path: str | Path | None = None) -> DriftResult:
     """Compare tonight's features with the champion's reference, feature by feature.
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from include.nightshift.spec import METRICS
+from include.nightshift.spec import METRICS, DatasetSpec, Promotion
 
 # Floating-point slack for ">= threshold" comparisons: 0.812 - 0.810 must count as an
 # improvement of 0.002, not 0.0019999999999999.
@@ -105,7 +105,7 @@ def _role_values(name: str, y: np.ndarray, scores: dict[str, np.ndarray], mask: 
     }
 
 
-def _slices(holdout: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray], spec) -> list[dict[str, Any]]:
+def _slices(holdout: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray], spec: DatasetSpec) -> list[dict[str, Any]]:
     """Every value of every slice column, in a stable order; small slices listed but skipped."""
     out: list[dict[str, Any]] = []
     name, threshold = spec.promotion.metric, spec.scoring.decision_threshold
@@ -125,7 +125,7 @@ def _slices(holdout: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray],
     return out
 
 
-def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.ndarray], spec) -> dict:
+def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.ndarray], spec: DatasetSpec) -> dict:
     """Score every model role on the same holdout, overall and per slice.
 
     `scores` maps a role ("challenger", "champion", "baseline") to its positive-class scores,
@@ -398,7 +398,7 @@ def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
     return Check("roundtrip", False, "predictions after loading from the registry differ from those in memory")
 
 
-def gate(evaluation: dict, promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None) -> Verdict:
+def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None) -> Verdict:
     """Decide whether the challenger may become champion; every rule must pass.
 
     `evaluation` is the output of `evaluate`; `promotion` is the spec's Promotion (thresholds

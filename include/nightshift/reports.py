@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from include.nightshift.spec import DatasetSpec
+
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
@@ -116,7 +118,7 @@ def _decision(evaluation: dict[str, Any], verdict: dict[str, Any]) -> dict[str, 
     }
 
 
-def _overall(evaluation: dict[str, Any], verdict: dict[str, Any], spec: Any) -> list[dict[str, Any]]:
+def _overall(evaluation: dict[str, Any], verdict: dict[str, Any], spec: DatasetSpec) -> list[dict[str, Any]]:
     """One row per role, with the gate check that judged it (floor, champion, baseline) and its rule."""
     overall, gib = evaluation.get("overall") or {}, bool(evaluation.get("greater_is_better", True))
     checks = {str(c.get("name")): c for c in verdict.get("checks") or []}
@@ -205,7 +207,7 @@ def _slice_rule(verdict: dict[str, Any]) -> str:
     return f"a slice fails when the challenger is worse than the champion by more than slice_tolerance {tolerance:.4f}"
 
 
-def _thresholds(spec: Any) -> list[tuple[str, Any]]:
+def _thresholds(spec: DatasetSpec) -> list[tuple[str, Any]]:
     promotion = getattr(spec, "promotion", None)
     if promotion is None:
         return []
