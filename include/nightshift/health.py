@@ -45,6 +45,7 @@ from psycopg2 import sql
 
 from include.nightshift import audit, warehouse
 from include.nightshift.reports import MISSING, num, png_data_uri, render
+from include.nightshift.spec import DatasetSpec
 
 EVENTS = ("promote", "rollback")
 MONITOR_KEYS = ("realised_metric", "champion_holdout_metric")
@@ -207,7 +208,7 @@ def _nan(values: list[float | None]) -> list[float]:
     return [math.nan if v is None else v for v in values]
 
 
-def _drift_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
+def _drift_plot(spec: DatasetSpec, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     threshold = float(spec.drift.share_threshold)
     fig, ax = _axes("Drift share: features drifted / all features", x_range)
     ax.plot(x, _nan([r["drift_share"] for r in runs]), marker="o", color=COLORS["line"], gid="share",
@@ -223,7 +224,7 @@ def _drift_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> A
     return fig
 
 
-def _metric_plot(spec: Any, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
+def _metric_plot(spec: DatasetSpec, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     pro = spec.promotion
     gib, tolerance = bool(pro.greater_is_better), float(pro.realised_tolerance)
     fig, ax = _axes(f"Champion's {pro.metric}: realised on newly labelled rows, and on its holdout", x_range)
@@ -269,7 +270,7 @@ def _version_plot(runs: list[dict], events: list[dict], x: list[dt.datetime], x_
     return fig
 
 
-def _charts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, Any]:
+def _charts(spec: DatasetSpec, runs: list[dict], events: list[dict]) -> dict[str, Any]:
     """The four figures of normalised nights and events, by figure id (drift, metric, rows, versions)."""
     x = [_moment(r["day"], "night") for r in runs]
     shown_events = [e["x"] for e in events if e["x"] >= x[0] - HALF_DAY]
@@ -278,7 +279,7 @@ def _charts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, Any]:
             "rows": _rows_plot(runs, x, x_range), "versions": _version_plot(runs, events, x, x_range)}
 
 
-def health_charts(spec: Any, runs: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def health_charts(spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """The page's plots as matplotlib figures (before they become PNGs), for whoever needs the
     drawn data itself: each line, marker set and bar set carries a gid (share, above, threshold,
     realised, holdout, decay-limit, floor, bars, served, promotes, rollbacks). Needs one run."""
@@ -288,7 +289,7 @@ def health_charts(spec: Any, runs: list[dict[str, Any]], events: list[dict[str, 
     return _charts(spec, nights, _events(list(events), nights))
 
 
-def _alt_texts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, str]:
+def _alt_texts(spec: DatasetSpec, runs: list[dict], events: list[dict]) -> dict[str, str]:
     """What each plot shows, in words, for the <img> alt text (a PNG cannot be read aloud or searched)."""
     threshold = float(spec.drift.share_threshold)
     shares = [r["drift_share"] for r in runs if r["drift_share"] is not None]
@@ -309,7 +310,7 @@ def _alt_texts(spec: Any, runs: list[dict], events: list[dict]) -> dict[str, str
     }
 
 
-def _figures(spec: Any, runs: list[dict], events: list[dict]) -> list[dict[str, str]]:
+def _figures(spec: DatasetSpec, runs: list[dict], events: list[dict]) -> list[dict[str, str]]:
     """Each plot as a PNG data URI with its alt text and caption."""
     metric, delay = spec.promotion.metric, spec.label.delay_days
     captions = {
@@ -359,7 +360,7 @@ def _periods_rows(runs: list[dict]) -> list[dict[str, Any]]:
              "nights": p["nights"]} for p in reversed(_periods(runs))]
 
 
-def _runs_rows(spec: Any, runs: list[dict]) -> list[dict[str, Any]]:
+def _runs_rows(spec: DatasetSpec, runs: list[dict]) -> list[dict[str, Any]]:
     """Newest first; a failed night marked, a drift share at or above the threshold highlighted."""
     threshold = float(spec.drift.share_threshold)
     return [{"cls": "fail" if r.get("decision") == "failed" else "", "night": r["day"].isoformat(),
@@ -376,7 +377,7 @@ def _runs_rows(spec: Any, runs: list[dict]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the page
 
 
-def health_page_html(spec: Any, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
+def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
                      generated_at: dt.datetime | None = None) -> str:
     """The health page of one data set: plots over the nights, champion changes, every night.
 
@@ -397,7 +398,7 @@ def health_page_html(spec: Any, runs: list[dict[str, Any]], events: list[dict[st
                   periods=_periods_rows(nights), runs=_runs_rows(spec, nights), metric=spec.promotion.metric)
 
 
-def write_health_page(path: str | Path, spec: Any, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
+def write_health_page(path: str | Path, spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
                       generated_at: dt.datetime | None = None) -> str:
     """Write the page to a local file (folders created); returns the path as a string."""
     path = Path(path)
