@@ -32,7 +32,6 @@ NUMERIC = [
     "data_usage_gb", "late_payments_12m", "discount_pct", "referrals", "satisfaction_score",
     "contract_months_left", "price_increase_pct", "outage_minutes_30d",
 ]
-CATEGORICAL = ["plan", "region", "payment_method", "acquisition_channel"]
 
 
 @dataclass(frozen=True)

@@ -539,11 +539,6 @@ def _validate(data: Any, path: str, node: yaml.Node | None) -> DatasetSpec:
     return dataclasses.replace(spec, path=path)
 
 
-def parse_spec(data: Any, path: str = "") -> DatasetSpec:
-    """Build a DatasetSpec from parsed YAML, or raise SpecError naming the key at fault (one line per problem)."""
-    return _validate(data, path, None)
-
-
 # --- loading -------------------------------------------------------------------------------
 
 
@@ -627,16 +622,6 @@ def _clashes(specs: list[tuple[Path, DatasetSpec]]) -> dict[Path, list[str]]:
                 problems.setdefault(path, []).append(
                     f"{path.name}: {key}: {value!r} is also the {key} of {others} (spec files must not share it)")
     return problems
-
-
-def load_all_specs(directory: str | Path | None = None) -> list[DatasetSpec]:
-    """Every spec in include/specs, sorted by file name; a broken or clashing spec raises."""
-    specs = []
-    for _, spec in load_specs(directory):
-        if isinstance(spec, SpecError):
-            raise spec
-        specs.append(spec)
-    return specs
 
 
 def json_schema() -> dict[str, Any]:

@@ -22,7 +22,7 @@ so a missing column is reported once, not once per check.
 
 Importing this module is cheap: great_expectations (about 3 s to import) and pandas are
 imported inside the functions that need them, so a DAG file or an operator module can import
-``ValidationFailed`` without paying for them.
+this module without paying for them.
 """
 
 from __future__ import annotations
@@ -94,14 +94,6 @@ class ValidationResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only: this goes to XCom and the run-history table."""
         return asdict(self)
-
-
-class ValidationFailed(Exception):
-    """Raised by the validate task when a snapshot fails; str(exc) is the result's message."""
-
-    def __init__(self, result: ValidationResult) -> None:
-        super().__init__(result.message())
-        self.result = result
 
 
 # --- the suite -----------------------------------------------------------------------------
@@ -456,8 +448,8 @@ def validate_snapshot(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labe
                       report_dir: str | Path | None = None) -> ValidationResult:
     """Validate one day's snapshot against the spec's suite; never raises for bad data.
 
-    The caller (the validate task) raises ValidationFailed(result) when result.success is False,
-    so that the verdict is kept (report, XCom) before the run stops.
+    The caller (the validate step) keeps the verdict (report, XCom) and then stops the run when
+    result.success is False.
     """
     df = _integer_key_with_nulls(df, spec)
     suite = _runnable(build_suite(spec, day=day, labelled=labelled, recent_row_counts=recent_row_counts),
