@@ -215,12 +215,6 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, SCHEMA_VERSION)
 
 
-def schema_version(conn: Connection, spec: DatasetSpec) -> int:
-    """The warehouse's applied version (0: none recorded, e.g. made before versioning or not yet made)."""
-    with conn.transaction(), conn.cursor() as cur:
-        return _version(cur, spec)
-
-
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
     if not _exists(cur, spec, SCHEMA_VERSION):
         return 0

@@ -381,7 +381,7 @@ def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_co
     with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("DROP TABLE churn.schema_version")
     assert not wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
-    assert wh.schema_version(pg_conn, churn_spec) == 0
+    assert not wh.table_exists(pg_conn, churn_spec, wh.SCHEMA_VERSION)
     monkeypatch.undo()
 
     wh.ensure_warehouse(pg_conn, churn_spec)
