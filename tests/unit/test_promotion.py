@@ -6,13 +6,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from include.nightshift import audit
 from include.nightshift.evaluation import Check, Verdict
 from include.nightshift.promotion import apply_policy, promote
-from include.nightshift.registry import Registry
 from include.nightshift.spec import load_spec
 from include.nightshift.steps import VerdictStep
 
@@ -43,17 +41,6 @@ def test_the_policy_on_top_of_the_gate(failed, policy, dry_run, expected):
 def test_an_unknown_policy_is_refused_naming_it():
     with pytest.raises(ValueError, match="'sometimes'"):
         apply_policy(_verdict(), "sometimes", dry_run=False)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Registry:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.chdir(tmp_path_factory.mktemp("cwd"))
-        yield Registry(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import datetime as dt
 import itertools
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -26,26 +25,12 @@ from psycopg import sql
 from include.nightshift import audit, training, warehouse
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.demo_data import generate_day
-from include.nightshift.registry import Registry
 from include.nightshift.rollback import RollbackRefused, latest_published, republish_latest, rollback
 from include.nightshift.scoring import score_snapshot
 from include.nightshift.snapshot import read_snapshot, write_snapshot
-from include.nightshift.spec import load_spec
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Registry:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.chdir(tmp_path_factory.mktemp("cwd"))
-        yield Registry(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture
