@@ -5,7 +5,8 @@
 FROM apache/airflow:3.3.2-python3.11
 
 # The project's pinned environment. requirements.txt pins apache-airflow==3.3.2 itself, so
-# pip cannot move the Airflow that the base image ships.
+# pip cannot move the Airflow that the base image ships, and the FAB provider (the stack's auth
+# manager: users, roles, per-DAG permissions) at the version checked against it.
 # The S3 client (s3fs, boto3) serves the deployed artifact store and MLflow's S3 artifact
 # proxy; the local default writes to a folder, so these stay out of requirements.txt. They
 # are resolved in the same pip run, pinned to versions that fit requirements.txt's fsspec.
@@ -16,7 +17,3 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt \
 # `import include.nightshift...` and `import nightshift_airflow...` work in every process,
 # the same way pytest.ini's pythonpath makes them work in the tests.
 ENV PYTHONPATH=/opt/airflow:/opt/airflow/plugins
-
-# Mount point of the admin-login volume: created here, owned by the airflow user, so the
-# named volume mounted over it starts with the same owner.
-RUN mkdir -m 700 /opt/airflow/auth

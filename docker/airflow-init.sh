@@ -10,23 +10,17 @@ airflow db check --retry 30 --retry-delay 2
 echo "[airflow-init] migrating the metadata database"
 airflow db migrate
 
-# The simple auth manager (Airflow 3's default) reads logins from a JSON file and would
-# otherwise invent a random password at the api-server's first start and print it to the
-# log. Writing the file here, from the environment, makes the admin login what .env says.
-echo "[airflow-init] writing the admin login for user '${AIRFLOW_ADMIN_USERNAME}'"
-umask 077
-python - <<'PY'
-import json
-import os
-
-path = os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-login = {os.environ["AIRFLOW_ADMIN_USERNAME"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}
-with open(path + ".tmp", "w") as out:
-    json.dump(login, out)
-os.replace(path + ".tmp", path)  # a running api-server never reads a half-written file
-PY
+# The FAB auth manager keeps users and roles in the metadata database (migrated just above).
+# The admin comes from .env: created on the first run, and its password set to what .env says on
+# every run, so a changed AIRFLOW_ADMIN_PASSWORD takes effect on the next `docker compose up`.
+# The password is an argument of these commands only inside this one-shot container.
+echo "[airflow-init] admin user '${AIRFLOW_ADMIN_USERNAME}' (FAB auth manager)"
+airflow users create --username "${AIRFLOW_ADMIN_USERNAME}" --password "${AIRFLOW_ADMIN_PASSWORD}" \
+  --role Admin --firstname Nightshift --lastname Admin --email "${AIRFLOW_ADMIN_USERNAME}@nightshift.invalid"
+airflow users reset-password --username "${AIRFLOW_ADMIN_USERNAME}" --password "${AIRFLOW_ADMIN_PASSWORD}"
 
 echo "[airflow-init] loading pools, variables and connections from airflow_settings.yaml"
-python /opt/nightshift/load_airflow_settings.py /opt/airflow/airflow_settings.yaml
+# Beside this script in the container (/opt/nightshift) and in the repository (docker/).
+python "$(dirname "$0")/load_airflow_settings.py" "${NIGHTSHIFT_SETTINGS_FILE:-/opt/airflow/airflow_settings.yaml}"
 
 echo "[airflow-init] done"
