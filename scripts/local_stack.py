@@ -19,11 +19,12 @@ import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 20) -> None:
+    """Stop processes started with start_new_session=True: SIGTERM to each one's process group and to
+    every descendant (one that left the group too), then SIGKILL to whatever is left after `grace` s.
+
+    Airflow's api-server and the LocalExecutor fork workers that outlive a signal to their parent alone."""
+    import psutil
+
+    procs = list(procs)
+    victims: list[psutil.Process] = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(proc.pid)
+            victims += [parent, *parent.children(recursive=True)]
+
+    def send(sig: signal.Signals, targets: list[psutil.Process]) -> None:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)  # start_new_session made pid the group leader
+        for victim in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victim.send_signal(sig)
+
+    send(signal.SIGTERM, victims)
+    _, alive = psutil.wait_procs(victims, timeout=grace)
+    send(signal.SIGKILL, alive)
+    for proc in procs:
+        proc.wait(timeout=10)
 
 
 def start() -> tuple[str, dict[str, str]]:

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import requests
 from psycopg import sql
@@ -195,36 +193,8 @@ class AirflowStack:
 
     def stop(self, grace: float = 20) -> None:
         """SIGTERM every component's process group (and any child that left it), then SIGKILL what is left."""
-        victims: list[psutil.Process] = []
-        for proc in self.processes.values():
-            try:
-                victims += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-            _signal_group(proc.pid, signal.SIGTERM)
-        for victim in victims:
-            try:
-                victim.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(victims, timeout=grace)
-        for proc in self.processes.values():
-            _signal_group(proc.pid, signal.SIGKILL)
-        for victim in alive:
-            try:
-                victim.kill()
-            except psutil.NoSuchProcess:
-                pass
-        for proc in self.processes.values():
-            proc.wait(timeout=10)
+        local_stack.stop_processes(self.processes.values(), grace)
         self.processes.clear()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)  # start_new_session made pid the group leader
-    except ProcessLookupError:
-        pass
 
 
 class ApiError(RuntimeError):

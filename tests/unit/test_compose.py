@@ -13,7 +13,6 @@ import importlib
 import importlib.metadata
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -169,12 +168,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             time.sleep(0.3)
         yield Deployed(base, passwords)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        local_stack.stop_processes([proc], grace=30)
 
 
 def _answers(base: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -147,12 +146,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server(base=base, store=store, viewer=_login(base, home, "viewer"), admin=_login(base, home, "admin"),
                      nobody=tokens[-1], outside=outside)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        local_stack.stop_processes([proc], grace=30)
 
 
 def test_airflow_loads_the_plugin_with_its_app_and_ui_entries(server):
