@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection, sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from include.nightshift import warehouse
 
@@ -55,17 +54,7 @@ def record_change(conn: Connection, spec: DatasetSpec, change: Mapping[str, Any]
         raise ValueError(f"record_change: {missing[0]!r} is required")
     if change["event"] not in EVENTS:
         raise ValueError(f"record_change: audit event must be one of {list(EVENTS)}, got {change['event']!r}")
-    names = list(change)
-    values = [Jsonb(v) if k == "details" and v is not None else v for k, v in change.items()]
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO NOTHING").format(
-        warehouse.table(spec, CHANGES),
-        sql.SQL(", ").join(map(sql.Identifier, names)),
-        sql.SQL(", ").join(sql.Placeholder() * len(names)),
-        sql.SQL(", ").join(map(sql.Identifier, KEY)),
-    )
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(query, values)
-        return cur.rowcount == 1
+    return warehouse.insert_row(conn, warehouse.table(spec, CHANGES), change, KEY, update=False) == 1
 
 
 def changes(conn: Connection, spec: DatasetSpec) -> list[dict[str, Any]]:

@@ -133,29 +133,37 @@ def normalise(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
+# Arrow types kept as they are, and those widened (anything else becomes text).
+_KEPT = (pa.types.is_boolean, pa.types.is_date32, pa.types.is_string)
+_WIDENED = ((pa.types.is_integer, pa.int64()), (pa.types.is_floating, pa.float64()))
+
+
 def _normal_column(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
-    kind, pg_type = field.type, (field.metadata or {}).get(_PG_TYPE)
-    if pg_type == b"numeric":
+    kind = field.type
+    if (field.metadata or {}).get(_PG_TYPE) == b"numeric":
         return _decimal(field, _storage(column))
-    if pa.types.is_integer(kind):
-        return column.cast(pa.int64())
-    if pa.types.is_floating(kind):
-        return column.cast(pa.float64())
+    if isinstance(kind, pa.BaseExtensionType):
+        return _extension_text(field, column)
+    if any(kept(kind) for kept in _KEPT):
+        return column
     if pa.types.is_timestamp(kind):
         return column.cast(pa.timestamp("us", tz="UTC" if kind.tz else None))
-    if pa.types.is_boolean(kind) or pa.types.is_date32(kind) or pa.types.is_string(kind):
-        return column
-    if pa.types.is_large_string(kind):
-        return column.cast(pa.string())
-    if isinstance(kind, pa.BaseExtensionType) and pa.types.is_string(kind.storage_type):
-        return _storage(column)  # json, jsonb and other text-backed types: their text
-    if isinstance(kind, pa.UuidType):
-        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+    target = next((to for test, to in _WIDENED if test(kind)), pa.string())
     try:
-        return column.cast(pa.string())
+        return column.cast(target)
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
-        raise TypeError(f"source column {field.name!r} ({pg_type or kind}) has no snapshot type; "
+        raise TypeError(f"source column {field.name!r} ({kind}) has no snapshot type; "
                         "cast it in a view over the source table") from exc
+
+
+def _extension_text(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """json, jsonb and other text-backed types as their text; a uuid in its usual form."""
+    if isinstance(field.type, pa.UuidType):
+        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+    if pa.types.is_string(field.type.storage_type):
+        return _storage(column)
+    raise TypeError(f"source column {field.name!r} ({field.type}) has no snapshot type; "
+                    "cast it to text in a view over the source table")
 
 
 def _storage(column: pa.ChunkedArray) -> pa.ChunkedArray:

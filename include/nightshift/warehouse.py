@@ -417,6 +417,27 @@ def _conform(arrays: pa.Table, target: pa.Schema) -> pa.Table:
 # ---------------------------------------------------------------- run history
 
 
+def insert_row(conn: Connection, target: sql.Composable, row: Mapping[str, Any], key: tuple[str, ...], *,
+               update: bool) -> int:
+    """INSERT one row (a `details` dict as jsonb); on a conflict over `key`, update the other
+    columns given (update) or keep the existing row; returns the number of rows written (0 or 1)."""
+    names = list(row)
+    values = [Jsonb(v) if k == "details" and v is not None else v for k, v in row.items()]
+    updates = [n for n in names if n not in key] if update else []
+    conflict = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)) if updates else sql.SQL("DO NOTHING")
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
+        target,
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        sql.SQL(", ").join(map(sql.Identifier, key)),
+        conflict,
+    )
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(query, values)
+        return cur.rowcount
+
+
 def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> None:
     """Insert or update the row of run["logical_date"], setting only the keys given.
 
@@ -429,22 +450,7 @@ def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> N
         raise ValueError(f"upsert_run: unknown key {unknown[0]!r} (allowed: {', '.join(RUN_COLUMNS)})")
     if run.get("logical_date") is None:
         raise ValueError("upsert_run: 'logical_date' is required")
-    names = list(run)
-    values = [Jsonb(v) if k == "details" and v is not None else v for k, v in run.items()]
-    updates = [n for n in names if n != "logical_date"]
-    conflict = (
-        sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates))
-        if updates else sql.SQL("DO NOTHING")
-    )
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (logical_date) {}").format(
-        table(spec, PIPELINE_RUNS),
-        sql.SQL(", ").join(sql.Identifier(n) for n in names),
-        sql.SQL(", ").join(sql.Placeholder() * len(names)),
-        conflict,
-    )
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(query, values)
+    insert_row(conn, table(spec, PIPELINE_RUNS), run, ("logical_date",), update=True)
 
 
 def recent_row_counts(conn: Connection, spec: DatasetSpec, before: dt.date, days: int) -> list[int]:
