@@ -41,7 +41,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from psycopg2 import sql
+from psycopg import Connection
 
 from include.nightshift import audit, warehouse
 from include.nightshift.reports import MISSING, num, png_data_uri, render
@@ -57,7 +57,7 @@ COLORS = {"line": "#1f4e9c", "threshold": "#b00020", "above": "#b00020", "holdou
 # --------------------------------------------------------------------------- reading
 
 
-def read_history(conn: Any, spec: Any, days: int, *, until: dt.date | None = None) -> list[dict[str, Any]]:
+def read_history(conn: Connection, spec: DatasetSpec, days: int, *, until: dt.date | None = None) -> list[dict[str, Any]]:
     """The run rows of the `days` nights up to `until` (default: the newest night recorded), oldest first.
 
     Every column of ``<schema>.pipeline_runs`` comes back (a column added later, such as
@@ -81,7 +81,7 @@ def _monitored(run: dict[str, Any], key: str) -> Any:
     return (((run.get("details") or {}).get("decision") or {}).get("details") or {}).get(key)
 
 
-def read_events(conn: Any, spec: Any) -> list[dict[str, Any]]:
+def read_events(conn: Connection, spec: DatasetSpec) -> list[dict[str, Any]]:
     """Every champion change (audit.champion_changes rows), oldest first; [] before the first one."""
     return audit.changes(conn, spec)
 

@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from psycopg import Connection
+
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.decide import Decision, decide, model_age_days
 from include.nightshift.registry import Registry
@@ -31,7 +33,7 @@ class NotEnoughRows(ValueError):
     """Too few labelled rows to train a challenger: retrying changes nothing until more labels arrive."""
 
 
-def take_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
+def take_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
     """The night's rows, and the rows whose labels arrived with it (delay_days earlier)."""
     from include.nightshift.snapshot import take_snapshot
 
@@ -162,7 +164,7 @@ def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: Dri
     )
 
 
-def train_challenger(conn: Any, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
+def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
                      decision: Decision | None, dag_run_id: str) -> TrainingStep:
     """Train, log and register a challenger (and its baseline) on the labelled window before `day`."""
     import numpy as np
@@ -273,7 +275,7 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     return url
 
 
-def settle_verdict(registry: Registry, conn: Any, spec: DatasetSpec, verdict: VerdictStep) -> int | None:
+def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verdict: VerdictStep) -> int | None:
     """Promote (alias + audit row, one step) or record why not; the version replaced, if any."""
     from include.nightshift.promotion import promote
 
@@ -300,7 +302,7 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     return ScoringStep(url=url, rows=rows, model_version=champion.version, day=snapshot.day)
 
 
-def publish_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> PublishStep:
+def publish_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> PublishStep:
     """Replace the night's partition of the predictions table (one transaction)."""
     from include.nightshift import warehouse
 
@@ -311,7 +313,7 @@ def publish_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, scored: Sc
     return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
 
 
-def record_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *, dry_run: bool,
+def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *, dry_run: bool,
                  health_days: int) -> str | None:
     """Upsert the night's row of pipeline_runs (a dry run writes none: the history is of what was
     published), then regenerate the model-health page; the page's address, None if it failed."""
@@ -329,7 +331,7 @@ def record_night(conn: Any, store: ArtifactStore, spec: DatasetSpec, record: Run
         return None
 
 
-def write_health_page(conn: Any, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
+def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
     """Regenerate reports/<dataset>/health.html from the warehouse's history; its address."""
     from include.nightshift import health
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from psycopg import Connection
+
 from include.nightshift import audit
 from include.nightshift.evaluation import Verdict
 from include.nightshift.spec import DatasetSpec
@@ -42,7 +44,7 @@ def apply_policy(verdict: Verdict, policy: str, *, dry_run: bool) -> tuple[bool,
     return verdict.promote, "gate passed" if verdict.promote else "gate failed"
 
 
-def promote(registry: "Registry", conn: Any, spec: DatasetSpec, verdict: "VerdictStep") -> int | None:
+def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: "VerdictStep") -> int | None:
     """Move `champion` to the challenger and append its audit row; returns the version replaced.
 
     The audit table is created before the alias moves (a warehouse that cannot take the row

@@ -216,7 +216,7 @@ def _thresholds(spec: DatasetSpec) -> list[tuple[str, Any]]:
 
 
 def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
-                           spec: Any = None) -> str:
+                           spec: DatasetSpec | None = None) -> str:
     """The evaluation report as one self-contained HTML page.
 
     `evaluation` as evaluation.evaluate() returns it; `verdict` as the evaluate task records it
@@ -235,7 +235,7 @@ def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], 
 
 
 def write_evaluation_report(path: str | Path, evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
-                            spec: Any = None) -> str:
+                            spec: DatasetSpec | None = None) -> str:
     """Write the report to a local file (folders created); returns the path as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
