@@ -16,7 +16,7 @@ import datetime as dt
 import psycopg
 import pytest
 
-from faultkit import (ROWS, Nights, OwnPostgres, cold_start, database_uri, history, next_night, partition,
+from faultkit import (ROWS, Nights, OwnPostgres, cold_start, database_uri, history, next_night, partition, query,
                       wait_for)
 
 pytestmark = pytest.mark.integration
@@ -26,14 +26,9 @@ N1, N2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 
 def publish_waiting_on_lock(warehouse_uri: str) -> bool:
     """True once a pipeline backend is inside the night's DELETE, blocked by the test's lock."""
-    conn = psycopg.connect(warehouse_uri)
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nightshift' "
-                        "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM \"churn\".\"predictions\"%%'")
-            return cur.fetchone()[0] == 1
-    finally:
-        conn.close()
+    rows = query(warehouse_uri, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nightshift' "
+                                "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM \"churn\".\"predictions\"%%'")
+    return rows[0][0] == 1
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from faultkit import ROWS, Nights, OwnPostgres, cold_start, database_uri, history, partition, wait_for
+from faultkit import ROWS, Nights, OwnPostgres, cold_start, database_uri, history, partition, query, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,9 @@ def aliases(registry: MlflowClient) -> dict[str, str]:
 
 
 def waiting_at_barrier(source_uri: str) -> int:
-    conn = psycopg.connect(source_uri)
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
-                        (BARRIER,))
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    rows = query(source_uri, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
+                 (BARRIER,))
+    return rows[0][0]
 
 
 @pytest.fixture(scope="module")
