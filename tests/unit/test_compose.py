@@ -129,7 +129,7 @@ def _run(command: list[str], env: dict[str, str], home: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+def deployed_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     """docker/airflow-init.sh run twice (the admin's password changed in between, as after an edit of
     .env), two team users, then an api-server with the plugin; all with the compose file's auth manager."""
     from include.nightshift.artifacts import ArtifactStore
@@ -140,9 +140,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     for dataset in ("churn", "other"):
         store.put_text(f"<h1>{dataset} drift</h1>", store.url("reports", dataset, "2026-02-01", "drift.html"))
     port = local_stack.free_port()
+    manager = _services()["airflow-apiserver"]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"]  # as deployed
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__AUTH_MANAGER": _services()["airflow-apiserver"]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"],
+           "AIRFLOW__CORE__AUTH_MANAGER": manager,
            "AIRFLOW__API_AUTH__JWT_SECRET": "nightshift-test-" + "j" * 48,
            "AIRFLOW__API__SECRET_KEY": "nightshift-test-" + "s" * 48,
            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -179,23 +180,23 @@ def _answers(base: str) -> bool:
 
 
 @pytest.mark.dagrun
-def test_the_admin_logs_in_with_the_password_env_gives_now_and_not_the_old_one(deployed):
-    old, new = deployed.passwords
-    assert deployed.token("admin", new).status_code == 201
-    assert deployed.token("admin", old).status_code == 401
-    assert deployed.token("nobody", new).status_code == 401
+def test_the_admin_logs_in_with_the_password_env_gives_now_and_not_the_old_one(deployed_login):
+    old, new = deployed_login.passwords
+    assert deployed_login.token("admin", new).status_code == 201
+    assert deployed_login.token("admin", old).status_code == 401
+    assert deployed_login.token("nobody", new).status_code == 401
 
 
 @pytest.mark.dagrun
-def test_reports_are_shown_per_dag_as_each_users_roles_allow(deployed):
+def test_reports_are_shown_per_dag_as_each_users_roles_allow(deployed_login):
     team = "team-" + "t" * 20
-    admin = ("admin", deployed.passwords[1])
-    seen = {user: {dataset: deployed.get(f"/nightshift/reports/{dataset}/2026-02-01/drift.html", *login).status_code
-                   for dataset in ("churn", "other")}
-            for user, login in {"admin": admin, "churn_team": ("churn_team", team),
-                                "other_team": ("other_team", team)}.items()}
+    logins = {"admin": ("admin", deployed_login.passwords[1]), "churn_team": ("churn_team", team),
+              "other_team": ("other_team", team)}
+    seen = {user: {dataset: deployed_login.get(f"/nightshift/reports/{dataset}/2026-02-01/drift.html", *login)
+                   .status_code for dataset in ("churn", "other")}
+            for user, login in logins.items()}
     assert seen == {"admin": {"churn": 200, "other": 200},
                     "churn_team": {"churn": 200, "other": 403},
                     "other_team": {"churn": 403, "other": 200}}
-    page = deployed.get("/nightshift/reports/churn/2026-02-01/drift.html", "churn_team", team)
+    page = deployed_login.get("/nightshift/reports/churn/2026-02-01/drift.html", "churn_team", team)
     assert page.text == "<h1>churn drift</h1>"
