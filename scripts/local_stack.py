@@ -248,8 +248,8 @@ def start() -> tuple[str, dict[str, str]]:
 def output_to(path: Path) -> Iterator[None]:
     """Send everything written to stdout/stderr (Airflow's task logs included) to a file.
 
-    File descriptors, not sys.stdout: dag.test() runs tasks that log through handlers holding the
-    original streams, and a night's log belongs in its own file, not in the demo's summary."""
+    File descriptors 1 and 2, not sys.stdout: logging handlers created earlier and child processes
+    write there, and a night's log belongs in its own file, not in the demo's summary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
