@@ -46,6 +46,7 @@ mlflow-ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_drift.py
 	$(PY) benchmarks/bench_publish.py
+	$(PY) benchmarks/bench_snapshot.py
 
 clean: stop
 	rm -rf .nightshift

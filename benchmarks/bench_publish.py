@@ -21,12 +21,11 @@ Each method starts from an empty table with the same primary key; the methods ru
 --repeat times, and the median counts. Prints seconds and ratios versus the floor. Seconds
 move with the machine; the ratios are what to compare. Needs psql on PATH.
 
-Measured here (2026-11-29, 1M rows, --repeat 3 --skip to_sql execute_values, 2 cores shared
-with other sessions' test runs, load average about 3): ours 6.08 s (runs 5.02, 6.75, 6.08),
-1.36x psql; the previous psycopg2 writer 5.92 s (5.92, 6.01, 5.04), 1.33x; psql \\copy 4.46 s
-(4.97, 4.46, 4.30). Peak RSS of the publish: ours +174 MB, previous +183 MB. Making the CSV
-alone takes 0.7 s of the 1M rows; on this loaded machine the same code measured 1.00x to
-1.63x of psql from one run to the next, so the spread is the machine's, not the writer's.
+Measured here (2026-11-29, 1M rows, --repeat 5 --skip to_sql execute_values, 2 cores, quiet:
+load average about 1): ours 3.25 s, 1.15x psql \\copy (2.82 s); the previous psycopg2 writer
+1.25x; peak RSS of the publish +215 MB (previous +187 MB). The same run without the worker
+thread that makes the next CSV batch while the server parses this one: ours 1.32x (+181 MB).
+Under load (other test suites on the same 2 cores) the ratios spread from 1.0x to 1.6x.
 """
 
 from __future__ import annotations

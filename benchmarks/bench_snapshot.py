@@ -20,12 +20,12 @@ Every method reads the same query. Ours and the previous reader must give equal 
 method runs --repeat times, in turn, and the median counts. Seconds move with the machine;
 the ratios are what to compare. Also printed: take_snapshot as a whole (read, Parquet, hash).
 
-Measured here (2026-11-29, 1M rows, --repeat 5, 2 cores shared with other sessions' test
-runs, load average about 3.4): ours 8.26 s (runs 7.41, 7.24, 8.31, 8.26, 10.32), 1.34x the
-binary psql floor and 1.18x the CSV one; the previous reader 9.73 s, 1.57x (1.39x CSV); psql
-\\copy csv 7.02 s, binary 6.18 s; take_snapshot as a whole 8.61 s. Most of every method's time
-is the server sorting the day (ORDER BY timestamp, key): without the ORDER BY psql binary took
-1.3-1.7 s and ADBC 2.2 s, so ADBC's own cost (binary rows into Arrow) is about 0.6 s per 1M rows.
+Measured here (2026-11-29, 1M rows, --repeat 5, 2 cores, quiet: load average about 1): ours
+4.71 s, 1.03x the fastest psql \\copy (csv 4.59 s, binary 4.70 s); the previous reader 5.09 s,
+1.11x; take_snapshot as a whole 4.97 s. Under load (load average about 3.4) ours was 1.34x the
+binary floor. Most of every method's time is the server sorting the day (ORDER BY timestamp,
+key): without the ORDER BY psql binary took 1.3-1.7 s and ADBC 2.2 s, so ADBC's own cost
+(binary rows into Arrow) is about 0.6 s per 1M rows.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ Why it is written this way:
 - A night is replaced as a whole (DELETE that date + COPY, one transaction, under an
   advisory lock): a rerun never duplicates, a crash never leaves half a night.
 - Rows stream Parquet -> Arrow record batches -> CSV (pyarrow) -> one COPY FROM STDIN, each
-  batch's CSV buffer handed to ``Copy.write`` as is, so memory stays bounded by one batch
-  whatever the night's size; ``to_sql`` and row inserts are one to two orders of magnitude slower.
+  batch's CSV buffer handed to ``Copy.write`` as is; a worker thread makes the next batches
+  (at most two ahead) while the server parses this one, so memory stays bounded by a few
+  batches whatever the night's size; ``to_sql`` and row inserts are one to two orders of
+  magnitude slower (benchmarks/bench_publish.py).
 - Every function runs its statements inside ``conn.transaction()`` and leaves the connection
   idle: psycopg 3's ``with conn:`` would close the caller's connection.
 """
@@ -53,7 +55,7 @@ CHANGES = "champion_changes"
 SCHEMA_VERSION = "schema_version"
 DECISIONS = ("skipped", "promoted", "rejected", "failed")
 CHANGE_EVENTS = ("promote", "rollback")
-BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV, the memory bound of a publish
+BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
 KEY_TYPES: dict[str, pa.DataType] = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
 
@@ -375,10 +377,54 @@ def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, 
         cur.execute("SET LOCAL TimeZone = 'UTC'")  # naive timestamps in the CSV are UTC
         cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(table(spec, PREDICTIONS)), (score_date,))
         with cur.copy(copy) as stream:
-            for data, n in _csv_chunks(parquet, columns, _csv_schema(spec), score_date):
+            for data, n in _ahead(_csv_chunks(parquet, columns, _csv_schema(spec), score_date)):
                 stream.write(memoryview(data))
                 rows += n
     return rows
+
+
+def _ahead(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """The same items, made by a worker thread at most `depth` ahead of the consumer.
+
+    pyarrow makes CSV without the GIL, so the next batch is made while this one is sent and
+    parsed by the server; the bound keeps memory at a few batches whatever the night's size.
+    An error in the worker is raised here, in order.
+    """
+    import queue
+    import threading
+
+    done = object()
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in chunks:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put((done, exc))
+
+    worker = threading.Thread(target=work, name="nightshift-csv", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _csv_schema(spec: DatasetSpec) -> pa.Schema:

@@ -427,3 +427,24 @@ def test_runs_gives_every_column_of_the_window_oldest_first(pg_conn, churn_spec)
     assert set(rows[0]) == set(wh.RUN_COLUMNS)
     assert [r["rows_in"] for r in wh.runs(pg_conn, churn_spec, 2, until=DAY1 + dt.timedelta(days=1))] == [0, 1]
     assert pg_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_the_csv_worker_stays_a_few_batches_ahead_and_hands_on_its_error():
+    """Memory of a publish is bounded: the worker making CSV batches runs at most two ahead of the COPY."""
+    made, lead = [], []
+
+    def batches():
+        for i in range(20):
+            made.append(i)
+            yield i
+        raise ValueError("batch 20 is broken")
+
+    taken = []
+    with pytest.raises(ValueError, match="batch 20 is broken"):
+        for item in wh._ahead(batches(), depth=2):
+            time.sleep(0.005)  # a slow server: the worker must wait, not run ahead
+            lead.append(len(made) - len(taken))
+            taken.append(item)
+    assert taken == list(range(20))  # in order, every batch, then the worker's error
+    assert max(lead) <= 4  # the item in hand, two queued, one being made
+    assert not any(t.name == "nightshift-csv" for t in threading.enumerate())  # the worker is gone
