@@ -33,7 +33,7 @@ def features_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The spec's features in spec order: numeric as float64 (NaN when missing), categorical as
     object strings (None when missing).
 
-    The one place that normalises dtypes: Parquet, psycopg2, connectorx or ADBC each hand back
+    The one place that normalises dtypes: Parquet, psycopg, connectorx or ADBC each hand back
     different types (nullable Int64, Float64, pyarrow strings, categoricals), and a model must
     see the same input whichever reader produced the rows.
     """
