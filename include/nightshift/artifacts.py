@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -85,3 +86,8 @@ class ArtifactStore:
     def _is_local(self) -> bool:
         protocol = self.fs.protocol
         return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+
+def safe_name(run_id: str) -> str:
+    """A run id as a file name in the store (Airflow run ids hold ':' and '+')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)

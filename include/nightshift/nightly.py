@@ -8,6 +8,7 @@ holds no decision of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -16,9 +17,9 @@ from typing import Any
 
 from psycopg import Connection
 
-from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.artifacts import ArtifactStore, safe_name
 from include.nightshift.decide import Decision, decide, model_age_days
-from include.nightshift.registry import Registry
+from include.nightshift.registry import RUN_DATE_TAG, Registry
 from include.nightshift.run_record import RunRecord
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
@@ -188,7 +189,7 @@ def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry,
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
                 "holdout_days": spec.training.holdout_days, **spec.training.params},
         metrics={"train_rows": len(train_df), "holdout_rows": len(holdout_df)},
-        tags={"nightshift.dag_run_id": dag_run_id, "nightshift.run_date": day.isoformat(),
+        tags={"nightshift.dag_run_id": dag_run_id, RUN_DATE_TAG: day.isoformat(),
               "nightshift.retrain_reason": str(decision.reason if decision else None)},
         snapshots=refs,
     )
@@ -243,7 +244,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
              why, verdict.message())
-    return VerdictStep.from_xcom({**judged.to_xcom(), "report_url": url})
+    return dataclasses.replace(judged, report_url=url)
 
 
 def night_reports(validation: ValidationStep | None, drift: DriftStep | None) -> dict[str, str | None]:
@@ -260,7 +261,7 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     from include.nightshift.reports import evaluation_report_html
 
     title = f"{spec.name} {day.isoformat()}: challenger v{trained.version}"
-    record = judged.tags()
+    record = judged.record()  # with each slice's numbers, as the gate recorded them
     url = store.url("reports", spec.name, day.isoformat(), "evaluation.html")
     store.put_text(json.dumps({"evaluation": judged.evaluation, "verdict": record}, indent=2, default=str),
                    store.url("reports", spec.name, day.isoformat(), "evaluation.json"))
@@ -351,8 +352,3 @@ def run_reports(validation: ValidationStep | None, drift: DriftStep | None,
     found = {"validation": urls.get("current"), "validation of labels": urls.get("labelled"),
              "drift": drift.report_url if drift else None, "evaluation": verdict.report_url if verdict else None}
     return {name: url for name, url in found.items() if url}
-
-
-def safe_name(run_id: str) -> str:
-    """A run id as a file name (Airflow run ids hold ':' and '+')."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)

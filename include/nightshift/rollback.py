@@ -9,13 +9,12 @@ alias follows the same rule: tags first, alias last. This module adds the wareho
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 from psycopg import Connection, sql
 
 from include.nightshift import warehouse
-from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.artifacts import ArtifactStore, safe_name
 from include.nightshift.registry import Registry, RollbackRefused, RollbackResult
 from include.nightshift.spec import DatasetSpec
 
@@ -83,14 +82,9 @@ def republish_latest(conn: Connection, store: ArtifactStore, registry: Registry,
             f"the snapshot {spec.warehouse.schema}.{warehouse.PREDICTIONS} of {day} was scored from "
             f"(snapshot_sha256 {sha}) is gone from the artifact store: {snapshot_url}; the published night "
             "is left as it is (re-run the nightly DAG for that date to rebuild it)")
-    out = store.url("predictions", spec.name, day.isoformat(), f"republish-{_safe(dag_run_id)}-v{int(version)}.parquet")
+    out = store.url("predictions", spec.name, day.isoformat(), f"republish-{safe_name(dag_run_id)}-v{int(version)}.parquet")
     score_snapshot(store, snapshot_url, out, spec, model=registry.load_model(spec.model_name, version),
                    model_version=int(version), snapshot_sha256=sha, dag_run_id=dag_run_id)
     with store.local_copy(out) as path:
         rows = warehouse.replace_partition(conn, spec, day, path)
     return {"score_date": day, "rows": rows, "model_version": int(version), "snapshot_sha256": sha}
-
-
-def _safe(run_id: str) -> str:
-    """A run id as a file name (Airflow run ids hold ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)

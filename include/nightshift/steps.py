@@ -160,12 +160,14 @@ class VerdictStep(StepOutput):
     evaluation: dict = field(default_factory=dict)
     report_url: str | None = None
 
+    def record(self) -> dict[str, Any]:
+        """The verdict as the evaluation report and evaluation.json show it (the evaluation apart)."""
+        return {k: v for k, v in self.to_xcom().items() if k not in ("evaluation", "report_url")}
+
     def tags(self) -> dict[str, Any]:
-        """What goes on the model version as verdict.* tags. The evaluation and each check's per-slice
-        record are reports, not tags: MLflow caps a tag's length, and a spec may have many slices."""
-        tags = {k: v for k, v in self.to_xcom().items() if k not in ("evaluation", "report_url")}
-        tags["checks"] = [{k: v for k, v in check.items() if k != "slices"} for check in self.checks]
-        return tags
+        """What goes on the model version as verdict.* tags: the record without each check's per-slice
+        rows, which stay in the report (MLflow caps a tag's length, and a spec may have many slices)."""
+        return {**self.record(), "checks": [{k: v for k, v in c.items() if k != "slices"} for c in self.checks]}
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,11 @@ def test_worse_challenger_is_not_promoted(nights):
                for a in client.list_artifacts(run_id, folder) if not a.is_dir}
     assert reports == {"reports/evaluation.html", "reports/drift.html", "reports/validation/validation.html",
                        "reports/validation_labelled/validation.html"}  # every page the decision was made on
+    metrics = client.get_run(run_id).data.metrics  # the holdout numbers are run metrics MLflow can chart
+    assert {"holdout_roc_auc_challenger", "holdout_roc_auc_champion", "holdout_roc_auc_baseline"} <= set(metrics)
+    assert len(client.get_run(run_id).inputs.dataset_inputs) == 17  # 14 training + 3 holdout snapshots
+    page = (nights["home"] / "artifacts" / "reports" / "churn" / d(N[2]) / "evaluation.html").read_text()
+    assert "plan" in page and "not recorded by the gate" not in page  # each slice as the gate recorded it
 
 
 def test_corrupt_source_fails_validation_and_publishes_nothing(nights):

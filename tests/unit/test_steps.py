@@ -66,3 +66,5 @@ def test_verdict_tags_are_the_flat_record_without_the_evaluation():
     assert tags["challenger"] == 0.8 and tags["promote"] is True and tags["policy_note"] == "gate passed"
     assert tags["checks"][1] == {"name": "slices", "passed": True, "detail": "ok"}  # per-slice rows stay in the report
     assert verdict.checks[1]["slices"] == [{"column": "plan"}]  # and in the step's output
+    assert verdict.record()["checks"][1]["slices"] == [{"column": "plan"}]  # and in what the report shows
+    assert "evaluation" not in verdict.record()
