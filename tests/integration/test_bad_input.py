@@ -202,7 +202,8 @@ def test_corrupt_source_publishes_nothing_and_keeps_the_champion(nights, name):
 def test_no_model_version_was_registered_after_v1(nights):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions("name = 'nightshift_churn'")
     assert [str(v.version) for v in versions] == ["1"]
     assert str(client.get_model_version_by_alias("nightshift_churn", "champion").version) == "1"

@@ -110,7 +110,8 @@ def test_worse_challenger_is_not_promoted(nights):
     assert failed, "a rejected challenger must name the checks it failed"
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.get_model_version("nightshift_churn", "2").tags.get("nightshift.blessed") == "false"
     run_id = client.get_model_version("nightshift_churn", "2").run_id
     reports = {a.path for folder in ("reports", "reports/validation", "reports/validation_labelled")
@@ -170,7 +171,8 @@ def test_dry_run_trains_and_evaluates_but_changes_nothing_a_consumer_sees(nights
     assert recorded == [(rerun["run_id"], "rerun")]
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     (trained,) = client.search_model_versions(
         f"name = 'nightshift_churn' and tag.`nightshift.dag_run_id` = '{dry['run_id']}'")
     assert trained.tags.get("nightshift.blessed") == "false"

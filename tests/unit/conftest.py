@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import mlflow
@@ -20,5 +21,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.chdir(tmp_path_factory.mktemp("cwd"))
         yield Registry(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        forget_mlflow_uris()
+
+
+def forget_mlflow_uris() -> None:
+    """Undo what the registry's fluent calls set process-wide. MLflow's set_*_uri(None) clears its
+    globals but not the MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI variables it exported, and a later
+    MlflowClient(tracking_uri=...) without a registry_uri would then read this module's registry."""
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)

@@ -20,6 +20,7 @@ from include.nightshift import training
 from include.nightshift.demo_data import generate_day
 from include.nightshift.registry import Registry
 from include.nightshift.spec import load_spec
+from tests.unit.conftest import forget_mlflow_uris
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
 _names = itertools.count(1)
@@ -34,8 +35,7 @@ def mlflow_env(tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # so that a stray ./mlruns would be seen
         yield Path.cwd()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        forget_mlflow_uris()
 
 
 @pytest.fixture(scope="module")
