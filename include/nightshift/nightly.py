@@ -209,7 +209,7 @@ def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry,
 
 def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
                      day: dt.date, policy: str, dry_run: bool, dag_run_id: str,
-                     reports: dict[str, str | None]) -> VerdictStep:
+                     reports: dict[str, str]) -> VerdictStep:
     """Champion, challenger (loaded back from the registry) and baseline on the same holdout; the gate;
     the run's policy. The evaluation report is written and logged before anything moves."""
     import numpy as np
@@ -247,15 +247,13 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     return dataclasses.replace(judged, report_url=url)
 
 
-def night_reports(validation: ValidationStep | None, drift: DriftStep | None) -> dict[str, str | None]:
-    """The night's reports by the folder of the challenger's MLflow run they are logged in."""
-    urls = validation.report_urls if validation else {}
-    return {"reports": drift.report_url if drift else None, "reports/validation": urls.get("current"),
-            "reports/validation_labelled": urls.get("labelled")}
+# Where each of the night's reports goes on the challenger's MLflow run, beside the evaluation report.
+MLFLOW_REPORT_FOLDERS = {"drift": "reports", "validation": "reports/validation",
+                         "validation of labels": "reports/validation_labelled"}
 
 
 def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
-                            trained: TrainingStep, judged: VerdictStep, reports: dict[str, str | None]) -> str:
+                            trained: TrainingStep, judged: VerdictStep, reports: dict[str, str]) -> str:
     """evaluation.html (+ .json) in the artifact store; it and the night's other reports on the
     challenger's MLflow run, so the run in MLflow holds every page its promotion was decided on."""
     from include.nightshift.reports import evaluation_report_html
@@ -269,7 +267,8 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
         (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec))
         store.put_file(tmp / "evaluation.html", url)
         registry.log_artifact(trained.run_id, tmp / "evaluation.html", "reports")
-    for folder, found in reports.items():  # e.g. {"reports": drift, "reports/validation": ...}
+    for name, folder in MLFLOW_REPORT_FOLDERS.items():
+        found = reports.get(name)
         if found and store.exists(found):
             with store.local_copy(found) as local:
                 registry.log_artifact(trained.run_id, local, folder)
@@ -346,8 +345,9 @@ def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec,
 
 
 def run_reports(validation: ValidationStep | None, drift: DriftStep | None,
-                verdict: VerdictStep | None) -> dict[str, str]:
-    """The night's report pages by name, for the last lines of the run's log."""
+                verdict: VerdictStep | None = None) -> dict[str, str]:
+    """The night's report pages by name (those that were written): for the challenger's MLflow run
+    and for the last lines of the run's log."""
     urls = validation.report_urls if validation else {}
     found = {"validation": urls.get("current"), "validation of labels": urls.get("labelled"),
              "drift": drift.report_url if drift else None, "evaluation": verdict.report_url if verdict else None}

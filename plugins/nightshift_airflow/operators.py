@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator
+from airflow.sdk.bases.xcom import BaseXCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 REPORT_URL = "report_url"
 HEALTH_URL = "health_url"
 REPORT_KEYS = {"current": REPORT_URL, "labelled": "labelled_report_url"}
-RETURN_VALUE = "return_value"  # the key Airflow keeps a task's output under
 HEALTH_DAYS = 90  # nights on the model-health page
 
 # Task ids; the DAG factory uses the same names.
@@ -134,7 +134,8 @@ class ValidateOperator(NightshiftOperator):
             context["ti"].xcom_push(key=REPORT_KEYS[kind], value=url)
         if result.passed:
             return result.to_xcom()
-        context["ti"].xcom_push(key=RETURN_VALUE, value=result.to_xcom())  # kept: the run record names the failure
+        # kept although the task fails: the run record names the failure
+        context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=result.to_xcom())
         alert(context, "validation_failed", validation_alert(self.spec, result))
         raise AirflowFailException(result.error())
 
@@ -183,7 +184,7 @@ class DecideOperator(NightshiftOperator, BaseBranchOperator):
                                 force=bool(self.param(context, "force_retrain", False)))
         log.info("decision: %s", decision.details.get("summary", decision.reason))
         output = decision.to_xcom()
-        context["ti"].xcom_push(key=RETURN_VALUE, value=output)  # now: do_branch ends the task by raising
+        context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=output)  # do_branch ends the task by raising
         self.do_branch(context, TRAIN if decision.retrain else SKIP_TRAINING)
         return output
 
@@ -217,7 +218,7 @@ class EvaluateOperator(NightshiftOperator):
     operator_extra_links = (EvaluationReportLink(),)
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import judge_challenger, night_reports, settle_verdict
+        from include.nightshift.nightly import judge_challenger, run_reports, settle_verdict
         from include.nightshift.promotion import promotion_alert
 
         configured_notifiers()  # a bad alert setting fails here, before the alias can move
@@ -225,7 +226,7 @@ class EvaluateOperator(NightshiftOperator):
         verdict = judge_challenger(
             runtime.artifact_store(), registry, self.spec, got["trained"], day=runtime.run_date(context),
             policy=self.param(context, "promotion_policy", "auto"), dry_run=bool(self.param(context, "dry_run", False)),
-            dag_run_id=context["run_id"], reports=night_reports(got["validation"], got["drift"]))
+            dag_run_id=context["run_id"], reports=run_reports(got["validation"], got["drift"]))
         context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
         with self.connect() as conn:
             replaced = settle_verdict(registry, conn, self.spec, verdict)
