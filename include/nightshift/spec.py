@@ -206,26 +206,132 @@ class Validation(_Section):
     row_norm_days: Annotated[Positive, Field(description="Nights in that median.")] = 7
 
 
+FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression")
+Family = Literal["xgboost", "hist_gradient_boosting", "logistic_regression"]
+Calibration = Literal["none", "sigmoid", "isotonic"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate(_Section):
+    """One model family that competes for the challenger's place on the holdout."""
+
+    family: Annotated[Family, Field(description=(
+        "xgboost (XGBClassifier, hist), hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier) "
+        "or logistic_regression (scaled numerics, one-hot categoricals)."))]
+    params: Annotated[dict[str, Any], Field(description=(
+        "The estimator's parameters, passed as given; the seed comes from training.seed."))] = \
+        dataclasses.field(default_factory=dict)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Training(_Section):
-    """How a challenger is trained."""
+    """How a challenger is trained: every candidate on the same rows, the holdout picks one."""
 
     window_days: Annotated[Positive, Field(description="Labelled days to train on ...")]
     holdout_days: Annotated[Positive, Field(
         description="... followed by the latest labelled days, held out (out of time).")]
     min_rows: Annotated[Positive, Field(description="Fewest training rows to train at all.")]
     seed: Annotated[Integer, Field(description="Seed of the model and of every sample: same data, same model.")]
-    params: Annotated[dict[str, Any], Field(description="XGBoost parameters, passed as given.")] = \
-        dataclasses.field(default_factory=dict)
+    params: Annotated[dict[str, Any], Field(description=(
+        "XGBoost parameters, passed as given: the xgboost candidate's params when candidates is absent. "
+        "Give either this or candidates, not both."))] = dataclasses.field(default_factory=dict)
+    candidates: Annotated[tuple[Candidate, ...], Field(min_length=1, description=(
+        "The model families that compete on the holdout (families unique). Absent: all three, "
+        "xgboost with training.params, the others with their library defaults."))] = ()
+    calibration: Annotated[Calibration, Field(description=(
+        "Calibrate every candidate's probabilities (sigmoid or isotonic) on the last calibration_days of the "
+        "training window, after fitting it on the days before them; none: no calibration."))] = "none"
+    calibration_days: Annotated[Positive, Field(description=(
+        "Days at the end of the training window that calibrate instead of train (with calibration only); "
+        "fewer than window_days."))] = 2
+
+    @property
+    def models(self) -> tuple[Candidate, ...]:
+        """The candidates that compete: as listed, or by default every family, xgboost with `params`."""
+        if self.candidates:
+            return self.candidates
+        return tuple(Candidate(family=f, params=dict(self.params) if f == "xgboost" else {}) for f in FAMILIES)
+
+    @model_validator(mode="after")
+    def _candidates_fit_together(self) -> Training:
+        """params and candidates would be two answers to one question; a family listed twice is ambiguous
+        (its holdout metric names it); calibration needs training days left before its own."""
+        problems: list[tuple[tuple[str | int, ...], PydanticCustomError, Any]] = []
+        if self.params and self.candidates:
+            problems.append((("params",), PydanticCustomError(
+                "params_and_candidates", "give either training.params or training.candidates, not both: move "
+                "these params to the xgboost candidate's params", {}), self.params))
+        seen: set[str] = set()
+        for i, candidate in enumerate(self.candidates):
+            if candidate.family in seen:
+                problems.append((("candidates", i, "family"), PydanticCustomError(
+                    "duplicate_family", "{family} is listed more than once", {"family": repr(candidate.family)}),
+                    candidate.family))
+            seen.add(candidate.family)
+        if self.calibration != "none" and self.calibration_days >= self.window_days:
+            problems.append((("calibration_days",), PydanticCustomError(
+                "calibration_days", "must be fewer than window_days ({window}) to leave days to fit on, got {days}",
+                {"window": self.window_days, "days": self.calibration_days}), self.calibration_days))
+        _refuse("Training", problems)
+        return self
+
+
+# Evidently 0.7's registered drift methods (stattests) for numeric and categorical columns, and the
+# feature types each accepts. Static on purpose: this module is read at DAG-parse time and must not
+# import evidently (seconds); tests/unit/test_drift.py checks the table against Evidently's registry.
+DRIFT_METHOD_TYPES: dict[str, tuple[str, ...]] = {
+    "anderson": ("numeric",), "chisquare": ("categorical",), "cramer_von_mises": ("numeric",),
+    "ed": ("numeric",), "empirical_mmd": ("numeric",), "es": ("numeric",), "fisher_exact": ("categorical",),
+    "g_test": ("categorical",), "hellinger": ("numeric", "categorical"),
+    "jensenshannon": ("numeric", "categorical"), "kl_div": ("numeric", "categorical"), "ks": ("numeric",),
+    "mannw": ("numeric",), "psi": ("numeric", "categorical"), "t_test": ("numeric",), "TVD": ("categorical",),
+    "wasserstein": ("numeric",), "z": ("categorical",),
+}
+DRIFT_METHODS = tuple(DRIFT_METHOD_TYPES)
+DriftMethod = Literal[DRIFT_METHODS]  # type: ignore[valid-type]
+DriftReference = Literal["champion_training", "recent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftTest(_Section):
+    """How one feature (or every feature of a type) is tested for drift: Evidently's method and threshold."""
+
+    method: Annotated[DriftMethod | None, Field(description=(
+        "An Evidently stattest name (distances such as wasserstein, jensenshannon, psi: drift when the score is "
+        "at or above the threshold; p-value tests such as ks, chisquare, z: drift when it is below). "
+        "Default: chosen by type, cardinality and rows (see include/nightshift/drift.py)."))] = None
+    threshold: Annotated[NonNegative | None, Field(description=(
+        "The method's threshold. Default: the method's own (0.1 for distances, 0.05 for p-values)."))] = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Drift(_Section):
-    """When input drift calls for retraining."""
+    """Drift as evidence: which features are compared, how, over which nights, and when it calls for retraining."""
 
-    share_threshold: Annotated[Share, Field(description="Retrain when at least this share of the features drifted.")]
+    share_threshold: Annotated[Share, Field(description=(
+        "A night is drifted when at least this share of the compared features drifted."))]
     sample_rows: Annotated[Positive, Field(description="Evidently runs on a seeded sample of at most this many rows.")]
     seed: Annotated[Integer, Field(description="Seed of that sample.")] = 0
+    exclude: Annotated[tuple[Identifier, ...], Field(description=(
+        "Features left out of drift (e.g. calendar features constant within a day): not compared, not in the "
+        "share."))] = ()
+    columns: Annotated[dict[Identifier, DriftTest], Field(description=(
+        "Per-feature method and/or threshold, by feature name."))] = dataclasses.field(default_factory=dict)
+    numeric: Annotated[DriftTest | None, Field(description=(
+        "Method and/or threshold for every numeric feature without its own entry in columns."))] = None
+    categorical: Annotated[DriftTest | None, Field(description=(
+        "Method and/or threshold for every categorical feature without its own entry in columns."))] = None
+    current_nights: Annotated[Positive, Field(description=(
+        "The current side pools the night's rows with those of the previous current_nights - 1 nights."))] = 1
+    reference: Annotated[DriftReference, Field(description=(
+        "What the current window is compared with: champion_training (a sample of the champion's training rows) "
+        "or recent (the reference_nights nights just before the current window, as served)."))] = \
+        "champion_training"
+    reference_nights: Annotated[Positive, Field(description="Nights pooled as the reference when reference is recent.")] = 14
+    persist_nights: Annotated[Positive, Field(description=(
+        "Drift retrains only when the night is drifted on this many consecutive nights (tonight included, against "
+        "the same champion), or together with a measured quality drop (the realised interval entirely worse than "
+        "the champion's holdout metric). Otherwise it is recorded and shown, not acted on."))] = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,8 +356,15 @@ class Promotion(_Section):
     baseline_margin: Annotated[NonNegative, Field(
         description="... and beat a logistic regression trained on the same rows by this much.")]
     max_model_age_days: Annotated[Positive, Field(description="Retrain a champion older than this.")]
-    realised_tolerance: Annotated[NonNegative, Field(
-        description="Retrain when the realised metric falls this far below the champion's holdout metric.")]
+    realised_tolerance: Annotated[NonNegative, Field(description=(
+        "Retrain (quality_decay) when the realised metric's whole interval falls more than this below the "
+        "champion's holdout metric (for log_loss: above it)."))]
+    realised_window_days: Annotated[Positive, Field(description=(
+        "The realised metric pools the champion's last this many labelled days it never saw (after its holdout)."))] = 7
+    realised_confidence: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False, description=(
+        "Confidence of the realised metric's bootstrap interval."))] = 0.95
+    realised_resamples: Annotated[int, Strict(), Field(ge=20, description=(
+        "Bootstrap resamples of that interval (seeded with training.seed)."))] = 300
 
     @property
     def greater_is_better(self) -> bool:
@@ -276,6 +389,13 @@ class Scoring(_Section):
 
     chunk_rows: Annotated[Positive, Field(description="Rows scored at a time (bounds the memory).")]
     decision_threshold: Annotated[Share, Field(description="Score at or above which the predicted label is 1.")]
+    allow_no_predictions: Annotated[bool, Strict(), Field(description=(
+        "A night with no champion after the gate (nothing can score) is recorded as decision no_model and "
+        "alerted either way; false (the default): the run fails, true: the run stays green."))] = False
+    horizon_days: Annotated[Integer, Field(ge=0, description=(
+        "The night scores the rows of the day this many days after it (0: its own day). With labels known "
+        "the same day (label.delay_days 0) it must be at least 1: the night's own rows already have their "
+        "outcome, and that day is the newest of the holdout that chose the model."))] = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -388,6 +508,68 @@ class DatasetSpec(_Section):
         _refuse("DatasetSpec", problems)
         return self
 
+    @model_validator(mode="after")
+    def _drift_names_features(self) -> DatasetSpec:
+        """drift.exclude and drift.columns name features, and a column's method fits the feature's type:
+        a typo would otherwise silently leave a feature in drift, or test it with Evidently's default."""
+        kinds = {f.name: f.type for f in self.features}
+        problems = _drift_exclude_problems(self.drift, kinds) + _drift_method_problems(self.drift, kinds)
+        _refuse("DatasetSpec", problems)
+        return self
+
+    @model_validator(mode="after")
+    def _scores_what_is_not_known(self) -> DatasetSpec:
+        """A night must score rows whose outcome is still unknown: with same-day labels and no horizon it
+        would publish predictions of known outcomes, for the very day that closed the holdout."""
+        if self.label.delay_days == 0 and self.scoring.horizon_days == 0:
+            _refuse("DatasetSpec", [(("scoring", "horizon_days"), PydanticCustomError(
+                "horizon", "must be at least 1 when label.delay_days is 0: the night's own rows already have "
+                "their labels, and that day closes the holdout that chose the model", {}), 0)])
+        return self
+
+    @property
+    def scored_day_offset(self) -> dt.timedelta:
+        """From a night to the day whose rows it scores (scoring.horizon_days)."""
+        return dt.timedelta(days=self.scoring.horizon_days)
+
+
+_Problems = list[tuple[tuple[str | int, ...], PydanticCustomError, Any]]
+
+
+def _drift_exclude_problems(drift: Drift, kinds: dict[str, str]) -> _Problems:
+    problems: _Problems = []
+    for i, name in enumerate(drift.exclude):
+        if name not in kinds:
+            problems.append((("drift", "exclude", i), PydanticCustomError(
+                "drift_feature", "{name} is not a feature", {"name": repr(name)}), name))
+    if kinds and set(kinds) <= set(drift.exclude):
+        problems.append((("drift", "exclude"), PydanticCustomError(
+            "drift_exclude", "leaves no feature to compare", {}), list(drift.exclude)))
+    return problems
+
+
+def _drift_method_problems(drift: Drift, kinds: dict[str, str]) -> _Problems:
+    problems: _Problems = []
+    for name, test in drift.columns.items():
+        if name not in kinds or name in drift.exclude:
+            why = "is not a feature" if name not in kinds else "is also in drift.exclude"
+            problems.append((("drift", "columns", name), PydanticCustomError(
+                "drift_feature", "{name} " + why, {"name": repr(name)}), name))
+        elif test.method and kinds[name] not in DRIFT_METHOD_TYPES[test.method]:
+            problems.append((("drift", "columns", name, "method"), _method_type_error(test.method, kinds[name]),
+                             test.method))
+    for kind in ("numeric", "categorical"):
+        test = getattr(drift, kind)
+        if test is not None and test.method and kind not in DRIFT_METHOD_TYPES[test.method]:
+            problems.append((("drift", kind, "method"), _method_type_error(test.method, kind), test.method))
+    return problems
+
+
+def _method_type_error(method: str, kind: str) -> PydanticCustomError:
+    fits = sorted(m for m, types in DRIFT_METHOD_TYPES.items() if kind in types)
+    return PydanticCustomError("drift_method", "{method} does not test {kind} features (those that do: {fits})",
+                               {"method": repr(method), "kind": kind, "fits": ", ".join(fits)})
+
 
 # --- errors: pydantic's to one line per key ------------------------------------------------
 
@@ -420,6 +602,8 @@ def _type_at(raw_loc: tuple[str | int, ...]) -> Any:
     for part in raw_loc:
         if get_origin(current) is tuple:
             current = get_args(current)[0]
+        elif get_origin(current) is dict:  # a mapping's value, whatever its key (drift.columns.<feature>)
+            current = get_args(current)[1]
         elif part in _FEATURE_KINDS and not dataclasses.is_dataclass(current):
             current = _FEATURE_KINDS[part]
         elif dataclasses.is_dataclass(current):
@@ -427,6 +611,14 @@ def _type_at(raw_loc: tuple[str | int, ...]) -> Any:
         else:
             return None
     return current
+
+
+def _choices(declared: Any) -> list[Any]:
+    """The values a Literal allows, also inside `Literal[...] | None`."""
+    args = get_args(declared)
+    if args and all(get_origin(a) is Literal or a is type(None) for a in args):
+        return sorted(v for a in args if a is not type(None) for v in get_args(a))
+    return sorted(args)
 
 
 def _written(node: yaml.Node | None, loc: tuple[str | int, ...]) -> str | None:
@@ -482,7 +674,7 @@ _SAY: dict[str, Any] = {
     "greater_than_equal": lambda raw, loc, value, ctx: _at_least(ctx, value),
     "less_than_equal": lambda raw, loc, value, ctx: f"must be at most {ctx['le']}, got {value}",
     "finite_number": lambda raw, loc, value, ctx: f"must be a finite number, got {value}",
-    "literal_error": lambda raw, loc, value, ctx: f"must be one of {sorted(get_args(_type_at(raw)))}, got {value!r}",
+    "literal_error": lambda raw, loc, value, ctx: f"must be one of {_choices(_type_at(raw))}, got {value!r}",
     **{kind: (lambda raw, loc, value, ctx, what=what: f"expected {what}, got {_got(value)}")
        for kind, what in _EXPECTED.items()},
 }
