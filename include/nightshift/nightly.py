@@ -35,10 +35,11 @@ class NotEnoughRows(ValueError):
 
 
 def take_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
-    """The night's rows, and the rows whose labels arrived with it (delay_days earlier)."""
+    """The rows the night scores (its own day, or the day `scoring.horizon_days` ahead), and the rows
+    whose labels arrived with it (delay_days earlier)."""
     from include.nightshift.snapshot import take_snapshot
 
-    current = take_snapshot(conn, store, spec, day)
+    current = take_snapshot(conn, store, spec, day + spec.scored_day_offset)
     labelled = take_snapshot(conn, store, spec, day - dt.timedelta(days=spec.label.delay_days), labelled=True)
     return SnapshotStep(day=day, current=current, labelled=labelled)
 
@@ -299,7 +300,9 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
         model=registry.load_model(spec.model_name, champion.version), model_version=champion.version,
         snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id)
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
-    return ScoringStep(url=url, rows=rows, model_version=champion.version, day=snapshot.day)
+    # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
+    return ScoringStep(url=url, rows=rows, model_version=champion.version,
+                       day=dt.date.fromisoformat(snapshot.current.day))
 
 
 def publish_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> PublishStep:

@@ -6,7 +6,10 @@ schema per spec (``spec.warehouse.schema``) holds:
 
 - ``predictions``: one row per entity per score date, primary key (score_date, entity key);
 - ``predictions_latest``: a view of the newest score date;
-- ``pipeline_runs``: one row per logical date, the run's summary and decision;
+- ``pipeline_runs``: one row per logical date (the latest run of that night that was not a
+  dry run), the run's summary and decision;
+- ``run_attempts``: one row per DAG run (dry runs included, flagged), so a failed night that a
+  rerun fixed stays on record;
 - ``champion_changes``: the audit table, one row per promotion or rollback (audit.py writes it);
 - ``schema_version``: which of MIGRATIONS have been applied, so a later change reaches an
   existing warehouse by itself.
@@ -52,8 +55,13 @@ PREDICTIONS = "predictions"
 PREDICTIONS_LATEST = "predictions_latest"
 PIPELINE_RUNS = "pipeline_runs"
 CHANGES = "champion_changes"
+RUN_ATTEMPTS = "run_attempts"
 SCHEMA_VERSION = "schema_version"
-DECISIONS = ("skipped", "promoted", "rejected", "failed")
+# What a run decided (pipeline_runs.decision, run_attempts.decision). no_model: no champion after
+# the gate, so nothing could score the night. A value added here needs a migration that resets
+# the CHECK of both tables (see _set_decisions); the tuples of past migrations stay as they were.
+_DECISIONS_V1 = ("skipped", "promoted", "rejected", "failed")
+DECISIONS = (*_DECISIONS_V1, "no_model")
 CHANGE_EVENTS = ("promote", "rollback")
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
@@ -79,7 +87,7 @@ _RUN_COLUMNS: dict[str, str] = {
     "validation_passed": "boolean",
     "drift_share": "double precision",
     "retrain_reason": "text",
-    "decision": "text CHECK (decision IN ({}))".format(", ".join(f"'{d}'" for d in DECISIONS)),
+    "decision": "text CHECK (decision IN ({}))".format(", ".join(f"'{d}'" for d in _DECISIONS_V1)),
     "champion_version": "integer",
     "challenger_version": "integer",
     "champion_metric": "double precision",
@@ -94,7 +102,8 @@ _RUN_COLUMNS: dict[str, str] = {
 RUN_COLUMNS = tuple(_RUN_COLUMNS)
 
 # The audit table: name -> (SQL type, comment); append-only, keyed by CHANGE_KEY (see audit.py).
-CHANGE_COLUMNS: dict[str, tuple[str, str]] = {
+# As migration 2 created it; later columns are added by their own migration (CHANGE_COLUMNS has all).
+_CHANGE_COLUMNS_V2: dict[str, tuple[str, str]] = {
     "event": ("text NOT NULL CHECK (event IN ({}))".format(", ".join(f"'{e}'" for e in CHANGE_EVENTS)),
               "promote (the nightly gate moved the champion) or rollback (a person moved it back)."),
     "model_name": ("text NOT NULL", "MLflow registered model whose alias `champion` moved."),
@@ -106,7 +115,39 @@ CHANGE_COLUMNS: dict[str, tuple[str, str]] = {
     "changed_at": ("timestamptz NOT NULL DEFAULT now()", "When the change was recorded (or the time given)."),
     "details": ("jsonb", "Anything else worth keeping (metrics, requested version, rollback id, ...)."),
 }
+_CHANGE_NIGHT = ("date", "The night the change belongs to: for a promotion, the logical date of the nightly run whose "
+                 "gate promoted (its predictions are the new version's first); for a rollback, the latest published "
+                 "night when it ran (the night it re-publishes with the restored version); NULL when there was none.")
+CHANGE_COLUMNS: dict[str, tuple[str, str]] = {**_CHANGE_COLUMNS_V2, "night": _CHANGE_NIGHT}
 CHANGE_KEY = ("event", "dag_run_id", "to_version")
+
+# run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
+# pipeline_runs columns where they mean the same, plus what only an attempt has (dry_run, conf, failed_tasks).
+ATTEMPT_COLUMNS: dict[str, tuple[str, str]] = {
+    "dag_run_id": ("text PRIMARY KEY", "The Airflow DAG run; a retry of its record_run task updates this row."),
+    "logical_date": ("date NOT NULL", "The night the run processed."),
+    "decision": ("text NOT NULL CHECK (decision IN ({}))".format(", ".join(f"'{d}'" for d in DECISIONS)),
+                 "skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored)."),
+    "failed_tasks": ("text[] NOT NULL DEFAULT '{}'", "Tasks that failed, or could not run because an upstream failed."),
+    "dry_run": ("boolean NOT NULL DEFAULT false", "A dry run: trained and evaluated, nothing promoted or published."),
+    "rows_in": ("bigint", "Rows in the night's snapshot."),
+    "validation_passed": ("boolean", "Whether the night's data passed validation (NULL: it did not run)."),
+    "drift_share": ("double precision", "Share of drifted features (NULL: no champion to compare with)."),
+    "retrain_reason": ("text", "Why a challenger was trained (NULL: none was)."),
+    "champion_version": ("integer", "The champion before the night's evaluation."),
+    "challenger_version": ("integer", "The challenger trained by this run, if any."),
+    "champion_metric": ("double precision", "The champion's holdout metric (metric_name)."),
+    "challenger_metric": ("double precision", "The challenger's holdout metric (metric_name)."),
+    "metric_name": ("text", "The promotion metric."),
+    "rows_published": ("bigint NOT NULL DEFAULT 0", "Prediction rows this run published (0: none)."),
+    "note": ("text", "The trigger's note."),
+    "conf": ("jsonb", "The run's parameters (trigger form / conf, defaults filled in)."),
+    "started_at": ("timestamptz", "When the DAG run started."),
+    "finished_at": ("timestamptz", "When the run was recorded."),
+    "details": ("jsonb", "As pipeline_runs.details: task states, verdict checks, validation failure, decision."),
+}
+
+JSON_COLUMNS = ("details", "conf")  # jsonb columns: a dict given for one is sent as JSON
 
 _DDL_LOCK = int.from_bytes(hashlib.sha256(b"nightshift.warehouse.ddl").digest()[:8], "big", signed=True)
 
@@ -167,7 +208,8 @@ def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type:
     _check_key_column(cur, spec, key_name, key_type)
     _comment(cur, "TABLE", predictions, f"Nightly batch predictions of dataset {spec.name}: one row per entity per score_date.")
     comments = {
-        "score_date": "The night the row was scored for (the DAG run's logical date); one partition per date.",
+        "score_date": ("The day of the rows scored: the DAG run's logical date plus the spec's scoring.horizon_days "
+                       "(0 by default); one partition per date."),
         key_name: f"Entity key ({key_name}, from the dataset spec); unique within a score_date.",
         **{n: c for n, _, _, c in PREDICTION_COLUMNS},
     }
@@ -190,16 +232,55 @@ def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type:
 
 def _create_changes(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     changes = table(spec, CHANGES)
-    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in CHANGE_COLUMNS.items()]
+    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in _CHANGE_COLUMNS_V2.items()]
     columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, CHANGE_KEY))))
     cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(changes, sql.SQL(", ").join(columns)))
     _comment(cur, "TABLE", changes, f"Every change of the {spec.model_name} champion: one row per promotion or rollback.")
-    for name, (_, text) in CHANGE_COLUMNS.items():
+    for name, (_, text) in _CHANGE_COLUMNS_V2.items():
         _comment(cur, "COLUMN", sql.SQL("{}.{}").format(changes, sql.Identifier(name)), text)
 
 
 def _comment(cur: Cursor, kind: str, target: sql.Composable, text: str) -> None:
     cur.execute(sql.SQL("COMMENT ON {} {} IS {}").format(sql.SQL(kind), target, sql.Literal(text)))
+
+
+def _set_decisions(cur: Cursor, spec: DatasetSpec, relation: str, decisions: tuple[str, ...]) -> None:
+    """Replace the CHECK on <relation>.decision (named <relation>_decision_check, the name PostgreSQL
+    gave the inline one of version 1) with one allowing `decisions`; idempotent."""
+    target, name = table(spec, relation), sql.Identifier(f"{relation}_decision_check")
+    allowed = sql.SQL(", ").join(map(sql.Literal, decisions))
+    cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(target, name))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (decision IN ({}))").format(target, name, allowed))
+
+
+def _allow_no_model(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """pipeline_runs.decision may be no_model: a night with no champion after the gate."""
+    _set_decisions(cur, spec, PIPELINE_RUNS, ("skipped", "promoted", "rejected", "failed", "no_model"))
+    _comment(cur, "COLUMN", sql.SQL("{}.decision").format(table(spec, PIPELINE_RUNS)),
+             "skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored).")
+
+
+def _create_attempts(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """run_attempts: every DAG run's outcome, while pipeline_runs keeps the latest run of each night."""
+    attempts = table(spec, RUN_ATTEMPTS)
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
+                                 for n, (t, _) in ATTEMPT_COLUMNS.items())
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(attempts, columns))
+    cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (logical_date)").format(
+        sql.Identifier(f"{RUN_ATTEMPTS}_logical_date"), attempts))
+    _comment(cur, "TABLE", attempts, f"Every DAG run of dataset {spec.name}, dry runs and reruns included: "
+                                     "one row per dag_run_id, with its outcome.")
+    for name, (_, text) in ATTEMPT_COLUMNS.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(attempts, sql.Identifier(name)), text)
+
+
+def _add_change_night(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """champion_changes.night; promotions recorded before it get theirs from pipeline_runs (same run)."""
+    changes, runs = table(spec, CHANGES), table(spec, PIPELINE_RUNS)
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS night {}").format(changes, sql.SQL(_CHANGE_NIGHT[0])))
+    _comment(cur, "COLUMN", sql.SQL("{}.night").format(changes), _CHANGE_NIGHT[1])
+    cur.execute(sql.SQL("UPDATE {c} SET night = r.logical_date FROM {r} r WHERE {c}.night IS NULL "
+                        "AND {c}.event = 'promote' AND r.dag_run_id = {c}.dag_run_id").format(c=changes, r=runs))
 
 
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
@@ -212,9 +293,12 @@ Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "predictions, predictions_latest, pipeline_runs", _create_predictions),
     (2, "champion_changes (the audit table)", _create_changes),
+    (3, "pipeline_runs.decision allows no_model", _allow_no_model),
+    (4, "run_attempts (every DAG run's outcome)", _create_attempts),
+    (5, "champion_changes.night", _add_change_night),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
-RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, SCHEMA_VERSION)
+RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -465,10 +549,10 @@ def _conform(arrays: pa.Table, target: pa.Schema) -> pa.Table:
 
 def insert_row(conn: Connection, target: sql.Composable, row: Mapping[str, Any], key: tuple[str, ...], *,
                update: bool) -> int:
-    """INSERT one row (a `details` dict as jsonb); on a conflict over `key`, update the other
+    """INSERT one row (`details` and `conf` dicts as jsonb); on a conflict over `key`, update the other
     columns given (update) or keep the existing row; returns the number of rows written (0 or 1)."""
     names = list(row)
-    values = [Jsonb(v) if k == "details" and v is not None else v for k, v in row.items()]
+    values = [Jsonb(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()]
     updates = [n for n in names if n not in key] if update else []
     conflict = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)) if updates else sql.SQL("DO NOTHING")
@@ -497,6 +581,33 @@ def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> N
     if run.get("logical_date") is None:
         raise ValueError("upsert_run: 'logical_date' is required")
     insert_row(conn, table(spec, PIPELINE_RUNS), run, ("logical_date",), update=True)
+
+
+def record_attempt(conn: Connection, spec: DatasetSpec, attempt: Mapping[str, Any]) -> None:
+    """Insert or update the run_attempts row of attempt["dag_run_id"] (one per DAG run).
+
+    Written for every run, dry runs included: pipeline_runs keeps the latest run of a night,
+    this table keeps them all, so a failure that a rerun fixed is still on record. A retry of
+    the record task rewrites its own row, never adds one. Unknown keys are refused, as in upsert_run.
+    """
+    unknown = [k for k in attempt if k not in ATTEMPT_COLUMNS]
+    if unknown:
+        raise ValueError(f"record_attempt: unknown key {unknown[0]!r} (allowed: {', '.join(ATTEMPT_COLUMNS)})")
+    missing = [k for k in ("dag_run_id", "logical_date", "decision") if attempt.get(k) is None]
+    if missing:
+        raise ValueError(f"record_attempt: {missing[0]!r} is required")
+    insert_row(conn, table(spec, RUN_ATTEMPTS), attempt, ("dag_run_id",), update=True)
+
+
+def attempts(conn: Connection, spec: DatasetSpec, night: dt.date | None = None) -> list[dict[str, Any]]:
+    """Every run_attempts row (of one night, if given), oldest first; [] when there is no table yet."""
+    if not table_exists(conn, spec, RUN_ATTEMPTS):
+        return []
+    where = sql.SQL("WHERE logical_date = %s") if night else sql.SQL("")
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} {} ORDER BY finished_at, dag_run_id").format(
+            table(spec, RUN_ATTEMPTS), where), (night,) if night else ())
+        return cur.fetchall()
 
 
 def recent_row_counts(conn: Connection, spec: DatasetSpec, before: dt.date, days: int) -> list[int]:
