@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast stop ui mlflow-ui bench clean
+.PHONY: demo test test-fast stop ui mlflow-ui bench bench-flights clean
 
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -47,6 +47,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_drift.py
 	$(PY) benchmarks/bench_publish.py
 	$(PY) benchmarks/bench_snapshot.py
+
+## bench-flights: the real flights data set replayed for 60 nights, judged against independent baselines
+bench-flights: $(STAMP)
+	$(PY) benchmarks/bench_flights.py $(ARGS)
 
 clean: stop
 	rm -rf .nightshift
