@@ -24,6 +24,9 @@ from include.nightshift.spec import METRICS, DatasetSpec, Promotion
 # improvement of 0.002, not 0.0019999999999999.
 EPS = 1e-12
 THRESHOLDS = ("floor", "min_improvement", "slice_tolerance", "baseline_margin")
+# The family of the simple baseline (training.build_baseline). A challenger of this family is a
+# simple model itself: see _check_baseline for what the baseline check asks of it.
+BASELINE_FAMILY = "logistic_regression"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -229,6 +232,7 @@ class _Context:
     thresholds: dict[str, float]
     slices: list[dict[str, Any]] = field(default_factory=list)
     min_slice_rows: int | None = None
+    challenger_family: str | None = None
 
     def gain(self, a: float, b: float) -> float:
         """How much better a is than b, in the metric's direction (negative: worse)."""
@@ -312,9 +316,27 @@ def _check_champion(ctx: _Context) -> Check:
 
 
 def _check_baseline(ctx: _Context) -> Check:
+    """A challenger must beat the logistic-regression baseline by baseline_margin (strictly, at margin 0).
+
+    The rule exists so that a complex model earns its complexity. A challenger that is itself a
+    logistic regression (the holdout chose the simple family) has nothing to earn: it must be no
+    worse than the baseline (gain >= 0, whatever the margin), so the same model as the baseline
+    passes with gain 0, and a worse-tuned one (e.g. a stronger penalty) still fails. It is still
+    compared with the baseline model as evaluated, never waved through.
+    """
     if "baseline" not in ctx.overall:
         return Check("baseline", False, "no baseline was evaluated (fail closed)")
-    return _versus(ctx, "baseline", "baseline", "baseline_margin", strict_at_zero=True)
+    if ctx.challenger_family != BASELINE_FAMILY:
+        return _versus(ctx, "baseline", "baseline", "baseline_margin", strict_at_zero=True)
+    ch, base = ctx.overall.get("challenger", math.nan), ctx.overall["baseline"]
+    if math.isnan(ch) or math.isnan(base):
+        return Check("baseline", False, f"cannot compare: challenger {ctx.metric} {_fmt(ch)}, baseline "
+                                        f"{_fmt(base)} (fail closed)")
+    gain = ctx.gain(ch, base)
+    passed = gain >= -EPS
+    return Check("baseline", passed, f"challenger ({BASELINE_FAMILY}, the baseline's family) {ctx.metric} {ch:.4f} "
+                                     f"vs baseline {base:.4f}: gain {gain:+.4f} {'meets' if passed else 'fails'} "
+                                     f">= 0 (no worse; baseline_margin applies to other families)")
 
 
 def _slice_label(s: dict[str, Any]) -> str:
@@ -398,12 +420,16 @@ def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
     return Check("roundtrip", False, "predictions after loading from the registry differ from those in memory")
 
 
-def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None) -> Verdict:
+def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None,
+         challenger_family: str | None = None) -> Verdict:
     """Decide whether the challenger may become champion; every rule must pass.
 
     `evaluation` is the output of `evaluate`; `promotion` is the spec's Promotion (thresholds
     and the metric's direction). Any missing threshold, undefined metric or unverified round
-    trip rejects: a model is blessed only on positive evidence.
+    trip rejects: a model is blessed only on positive evidence. `challenger_family` (the
+    candidate the holdout chose) matters to the baseline check only (_check_baseline).
+    For a version reused by training key, the round trip compares tonight's fresh fit with the
+    reused version as loaded: a reproducibility check.
     """
     metric = str(promotion.metric)
     overall = {role: _number(v) for role, v in (evaluation.get("overall") or {}).items()}
@@ -414,6 +440,7 @@ def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarra
         thresholds={name: _number(getattr(promotion, name, None)) for name in THRESHOLDS},
         slices=list(evaluation.get("slices") or []),
         min_slice_rows=None if getattr(promotion, "min_slice_rows", None) is None else int(promotion.min_slice_rows),
+        challenger_family=challenger_family,
     )
     checks = [
         _check_thresholds(ctx, evaluation.get("metric")),

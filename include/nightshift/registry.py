@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ from include.nightshift.snapshot import SnapshotRef
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.training import features_frame
 
+log = logging.getLogger(__name__)
+
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 BASELINE_ARTIFACT = "baseline"
@@ -68,6 +71,10 @@ ROLLED_BACK_TO_TAG = "nightshift.rolled_back.to"
 ROLLED_BACK_ID_TAG = "nightshift.rolled_back.id"
 VERDICT_AT_TAG = "nightshift.verdict_at"
 RUN_DATE_TAG = "nightshift.run_date"  # on a version: the night its training run was for
+FAMILY_TAG = "nightshift.family"  # on a run and its version: the model family that won the holdout
+# On a run and its version: training.training_key, the hash of its data, spec, libraries and code.
+# A retrain with the same key reuses that version (find_reusable) instead of registering a duplicate.
+TRAINING_KEY_TAG = "nightshift.training_key"
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
 VERDICT_PREFIX = "verdict."
 INPUT_EXAMPLE_ROWS = 5
@@ -76,7 +83,12 @@ INPUT_EXAMPLE_ROWS = 5
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "xgboost", "skops", "numpy", "pandas", "scipy")
 # MLflow saves sklearn models with skops, which refuses types it does not know unless they are
 # listed here (the list is stored in the MLmodel file and used again at load time).
-SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
+                       "sklearn._loss.link.Interval", "sklearn._loss.link.LogitLink",
+                       "sklearn._loss.loss.HalfBinomialLoss",
+                       "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+                       "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                       "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
 
 _LOG_OPTIONS = {
     "pyfunc_predict_fn": "predict_proba",  # so that a pyfunc load scores too, not only labels
@@ -402,6 +414,19 @@ class Registry:
         that what is loaded is exactly what was decided on)."""
         with self._fluent():
             return mlflow.sklearn.load_model(f"models:/{model_name}/{int(version)}")
+
+    def find_reusable(self, model_name: str, training_key: str) -> tuple[ModelVersionInfo, Any] | None:
+        """The newest version tagged with this training key whose model still loads, with the model;
+        None when there is none. A version whose artifacts are gone or unreadable is passed over
+        (logged): a retrain then registers a fresh version rather than reuse one that cannot serve."""
+        matches = [v for v in self.versions(model_name) if v.tags.get(TRAINING_KEY_TAG) == training_key]
+        for info in reversed(matches):
+            try:
+                return info, self.load_model(model_name, info.version)
+            except Exception as exc:  # noqa: BLE001 - any failure to load means "not reusable"
+                log.warning("%s v%s has training key %s but does not load (%s): not reused",
+                            model_name, info.version, training_key[:12], exc)
+        return None
 
     def load_baseline(self, run_id: str):
         """The baseline pipeline logged with a training run."""

@@ -4,6 +4,14 @@ Everything about the columns comes from the dataset spec, so the same code train
 set. Models are scikit-learn Pipelines (preprocessing + estimator in one object) so that the
 registry stores, and scoring loads, exactly what was evaluated: no separate encoder to lose.
 
+Several model families compete (spec training.candidates: XGBoost, scikit-learn's
+HistGradientBoosting, logistic regression). Each is fitted on the same training rows and
+scored on the same out-of-time holdout; the best by promotion.metric becomes the challenger
+(fit_candidates, choose). On real data a logistic regression often wins: then it is the model
+that is registered and served. With training.calibration, each candidate is fitted on the
+earlier days of the window and calibrated on its last days (never on rows it was fitted on);
+the result stays one scikit-learn object with predict_proba.
+
 Determinism matters: the same rows and seed must give bit-identical predictions, so that a
 rerun of a night reproduces its model and its scores. Hence the fixed row order, the fixed
 thread count and the fixed seed below.
@@ -11,22 +19,41 @@ thread count and the fixed seed below.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
-from include.nightshift.spec import DatasetSpec
+from include.nightshift.evaluation import BASELINE_FAMILY, metric_value
+from include.nightshift.spec import METRICS, Candidate, DatasetSpec
 
 # Fixed, not "all cores": a model must not depend on the machine that trained it.
 N_JOBS = 2
 BASELINE_MAX_ITER = 2000
+# What the training key hashes besides data and spec: the libraries that fit and the code that
+# builds and chooses the models. Any change there means a new model, never a reused one.
+KEY_LIBRARIES = ("scikit-learn", "xgboost", "numpy", "pandas", "scipy")
+KEY_CODE = (Path(__file__), Path(__file__).with_name("evaluation.py"))
 
 
 def features_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
@@ -114,37 +141,68 @@ def _one_hot(spec: DatasetSpec) -> OneHotEncoder:
     )
 
 
-def build_model(spec: DatasetSpec) -> Pipeline:
-    """The challenger: numeric passthrough (XGBoost handles NaN itself), one-hot categoricals,
-    a hist XGBoost classifier seeded from the spec.
+def _tree_prep(spec: DatasetSpec) -> ColumnTransformer:
+    """Numeric passthrough (the tree models handle NaN themselves) and one-hot categoricals.
 
     Dense output on purpose: XGBoost reads the absent entries of a sparse matrix as missing,
     not as zero, which would change what a one-hot zero means.
     """
-    prep = ColumnTransformer(
+    return ColumnTransformer(
         [("numeric", "passthrough", spec.numeric_features),
          ("categorical", _one_hot(spec), spec.categorical_features)],
         sparse_threshold=0.0,
     )
-    params = {"tree_method": "hist", "n_jobs": N_JOBS, **spec.training.params, "random_state": spec.training.seed}
-    return Pipeline([("prep", prep), ("model", XGBClassifier(**params))])
 
 
-def build_baseline(spec: DatasetSpec) -> Pipeline:
-    """The simple baseline a challenger must beat: median-imputed, scaled numerics and one-hot
-    categoricals into a logistic regression."""
+def _linear_prep(spec: DatasetSpec) -> ColumnTransformer:
+    """Median-imputed, scaled numerics and one-hot categoricals: what a linear model needs."""
     numeric = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
-    prep = ColumnTransformer(
+    return ColumnTransformer(
         [("numeric", numeric, spec.numeric_features),
          ("categorical", _one_hot(spec), spec.categorical_features)],
         sparse_threshold=0.0,
     )
-    return Pipeline([("prep", prep), ("model", LogisticRegression(max_iter=BASELINE_MAX_ITER))])
+
+
+def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
+    """One candidate's unfitted pipeline, its params as the spec gives them, seeded from training.seed.
+
+    The seed always wins over a random_state in params: the seed is what makes a rerun reproduce.
+    """
+    seed, params = spec.training.seed, dict(candidate.params)
+    if candidate.family == "xgboost":
+        model = XGBClassifier(**{"tree_method": "hist", "n_jobs": N_JOBS, **params, "random_state": seed})
+        return Pipeline([("prep", _tree_prep(spec)), ("model", model)])
+    if candidate.family == "hist_gradient_boosting":
+        return Pipeline([("prep", _tree_prep(spec)),
+                         ("model", HistGradientBoostingClassifier(**{**params, "random_state": seed}))])
+    if candidate.family == BASELINE_FAMILY:
+        model = LogisticRegression(**{"max_iter": BASELINE_MAX_ITER, **params, "random_state": seed})
+        return Pipeline([("prep", _linear_prep(spec)), ("model", model)])
+    raise ValueError(f"training.candidates: unknown family {candidate.family!r}")
+
+
+def build_model(spec: DatasetSpec) -> Pipeline:
+    """The XGBoost candidate (with its params from the spec): a hist XGBoost classifier."""
+    xgb = next((c for c in spec.training.models if c.family == "xgboost"),
+               Candidate(family="xgboost", params=dict(spec.training.params)))
+    return build_candidate(spec, xgb)
+
+
+def build_baseline(spec: DatasetSpec) -> Pipeline:
+    """The simple baseline a challenger must beat: median-imputed, scaled numerics and one-hot
+    categoricals into a logistic regression with its defaults (never the spec's params)."""
+    return Pipeline([("prep", _linear_prep(spec)), ("model", LogisticRegression(max_iter=BASELINE_MAX_ITER))])
 
 
 def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
-    """Fit on the spec's features and label; returns the same (fitted) pipeline."""
-    return model.fit(features_frame(df, spec), labels(df, spec))
+    """Fit on the spec's features and label; returns the same (fitted) pipeline.
+
+    OpenMP threads are pinned (HistGradientBoosting has no n_jobs): like XGBoost's N_JOBS, a
+    model must not depend on how many cores the worker that fitted it had.
+    """
+    with threadpool_limits(limits=N_JOBS, user_api="openmp"):
+        return model.fit(features_frame(df, spec), labels(df, spec))
 
 
 def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -152,3 +210,95 @@ def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.n
     proba = model.predict_proba(features_frame(df, spec))
     positive = list(model.classes_).index(1)
     return proba[:, positive].astype(np.float64)
+
+
+# --- candidates, calibration, the choice --------------------------------------------------
+
+
+@dataclass
+class CandidateFit:
+    """One fitted candidate and its numbers on the holdout (metric None: undefined there)."""
+
+    family: str
+    model: Any
+    holdout_scores: np.ndarray
+    metric: float | None
+    fit_seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe, for the training step, the verdict and the evaluation report."""
+        return {"metric": self.metric, "fit_seconds": round(self.fit_seconds, 3), "params": dict(self.params)}
+
+
+def calibration_split(train_df: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit on, calibrate on): the last training.calibration_days UTC days of the training rows
+    calibrate, the days before them fit. Time-ordered like the holdout: a calibrator fitted on
+    rows its model was trained on learns the model's overconfidence, not its error."""
+    days = spec.training.calibration_days
+    ts = _utc(train_df[spec.timestamp])
+    cut = ts.max().normalize() - pd.Timedelta(days=days - 1)
+    fit_part, cal_part = train_df[ts < cut].reset_index(drop=True), train_df[ts >= cut].reset_index(drop=True)
+    if len(fit_part) == 0 or len(np.unique(labels(cal_part, spec))) < 2:
+        raise ValueError(f"training.calibration_days {days}: the split leaves {len(fit_part)} rows to fit on and "
+                         f"{len(cal_part)} to calibrate on (both classes needed there): use fewer calibration days")
+    return fit_part, cal_part
+
+
+def fit_candidate(spec: DatasetSpec, candidate: Candidate, train_df: pd.DataFrame) -> Any:
+    """The candidate fitted on the training rows; with calibration, fitted on the earlier days and
+    calibrated (FrozenEstimator + CalibratedClassifierCV, one object) on the last ones."""
+    if spec.training.calibration == "none":
+        return fit(build_candidate(spec, candidate), train_df, spec)
+    fit_part, cal_part = calibration_split(train_df, spec)
+    fitted = fit(build_candidate(spec, candidate), fit_part, spec)
+    calibrated = CalibratedClassifierCV(FrozenEstimator(fitted), method=spec.training.calibration)
+    with threadpool_limits(limits=N_JOBS, user_api="openmp"):
+        return calibrated.fit(features_frame(cal_part, spec), labels(cal_part, spec))
+
+
+def fit_candidates(spec: DatasetSpec, train_df: pd.DataFrame, holdout_df: pd.DataFrame) -> list[CandidateFit]:
+    """Every candidate of the spec fitted on the same rows and scored on the same holdout, in spec order."""
+    y = labels(holdout_df, spec)
+    fits = []
+    for candidate in spec.training.models:
+        started = time.perf_counter()
+        model = fit_candidate(spec, candidate, train_df)
+        seconds = time.perf_counter() - started
+        scores = predict_scores(model, holdout_df, spec)
+        value = metric_value(spec.promotion.metric, y, scores, spec.scoring.decision_threshold)
+        fits.append(CandidateFit(candidate.family, model, scores, None if math.isnan(value) else value, seconds,
+                                 dict(candidate.params)))
+    return fits
+
+
+def choose(fits: Sequence[CandidateFit], spec: DatasetSpec) -> CandidateFit:
+    """The best candidate on the holdout metric, in its direction; a candidate whose metric is
+    undefined never wins over one whose metric is defined; ties go to the one listed first."""
+    if not fits:
+        raise ValueError("training.candidates: no candidate to choose from")
+    sign = 1.0 if METRICS[spec.promotion.metric] else -1.0
+    defined = [f for f in fits if f.metric is not None]
+    if not defined:
+        return fits[0]  # the gate then rejects it: its metric is undefined
+    return max(defined, key=lambda f: (sign * f.metric, -fits.index(f)))
+
+
+# --- the training key --------------------------------------------------------------------
+
+
+def training_key(spec: DatasetSpec, snapshot_hashes: Sequence[str]) -> str:
+    """sha256 of everything that makes a challenger what it is: the snapshots it was trained and held
+    out on (their content hashes), the spec's training-relevant part, the library versions and the
+    training code. Equal keys mean a retrain would reproduce the same model, so the registry reuses
+    the version that carries the key instead of registering a duplicate."""
+    content = {
+        "snapshots": sorted(snapshot_hashes),
+        "spec": {"features": [dataclasses.asdict(f) for f in spec.features], "label": dataclasses.asdict(spec.label),
+                 "timestamp": spec.timestamp, "entity_key": dataclasses.asdict(spec.entity_key),
+                 "training": dataclasses.asdict(spec.training), "metric": spec.promotion.metric,
+                 "decision_threshold": spec.scoring.decision_threshold},
+        "libraries": {name: installed_version(name) for name in KEY_LIBRARIES},
+        "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in KEY_CODE],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
