@@ -168,12 +168,15 @@ def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: Dri
 
 def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
                      decision: Decision | None, dag_run_id: str) -> TrainingStep:
-    """Train, log and register a challenger (and its baseline) on the labelled window before `day`."""
-    import numpy as np
+    """Train every candidate on the labelled window before `day`; the holdout metric picks the challenger.
 
+    The challenger is registered with its baseline, unless a version of the model already carries
+    tonight's training key (same snapshots, spec, libraries and code), loads, and reproduces the
+    fresh fit's holdout scores: that version is reused and nothing new is registered (a rerun of a
+    night adds no duplicate version).
+    """
     from include.nightshift import training
-    from include.nightshift.drift import reference_sample
-    from include.nightshift.snapshot import manifest, read_snapshots, take_snapshot
+    from include.nightshift.snapshot import read_snapshots, take_snapshot
 
     end, days = training.training_days(spec, day)
     refs = [take_snapshot(conn, store, spec, d, labelled=True) for d in days]
@@ -182,30 +185,83 @@ def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry,
         raise NotEnoughRows(
             f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
             f"{spec.training.min_rows}) and {len(holdout_df)} holdout rows in the {len(days)} days up to {end}")
-    model = training.fit(training.build_model(spec), train_df, spec)
+    fits = training.fit_candidates(spec, train_df, holdout_df)
+    chosen = training.choose(fits, spec)
+    key = training.training_key(spec, [r.sha256 for r in refs])
+    info = _reusable_version(registry, spec, key, chosen, holdout_df)
+    reused = info is not None
+    if info is None:
+        info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key)
+    holdout_url, refs_url = _keep_holdout(store, spec, day, info.version, chosen, refs)
+    log.info("challenger %s v%s (%s) on %d rows (%d held out, days %s..%s); candidates' holdout %s: %s",
+             "reused" if reused else "registered", info.version, chosen.family, len(train_df), len(holdout_df),
+             days[-1], end, spec.promotion.metric, {f.family: f.metric for f in fits})
+    return TrainingStep(version=info.version, run_id=info.run_id, train_rows=len(train_df),
+                        holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
+                        snapshots_url=refs_url, family=chosen.family,
+                        candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key)
+
+
+def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: Any, holdout_df: Any) -> Any:
+    """The registered version with this training key, if it loads and scores the holdout exactly as the
+    fresh fit does; otherwise None (logged when a version with the key does not reproduce)."""
+    import numpy as np
+
+    from include.nightshift import training
+
+    found = registry.find_reusable(spec.model_name, key)
+    if found is None:
+        return None
+    info, model = found
+    if not np.array_equal(training.predict_scores(model, holdout_df, spec), chosen.holdout_scores):
+        log.warning("%s v%s has training key %s but does not reproduce tonight's fit: registering a new version",
+                    spec.model_name, info.version, key[:12])
+        return None
+    return info
+
+
+def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, decision: Decision | None,
+                         dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str) -> Any:
+    """Log the chosen candidate's run (every candidate's holdout metric on it) and register it."""
+    from include.nightshift import training
+    from include.nightshift.drift import reference_sample
+    from include.nightshift.registry import FAMILY_TAG, TRAINING_KEY_TAG
+
+    metric = spec.promotion.metric
+    metrics: dict[str, float] = {"train_rows": len(train_df), "holdout_rows": int(len(chosen.holdout_scores))}
+    for f in fits:
+        metrics[f"candidate_{f.family}_fit_seconds"] = f.fit_seconds
+        if f.metric is not None:
+            metrics[f"candidate_{f.family}_{metric}"] = f.metric
     baseline = training.fit(training.build_baseline(spec), train_df, spec)
-    holdout_scores = training.predict_scores(model, holdout_df, spec)
-    info = registry.log_challenger(
-        model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
+    return registry.log_challenger(
+        chosen.model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
-                "holdout_days": spec.training.holdout_days, **spec.training.params},
-        metrics={"train_rows": len(train_df), "holdout_rows": len(holdout_df)},
+                "holdout_days": spec.training.holdout_days, "family": chosen.family,
+                "calibration": spec.training.calibration, **chosen.params},
+        metrics=metrics,
         tags={"nightshift.dag_run_id": dag_run_id, RUN_DATE_TAG: day.isoformat(),
-              "nightshift.retrain_reason": str(decision.reason if decision else None)},
+              "nightshift.retrain_reason": str(decision.reason if decision else None),
+              FAMILY_TAG: chosen.family, TRAINING_KEY_TAG: key},
         snapshots=refs,
     )
-    holdout_url = store.url("holdout", spec.name, day.isoformat(), f"v{info.version}.npz")
+
+
+def _keep_holdout(store: ArtifactStore, spec: DatasetSpec, day: dt.date, version: int, chosen: Any,
+                  refs: list) -> tuple[str, str]:
+    """The fresh fit's holdout scores and the snapshot manifest, for the evaluate step (urls)."""
+    import numpy as np
+
+    from include.nightshift.snapshot import manifest
+
+    holdout_url = store.url("holdout", spec.name, day.isoformat(), f"v{version}.npz")
     with store.staging_dir() as tmp:
-        np.savez(tmp / "holdout.npz", scores=holdout_scores)
+        np.savez(tmp / "holdout.npz", scores=chosen.holdout_scores)
         store.put_file(tmp / "holdout.npz", holdout_url)
         (tmp / "snapshots.json").write_text(manifest(refs))
         refs_url = store.put_file(tmp / "snapshots.json",
-                                  store.url("holdout", spec.name, day.isoformat(), f"v{info.version}-snapshots.json"))
-    log.info("trained challenger v%s on %d rows (%d held out, days %s..%s)", info.version, len(train_df),
-             len(holdout_df), days[-1], end)
-    return TrainingStep(version=info.version, run_id=info.run_id, train_rows=len(train_df),
-                        holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
-                        snapshots_url=refs_url)
+                                  store.url("holdout", spec.name, day.isoformat(), f"v{version}-snapshots.json"))
+    return holdout_url, refs_url
 
 
 def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
@@ -234,12 +290,16 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                                                      holdout, spec)
     evaluation = evaluate(holdout, y, scores, spec)
     verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
-                   roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])))
+                   roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
+                   challenger_family=trained.family)
     promote, why = apply_policy(verdict, policy, dry_run=dry_run)
+    if trained.reused and champion is not None and champion.version == trained.version:
+        promote, why = False, f"v{trained.version} is the champion already: tonight's retrain reproduced it"
     judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=dag_run_id,
                          champion_version=champion.version if champion else None,
                          challenger_version=trained.version, promoted=promote, policy_note=why,
-                         evaluation=evaluation)
+                         evaluation=evaluation, family=trained.family, candidates=trained.candidates,
+                         reused=trained.reused)
     registry.log_holdout_metrics(trained.run_id, spec.promotion.metric, {
         "challenger": verdict.challenger, "champion": verdict.champion, "baseline": verdict.baseline})
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports)
@@ -276,24 +336,51 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     return url
 
 
-def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verdict: VerdictStep) -> int | None:
-    """Promote (alias + audit row, one step) or record why not; the version replaced, if any."""
+def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verdict: VerdictStep,
+                   night: dt.date | None = None) -> int | None:
+    """Promote (alias + audit row, one step) or record why not; the version replaced, if any.
+    `night`: the run's date, for the audit row (None: the challenger's own, see promotion.promote)."""
     from include.nightshift.promotion import promote
 
     if verdict.promoted:
-        return promote(registry, conn, spec, verdict)
+        return promote(registry, conn, spec, verdict, night=night)
+    if verdict.champion_version == verdict.challenger_version:  # a reused champion: its tags say why it serves
+        return None
     registry.record_verdict(spec.model_name, verdict.challenger_version, verdict.tags())
     return None
 
 
+class NoModel(RuntimeError):
+    """No champion after the gate: nothing can score the night, so consumers get no predictions.
+
+    Carries what the score task hands on (``scored``, its ``no_model`` set, for the run record),
+    the alert to send (None on a dry run, which publishes nothing anyway) and whether the run may
+    stay green (``scoring.allow_no_predictions``, or a dry run); the message names the setting.
+    """
+
+    def __init__(self, spec: DatasetSpec, scored: ScoringStep, *, dry_run: bool) -> None:
+        self.scored = scored
+        self.allowed = dry_run or spec.scoring.allow_no_predictions
+        setting = f"scoring.allow_no_predictions is {str(spec.scoring.allow_no_predictions).lower()}"
+        consequence = ("dry run: nothing would be published anyway" if dry_run else
+                       f"{setting}: the run stays green" if self.allowed else f"{setting}: the run fails")
+        super().__init__(f"no champion model for {spec.model_name} after the gate: nothing scored or published for "
+                         f"{scored.day} (decision no_model; {consequence})")
+        self.alert: Alert | None = None if dry_run else (
+            f"{spec.name} {scored.day}: no predictions tonight: {spec.model_name} has no champion after the gate "
+            f"({setting})", {"night": scored.day, "model_name": spec.model_name,
+                             "allow_no_predictions": spec.scoring.allow_no_predictions})
+
+
 def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
-                dag_run_id: str) -> ScoringStep | None:
-    """The champion scores the night, chunk by chunk; None when there is no champion."""
+                dag_run_id: str, *, dry_run: bool = False) -> ScoringStep:
+    """The champion scores the night, chunk by chunk; NoModel when there is no champion (no_model)."""
     from include.nightshift.scoring import score_snapshot
 
     champion = registry.champion(spec.model_name)
     if champion is None:
-        return None
+        raise NoModel(spec, ScoringStep(url=None, rows=0, model_version=None,
+                                        day=dt.date.fromisoformat(snapshot.current.day)), dry_run=dry_run)
     url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
     rows = score_snapshot(
         store, snapshot.current.url, url, spec,
@@ -309,6 +396,8 @@ def publish_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, sco
     """Replace the night's partition of the predictions table (one transaction)."""
     from include.nightshift import warehouse
 
+    if scored.no_model:  # the score task fails or skips first; never replace a night with nothing
+        raise ValueError(f"nothing to publish for {scored.day}: no champion scored it (decision no_model)")
     warehouse.ensure_warehouse(conn, spec)
     with store.local_copy(scored.url) as path:
         rows = warehouse.replace_partition(conn, spec, scored.day, path)
@@ -316,14 +405,16 @@ def publish_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, sco
     return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
 
 
-def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *, dry_run: bool,
+def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *,
                  health_days: int) -> str | None:
-    """Upsert the night's row of pipeline_runs (a dry run writes none: the history is of what was
-    published), then regenerate the model-health page; the page's address, None if it failed."""
+    """Write the run's row of run_attempts (every run, dry runs flagged), upsert the night's row of
+    pipeline_runs (a dry run writes none: that history is of what was published), then regenerate
+    the model-health page; the page's address, None if it failed."""
     from include.nightshift import warehouse
 
     warehouse.ensure_warehouse(conn, spec)
-    if dry_run:
+    warehouse.record_attempt(conn, spec, record.attempt_row())
+    if record.dry_run:
         log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
     else:
         warehouse.upsert_run(conn, spec, record.row())

@@ -364,7 +364,7 @@ class Promotion(_Section):
     realised_confidence: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False, description=(
         "Confidence of the realised metric's bootstrap interval."))] = 0.95
     realised_resamples: Annotated[int, Strict(), Field(ge=20, description=(
-        "Bootstrap resamples of that interval (seeded with training.seed)."))] = 300
+        "Bootstrap resamples of that interval (seeded with training.seed)."))] = 200
 
     @property
     def greater_is_better(self) -> bool:

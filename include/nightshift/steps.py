@@ -103,29 +103,58 @@ class ValidationStep(StepOutput):
 
 @dataclass(frozen=True)
 class DriftStep(StepOutput):
-    """Drift of the night against the champion's reference; share None when there is no champion."""
+    """Drift of the current window against the reference (drift.reference), and how long it has lasted.
+
+    share None: not measured (no champion, or no reference rows). ``detected``: share at or above
+    drift.share_threshold tonight. ``persisted_nights``: consecutive nights detected against the
+    same champion, tonight included, counted back over at most drift.persist_nights nights (from
+    pipeline_runs; a night missing there counts as not drifted). ``prediction_drift``: the
+    champion's score distribution tested like a feature ({"method", "score", "threshold",
+    "drifted"}), recorded evidence only.
+    """
 
     share: float | None
     champion_version: int | None
     drifted: list[str] | None = None
     report_url: str | None = None
-    details: dict = field(default_factory=dict)  # DriftResult.to_dict(): per-column methods and scores
+    details: dict = field(default_factory=dict)  # DriftResult.to_dict(), the windows and the history read
+    detected: bool | None = None
+    persisted_nights: int = 0
+    prediction_drift: dict | None = None
 
 
 @dataclass(frozen=True)
 class MonitorStep(StepOutput):
-    """The champion's realised metric on the rows whose labels just arrived."""
+    """The champion's realised metric on the labelled days it never saw (a pooled rolling window).
+
+    ``realised_metric`` is the point estimate on the pooled rows; ``interval`` its seeded bootstrap
+    interval [low, high] at ``confidence``; ``days`` the labelled days pooled (ISO dates, after the
+    champion's holdout end, at most promotion.realised_window_days); ``brier`` and ``ece`` the
+    calibration of its scores on those rows. None throughout when nothing was measured.
+    """
 
     realised_metric: float | None
     rows: int
     champion_version: int | None
     champion_holdout_metric: float | None = None
     day: dt.date | None = None
+    interval: list[float] | None = None
+    confidence: float | None = None
+    days: list[str] = field(default_factory=list)
+    brier: float | None = None
+    ece: float | None = None
+    holdout_end: dt.date | None = None
 
 
 @dataclass(frozen=True)
 class TrainingStep(StepOutput):
-    """The challenger registered tonight, and where its holdout lives."""
+    """The challenger registered tonight, and where its holdout lives.
+
+    family: the candidate the holdout chose; candidates: every candidate's holdout metric and fit
+    time, by family. reused: the version already carried tonight's training key (same snapshots,
+    spec, libraries and code), so nothing new was registered; holdout_scores_url then holds the
+    fresh fit's scores, which the round trip compares with the reused version's.
+    """
 
     version: int
     run_id: str
@@ -134,6 +163,10 @@ class TrainingStep(StepOutput):
     holdout_end: dt.date
     holdout_scores_url: str
     snapshots_url: str
+    family: str = "xgboost"
+    candidates: dict[str, dict] = field(default_factory=dict)
+    reused: bool = False
+    training_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,9 @@ class VerdictStep(StepOutput):
     policy_note: str
     evaluation: dict = field(default_factory=dict)
     report_url: str | None = None
+    family: str | None = None  # the challenger's model family (TrainingStep.family)
+    candidates: dict[str, dict] = field(default_factory=dict)  # every candidate's holdout metric, by family
+    reused: bool = False  # the challenger is a version reused by training key, not one registered tonight
 
     def record(self) -> dict[str, Any]:
         """The verdict as the evaluation report and evaluation.json show it (the evaluation apart)."""
@@ -172,12 +208,21 @@ class VerdictStep(StepOutput):
 
 @dataclass(frozen=True)
 class ScoringStep(StepOutput):
-    """The night's predictions, scored by one champion version, waiting to be published."""
+    """The night's predictions, scored by one champion version, waiting to be published.
 
-    url: str
+    With no champion after the gate nothing is scored: ``url`` and ``model_version`` are None
+    (``no_model``); the score task hands this on although it fails, so the run record can say so.
+    """
+
+    url: str | None
     rows: int
-    model_version: int
+    model_version: int | None
     day: dt.date
+
+    @property
+    def no_model(self) -> bool:
+        """Nothing could score the night: there was no champion."""
+        return self.model_version is None
 
 
 @dataclass(frozen=True)
