@@ -10,6 +10,9 @@ did it and why, from which Airflow run, and when.
 - The key is (event, dag_run_id, to_version): a retry repeats the same change, while a
   nightly run that was cleared and ran again under the same run id and promoted another
   version made a second, real change, and keeps both rows.
+- ``night`` names the night a change belongs to (promotion.promote, rollback.rollback_change
+  say which night each kind of change takes), so a change joins pipeline_runs.logical_date
+  and predictions.score_date.
 - The table's DDL lives in warehouse.py with the rest of the warehouse (one versioned
   schema, one advisory lock); this module writes and reads its rows.
 """

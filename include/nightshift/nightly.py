@@ -88,38 +88,119 @@ def keep_report_folder(store: ArtifactStore, folder: Path, entry: str | None, ba
     return store.url(*base, str(Path(entry).relative_to(folder))) if entry else None
 
 
-def measure_night_drift(store: ArtifactStore, registry: Registry, spec: DatasetSpec,
-                        snapshot: SnapshotStep) -> DriftStep:
-    """The night's features against the champion's reference sample; nothing to compare without a champion."""
-    from include.nightshift.drift import measure_drift
-    from include.nightshift.snapshot import read_snapshot
+def measure_night_drift(source: Connection, conn: Connection, store: ArtifactStore, registry: Registry,
+                        spec: DatasetSpec, snapshot: SnapshotStep) -> DriftStep:
+    """The current window's features (and the champion's scores) against the reference, and how many
+    nights in a row the drift has lasted (from `conn`'s pipeline_runs).
+
+    The reference is the champion's training sample (stored with it; none without a champion) or,
+    with drift.reference `recent`, the served nights just before the current window. Past nights'
+    rows are re-taken as snapshots from `source` (the same rows give the same file, reused).
+    """
+    from include.nightshift.drift import current_days, measure_drift, reference_days
 
     champion = registry.champion(spec.model_name)
-    if champion is None:
+    tonight = dt.date.fromisoformat(snapshot.current.day)
+    windows = {"current_days": [d.isoformat() for d in current_days(spec, tonight)], "reference": spec.drift.reference,
+               "reference_days": [d.isoformat() for d in reference_days(spec, tonight)]}
+    if champion is None and spec.drift.reference == "champion_training":
         log.info("no champion yet: nothing to compare against")
-        return DriftStep(share=None, champion_version=None)
-    current = read_snapshot(store, snapshot.current.url, columns=spec.feature_names)
-    reference = registry.load_reference(champion.run_id)
+        return DriftStep(share=None, champion_version=None, details={"windows": windows})
+    current = _pooled_features(source, store, spec, current_days(spec, tonight), snapshot.current)
+    reference = (registry.load_reference(champion.run_id) if spec.drift.reference == "champion_training"
+                 else _pooled_features(source, store, spec, reference_days(spec, tonight)))
+    version = champion.version if champion else None
+    if current.empty or reference.empty:
+        log.info("drift not measured: %d current and %d reference rows", len(current), len(reference))
+        return DriftStep(share=None, champion_version=version, details={"windows": windows})
+    score = _champion_scorer(registry, spec, champion)
     url = store.url("reports", spec.name, snapshot.day.isoformat(), "drift.html")
     with store.staging_dir() as tmp:
-        result = measure_drift(current, reference, spec, html_path=tmp / "drift.html")
+        result = measure_drift(current, reference, spec, html_path=tmp / "drift.html", score=score)
         store.put_file(tmp / "drift.html", url)
-    log.info("drift share %.3f (threshold %.3f); drifted: %s; report %s", result.share,
-             spec.drift.share_threshold, ", ".join(result.drifted) or "none", url)
-    return DriftStep(share=float(result.share), champion_version=champion.version, drifted=list(result.drifted),
-                     report_url=url, details={**result.to_dict(), "report_path": url})
+    detected = result.share >= spec.drift.share_threshold
+    history = drift_history(conn, spec, snapshot.day, version)
+    persisted = persisted_nights(detected, history, snapshot.day, spec)
+    log.info("drift share %.3f (threshold %.3f, %d of %d consecutive nights; windows %s); drifted: %s; "
+             "prediction drift %s; report %s", result.share, spec.drift.share_threshold, persisted,
+             spec.drift.persist_nights, windows, ", ".join(result.drifted) or "none", result.prediction, url)
+    return DriftStep(share=float(result.share), champion_version=version, drifted=list(result.drifted),
+                     report_url=url, detected=detected, persisted_nights=persisted,
+                     prediction_drift=result.to_dict()["prediction"],
+                     details={**result.to_dict(), "report_path": url, "windows": windows, "history": history})
+
+
+def _pooled_features(source: Connection, store: ArtifactStore, spec: DatasetSpec, days: list[dt.date],
+                     tonight: Any = None) -> Any:
+    """The spec's features of the scored rows of `days`, pooled (each day first cut to drift.sample_rows,
+    seeded, so a long window stays bounded in memory); `tonight`'s snapshot is used as it is."""
+    import pandas as pd
+
+    from include.nightshift.drift import reference_sample
+    from include.nightshift.snapshot import read_snapshot, take_snapshot
+
+    frames = []
+    for day in days:
+        ref = tonight if tonight is not None and tonight.day == day.isoformat() else take_snapshot(source, store,
+                                                                                                 spec, day)
+        if ref.rows:
+            frames.append(reference_sample(read_snapshot(store, ref, columns=spec.feature_names), spec))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.feature_names)
+
+
+def _champion_scorer(registry: Registry, spec: DatasetSpec, champion: Any) -> Any:
+    """The champion's scores of a frame of features (for output drift); None without a champion."""
+    if champion is None:
+        return None
+    from include.nightshift.training import predict_scores
+
+    model = registry.load_model(spec.model_name, champion.version)
+    return lambda frame: predict_scores(model, frame, spec)
+
+
+def drift_history(conn: Connection, spec: DatasetSpec, day: dt.date, champion_version: int | None) -> list[dict]:
+    """The drift verdicts of the drift.persist_nights - 1 nights before `day`, newest first, from
+    pipeline_runs: {"day", "drift_share", "champion_version", "drifted"}. A night counts as drifted when
+    its share reached tonight's threshold against the same champion (any champion for a `recent`
+    reference); a night without a row is not listed (and so not drifted)."""
+    from include.nightshift import warehouse
+
+    nights = spec.drift.persist_nights - 1
+    if nights < 1:
+        return []
+    rows = warehouse.runs(conn, spec, nights, until=day - dt.timedelta(days=1))
+    same = spec.drift.reference == "recent"
+    return [{"day": row["logical_date"].isoformat(), "drift_share": row["drift_share"],
+             "champion_version": row["champion_version"],
+             "drifted": bool(row["drift_share"] is not None and row["drift_share"] >= spec.drift.share_threshold
+                             and (same or row["champion_version"] == champion_version))}
+            for row in sorted(rows, key=lambda r: r["logical_date"], reverse=True)]
+
+
+def persisted_nights(detected: bool, history: list[dict], day: dt.date, spec: DatasetSpec) -> int:
+    """Consecutive drifted nights ending tonight (0 when tonight is not drifted), at most drift.persist_nights."""
+    if not detected:
+        return 0
+    drifted = {h["day"] for h in history if h["drifted"]}
+    nights = 1
+    while nights < spec.drift.persist_nights and (day - dt.timedelta(days=nights)).isoformat() in drifted:
+        nights += 1
+    return nights
 
 
 Alert = tuple[str, dict[str, Any]]  # one sentence for a person, and the facts behind it
 
 
-def drift_alert(spec: DatasetSpec, day: dt.date, drift: DriftStep) -> Alert | None:
-    """An alert when tonight's drift reaches the threshold that triggers a retrain; else None."""
-    if drift.share is None or drift.share < spec.drift.share_threshold:
+def drift_alert(spec: DatasetSpec, day: dt.date, drift: DriftStep | None, decision: Decision) -> Alert | None:
+    """An alert when drift is acted on (it triggered the decision, persisted or with a quality drop);
+    drift that is only recorded alerts nobody (it is logged and kept in pipeline_runs)."""
+    if drift is None or "drift" not in decision.details.get("triggered", []):
         return None
     return (f"{spec.name} {day}: {drift.share:.0%} of the features drifted "
-            f"(threshold {spec.drift.share_threshold:.0%})",
-            {"share": drift.share, "drifted": drift.drifted, "report": drift.report_url})
+            f"(threshold {spec.drift.share_threshold:.0%}), {drift.persisted_nights} night(s) in a row",
+            {"share": drift.share, "drifted": drift.drifted, "persisted_nights": drift.persisted_nights,
+             "prediction_drift": drift.prediction_drift, "summary": decision.details.get("summary"),
+             "report": drift.report_url})
 
 
 def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
@@ -129,41 +210,70 @@ def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
             {"failures": failure.get("failures"), "report": result.report_urls.get(failure.get("snapshot"))})
 
 
-def monitor_champion(store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+def monitor_champion(source: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
                      snapshot: SnapshotStep) -> MonitorStep:
-    """The champion's realised metric on the newly labelled rows, next to its holdout metric at promotion."""
-    from include.nightshift.evaluation import metric_value
-    from include.nightshift.snapshot import read_snapshot
-    from include.nightshift.training import labels, predict_scores
+    """The champion's realised metric, with a bootstrap interval and its calibration, on the labelled days
+    it never saw: the last promotion.realised_window_days labelled days after its holdout's end, pooled.
+
+    Past labelled days are re-taken as snapshots from `source` (the same rows give the same file). No
+    such day yet (a champion trained last night) means not measured, which triggers nothing.
+    """
+    from include.nightshift.training import training_days
 
     champion = registry.champion(spec.model_name)
-    labelled = snapshot.labelled
-    if champion is None or labelled.rows == 0:
-        return MonitorStep(realised_metric=None, rows=labelled.rows, champion_version=None)
-    df = read_snapshot(store, labelled.url)
-    scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
-    value = metric_value(spec.promotion.metric, labels(df, spec), scores, spec.scoring.decision_threshold)
+    if champion is None:
+        return MonitorStep(realised_metric=None, rows=0, champion_version=None)
     holdout = champion.tags.get("verdict.challenger")  # its holdout metric when it was promoted
-    log.info("champion v%s realised %s on %s (%d rows): %.4f (holdout %s)", champion.version,
-             spec.promotion.metric, labelled.day, len(df), value, holdout)
-    return MonitorStep(realised_metric=None if value != value else float(value), rows=len(df),
-                       day=dt.date.fromisoformat(labelled.day), champion_version=champion.version,
-                       champion_holdout_metric=float(holdout) if holdout else None)
+    newest = dt.date.fromisoformat(snapshot.labelled.day)
+    holdout_end = training_days(spec, champion.trained_for)[0] if champion.trained_for else None
+    days = [newest - dt.timedelta(days=i) for i in range(spec.promotion.realised_window_days)]
+    days = [d for d in days if holdout_end is None or d > holdout_end]
+    base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
+                       champion_holdout_metric=float(holdout) if holdout else None, holdout_end=holdout_end)
+    quality, used = _realised(source, store, registry, spec, champion, snapshot, days)
+    if quality is None:
+        log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
+                 champion.version, holdout_end, spec.promotion.metric)
+        return base
+    log.info("champion v%s realised %s on %d rows of %s: %s [%s, %s] (%.0f%%), brier %s, ECE %s (holdout %s)",
+             champion.version, spec.promotion.metric, quality.rows, ", ".join(used), quality.value, quality.low,
+             quality.high, 100 * quality.confidence, quality.brier, quality.ece, holdout)
+    interval = None if quality.low is None else [quality.low, quality.high]
+    return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
+                               confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece)
+
+
+def _realised(source: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
+              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str]]:
+    """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), and the
+    days that had rows."""
+    from include.nightshift.quality import realised_quality
+    from include.nightshift.snapshot import read_snapshots, take_snapshot
+    from include.nightshift.training import labels, predict_scores
+
+    refs = [snapshot.labelled if d.isoformat() == snapshot.labelled.day else
+            take_snapshot(source, store, spec, d, labelled=True) for d in days]
+    refs = [ref for ref in refs if ref.rows]
+    if not refs:
+        return None, []
+    df = read_snapshots(store, refs)
+    scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
+    pro = spec.promotion
+    quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
+                               confidence=pro.realised_confidence, resamples=pro.realised_resamples,
+                               seed=spec.training.seed)
+    return quality, sorted(ref.day for ref in refs)
 
 
 def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: DriftStep | None,
                  monitor: MonitorStep | None, *, force: bool) -> Decision:
-    """Retrain tonight or not, and why; the champion's age is counted in nights, up to `day`."""
+    """Retrain tonight or not, and why (logged); the champion's age is counted in nights, up to `day`."""
     champion = registry.champion(spec.model_name)
-    return decide(
-        has_champion=champion is not None,
-        drift_share=drift.share if drift else None,
-        realised_metric=monitor.realised_metric if monitor else None,
-        champion_holdout_metric=monitor.champion_holdout_metric if monitor else None,
-        champion_age_days=model_age_days(champion.trained_for, day) if champion else None,
-        force=force,
-        spec=spec,
-    )
+    decision = decide(has_champion=champion is not None, drift=drift, monitor=monitor,
+                      champion_age_days=model_age_days(champion.trained_for, day) if champion else None,
+                      force=force, spec=spec)
+    log.info("decision: %s", decision.details.get("summary", decision.reason))
+    return decision
 
 
 def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,

@@ -8,6 +8,7 @@ attempted and no error on the way is swallowed.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
@@ -44,25 +45,33 @@ def apply_policy(verdict: Verdict, policy: str, *, dry_run: bool) -> tuple[bool,
     return verdict.promote, "gate passed" if verdict.promote else "gate failed"
 
 
-def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: "VerdictStep") -> int | None:
+def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: "VerdictStep", *,
+            night: dt.date | None = None) -> int | None:
     """Move `champion` to the challenger and append its audit row; returns the version replaced.
 
     The audit table is created before the alias moves (a warehouse that cannot take the row
     fails the step while production is untouched); the row is written right after the move,
     and an error there propagates: the run fails, naming it, instead of going green with a
     new champion and no record of it.
+
+    `night` (champion_changes.night) is the logical date of the run whose gate promoted; when the
+    caller does not give it, the challenger's own night (its nightshift.run_date tag, set by the run
+    that trained it, which is the run that judged it: train and evaluate are one DAG run).
     """
     audit.ensure_audit(conn, spec)
+    if night is None:
+        night = registry.version(spec.model_name, verdict.challenger_version).trained_for
     replaced = registry.promote(spec.model_name, verdict.challenger_version, verdict.tags())
-    audit.record_change(conn, spec, promotion_change(spec, verdict, replaced))
+    audit.record_change(conn, spec, promotion_change(spec, verdict, replaced, night))
     return replaced
 
 
-def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None) -> dict[str, Any]:
+def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None,
+                     night: dt.date | None = None) -> dict[str, Any]:
     """The audit row of a promotion (the same shape a rollback writes)."""
     return {"event": "promote", "model_name": spec.model_name, "from_version": replaced,
             "to_version": verdict.challenger_version, "actor": "nightshift", "reason": verdict.policy_note,
-            "dag_run_id": verdict.dag_run_id,
+            "dag_run_id": verdict.dag_run_id, "night": night,
             "details": {"policy": verdict.policy, "metric": spec.promotion.metric,
                         "champion": verdict.champion, "challenger": verdict.challenger}}
 

@@ -18,13 +18,39 @@ from include.nightshift.artifacts import ArtifactStore, safe_name
 from include.nightshift.registry import Registry, RollbackRefused, RollbackResult
 from include.nightshift.spec import DatasetSpec
 
-__all__ = ["RollbackRefused", "RollbackResult", "latest_published", "republish_latest", "rollback"]
+__all__ = ["RollbackRefused", "RollbackResult", "latest_night", "latest_published", "republish_latest", "rollback",
+           "rollback_change"]
 
 
 def rollback(registry: Registry, model_name: str, *, to_version: int | None, actor: str, reason: str,
              rollback_id: str) -> RollbackResult:
     """Point `champion` at to_version (None: the previous champion); see Registry.rollback."""
     return registry.rollback(model_name, to_version=to_version, actor=actor, reason=reason, rollback_id=rollback_id)
+
+
+def latest_night(conn: Connection, spec: DatasetSpec) -> dt.date | None:
+    """The newest score_date of <schema>.predictions (None: nothing published yet)."""
+    if not warehouse.table_exists(conn, spec, warehouse.PREDICTIONS):
+        return None
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT max(score_date) FROM {}").format(warehouse.table(spec, warehouse.PREDICTIONS)))
+        return cur.fetchone()[0]
+
+
+def rollback_change(conn: Connection, spec: DatasetSpec, result: RollbackResult, *, actor: str, reason: str,
+                    requested: Any, dag_run_id: str) -> dict[str, Any]:
+    """The audit row of a rollback (the shape a promotion writes).
+
+    Its night is the latest published night when the rollback ran: the night the republish step
+    re-scores with the restored version, so the change belongs to the predictions it first shows
+    up in (with republish off, that night keeps the old scores and the next nightly run is the
+    first with the restored version). Not the rollback run's own date: a manual run has no night
+    of its own, and changed_at already says when it happened. None when nothing was published.
+    """
+    return {"event": "rollback", "model_name": spec.model_name, "from_version": result.from_version,
+            "to_version": result.to_version, "actor": actor, "reason": reason, "dag_run_id": dag_run_id,
+            "changed_at": result.at, "night": latest_night(conn, spec),
+            "details": {"requested_version": requested, "rollback_id": result.rollback_id, "resumed": result.resumed}}
 
 
 def latest_published(conn: Connection, spec: DatasetSpec) -> tuple[dt.date, str] | None:

@@ -1,7 +1,8 @@
-"""The run's one row of history (``<schema>.pipeline_runs``), built from the steps' outputs.
+"""The run's row of history, built from the steps' outputs: ``<schema>.run_attempts`` (every DAG
+run) and ``<schema>.pipeline_runs`` (the latest non-dry run of each night).
 
 Pure: no database, no Airflow. The record_run task gathers the steps' typed outputs and the
-task states, calls build_run_record, and writes the result with warehouse.upsert_run.
+task states, calls build_run_record, and writes the result (nightly.record_night).
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ from typing import Any
 
 from include.nightshift.decide import Decision
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.steps import (DriftStep, PublishStep, SnapshotStep, StepOutput, TrainingStep,
+from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, SnapshotStep, StepOutput, TrainingStep,
                                       ValidationStep, VerdictStep)
+from include.nightshift.warehouse import ATTEMPT_COLUMNS
 
 FAILED_STATES = ("failed", "upstream_failed")
+ATTEMPT_ONLY = ("dry_run", "conf")  # RunRecord fields that run_attempts has and pipeline_runs does not
 
 
-def run_outcome(failed_tasks: list[str], verdict: VerdictStep | None) -> str:
-    """failed, promoted, rejected or skipped (no challenger tonight): pipeline_runs.decision."""
+def run_outcome(failed_tasks: list[str], verdict: VerdictStep | None, scored: ScoringStep | None = None) -> str:
+    """no_model, failed, promoted, rejected or skipped (no challenger tonight): the decision column.
+
+    no_model first: the score step found no champion after the gate, and the failures that follow
+    from it (score, publish) are that, not something else; nothing upstream of score had failed,
+    or it would not have run.
+    """
+    if scored is not None and scored.no_model:
+        return "no_model"
     if failed_tasks:
         return "failed"
     if verdict is not None:
@@ -53,10 +63,30 @@ class RunRecord(StepOutput):
     finished_at: dt.datetime
     note: str | None
     details: dict = field(default_factory=dict)
+    dry_run: bool = False
+    conf: dict = field(default_factory=dict)  # the run's parameters, as it ran
 
     def row(self) -> dict[str, Any]:
-        """The values as the warehouse takes them (dates and times as Python objects)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The pipeline_runs row, values as the warehouse takes them (dates and times as Python objects)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ATTEMPT_ONLY}
+
+    def attempt_row(self) -> dict[str, Any]:
+        """The run_attempts row: the columns it shares with pipeline_runs, and what only an attempt has
+        (dry_run, conf, failed_tasks). A pipeline_runs column run_attempts lacks is left out."""
+        values = {**self.row(), "dry_run": self.dry_run, "conf": self.conf,
+                  "failed_tasks": self.details.get("failed_tasks", [])}
+        return {name: value for name, value in values.items() if name in ATTEMPT_COLUMNS}
+
+    def error(self, spec: DatasetSpec) -> str | None:
+        """Why the DAG run must fail (the record task raises it), None when it may pass."""
+        failed = self.details.get("failed_tasks")
+        if not failed:
+            return None
+        where = f"recorded in {spec.warehouse.schema}.pipeline_runs and {spec.warehouse.schema}.run_attempts"
+        if self.decision == "no_model":
+            return (f"no predictions for {self.logical_date}: no champion after the gate (decision no_model; "
+                    f"scoring.allow_no_predictions is false); {where}")
+        return f"run failed at {', '.join(failed)}; {where}"
 
     def summary(self) -> str:
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
@@ -68,9 +98,12 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                      snapshot: SnapshotStep | None, validation: ValidationStep | None, drift: DriftStep | None,
                      decision: Decision | None, trained: TrainingStep | None, verdict: VerdictStep | None,
                      published: PublishStep | None, started_at: dt.datetime | None, finished_at: dt.datetime,
-                     note: str | None, record_task: str = "record_run") -> RunRecord:
-    """What happened tonight, from what each step handed on (None: the step did not run or failed)."""
+                     params: dict[str, Any] | None = None, scored: ScoringStep | None = None,
+                     record_task: str = "record_run") -> RunRecord:
+    """What happened tonight, from what each step handed on (None: the step did not run or failed)
+    and the run's parameters (`params`: note, dry_run and the rest, kept as the attempt's conf)."""
     failed = failed_tasks(states, besides=record_task)
+    params = dict(params or {})
     return RunRecord(
         logical_date=day,
         dag_run_id=dag_run_id,
@@ -78,7 +111,7 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         validation_passed=_field(validation, "passed"),
         drift_share=_field(drift, "share"),
         retrain_reason=_field(decision, "reason"),
-        decision=run_outcome(failed, verdict),
+        decision=run_outcome(failed, verdict, scored),
         champion_version=verdict.champion_version if verdict else _field(drift, "champion_version"),
         challenger_version=_field(trained, "version"),
         champion_metric=_field(verdict, "champion"),
@@ -87,10 +120,12 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         rows_published=_field(published, "rows", 0),
         started_at=started_at,
         finished_at=finished_at,
-        note=note or None,
+        note=params.get("note") or None,
         details={"failed_tasks": failed, "task_states": states, "validation_failure": _field(validation, "failure"),
                  "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note")},
+        dry_run=bool(params.get("dry_run")),
+        conf=params,
     )
 
 

@@ -61,7 +61,8 @@ SCHEMA_VERSION = "schema_version"
 # the gate, so nothing could score the night. A value added here needs a migration that resets
 # the CHECK of both tables (see _set_decisions); the tuples of past migrations stay as they were.
 _DECISIONS_V1 = ("skipped", "promoted", "rejected", "failed")
-DECISIONS = (*_DECISIONS_V1, "no_model")
+_DECISIONS_V3 = (*_DECISIONS_V1, "no_model")
+DECISIONS = _DECISIONS_V3
 CHANGE_EVENTS = ("promote", "rollback")
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
@@ -126,7 +127,7 @@ CHANGE_KEY = ("event", "dag_run_id", "to_version")
 ATTEMPT_COLUMNS: dict[str, tuple[str, str]] = {
     "dag_run_id": ("text PRIMARY KEY", "The Airflow DAG run; a retry of its record_run task updates this row."),
     "logical_date": ("date NOT NULL", "The night the run processed."),
-    "decision": ("text NOT NULL CHECK (decision IN ({}))".format(", ".join(f"'{d}'" for d in DECISIONS)),
+    "decision": ("text NOT NULL CHECK (decision IN ({}))".format(", ".join(f"'{d}'" for d in _DECISIONS_V3)),
                  "skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored)."),
     "failed_tasks": ("text[] NOT NULL DEFAULT '{}'", "Tasks that failed, or could not run because an upstream failed."),
     "dry_run": ("boolean NOT NULL DEFAULT false", "A dry run: trained and evaluated, nothing promoted or published."),
@@ -255,7 +256,7 @@ def _set_decisions(cur: Cursor, spec: DatasetSpec, relation: str, decisions: tup
 
 def _allow_no_model(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """pipeline_runs.decision may be no_model: a night with no champion after the gate."""
-    _set_decisions(cur, spec, PIPELINE_RUNS, ("skipped", "promoted", "rejected", "failed", "no_model"))
+    _set_decisions(cur, spec, PIPELINE_RUNS, _DECISIONS_V3)
     _comment(cur, "COLUMN", sql.SQL("{}.decision").format(table(spec, PIPELINE_RUNS)),
              "skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored).")
 

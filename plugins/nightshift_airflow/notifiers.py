@@ -1,5 +1,6 @@
 """Alerts: tell people when a night fails, when its data fails validation, when the inputs
-drift, and when the production model changes (promotion or rollback).
+drift, when a night has no model to score it (no_model: no champion after the gate), and when
+the production model changes (promotion or rollback).
 
 Two notifiers ship: `LogNotifier` (the default) writes one WARNING line to the task log, and
 `WebhookNotifier` posts Slack-style JSON (`{"text": ...}` plus the event's fields) to the
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 NOTIFIERS_VARIABLE = "nightshift_notifiers"
 DEFAULT_NOTIFIERS = "log"
-EVENTS = ("task_failed", "validation_failed", "drift", "promotion", "rollback")
+EVENTS = ("task_failed", "validation_failed", "drift", "no_model", "promotion", "rollback")
 TEXT_LIMIT = 500  # characters of the one-line text; the full error goes in details
 
 
@@ -178,7 +179,7 @@ def send(alert: Alert) -> None:
 def notify(event: str, message: str, context: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> None:
     """Send one pipeline event through every configured notifier.
 
-    :param event: one of EVENTS: task_failed, validation_failed, drift, promotion, rollback.
+    :param event: one of EVENTS: task_failed, validation_failed, drift, no_model, promotion, rollback.
     :param message: one human sentence (it becomes the first part of the text line).
     :param context: the task's Airflow context (for the dag, run and task ids).
     :param details: small JSON-able facts (versions, metrics, columns); sent as `details`.

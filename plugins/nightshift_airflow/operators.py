@@ -141,25 +141,26 @@ class ValidateOperator(NightshiftOperator):
 
 
 class DriftOperator(NightshiftOperator):
-    """Compare the night's features with the champion's reference sample (Evidently)."""
+    """Compare the current window's features and the champion's scores with the reference (Evidently); count
+    the nights in a row the drift has lasted (pipeline_runs). Drift alerts only when decide acts on it."""
 
     inputs = ("snapshot",)
     ui_color = "#fbcfe8"
     operator_extra_links = (DriftReportLink(),)
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import drift_alert, measure_night_drift
+        from include.nightshift.nightly import measure_night_drift
 
-        snap = self.received()["snapshot"]
-        drift = measure_night_drift(runtime.artifact_store(), runtime.registry(), self.spec, snap)
+        with self.connect(self.spec.source.connection_id) as source, self.connect() as conn:
+            drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
+                                        self.received()["snapshot"])
         if drift.report_url:
             context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)
-        alert(context, "drift", drift_alert(self.spec, snap.day, drift))
         return drift.to_xcom()
 
 
 class MonitorOperator(NightshiftOperator):
-    """The champion's realised quality on the rows whose labels arrived since the last run."""
+    """The champion's realised quality, with an interval and calibration, on the recent labelled days it never saw."""
 
     inputs = ("snapshot",)
     ui_color = "#fbcfe8"
@@ -167,8 +168,9 @@ class MonitorOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import monitor_champion
 
-        snap = self.received()["snapshot"]
-        return monitor_champion(runtime.artifact_store(), runtime.registry(), self.spec, snap).to_xcom()
+        with self.connect(self.spec.source.connection_id) as source:
+            return monitor_champion(source, runtime.artifact_store(), runtime.registry(), self.spec,
+                                    self.received()["snapshot"]).to_xcom()
 
 
 class DecideOperator(NightshiftOperator, BaseBranchOperator):
@@ -178,11 +180,12 @@ class DecideOperator(NightshiftOperator, BaseBranchOperator):
     ui_color = "#ddd6fe"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import decide_night
+        from include.nightshift.nightly import decide_night, drift_alert
 
-        decision = decide_night(runtime.registry(), self.spec, runtime.run_date(context), **self.received(),
+        got, day = self.received(), runtime.run_date(context)
+        decision = decide_night(runtime.registry(), self.spec, day, **got,
                                 force=bool(self.param(context, "force_retrain", False)))
-        log.info("decision: %s", decision.details.get("summary", decision.reason))
+        alert(context, "drift", drift_alert(self.spec, day, got["drift"], decision))  # only drift acted on
         output = decision.to_xcom()
         context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=output)  # do_branch ends the task by raising
         self.do_branch(context, TRAIN if decision.retrain else SKIP_TRAINING)
@@ -243,13 +246,15 @@ class ScoreOperator(NightshiftOperator):
     ui_color = "#fed7aa"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import score_night
+        from include.nightshift.nightly import NoModel, score_night
 
-        scored = score_night(runtime.artifact_store(), runtime.registry(), self.spec, self.received()["snapshot"],
-                             context["run_id"])
-        if scored is None:
-            raise AirflowSkipException("no champion model: nothing to score tonight")
-        return scored.to_xcom()
+        try:
+            return score_night(runtime.artifact_store(), runtime.registry(), self.spec, self.received()["snapshot"],
+                               context["run_id"], dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
+        except NoModel as exc:  # no champion after the gate: alerted, recorded no_model, fails unless the spec allows
+            context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=exc.scored.to_xcom())  # for the run record
+            alert(context, "no_model", exc.alert)
+            raise (AirflowSkipException if exc.allowed else AirflowFailException)(str(exc)) from exc
 
 
 class PublishOperator(NightshiftOperator):
@@ -268,9 +273,9 @@ class PublishOperator(NightshiftOperator):
 
 
 class RecordRunOperator(NightshiftOperator):
-    """Write the run's one row of history (whatever happened; a dry run writes none), then fail the run if a step failed."""
+    """Record the run (run_attempts) and the night (pipeline_runs; not for a dry run); fail the run if a step failed."""
 
-    inputs = ("snapshot", "validation", "drift", "decision", "trained", "verdict", "published")
+    inputs = ("snapshot", "validation", "drift", "decision", "trained", "verdict", "scored", "published")
     ui_color = "#e5e7eb"
     operator_extra_links = (HealthPageLink(),)
 
@@ -281,11 +286,10 @@ class RecordRunOperator(NightshiftOperator):
         got = self.received()
         record = build_run_record(
             self.spec, day=runtime.run_date(context), dag_run_id=context["run_id"], states=runtime.task_states(context),
-            **got, started_at=getattr(context.get("dag_run"), "start_date", None),
-            finished_at=dt.datetime.now(dt.timezone.utc), note=self.param(context, "note"), record_task=self.task_id)
+            **got, started_at=getattr(context.get("dag_run"), "start_date", None), params=context.get("params"),
+            finished_at=dt.datetime.now(dt.timezone.utc), record_task=self.task_id)
         with self.connect() as conn:
-            health_url = record_night(conn, runtime.artifact_store(), self.spec, record, health_days=HEALTH_DAYS,
-                                      dry_run=bool(self.param(context, "dry_run", False)))
+            health_url = record_night(conn, runtime.artifact_store(), self.spec, record, health_days=HEALTH_DAYS)
         if health_url:
             context["ti"].xcom_push(key=HEALTH_URL, value=health_url)
         log.info("run summary: %s", record.summary())
@@ -293,7 +297,6 @@ class RecordRunOperator(NightshiftOperator):
                           "model health": health_url}.items():  # last in the log, for a reader of the UI
             if url:
                 log.info("report %s: %s", name, url)
-        if record.details["failed_tasks"]:
-            raise AirflowFailException(f"run failed at {', '.join(record.details['failed_tasks'])}; recorded in "
-                                       f"{self.spec.warehouse.schema}.pipeline_runs")
+        if record.error(self.spec):
+            raise AirflowFailException(record.error(self.spec))
         return {"decision": record.decision, "summary": record.summary()}

@@ -33,7 +33,7 @@ class RollbackOperator(NightshiftOperator):
 
     def execute(self, context: Any) -> dict:
         from include.nightshift import audit
-        from include.nightshift.rollback import RollbackRefused, rollback
+        from include.nightshift.rollback import RollbackRefused, rollback, rollback_change
 
         spec, registry = self.spec, runtime.registry()
         version, reason = self.param(context, "version"), (self.param(context, "reason") or "").strip()
@@ -43,21 +43,19 @@ class RollbackOperator(NightshiftOperator):
                               actor=who, reason=reason, rollback_id=context["run_id"])
         except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
             raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
-        change = {"event": "rollback", "model_name": spec.model_name, "from_version": result.from_version,
-                  "to_version": result.to_version, "actor": who, "reason": reason, "dag_run_id": context["run_id"],
-                  "changed_at": result.at,
-                  "details": {"requested_version": version, "rollback_id": result.rollback_id,
-                              "resumed": result.resumed}}
-        if result.changed:  # a no-op changed nothing: there is nothing to audit
-            with self.connect() as conn:
-                audit.ensure_audit(conn, spec)
+        with self.connect() as conn:
+            audit.ensure_audit(conn, spec)
+            change = rollback_change(conn, spec, result, actor=who, reason=reason, requested=version,
+                                     dag_run_id=context["run_id"])
+            if result.changed:  # a no-op changed nothing: there is nothing to audit
                 audit.record_change(conn, spec, change)
         message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
         notify("rollback", message, context, details=change)
         log.info("%s", message)
-        return {**change, "changed_at": result.at.isoformat(), "changed": result.changed}
+        return {**change, "changed_at": result.at.isoformat(), "changed": result.changed,
+                "night": change["night"] and change["night"].isoformat()}
 
 
 class RepublishOperator(NightshiftOperator):

@@ -11,8 +11,9 @@ from include.nightshift.decide import Decision
 from include.nightshift.run_record import build_run_record, run_outcome
 from include.nightshift.snapshot import SnapshotRef
 from include.nightshift.spec import load_spec
-from include.nightshift.steps import (DriftStep, PublishStep, SnapshotStep, TrainingStep, ValidationStep,
-                                      VerdictStep)
+from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, SnapshotStep, TrainingStep,
+                                      ValidationStep, VerdictStep)
+from include.nightshift.warehouse import ATTEMPT_COLUMNS, RUN_COLUMNS
 
 SPEC = load_spec(Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml")
 DAY = dt.date(2026, 2, 5)
@@ -32,10 +33,13 @@ def verdict(promoted: bool) -> VerdictStep:
                        policy_note="gate passed" if promoted else "gate failed")
 
 
-def record(states=None, **steps):
+NO_MODEL = ScoringStep(url=None, rows=0, model_version=None, day=DAY)
+
+
+def record(states=None, params=None, **steps):
     given = dict(snapshot=SNAP, validation=OK, drift=DRIFT, decision=None, trained=None, verdict=None, published=None)
     return build_run_record(SPEC, day=DAY, dag_run_id="run", states=states or {}, **{**given, **steps},
-                            started_at=None, finished_at=NOW, note="")
+                            started_at=None, finished_at=NOW, params=params or {"note": ""})
 
 
 @pytest.mark.parametrize(("failed", "promoted", "expected"), [
@@ -44,6 +48,35 @@ def record(states=None, **steps):
 ])
 def test_the_outcome(failed, promoted, expected):
     assert run_outcome(failed, None if promoted is None else verdict(promoted)) == expected
+
+
+@pytest.mark.parametrize("failed", [["publish", "score"], []])  # the spec forbids it (fails) or allows it (green)
+def test_no_champion_after_the_gate_is_no_model_whatever_failed_with_it(failed):
+    assert run_outcome(failed, verdict(False), NO_MODEL) == "no_model"
+    assert run_outcome(failed, None, ScoringStep(url="/p", rows=5, model_version=1, day=DAY)) == (
+        "failed" if failed else "skipped")
+
+
+def test_a_night_without_a_model_fails_the_run_naming_the_setting():
+    row = record(states={"score": "failed", "publish": "upstream_failed", "record_run": "running"},
+                 decision=Decision(retrain=True, reason="no_champion", details={}), trained=TRAINED,
+                 verdict=verdict(False), scored=NO_MODEL)
+    assert (row.decision, row.rows_published, row.challenger_version) == ("no_model", 0, 3)
+    assert "no_model" in row.error(SPEC) and "scoring.allow_no_predictions is false" in row.error(SPEC)
+    allowed = record(states={"score": "skipped", "publish": "skipped"}, verdict=verdict(False), scored=NO_MODEL)
+    assert allowed.decision == "no_model" and allowed.error(SPEC) is None  # allowed: recorded, and green
+    assert "run failed at validate" in record(states={"validate": "failed"}).error(SPEC)
+
+
+def test_the_attempt_row_is_the_run_row_plus_what_only_an_attempt_has():
+    params = {"note": "rerun after the fix", "dry_run": True, "force_retrain": False, "run_date": "2026-02-05"}
+    row = record(states={"validate": "failed", "record_run": "running"}, params=params)
+    attempt = row.attempt_row()
+    assert set(attempt) <= set(ATTEMPT_COLUMNS) and set(row.row()) == set(RUN_COLUMNS)
+    assert (attempt["dry_run"], attempt["conf"], attempt["failed_tasks"]) == (True, params, ["validate"])
+    assert attempt["note"] == row.note == "rerun after the fix" and attempt["dag_run_id"] == "run"
+    assert {k: attempt[k] for k in ("logical_date", "decision", "details")} == {
+        k: row.row()[k] for k in ("logical_date", "decision", "details")}
 
 
 def test_a_promoting_night():

@@ -77,7 +77,7 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
         cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
         assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("pipeline_runs", "BASE TABLE"),
                                   ("predictions", "BASE TABLE"), ("predictions_latest", "VIEW"),
-                                  ("schema_version", "BASE TABLE")]
+                                  ("run_attempts", "BASE TABLE"), ("schema_version", "BASE TABLE")]
         cur.execute("SELECT version FROM churn.schema_version ORDER BY version")
         assert [v for v, in cur.fetchall()] == [m[0] for m in wh.MIGRATIONS]
         cur.execute("SELECT column_name, data_type FROM information_schema.columns "
@@ -87,6 +87,10 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
                     "WHERE a.attrelid = 'churn.predictions'::regclass AND a.attnum > 0")
         undocumented = [name for name, comment in cur.fetchall() if not comment]
         assert undocumented == []
+        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = ANY(ARRAY['churn.run_attempts'::regclass, "
+                    "'churn.champion_changes'::regclass]) AND a.attnum > 0 AND NOT a.attisdropped "
+                    "AND col_description(a.attrelid, a.attnum) IS NULL")
+        assert cur.fetchall() == []
         cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                     "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'churn.predictions'::regclass AND i.indisprimary")
         assert sorted(r[0] for r in cur.fetchall()) == ["customer_id", "score_date"]
@@ -386,7 +390,7 @@ def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_co
 
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2]
+    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5]
     assert [(k, run) for _, k, _, run in _rows(pg_conn, churn_spec)] == [(1, "v1"), (2, "v1"), (3, "v1")]
     assert wh.recent_row_counts(pg_conn, churn_spec, DAY2, 7) == [3]
     assert wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
@@ -404,10 +408,11 @@ def test_a_later_migration_adds_a_column_to_an_existing_warehouse_once(pg_conn, 
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS realised_metric double precision").format(
             wh.table(spec, wh.PIPELINE_RUNS)))
 
-    monkeypatch.setattr(wh, "MIGRATIONS", (*wh.MIGRATIONS, (3, "pipeline_runs.realised_metric", add_column)))
+    last = wh.MIGRATIONS[-1][0]
+    monkeypatch.setattr(wh, "MIGRATIONS", (*wh.MIGRATIONS, (last + 1, "pipeline_runs.realised_metric", add_column)))
     wh.ensure_warehouse(pg_conn, spec)
     applied = _versions(pg_conn)
-    assert [v for v, _ in applied] == [1, 2, 3]
+    assert [v for v, _ in applied] == list(range(1, last + 2))
     wh.ensure_warehouse(pg_conn, spec)
     assert _versions(pg_conn) == applied  # applied once: nothing ran again
     [run] = wh.runs(pg_conn, spec, 7)
@@ -448,3 +453,73 @@ def test_the_csv_worker_stays_a_few_batches_ahead_and_hands_on_its_error():
     assert taken == list(range(20))  # in order, every batch, then the worker's error
     assert max(lead) <= 4  # the item in hand, two queued, one being made
     assert not any(t.name == "nightshift-csv" for t in threading.enumerate())  # the worker is gone
+
+
+# --- no_model, run_attempts, champion_changes.night (migrations 3-5) ---------------------------------
+
+
+def _attempt(run_id: str, day: dt.date, decision: str, **more) -> dict:
+    return {"dag_run_id": run_id, "logical_date": day, "decision": decision, **more}
+
+
+def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night_once(pg_conn, churn_spec,
+                                                                                       monkeypatch):
+    """The warehouse as the pipeline left it before this change (migrations 1-2, a night recorded, a
+    promotion audited): the next ensure_warehouse lets pipeline_runs take no_model, creates
+    run_attempts (readable by the reader role) and gives champion_changes its night, the existing
+    promotion's night taken from the pipeline_runs row of the same run."""
+    from include.nightshift import audit
+
+    monkeypatch.setattr(wh, "MIGRATIONS", wh.MIGRATIONS[:2])
+    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r != wh.RUN_ATTEMPTS))
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY1, "dag_run_id": "night_1", "decision": "promoted"})
+    wh.insert_row(pg_conn, wh.table(churn_spec, wh.CHANGES), {
+        "event": "promote", "model_name": "m", "to_version": 1, "actor": "nightshift", "reason": "gate passed",
+        "dag_run_id": "night_1"}, wh.CHANGE_KEY, update=False)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "no_model"})
+    monkeypatch.undo()
+
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    wh.ensure_warehouse(pg_conn, churn_spec)
+
+    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5]
+    wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "no_model"})
+    with pytest.raises(psycopg.errors.CheckViolation):
+        wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "maybe"})
+    [change] = audit.changes(pg_conn, churn_spec)
+    assert (change["dag_run_id"], change["night"]) == ("night_1", DAY1)
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("SELECT has_table_privilege(%s, 'churn.run_attempts', 'SELECT'), "
+                    "has_table_privilege(%s, 'churn.run_attempts', 'INSERT')", (churn_spec.warehouse.reader_role,) * 2)
+        assert cur.fetchone() == (True, False)
+
+
+def test_every_run_is_an_attempt_and_a_retry_updates_its_own_row(pg_conn, spec):
+    wh.record_attempt(pg_conn, spec, _attempt("r1", DAY1, "failed", failed_tasks=["score", "publish"],
+                                              conf={"note": "first", "dry_run": False}, details={"x": 1}))
+    wh.record_attempt(pg_conn, spec, _attempt("r1", DAY1, "no_model", failed_tasks=["publish", "score"]))  # a retry
+    wh.record_attempt(pg_conn, spec, _attempt("r2", DAY1, "promoted", rows_published=10, dry_run=False))
+    wh.record_attempt(pg_conn, spec, _attempt("r3", DAY2, "rejected", dry_run=True))
+    rows = wh.attempts(pg_conn, spec)
+    assert [(r["dag_run_id"], r["logical_date"], r["decision"], r["dry_run"]) for r in rows] == [
+        ("r1", DAY1, "no_model", False), ("r2", DAY1, "promoted", False), ("r3", DAY2, "rejected", True)]
+    first = rows[0]
+    assert first["failed_tasks"] == ["publish", "score"] and first["conf"] == {"note": "first", "dry_run": False}
+    assert first["details"] == {"x": 1} and rows[1]["rows_published"] == 10 and rows[2]["rows_published"] == 0
+    assert [r["dag_run_id"] for r in wh.attempts(pg_conn, spec, DAY2)] == ["r3"]
+
+
+def test_record_attempt_refuses_unknown_keys_missing_keys_and_bad_decisions(pg_conn, spec):
+    with pytest.raises(ValueError, match="'rows_publish'"):
+        wh.record_attempt(pg_conn, spec, _attempt("r1", DAY1, "failed", rows_publish=3))
+    with pytest.raises(ValueError, match="'decision' is required"):
+        wh.record_attempt(pg_conn, spec, {"dag_run_id": "r1", "logical_date": DAY1})
+    with pytest.raises(psycopg.errors.CheckViolation):
+        wh.record_attempt(pg_conn, spec, _attempt("r1", DAY1, "maybe"))
+    assert wh.attempts(pg_conn, spec) == []
+
+
+def test_attempts_before_the_table_exists_is_empty(pg_conn, churn_spec):
+    assert wh.attempts(pg_conn, churn_spec) == []
