@@ -17,7 +17,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
 
 from include.nightshift.demo_data import generate_day
-from include.nightshift.evaluation import Check, Verdict, evaluate, gate, metric_value
+from include.nightshift.evaluation import BASELINE_FAMILY, Check, Verdict, evaluate, gate, metric_value
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,35 @@ def test_baseline_must_be_strictly_beaten_at_zero_margin(holdout, y, churn_spec)
     no_baseline = {k: v for k, v in roles(y).items() if k != "baseline"}
     _, missing = run_gate(holdout, y, no_baseline, churn_spec)
     assert failed(missing) == ["baseline"]
+
+
+def _gate_as(holdout, y, scores, spec, family):
+    ev = evaluate(holdout, y, scores, spec)
+    return gate(ev, spec.promotion, challenger_scores=scores["challenger"], roundtrip_equal=True,
+                challenger_family=family)
+
+
+def test_a_logistic_challenger_equal_to_the_baseline_passes_the_baseline_check(holdout, y, churn_spec):
+    """The holdout chose the baseline's own family: gain 0 passes (the margin is for complex models to earn
+    their complexity), at margin 0 and above; any other family still has to be strictly better."""
+    scores = roles(y)
+    scores["baseline"] = scores["challenger"].copy()
+    for spec in (churn_spec, with_promotion(churn_spec, baseline_margin=0.05)):
+        verdict = _gate_as(holdout, y, scores, spec, BASELINE_FAMILY)
+        assert verdict.promote and check(verdict, "baseline").passed
+        assert "gain +0.0000 meets >= 0" in check(verdict, "baseline").detail
+        assert "logistic_regression" in check(verdict, "baseline").detail
+    for family in ("xgboost", "hist_gradient_boosting", None):
+        assert failed(_gate_as(holdout, y, scores, churn_spec, family)) == ["baseline"]
+
+
+def test_a_logistic_challenger_worse_than_the_baseline_still_fails(holdout, y, churn_spec):
+    scores = roles(y, challenger=0.8, baseline=1.2)  # the default baseline beats a worse-tuned logistic one
+    verdict = _gate_as(holdout, y, scores, churn_spec, BASELINE_FAMILY)
+    assert failed(verdict) == ["baseline"]
+    assert "fails >= 0" in check(verdict, "baseline").detail
+    flat_baseline = {**roles(y), "baseline": np.full(len(y), 0.5)}  # one score for all: roc_auc 0.5
+    assert _gate_as(holdout, y, flat_baseline, churn_spec, BASELINE_FAMILY).promote
 
 
 @pytest.mark.parametrize("roundtrip, text", [(False, "differ"), (None, "not checked"), (np.False_, "differ"),

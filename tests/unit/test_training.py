@@ -1,4 +1,5 @@
-"""Training core: dtype normalisation, the out-of-time split, determinism, quality on demo data."""
+"""Training core: dtype normalisation, the out-of-time split, determinism, quality on demo data, the
+candidate families and the holdout's choice, calibration, the training key."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from include.nightshift import training
 from include.nightshift.demo_data import generate_day
-from include.nightshift.spec import load_spec
+from include.nightshift.spec import Candidate, NumericFeature, load_spec
 
 FIRST_DAY = dt.date(2026, 1, 1)
 DAYS = 6
@@ -171,3 +172,172 @@ def test_unseen_and_missing_values_at_predict_time_do_not_crash(split, spec, fit
         scores = training.predict_scores(model, rows, spec)
         assert scores.shape == (4,) and np.isfinite(scores).all()
         assert ((scores >= 0) & (scores <= 1)).all()
+
+
+# --- candidates ------------------------------------------------------------------------
+
+FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression")
+
+
+def test_default_candidates_are_every_family_with_xgboost_taking_params(spec):
+    models = spec.training.models
+    assert [c.family for c in models] == list(FAMILIES)
+    assert models[0].params == spec.training.params and models[1].params == {} == models[2].params
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_predicts_and_learns_the_demo_data(split, spec, family):
+    train, holdout = split
+    candidate = Candidate(family=family, params={"n_estimators": 50} if family == "xgboost" else {})
+    model = training.fit(training.build_candidate(spec, candidate), train, spec)
+    scores = training.predict_scores(model, holdout, spec)
+    assert scores.dtype == np.float64 and scores.shape == (len(holdout),)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert roc_auc_score(training.labels(holdout, spec), scores) > 0.7
+
+
+def test_the_seed_wins_over_a_random_state_in_params(spec):
+    for family in FAMILIES:
+        model = training.build_candidate(spec, Candidate(family=family, params={"random_state": 7}))
+        assert model.named_steps["model"].get_params()["random_state"] == spec.training.seed
+    lr = training.build_candidate(spec, Candidate(family="logistic_regression", params={"C": 0.1}))
+    assert lr.named_steps["model"].C == 0.1
+
+
+def _toy_spec(spec, **training_changes):
+    """Five numeric features x0..x4 and a label y: the churn spec's policy, other columns."""
+    features = tuple(NumericFeature(name=f"x{i}", type="numeric") for i in range(5))
+    return dataclasses.replace(
+        spec, features=features, label=dataclasses.replace(spec.label, name="y"),
+        promotion=dataclasses.replace(spec.promotion, slice_columns=()),
+        training=dataclasses.replace(spec.training, **training_changes))
+
+
+def _toy_rows(kind: str, days: int = 6, per_day: int = 400, seed: int = 0) -> pd.DataFrame:
+    """`linear`: the log-odds are a sum of the features (a logistic regression is the true model);
+    `xor`: the label is the sign of x0 * x1 (no linear model can see it)."""
+    rng = np.random.default_rng(seed)
+    n = days * per_day
+    x = rng.normal(size=(n, 5))
+    if kind == "linear":
+        logit = 1.2 * x[:, 0] - 0.9 * x[:, 1] + 0.6 * x[:, 2] - 0.4 * x[:, 3]
+    else:
+        logit = 4.0 * np.sign(x[:, 0] * x[:, 1])
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    stamps = pd.Timestamp(FIRST_DAY, tz="UTC") + pd.to_timedelta(np.repeat(np.arange(days), per_day), unit="D") \
+        + pd.to_timedelta(np.tile(np.arange(per_day), days), unit="s")
+    return pd.DataFrame({"customer_id": np.arange(n), "event_ts": stamps, **{f"x{i}": x[:, i] for i in range(5)},
+                         "y": y})
+
+
+@pytest.mark.parametrize("kind, winner", [("linear", "logistic_regression"), ("xor", "tree")])
+def test_the_holdout_picks_the_family_that_fits_the_data(spec, kind, winner):
+    toy = _toy_spec(spec)
+    train, holdout = training.split_train_holdout(_toy_rows(kind), toy, FIRST_DAY + dt.timedelta(days=5))
+    fits = training.fit_candidates(toy, train, holdout)
+    chosen = training.choose(fits, toy)
+    metrics = {f.family: f.metric for f in fits}
+    assert [f.family for f in fits] == list(FAMILIES) and all(f.fit_seconds > 0 for f in fits)
+    assert chosen.metric == max(metrics.values())
+    if winner == "tree":
+        assert chosen.family in ("xgboost", "hist_gradient_boosting") and metrics["logistic_regression"] < 0.6
+    else:
+        assert chosen.family == "logistic_regression", metrics
+    assert chosen.summary()["metric"] == chosen.metric
+
+
+def _fit(family: str, metric: float | None) -> training.CandidateFit:
+    return training.CandidateFit(family, None, np.zeros(1), metric, 0.1)
+
+
+def test_choose_follows_the_metric_direction_never_picks_undefined_and_breaks_ties_by_order(spec):
+    fits = [_fit("xgboost", 0.7), _fit("hist_gradient_boosting", None), _fit("logistic_regression", 0.7)]
+    assert training.choose(fits, spec).family == "xgboost"  # a tie: the first listed
+    fits[1] = _fit("hist_gradient_boosting", 0.9)
+    assert training.choose(fits, spec).family == "hist_gradient_boosting"
+    log_loss_spec = dataclasses.replace(spec, promotion=dataclasses.replace(spec.promotion, metric="log_loss"))
+    assert training.choose(fits, log_loss_spec).family == "xgboost"  # lower is better
+    assert training.choose([_fit("xgboost", None), _fit("logistic_regression", 0.2)], spec).family \
+        == "logistic_regression"
+    with pytest.raises(ValueError, match="no candidate"):
+        training.choose([], spec)
+
+
+# --- calibration -----------------------------------------------------------------------
+
+def _ece(y: np.ndarray, s: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: |mean score - positive rate| per score decile, weighted by rows."""
+    edges = np.quantile(s, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
+    return float(sum(abs(s[which == b].mean() - y[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_calibration_on_the_last_days_fixes_a_miscalibrated_model(spec, method):
+    """class_weight=balanced on a rare positive class inflates every score; calibrated on later days
+    the same model's scores match the positive rate again (Brier and ECE both fall)."""
+    rows = _toy_rows("linear", days=8, per_day=800, seed=3)
+    rows["y"] = (rows["x0"] + rows["x1"] + np.random.default_rng(4).normal(size=len(rows)) > 2.6).astype(int)
+    candidates = (Candidate(family="logistic_regression", params={"class_weight": "balanced"}),)
+    raw_spec = _toy_spec(spec, candidates=candidates, params={}, window_days=6, holdout_days=2)
+    cal_spec = _toy_spec(spec, candidates=candidates, params={}, window_days=6, holdout_days=2,
+                         calibration=method, calibration_days=2)
+    train, holdout = training.split_train_holdout(rows, raw_spec, FIRST_DAY + dt.timedelta(days=7))
+    y = training.labels(holdout, raw_spec)
+    raw, = training.fit_candidates(raw_spec, train, holdout)
+    calibrated, = training.fit_candidates(cal_spec, train, holdout)
+
+    assert y.mean() < 0.1 and raw.holdout_scores.mean() > 3 * y.mean()  # miscalibrated on purpose
+    assert brier_score_loss(y, calibrated.holdout_scores) < 0.8 * brier_score_loss(y, raw.holdout_scores)
+    assert _ece(y, calibrated.holdout_scores) < 0.5 * _ece(y, raw.holdout_scores)
+    assert abs(calibrated.holdout_scores.mean() - y.mean()) < 0.02
+    assert hasattr(calibrated.model, "predict_proba") and list(calibrated.model.classes_) == [0, 1]
+
+
+def test_calibration_split_is_time_ordered_and_names_the_key_when_impossible(spec):
+    toy = _toy_spec(spec, calibration="sigmoid", calibration_days=2)
+    rows = _toy_rows("linear", days=4)
+    fit_part, cal_part = training.calibration_split(rows, toy)
+    assert fit_part["event_ts"].max() < cal_part["event_ts"].min()
+    assert sorted(set(cal_part["event_ts"].dt.date)) == [FIRST_DAY + dt.timedelta(days=d) for d in (2, 3)]
+    with pytest.raises(ValueError, match="training.calibration_days 4"):
+        training.calibration_split(rows, _toy_spec(spec, calibration="sigmoid", calibration_days=4))
+
+
+def test_calibrated_fits_are_deterministic(spec):
+    """Rows read in another order (re-split, as every night's rows are) give the same scores to the bit."""
+    toy, rows, end = _toy_spec(spec, calibration="isotonic", calibration_days=1), _toy_rows("xor"), \
+        FIRST_DAY + dt.timedelta(days=5)
+    train, holdout = training.split_train_holdout(rows, toy, end)
+    first = [f.holdout_scores for f in training.fit_candidates(toy, train, holdout)]
+    train, holdout = training.split_train_holdout(rows.sample(frac=1.0, random_state=2), toy, end)
+    again = [f.holdout_scores for f in training.fit_candidates(toy, train, holdout)]
+    assert len(first) == 3 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+# --- training key ----------------------------------------------------------------------
+
+def test_training_key_changes_with_data_params_metric_and_calibration_only(spec):
+    hashes = ["a" * 64, "b" * 64]
+    key = training.training_key(spec, hashes)
+    assert len(key) == 64 and key == training.training_key(spec, list(reversed(hashes)))
+    assert key == training.training_key(dataclasses.replace(spec, description="other words"), hashes)
+    changed = [
+        training.training_key(spec, ["a" * 64, "c" * 64]),
+        training.training_key(spec, hashes[:1]),
+        training.training_key(dataclasses.replace(spec, training=dataclasses.replace(
+            spec.training, params={**spec.training.params, "max_depth": 5})), hashes),
+        training.training_key(dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=1)), hashes),
+        training.training_key(dataclasses.replace(spec, training=dataclasses.replace(
+            spec.training, calibration="sigmoid")), hashes),
+        training.training_key(dataclasses.replace(spec, promotion=dataclasses.replace(
+            spec.promotion, metric="log_loss")), hashes),
+    ]
+    assert len({key, *changed}) == 1 + len(changed)
+
+
+def test_training_key_covers_library_versions(spec, monkeypatch):
+    key = training.training_key(spec, ["a" * 64])
+    monkeypatch.setattr(training, "installed_version", lambda name: "0.0" if name == "xgboost" else "1")
+    assert training.training_key(spec, ["a" * 64]) != key
