@@ -1,18 +1,35 @@
-"""Drift: how far tonight's features moved from the data the champion was trained on.
+"""Drift: how far the current window's features (and the champion's scores) moved from a reference.
 
 Evidently (0.7, new API) does the statistics and draws the HTML report; this module only
-decides what it sees and reads its verdict back. Three choices matter:
+decides what it sees and reads its verdict back. What the spec's ``drift`` section sets:
 
-- Only the spec's features are compared, typed by the spec (numeric as numerical,
-  categorical as categorical): Evidently's own type guessing would treat a numeric code
-  with few values as a category, and a key or timestamp column would always "drift".
-- Both sides are cut to a seeded sample of at most ``spec.drift.sample_rows`` rows.
-  Evidently holds everything in memory and its cost grows with rows (1M rows took 104 s
+- **Which features.** The spec's features minus ``drift.exclude`` are compared, typed by the
+  spec (numeric as numerical, categorical as categorical): Evidently's own type guessing
+  would treat a numeric code with few values as a category, and a key or timestamp column
+  would always "drift". The share is drifted / compared features. Leave out what always
+  moves between one night and a multi-week sample without meaning anything (a day-of-week or
+  a weather-of-the-day column is constant within a night) rather than raising the threshold
+  for everything.
+- **How each is tested.** ``drift.columns.<feature>`` sets a method and/or threshold for one
+  feature; ``drift.numeric`` / ``drift.categorical`` for every feature of a type without its
+  own entry. They reach Evidently as its per-column / per-type options, so its report shows
+  the same tests. Unset, the default is Evidently's, by type, cardinality and rows (of the
+  reference side, after sampling): above 1,000 rows normed Wasserstein distance for numeric
+  features with more than 5 distinct values, Jensen-Shannon distance for categorical ones and
+  for numeric ones with at most 5 values (threshold 0.1, drift when the distance is at or above
+  it: at 50k rows a p-value test would flag differences too small to matter); at or below
+  1,000 rows the K-S test (numeric), chi-square (categorical, more than 2 values) or the
+  Z-test (2 values), where drift is a p-value *below* 0.05 (distances are too noisy on small
+  samples). So each column's drifted/not-drifted verdict is Evidently's own (its per-column
+  test), never re-derived from ``score >= threshold``.
+- **Over which rows.** Both sides are cut to a seeded sample of at most ``drift.sample_rows``
+  rows. Evidently holds everything in memory and its cost grows with rows (1M rows took 104 s
   and 2.8 GB); a 50k sample gives the same drifted columns (see benchmarks/bench_drift.py).
-- Each column's drifted/not-drifted verdict is Evidently's own (its per-column test),
-  never re-derived from ``score >= threshold``: below about 1,000 reference rows Evidently
-  switches to p-value tests (K-S, chi-square), where drift means a score *below* the
-  threshold.
+  Which nights form each side (``current_nights``, ``reference``, ``reference_nights``) is
+  chosen by ``current_days`` / ``reference_days`` and read by the nightly step.
+- **The model's output.** Given the champion's scores on both sides, the score is tested like
+  a numeric feature (Evidently's default method, or ``drift.numeric``) and reported apart
+  (``prediction``): evidence recorded with the night, never part of the share.
 
 A feature with no value at all on one side (all null or infinite) cannot be tested by
 Evidently (it raises); it is recorded as drifted, since its whole distribution changed,
@@ -24,11 +41,12 @@ none of it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import datetime as dt
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from include.nightshift.spec import DatasetSpec
+from include.nightshift.spec import DatasetSpec, DriftTest
 
 import numpy as np
 import pandas as pd
@@ -36,34 +54,35 @@ import pandas as pd
 ALL_NULL_CURRENT = "all null in current"
 ALL_NULL_REFERENCE = "all null in reference"
 ALL_NULL_BOTH = "all null in both"
+PREDICTION = "champion score"  # the output's column in Evidently's frames: a space, so never a feature's name
 
 
 @dataclass
 class DriftResult:
     """What the drift step found; ``to_dict`` goes to XCom, the run history and MLflow."""
 
-    share: float  # share of the spec's features that drifted
+    share: float  # share of the compared features (the spec's, minus drift.exclude) that drifted
     drifted: list[str]  # their names, in spec order
     columns: dict[str, dict]  # feature -> {"method", "score", "threshold", "drifted"}
     n_current: int  # rows given on each side; Evidently saw min(n, spec.drift.sample_rows)
     n_reference: int
     sampled: bool  # True when either side was cut to spec.drift.sample_rows
     report_path: str | None = None
+    excluded: list[str] = field(default_factory=list)  # drift.exclude: not compared
+    prediction: dict | None = None  # the champion's score, tested like a feature; not in the share
 
     def to_dict(self) -> dict:
         """Plain JSON types only: non-finite scores (NaN, inf) become None."""
         data = asdict(self)
         data["share"] = float(self.share)
-        data["columns"] = {
-            name: {
-                "method": str(col["method"]),
-                "score": _finite_or_none(col["score"]),
-                "threshold": _finite_or_none(col["threshold"]),
-                "drifted": bool(col["drifted"]),
-            }
-            for name, col in self.columns.items()
-        }
+        data["columns"] = {name: _column_record(col) for name, col in self.columns.items()}
+        data["prediction"] = None if self.prediction is None else _column_record(self.prediction)
         return data
+
+
+def _column_record(col: dict) -> dict:
+    return {"method": str(col["method"]), "score": _finite_or_none(col["score"]),
+            "threshold": _finite_or_none(col["threshold"]), "drifted": bool(col["drifted"])}
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -73,26 +92,49 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# --- windows ---------------------------------------------------------------------------
+
+
+def compared_features(spec: DatasetSpec) -> list[str]:
+    """The features drift compares: the spec's, in spec order, minus drift.exclude."""
+    return [name for name in spec.feature_names if name not in spec.drift.exclude]
+
+
+def current_days(spec: DatasetSpec, day: dt.date) -> list[dt.date]:
+    """The days pooled as the current side, newest first: `day` and the drift.current_nights - 1 before it."""
+    return [day - dt.timedelta(days=i) for i in range(spec.drift.current_nights)]
+
+
+def reference_days(spec: DatasetSpec, day: dt.date) -> list[dt.date]:
+    """The days pooled as the reference when drift.reference is `recent`, newest first: the
+    drift.reference_nights days just before the current window (never overlapping it); [] otherwise."""
+    if spec.drift.reference != "recent":
+        return []
+    first = spec.drift.current_nights
+    return [day - dt.timedelta(days=first + i) for i in range(spec.drift.reference_nights)]
+
+
 # --- sampling ------------------------------------------------------------------------
 
 
-def _feature_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """The spec's feature columns, in spec order, with types Evidently reads correctly.
+def _feature_frame(df: pd.DataFrame, spec: DatasetSpec, names: list[str] | None = None) -> pd.DataFrame:
+    """The spec's feature columns (or `names` of them), in spec order, with types Evidently reads correctly.
 
     Numeric features become float64 (nullable Int64 or pd.NA from a database driver would
     otherwise reach Evidently as objects); categorical ones become object with None for
     missing (pandas ``category`` dtype or pd.NA confuse its value counts).
     """
-    missing = [name for name in spec.feature_names if name not in df.columns]
+    names = spec.feature_names if names is None else names
+    missing = [name for name in names if name not in df.columns]
     if missing:
         raise KeyError(f"drift: feature columns missing from the data: {missing}")
     out = {}
-    for name in spec.numeric_features:
+    for name in (n for n in spec.numeric_features if n in names):
         out[name] = df[name].astype("float64")
-    for name in spec.categorical_features:
+    for name in (n for n in spec.categorical_features if n in names):
         col = df[name].astype("object")
         out[name] = col.where(col.notna(), None)
-    return pd.DataFrame(out, index=df.index)[spec.feature_names]
+    return pd.DataFrame(out, index=df.index)[names]
 
 
 def _sample(df: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, bool]:
@@ -143,16 +185,35 @@ def _empty_column(name: str, current: pd.DataFrame, reference: pd.DataFrame) -> 
             "drifted": method != ALL_NULL_BOTH}
 
 
+def preset_options(spec: DatasetSpec, columns: list[str]) -> dict[str, Any]:
+    """DataDriftPreset's method and threshold options from the spec (per column, then per type);
+    what is not set stays None: Evidently's default for the column's type, cardinality and rows."""
+    per_method = {n: t.method for n, t in spec.drift.columns.items() if n in columns and t.method}
+    per_threshold = {n: float(t.threshold) for n, t in spec.drift.columns.items()
+                     if n in columns and t.threshold is not None}
+    options: dict[str, Any] = {"per_column_method": per_method or None, "per_column_threshold": per_threshold or None}
+    for kind, prefix in (("numeric", "num"), ("categorical", "cat")):
+        test = getattr(spec.drift, kind) or DriftTest()
+        options[f"{prefix}_method"] = test.method
+        options[f"{prefix}_threshold"] = _float_or_none(test.threshold)
+    return options
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def _run_evidently(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, columns: list[str]):
-    """Evidently's DataDriftPreset on ``columns``; returns its snapshot."""
+    """Evidently's DataDriftPreset on ``columns`` (the model's score among them when given); its snapshot."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     definition = DataDefinition(
-        numerical_columns=[c for c in spec.numeric_features if c in columns],
+        numerical_columns=[c for c in [*spec.numeric_features, PREDICTION] if c in columns],
         categorical_columns=[c for c in spec.categorical_features if c in columns],
     )
-    report = Report([DataDriftPreset(columns=columns, drift_share=spec.drift.share_threshold)], include_tests=True)
+    report = Report([DataDriftPreset(columns=columns, drift_share=spec.drift.share_threshold,
+                                     **preset_options(spec, columns))], include_tests=True)
     return report.run(  # current first, reference second
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
@@ -195,37 +256,61 @@ def _save_html(snapshot, path: Path, columns: dict[str, dict]) -> str:
     return str(path)
 
 
-def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, *,
-                  html_path: str | Path | None = None) -> DriftResult:
-    """Compare tonight's features with the champion's reference, feature by feature.
+Scorer = Callable[[pd.DataFrame], Any]  # the spec's features -> one score per row
 
-    Both sides are sampled to at most ``spec.drift.sample_rows`` rows with
-    ``spec.drift.seed``. ``share`` is drifted features / all spec features (features with
-    no values on a side count, as drifted). The Evidently HTML report is written to
-    ``html_path`` when given (a plain page listing why, when no feature could be tested).
-    """
-    rows, seed = spec.drift.sample_rows, spec.drift.seed
-    cur, cur_sampled = _sample(_feature_frame(current, spec), rows, seed)
-    ref, ref_sampled = _sample(_feature_frame(reference, spec), rows, seed)
-    if cur.empty or ref.empty:
-        raise ValueError(f"drift: no rows to compare (current {len(cur)}, reference {len(ref)})")
 
-    columns: dict[str, dict] = {}
-    testable = []
-    for name in spec.feature_names:
+def _side(df: pd.DataFrame, spec: DatasetSpec, names: list[str], score: Scorer | None) -> tuple[pd.DataFrame, bool]:
+    """One side as Evidently sees it: a seeded sample of the compared features, and the model's score
+    of each sampled row when `score` is given (only the sample is scored: a window may be millions of rows)."""
+    sample, sampled = _sample(_feature_frame(df, spec), spec.drift.sample_rows, spec.drift.seed)
+    frame = sample[names]
+    if score is None:
+        return frame, sampled
+    values = np.asarray(score(sample), dtype="float64")
+    if len(values) != len(frame):
+        raise ValueError(f"drift: {len(values)} scores for {len(frame)} rows")
+    return frame.assign(**{PREDICTION: values}), sampled
+
+
+def _test_columns(cur: pd.DataFrame, ref: pd.DataFrame, names: list[str]) -> tuple[list[str], dict[str, dict]]:
+    """The columns Evidently can test, and the records of those it cannot (no value on a side)."""
+    testable, records = [], {}
+    for name in names:
         record = _empty_column(name, cur, ref)
         if record is None:
             testable.append(name)
         else:
-            columns[name] = record
+            records[name] = record
+    return testable, records
 
+
+def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, *,
+                  html_path: str | Path | None = None, score: Scorer | None = None) -> DriftResult:
+    """Compare the current window's features with the reference, feature by feature.
+
+    Both sides are sampled to at most ``spec.drift.sample_rows`` rows with
+    ``spec.drift.seed``. ``share`` is drifted / compared features (the spec's minus
+    drift.exclude; features with no values on a side count, as drifted). Given ``score`` (the
+    champion's scores of a frame of the spec's features), its output on both samples is tested
+    too (``prediction``).
+    The Evidently HTML report is written to ``html_path`` when given (a plain page listing why,
+    when nothing could be tested).
+    """
+    names = compared_features(spec)
+    if current.empty or reference.empty:
+        raise ValueError(f"drift: no rows to compare (current {len(current)}, reference {len(reference)})")
+    cur, cur_sampled = _side(current, spec, names, score)
+    ref, ref_sampled = _side(reference, spec, names, score)
+
+    testable, columns = _test_columns(cur, ref, [*names, PREDICTION] if score else names)
     snapshot = None
     if testable:
         snapshot = _run_evidently(cur, ref, spec, testable)
         columns.update(_read_columns(snapshot.dict(), testable))
     report_path = None if html_path is None else _save_html(snapshot, Path(html_path), columns)
 
-    columns = {name: columns[name] for name in spec.feature_names}
+    prediction = columns.pop(PREDICTION, None)
+    columns = {name: columns[name] for name in names}
     drifted = [name for name, col in columns.items() if col["drifted"]]
     return DriftResult(
         share=len(drifted) / len(columns),
@@ -235,4 +320,6 @@ def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetS
         n_reference=len(reference),
         sampled=cur_sampled or ref_sampled,
         report_path=report_path,
+        excluded=[name for name in spec.feature_names if name not in names],
+        prediction=prediction,
     )

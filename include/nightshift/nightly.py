@@ -191,16 +191,16 @@ def persisted_nights(detected: bool, history: list[dict], day: dt.date, spec: Da
 Alert = tuple[str, dict[str, Any]]  # one sentence for a person, and the facts behind it
 
 
-def drift_alert(spec: DatasetSpec, day: dt.date, drift: DriftStep | None, decision: Decision) -> Alert | None:
-    """An alert when drift is acted on (it triggered the decision, persisted or with a quality drop);
-    drift that is only recorded alerts nobody (it is logged and kept in pipeline_runs)."""
-    if drift is None or "drift" not in decision.details.get("triggered", []):
+def drift_alert(spec: DatasetSpec, day: dt.date, decision: Decision) -> Alert | None:
+    """An alert when drift is acted on (it triggered the decision: persisted, or with a measured quality
+    drop); drift that is only recorded alerts nobody (it is logged and kept in pipeline_runs)."""
+    d = decision.details
+    if "drift" not in d.get("triggered", []):
         return None
-    return (f"{spec.name} {day}: {drift.share:.0%} of the features drifted "
-            f"(threshold {spec.drift.share_threshold:.0%}), {drift.persisted_nights} night(s) in a row",
-            {"share": drift.share, "drifted": drift.drifted, "persisted_nights": drift.persisted_nights,
-             "prediction_drift": drift.prediction_drift, "summary": decision.details.get("summary"),
-             "report": drift.report_url})
+    return (f"{spec.name} {day}: {d['drift_share']:.0%} of the features drifted (threshold "
+            f"{spec.drift.share_threshold:.0%}), {d['drift_persisted_nights']} night(s) in a row",
+            {"share": d["drift_share"], "drifted": d["drifted"], "persisted_nights": d["drift_persisted_nights"],
+             "prediction_drift": d["prediction_drift"], "summary": d["summary"], "report": d["drift_report"]})
 
 
 def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:

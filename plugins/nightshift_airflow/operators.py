@@ -141,8 +141,7 @@ class ValidateOperator(NightshiftOperator):
 
 
 class DriftOperator(NightshiftOperator):
-    """Compare the current window's features and the champion's scores with the reference (Evidently); count
-    the nights in a row the drift has lasted (pipeline_runs). Drift alerts only when decide acts on it."""
+    """Current window's features and champion's scores vs the reference (Evidently), and the nights it lasted."""
 
     inputs = ("snapshot",)
     ui_color = "#fbcfe8"
@@ -154,8 +153,7 @@ class DriftOperator(NightshiftOperator):
         with self.connect(self.spec.source.connection_id) as source, self.connect() as conn:
             drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                         self.received()["snapshot"])
-        if drift.report_url:
-            context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)
+        context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)  # None: no report, no button
         return drift.to_xcom()
 
 
@@ -182,10 +180,9 @@ class DecideOperator(NightshiftOperator, BaseBranchOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import decide_night, drift_alert
 
-        got, day = self.received(), runtime.run_date(context)
-        decision = decide_night(runtime.registry(), self.spec, day, **got,
+        decision = decide_night(runtime.registry(), self.spec, runtime.run_date(context), **self.received(),
                                 force=bool(self.param(context, "force_retrain", False)))
-        alert(context, "drift", drift_alert(self.spec, day, got["drift"], decision))  # only drift acted on
+        alert(context, "drift", drift_alert(self.spec, runtime.run_date(context), decision))  # only drift acted on
         output = decision.to_xcom()
         context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=output)  # do_branch ends the task by raising
         self.do_branch(context, TRAIN if decision.retrain else SKIP_TRAINING)
