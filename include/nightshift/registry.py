@@ -83,10 +83,9 @@ INPUT_EXAMPLE_ROWS = 5
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "xgboost", "skops", "numpy", "pandas", "scipy")
 # MLflow saves sklearn models with skops, which refuses types it does not know unless they are
 # listed here (the list is stored in the MLmodel file and used again at load time).
+# Exactly what skops.io.get_untrusted_types reports for every family, calibrated or not (test_registry
+# round-trips each): HistGradientBoosting's trees and the calibration wrappers besides XGBoost's.
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
-                       "sklearn._loss.link.Interval", "sklearn._loss.link.LogitLink",
-                       "sklearn._loss.loss.HalfBinomialLoss",
-                       "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
                        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
                        "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import shutil
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
@@ -18,8 +20,8 @@ import pytest
 
 from include.nightshift import training
 from include.nightshift.demo_data import generate_day
-from include.nightshift.registry import Registry
-from include.nightshift.spec import load_spec
+from include.nightshift.registry import FAMILY_TAG, TRAINING_KEY_TAG, Registry
+from include.nightshift.spec import Candidate, load_spec
 from tests.unit.conftest import forget_mlflow_uris
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
@@ -230,3 +232,47 @@ def test_training_snapshots_are_dataset_inputs_and_holdout_metrics_are_run_metri
 
     # the model's age is counted from the night it was trained for, not from the wall clock
     assert registry.version(spec.model_name, info.version).trained_for == dt.date(2026, 2, 3)
+
+
+# --- model families and version reuse ----------------------------------------------------
+
+@pytest.mark.parametrize("family, calibration", [("hist_gradient_boosting", "none"),
+                                                 ("logistic_regression", "none"), ("xgboost", "isotonic"),
+                                                 ("hist_gradient_boosting", "sigmoid")])
+def test_every_family_calibrated_or_not_round_trips_through_the_registry(registry, spec, data, family, calibration):
+    """skops refuses types it was not told to trust: each family and each calibrator must load back as it scored."""
+    candidate = Candidate(family=family, params={"n_estimators": 20} if family == "xgboost" else {})
+    spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, calibration=calibration,
+                                                                  calibration_days=1))
+    model = training.fit_candidate(spec, candidate, data)
+    info = registry.log_challenger(model, training.fit(training.build_baseline(spec), data, spec), spec=spec,
+                                   train_df=data, reference=data.head(20), params={}, metrics={},
+                                   tags={FAMILY_TAG: family})
+    loaded = registry.load_model(spec.model_name, info.version)
+    assert np.array_equal(training.predict_scores(loaded, data, spec), training.predict_scores(model, data, spec))
+    assert info.tags[FAMILY_TAG] == family
+
+
+def _delete_model_artifacts(registry: Registry, name: str, version: int) -> None:
+    """What a lost artifact store looks like to the registry: the version is there, its files are not."""
+    source = registry.client.get_model_version(name, str(version)).source  # models:/m-<id>
+    logged = registry.client.get_logged_model(source.removeprefix("models:/"))
+    shutil.rmtree(unquote(urlparse(logged.artifact_location).path))
+
+
+def test_find_reusable_returns_the_newest_loadable_version_with_the_key(registry, spec, models, data):
+    assert registry.find_reusable(spec.model_name, "k1") is None  # no such model yet
+    first = _log(registry, spec, models, data, **{TRAINING_KEY_TAG: "k1"})
+    _log(registry, spec, models, data, **{TRAINING_KEY_TAG: "k2"})
+    third = _log(registry, spec, models, data, **{TRAINING_KEY_TAG: "k1"})
+
+    info, model = registry.find_reusable(spec.model_name, "k1")
+    assert info.version == third.version and info.tags[TRAINING_KEY_TAG] == "k1"
+    assert np.array_equal(training.predict_scores(model, data, spec),
+                          training.predict_scores(models[0], data, spec))
+    assert registry.find_reusable(spec.model_name, "k3") is None
+
+    _delete_model_artifacts(registry, spec.model_name, third.version)  # gone: the older one still serves
+    assert registry.find_reusable(spec.model_name, "k1")[0].version == first.version
+    _delete_model_artifacts(registry, spec.model_name, first.version)
+    assert registry.find_reusable(spec.model_name, "k1") is None
