@@ -5,6 +5,8 @@ connections, variables) before it is imported, exactly as in the demo. Each plan
 changes the source for real (load a day, reveal labels, run SQL, drop and recreate the
 empty source table) or runs the nightly DAG for a date with a conf; after each run it prints
 one JSON line with the run's state, the registry's champion at that moment and its seconds.
+A plan may name its own specs folder ("specs_dir", for NIGHTSHIFT_SPECS_DIR) and edit a spec
+file in it between nights ("edit_spec"): the tasks read their spec file when they run.
 
     python tests/integration/run_nights.py PLAN.json    (env: NIGHTSHIFT_HOME, NIGHTSHIFT_PG_URI)
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +26,8 @@ import local_stack  # noqa: E402
 
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
+    if plan.get("specs_dir"):  # before Airflow parses the DAG files, which read the specs folder
+        os.environ["NIGHTSHIFT_SPECS_DIR"] = plan["specs_dir"]
     server, _ = local_stack.start()
 
     import psycopg
@@ -58,6 +63,12 @@ def main(plan_path: str) -> int:
             with source.transaction(), source.cursor() as cur:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*spec.source.table.split("."))))
             demo_data.create_source_table(source, spec.source.table)
+        elif kind == "edit_spec":  # {"path": spec file, "replace": [old, new]}: the text must be there once
+            path, (old, new) = Path(arg["path"]), arg["replace"]
+            text = path.read_text()
+            if text.count(old) != 1:
+                raise ValueError(f"edit_spec: {old!r} is not in {path} exactly once")
+            path.write_text(text.replace(old, new))
         elif kind == "run":  # {"day": date, "conf": {...}}
             night = runner.run(dt.date.fromisoformat(arg["day"]), arg.get("conf", {}))
             champion = runtime.registry().champion(spec.model_name)
