@@ -39,10 +39,12 @@ def _spec():
     return dataclasses.replace(base, training=dataclasses.replace(base.training, window_days=2, holdout_days=1))
 
 
-def fit_and_predict() -> dict[str, bytes]:
-    """Data from the seeded generator, both models trained, the holdout scored: the float64
-    bytes of both models' scores and XGBoost's own serialised booster."""
+def fit_and_predict(calibration: str = "none") -> dict[str, bytes]:
+    """Data from the seeded generator, every candidate and the baseline trained, the holdout scored:
+    the float64 bytes of each model's scores and XGBoost's own serialised booster."""
     spec = _spec()
+    spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, calibration=calibration,
+                                                                  calibration_days=1))
     days = [FIRST_DAY + dt.timedelta(days=i) for i in range(DAYS)]
     rows = pd.concat([demo_data.generate_day(day, ROWS_PER_DAY) for day in days], ignore_index=True)
     train, holdout = training.split_train_holdout(rows, spec, days[-1])
@@ -50,16 +52,20 @@ def fit_and_predict() -> dict[str, bytes]:
     baseline = training.fit(training.build_baseline(spec), train, spec)
     scores = training.predict_scores(model, holdout, spec)
     assert scores.dtype == np.float64 and scores.size == ROWS_PER_DAY
+    fits = training.fit_candidates(spec, train, holdout)
     return {
         "model": scores.tobytes(),
         "baseline": training.predict_scores(baseline, holdout, spec).tobytes(),
         "booster": bytes(model.named_steps["model"].get_booster().save_raw("ubj")),
+        **{f.family: f.holdout_scores.tobytes() for f in fits},
     }
 
 
-def test_two_fits_in_one_process_are_bit_identical():
-    first, again = fit_and_predict(), fit_and_predict()
-    for name in ("model", "baseline", "booster"):
+@pytest.mark.parametrize("calibration", ["none", "isotonic"])
+def test_two_fits_in_one_process_are_bit_identical(calibration):
+    first, again = fit_and_predict(calibration), fit_and_predict(calibration)
+    assert set(first) == {"model", "baseline", "booster", "xgboost", "hist_gradient_boosting", "logistic_regression"}
+    for name in first:
         assert again[name] == first[name], f"{name} differs between two fits"
 
 
@@ -87,6 +93,9 @@ PIPELINE = textwrap.dedent("""
         "scores": digest(training.predict_scores(model, holdout, spec).tobytes()),
         "baseline": digest(training.predict_scores(baseline, holdout, spec).tobytes()),
         "booster": digest(bytes(model.named_steps["model"].get_booster().save_raw("ubj"))),
+        "candidates": {f.family: digest(f.holdout_scores.tobytes())
+                       for f in training.fit_candidates(spec, train, holdout)},
+        "key": training.training_key(spec, [r.sha256 for r in refs]),
     }))
 """)
 PIPELINE_DAYS = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(4)]
@@ -102,8 +111,9 @@ def test_separate_processes_give_the_same_snapshots_and_model_to_the_bit(pg_conn
     """Three fresh interpreters at once, each with its own artifact store and thread settings;
     the third trains with another seed, to show the comparison can tell models apart.
 
-    training.N_JOBS pins XGBoost's threads, so OMP_NUM_THREADS must not matter; BLAS threads
-    (the logistic baseline) and PYTHONHASHSEED (set and dict order) must not either.
+    training.N_JOBS pins XGBoost's threads and HistGradientBoosting's OpenMP pool, so
+    OMP_NUM_THREADS must not matter; BLAS threads (the logistic models) and PYTHONHASHSEED (set
+    and dict order) must not either. Every candidate family and the training key are compared.
     """
     demo_data.create_source_table(pg_conn)
     for day in PIPELINE_DAYS:
@@ -126,6 +136,9 @@ def test_separate_processes_give_the_same_snapshots_and_model_to_the_bit(pg_conn
     assert first == second
     assert other_seed["snapshots"] == first["snapshots"]
     assert other_seed["scores"] != first["scores"] and other_seed["booster"] != first["booster"]
+    # every family's scores are in `first == second` (other thread settings); the seed is in the key
+    assert len(first["candidates"]) == 3 and other_seed["key"] != first["key"]
+    assert other_seed["candidates"]["xgboost"] != first["candidates"]["xgboost"]
 
 
 # --- snapshots ---------------------------------------------------------------------------
