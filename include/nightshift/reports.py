@@ -215,6 +215,13 @@ def _thresholds(spec: DatasetSpec) -> list[tuple[str, Any]]:
     return [(n, getattr(promotion, n, MISSING)) for n in names]
 
 
+def _candidates(verdict: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every candidate family's holdout metric and fit time, the chosen one marked (VerdictStep.candidates)."""
+    return [{"family": family, "value": num(c.get("metric"), UNDEFINED), "seconds": num(c.get("fit_seconds")),
+             "chosen": family == verdict.get("family")}
+            for family, c in (verdict.get("candidates") or {}).items()]
+
+
 def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
                            spec: DatasetSpec | None = None) -> str:
     """The evaluation report as one self-contained HTML page.
@@ -231,7 +238,8 @@ def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], 
         decision=_decision(evaluation, verdict), overall=_overall(evaluation, verdict, spec),
         checks=[{"name": c.get("name"), "passed": bool(c.get("passed")), "detail": c.get("detail")}
                 for c in verdict.get("checks") or []],
-        slices=_slices(evaluation, verdict), slice_rule=_slice_rule(verdict), thresholds=_thresholds(spec))
+        slices=_slices(evaluation, verdict), slice_rule=_slice_rule(verdict), thresholds=_thresholds(spec),
+        candidates=_candidates(verdict), reused=bool(verdict.get("reused")))
 
 
 def write_evaluation_report(path: str | Path, evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
