@@ -121,6 +121,35 @@ def test_webhook_receives_slack_style_json_for_each_event(event, monkeypatch, re
         "details": {"version": 3, "metric": 0.81}})]
 
 
+@pytest.mark.parametrize(("allow", "dry_run"), [(False, False), (True, False), (False, True)])
+def test_a_night_without_a_model_alerts_naming_the_setting_unless_a_dry_run(allow, dry_run, monkeypatch, receiver):
+    """What the score task sends and raises when no champion is left after the gate (nightly.NoModel)."""
+    import dataclasses
+    import datetime as dt
+
+    from include.nightshift.nightly import NoModel
+    from include.nightshift.spec import load_spec
+    from include.nightshift.steps import ScoringStep
+
+    spec = load_spec(ROOT / "include" / "specs" / "churn.yaml")
+    spec = dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, allow_no_predictions=allow))
+    found = NoModel(spec, ScoringStep(url=None, rows=0, model_version=None, day=dt.date(2026, 5, 1)), dry_run=dry_run)
+    assert found.allowed == (allow or dry_run) and found.scored.no_model
+    assert "no_model" in str(found) and ("the run fails" in str(found)) == (not found.allowed)
+    if dry_run:
+        assert found.alert is None  # a dry run publishes nothing on purpose: nobody is left without predictions
+        return
+    assert f"scoring.allow_no_predictions is {str(allow).lower()}" in str(found)
+    monkeypatch.setenv(f"AIRFLOW_VAR_{NOTIFIERS_VARIABLE.upper()}", f"webhook:{CONN_ID}")
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", webhook_connection(receiver.url + "/hook"))
+    message, details = found.alert
+    notify("no_model", message, CONTEXT, details)
+    [body] = receiver.bodies()
+    assert body["event"] == "no_model" and body["text"].startswith(
+        "nightshift no_model: churn 2026-05-01: no predictions tonight: nightshift_churn has no champion")
+    assert body["details"] == {"night": "2026-05-01", "model_name": "nightshift_churn", "allow_no_predictions": allow}
+
+
 def test_webhook_token_in_password_is_appended_to_host(monkeypatch, receiver):
     """The documented form: public endpoint in host, secret token in password (masked by Airflow)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}",
@@ -189,7 +218,7 @@ from nightshift_airflow.notifiers import TaskFailureNotifier, notify
 def notifier_probe():
     @task
     def emit(**context):
-        for event in ("validation_failed", "drift", "promotion", "rollback"):
+        for event in ("validation_failed", "drift", "no_model", "promotion", "rollback"):
             notify(event, f"{event} happened", context, {"n": 1})
 
     @task
@@ -230,9 +259,10 @@ def test_real_dag_run_sends_events_and_task_failure(tmp_path, receiver):
     assert state == "failed"
 
     bodies = receiver.bodies()
-    assert [b["event"] for b in bodies] == ["validation_failed", "drift", "promotion", "rollback", "task_failed"]
+    assert [b["event"] for b in bodies] == ["validation_failed", "drift", "no_model", "promotion", "rollback",
+                                            "task_failed"]
     assert {(b["dag_id"], b["run_id"]) for b in bodies} == {("notifier_probe", run_id)}
-    assert [b["task_id"] for b in bodies] == ["emit"] * 4 + ["boom"]
+    assert [b["task_id"] for b in bodies] == ["emit"] * 5 + ["boom"]
     assert bodies[1]["text"] == f"nightshift drift: drift happened (dag notifier_probe, run {run_id}, task emit)"
     failure = bodies[-1]
     assert failure["text"] == (f"nightshift task_failed: RuntimeError: the source is gone second line "

@@ -3,6 +3,7 @@ against a real MLflow SQLite registry and a real PostgreSQL warehouse."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from include.nightshift import audit
 from include.nightshift.evaluation import Check, Verdict
 from include.nightshift.promotion import apply_policy, promote
+from include.nightshift.registry import RUN_DATE_TAG
 from include.nightshift.spec import load_spec
 from include.nightshift.steps import VerdictStep
 
@@ -90,3 +92,13 @@ def test_a_lost_audit_row_after_the_alias_moved_fails_loudly(registry, spec, pg_
     # the alias did move (the registry is not the warehouse's transaction), but the error was not swallowed:
     # the run fails and names it, instead of a green night with no record of the change
     assert registry.champion(spec.model_name).version == 1
+
+
+def test_a_promotion_names_its_night_given_or_the_challengers_own(registry, spec, pg_conn):
+    """champion_changes.night: the run's date when the caller gives it, else the night whose run
+    trained (and so judged) the challenger, from its nightshift.run_date tag."""
+    promote(registry, pg_conn, spec, _judged(1, None), night=dt.date(2026, 3, 1))
+    registry.client.set_model_version_tag(spec.model_name, "2", RUN_DATE_TAG, "2026-03-04")
+    promote(registry, pg_conn, spec, _judged(2, 1))
+    assert [(r["to_version"], r["night"]) for r in audit.changes(pg_conn, spec)] == [
+        (1, dt.date(2026, 3, 1)), (2, dt.date(2026, 3, 4))]

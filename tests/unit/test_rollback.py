@@ -25,7 +25,8 @@ from psycopg import sql
 from include.nightshift import audit, training, warehouse
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.demo_data import generate_day
-from include.nightshift.rollback import RollbackRefused, latest_published, republish_latest, rollback
+from include.nightshift.rollback import (RollbackRefused, latest_night, latest_published, republish_latest,
+                                      rollback, rollback_change)
 from include.nightshift.scoring import score_snapshot
 from include.nightshift.snapshot import read_snapshot, write_snapshot
 
@@ -393,3 +394,25 @@ def test_republish_refuses_when_the_snapshot_is_gone(registry, train_data, pg_co
         republish_latest(pg_conn, store, registry, spec, 1, "rb")
     pd.testing.assert_frame_equal(_published(pg_conn, spec, day), before)  # the night is left as it was
     assert latest_published(pg_conn, spec) == (day, before["sha"][0])
+
+
+def test_a_rollback_belongs_to_the_latest_published_night(registry, model, pg_conn, churn_spec, tmp_path):
+    """champion_changes.night of a rollback: the night its republish re-scores (None before any night)."""
+    spec = _with_schema(churn_spec, f"rbnight{next(_names)}")
+    _promote(registry, model, 1, 3)
+    result = _rollback(registry, model, rollback_id="manual__night")
+    warehouse.ensure_warehouse(pg_conn, spec)
+    change = rollback_change(pg_conn, spec, result, actor="ana", reason="why", requested=None, dag_run_id="manual__night")
+    assert change["night"] is None and latest_night(pg_conn, spec) is None
+
+    for day in (dt.date(2026, 1, 5), dt.date(2026, 1, 6)):
+        frame = pd.DataFrame({"customer_id": [1, 2], "score": [0.1, 0.9], "predicted_label": [0, 1],
+                              "model_name": model, "model_version": 3, "snapshot_sha256": "ab" * 32,
+                              "dag_run_id": "n", "scored_at": pd.Timestamp("2026-01-06", tz="UTC")})
+        frame.to_parquet(tmp_path / "p.parquet", index=False)
+        warehouse.replace_partition(pg_conn, spec, day, tmp_path / "p.parquet")
+    change = rollback_change(pg_conn, spec, result, actor="ana", reason="why", requested=None, dag_run_id="manual__night")
+    assert (change["event"], change["from_version"], change["to_version"], change["night"]) == (
+        "rollback", 3, 1, dt.date(2026, 1, 6))
+    assert audit.record_change(pg_conn, spec, change) is True
+    assert [(c["event"], c["night"]) for c in audit.changes(pg_conn, spec)] == [("rollback", dt.date(2026, 1, 6))]
