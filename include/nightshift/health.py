@@ -361,9 +361,10 @@ def _periods_rows(runs: list[dict]) -> list[dict[str, Any]]:
 
 
 def _runs_rows(spec: DatasetSpec, runs: list[dict]) -> list[dict[str, Any]]:
-    """Newest first; a failed night marked, a drift share at or above the threshold highlighted."""
+    """Newest first; a failed night or one without a model (no_model) marked, a drift share at or above
+    the threshold highlighted."""
     threshold = float(spec.drift.share_threshold)
-    return [{"cls": "fail" if r.get("decision") == "failed" else "", "night": r["day"].isoformat(),
+    return [{"cls": "fail" if r.get("decision") in ("failed", "no_model") else "", "night": r["day"].isoformat(),
              "decision": r.get("decision") or MISSING, "reason": r.get("retrain_reason") or MISSING,
              "drift": num(r["drift_share"]),
              "drift_above": r["drift_share"] is not None and r["drift_share"] >= threshold,
