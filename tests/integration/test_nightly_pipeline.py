@@ -7,11 +7,15 @@ and the registry afterwards:
   night 3  forced retrain on a training window whose labels were scrambled
                                  -> a worse challenger, rejected; v1 stays champion
   night 4  corrupt source rows   -> validation fails, nothing published, run recorded as failed
-  night 5  covariate drift       -> retrains for reason "drift"
+  night 5  covariate drift starts -> drift detected on one night only (drift.persist_nights is 2) and
+                                    no measured quality drop: recorded and shown, not acted on, no alert
+  night 6  the drift persists    -> retrains for reason "drift", and alerts
   night 5 again (rerun)          -> still exactly one row per entity, one pipeline_runs row
   night 5, a dry run forcing a retrain and a promotion
                                  -> a challenger is trained and evaluated, but nothing is
                                     promoted, published or written to pipeline_runs
+Every night with a champion records the realised metric of the labelled days it never saw, with
+its bootstrap interval and calibration, and the drift of the champion's scores.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import datetime as dt
 import pytest
 
 ROWS = 2000
-N = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(5)]
+N = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(6)]
 
 
 def d(day: dt.date, offset: int = 0) -> str:
@@ -53,6 +57,8 @@ PLAN = {
         {"load_days": {"from": d(N[3]), "to": d(N[3])}}, {"reveal": d(N[3])},  # the source is fixed again
         {"load_days": {"from": d(N[4]), "to": d(N[4])}},
         {"run": {"day": d(N[4])}},
+        {"load_days": {"from": d(N[5]), "to": d(N[5])}}, {"reveal": d(N[4])},
+        {"run": {"day": d(N[5])}},
         {"run": {"day": d(N[4]), "conf": {"note": "rerun"}}},
         {"run": {"day": d(N[4]), "conf": {"note": "dry", "dry_run": True, "force_retrain": True,
                                            "promotion_policy": "force"}}},
@@ -65,6 +71,12 @@ def nights(run_plan, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightshift")
     runs, warehouse = run_plan(PLAN, home)
     return {"runs": runs, "home": home, "warehouse": warehouse}
+
+
+def read_log(run: dict) -> str:
+    from pathlib import Path
+
+    return Path(run["log"]).read_text(errors="replace")
 
 
 def query(nights, text, args=()):
@@ -84,7 +96,8 @@ def history(nights) -> dict[str, dict]:
 
 def test_every_night_ran_and_only_the_corrupt_one_failed(nights):
     states = [(r["day"], r["state"]) for r in nights["runs"]]
-    assert [s for _, s in states] == ["success", "success", "success", "failed", "success", "success", "success"], states
+    assert [s for _, s in states] == ["success", "success", "success", "failed", "success", "success", "success",
+                                      "success"], states
 
 
 def test_cold_start_trains_and_promotes(nights):
@@ -133,27 +146,65 @@ def test_corrupt_source_fails_validation_and_publishes_nothing(nights):
     assert nights["runs"][3]["champion"] == 1
 
 
-def test_drift_night_retrains_for_drift(nights):
-    drifted = history(nights)[d(N[4])]
+def test_drift_on_one_night_is_recorded_not_acted_on(nights):
+    first = history(nights)[d(N[4])]  # the rerun's row: still one drifted night after a failed one
+    assert first["drift"] >= 0.25 and first["reason"] is None and first["decision"] == "skipped"
+    evidence = first["details"]["decision"]["details"]
+    assert evidence["drift_detected"] is True and evidence["drift_persisted_nights"] == 1
+    assert evidence["drift_acted"] is False and evidence["quality_drop"] is not True
+    assert "recorded, not acted on" in evidence["summary"]
+    first_run = nights["runs"][4]
+    assert first_run["day"] == d(N[4]) and "features drifted (threshold" not in read_log(first_run)  # no alert
+
+
+def test_drift_that_persists_retrains_for_drift_and_alerts(nights):
+    drifted = history(nights)[d(N[5])]
     assert drifted["reason"] == "drift" and drifted["drift"] >= 0.25
     assert drifted["decision"] in ("promoted", "rejected") and drifted["challenger"] is not None
+    evidence = drifted["details"]["decision"]["details"]
+    assert evidence["drift_persisted_nights"] == 2 and evidence["persist_nights"] == 2
+    assert evidence["drift_windows"]["current_days"] == [d(N[5])]
+    assert evidence["summary"].startswith("retrain (drift): drift share")
+    assert "features drifted (threshold 25%), 2 night(s) in a row" in read_log(nights["runs"][5])
+
+
+def test_realised_quality_is_pooled_over_unseen_days_with_an_interval(nights):
+    # v1 was trained on night 1 (holdout ends the day before): night 2 sees one unseen labelled day,
+    # night 6 (labels up to night 5) pools five, at most promotion.realised_window_days (7)
+    quiet = history(nights)[d(N[1])]["details"]["decision"]["details"]
+    assert quiet["realised_days"] == [d(N[0])] and quiet["realised_rows"] == ROWS
+    low, high = quiet["realised_interval"]
+    assert low < quiet["realised_metric"] < high and quiet["realised_confidence"] == 0.95
+    assert 0 < quiet["realised_brier"] < 0.25 and 0 <= quiet["realised_ece"] < 0.2
+    late = history(nights)[d(N[5])]["details"]["decision"]["details"]
+    assert late["realised_days"] == [d(N[k]) for k in range(5)] and late["realised_rows"] == 5 * ROWS
+    low_late, high_late = late["realised_interval"]
+    assert high_late - low_late < high - low  # five days pooled: a narrower interval than one day
+    cold = history(nights)[d(N[0])]["details"]["decision"]["details"]
+    assert cold["realised_metric"] is None and cold["realised_interval"] is None  # no champion yet
+
+
+def test_prediction_drift_is_recorded_as_evidence(nights):
+    for night in (N[1], N[5]):
+        output = history(nights)[d(night)]["details"]["decision"]["details"]["prediction_drift"]
+        assert set(output) == {"method", "score", "threshold", "drifted"} and output["score"] is not None
 
 
 def test_one_row_per_entity_per_night_and_one_history_row_per_date(nights):
     per_day = query(nights, "SELECT score_date, count(*), count(DISTINCT customer_id) FROM churn.predictions "
                             "GROUP BY score_date ORDER BY score_date")
     assert [(r[0].isoformat(), r[1], r[2]) for r in per_day] == [
-        (d(n), ROWS, ROWS) for n in (N[0], N[1], N[2], N[4])]
+        (d(n), ROWS, ROWS) for n in (N[0], N[1], N[2], N[4], N[5])]
     assert sorted(history(nights)) == [d(n) for n in N]
     latest = query(nights, "SELECT DISTINCT score_date FROM churn.predictions_latest")
-    assert latest == [(N[4],)]
+    assert latest == [(N[5],)]
 
 
 def test_every_prediction_names_the_champion_of_its_run(nights):
     last_run_per_day = {r["day"]: r for r in nights["runs"] if r["state"] == "success" and not r["conf"].get("dry_run")}
     rows = query(nights, "SELECT score_date, model_version, dag_run_id, snapshot_sha256, count(*) "
                          "FROM churn.predictions GROUP BY 1, 2, 3, 4")
-    assert len(rows) == 4  # one model version, one run and one snapshot per night
+    assert len(rows) == 5  # one model version, one run and one snapshot per night
     for score_date, version, run_id, sha, _ in rows:
         run = last_run_per_day[score_date.isoformat()]
         assert (version, run_id) == (run["champion"], run["run_id"])

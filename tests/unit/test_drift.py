@@ -145,3 +145,118 @@ def test_nothing_testable_still_gives_a_verdict_and_a_report(churn_spec, referen
     text = (tmp_path / "drift.html").read_text()
     assert "No feature could be tested" in text and "<li>age: all null in current</li>" in text
     assert "://" not in text
+
+
+# --- configured evidence: which features, which tests, which windows -----------------------------------
+
+
+def test_excluded_features_are_not_compared_nor_counted(churn_spec, reference, drifted_day):
+    spec = with_drift(churn_spec, exclude=("tenure_months", "plan", "age"))
+    result = measure_drift(drifted_day, reference, spec)
+
+    compared = [n for n in churn_spec.feature_names if n not in spec.drift.exclude]
+    assert list(result.columns) == compared and result.excluded == ["tenure_months", "age", "plan"]
+    assert not {"tenure_months", "plan"} & set(result.drifted)  # shifted, but left out
+    assert result.share == len(result.drifted) / len(compared)
+    assert (SHIFTED - {"tenure_months", "plan"}) <= set(result.drifted)
+
+
+def test_per_column_and_per_type_methods_and_thresholds_reach_evidently(churn_spec, reference, drifted_day):
+    from include.nightshift.spec import DriftTest
+
+    spec = with_drift(churn_spec, columns={"tenure_months": DriftTest(method="psi", threshold=5.0),
+                                           "age": DriftTest(method="ks"),
+                                           "contract_months_left": DriftTest(threshold=0.0)},
+                      categorical=DriftTest(method="TVD"))
+    result = measure_drift(drifted_day, reference, spec)
+    cols = result.columns
+
+    # a method set in the spec is reported by its name, Evidently's default by its title
+    assert cols["tenure_months"]["method"] == "psi" and cols["tenure_months"]["threshold"] == 5.0
+    assert not cols["tenure_months"]["drifted"]  # shifted, but under its own (very high) threshold
+    assert cols["age"]["method"] == "ks" and cols["age"]["threshold"] == 0.05  # the method's own default
+    assert cols["plan"]["method"] == "TVD" and cols["region"]["method"] == "TVD"  # the spec's categorical test
+    # TVD is a p-value test: the shifted plan drifts with a p-value below its threshold; region does not
+    assert cols["plan"]["drifted"] and cols["plan"]["score"] < cols["plan"]["threshold"]
+    assert not cols["region"]["drifted"]
+    assert cols["contract_months_left"]["method"] == "Wasserstein distance (normed)"  # threshold only
+    assert cols["contract_months_left"]["threshold"] == 0.0 and cols["contract_months_left"]["drifted"]
+    assert cols["monthly_charges"]["method"] == "Wasserstein distance (normed)"  # Evidently's default still
+
+
+def test_the_spec_knows_every_evidently_method_and_its_types():
+    """spec.py keeps a static table (it must not import evidently at DAG-parse time): it must match
+    Evidently's registry of stattests for numeric and categorical columns."""
+    import evidently.legacy.calculations.stattests  # noqa: F401  (registers the stattests)
+    from evidently.legacy.calculations.stattests import registry
+
+    from include.nightshift.spec import DRIFT_METHOD_TYPES
+
+    kinds = {"num": "numeric", "cat": "categorical"}
+    registered = {}
+    for name, by_type in registry._registered_stat_tests.items():
+        types = tuple(kinds[t.value] for t in by_type if t.value in kinds)
+        if types:
+            registered[name] = types
+    assert {n: set(t) for n, t in DRIFT_METHOD_TYPES.items()} == {n: set(t) for n, t in registered.items()}
+
+
+def test_prediction_drift_is_measured_apart_from_the_share(churn_spec, reference, normal_day, drifted_day):
+    def score(frame):
+        return 1 / (1 + np.exp(-(frame["price_increase_pct"].to_numpy() - 5) / 3))
+
+    calm = measure_drift(normal_day, reference, churn_spec, score=score)
+    moved = measure_drift(drifted_day, reference, churn_spec, score=score)
+
+    assert calm.prediction["method"] == "Wasserstein distance (normed)" and not calm.prediction["drifted"]
+    assert moved.prediction["drifted"] and moved.prediction["score"] > calm.prediction["score"]
+    assert "champion score" not in moved.columns and moved.share == len(moved.drifted) / len(churn_spec.feature_names)
+    assert json.loads(json.dumps(moved.to_dict(), allow_nan=False))["prediction"]["drifted"] is True
+    assert measure_drift(normal_day, reference, churn_spec).prediction is None
+
+
+def test_windows_pool_the_current_nights_and_the_recent_reference_before_them(churn_spec):
+    from include.nightshift.drift import current_days, reference_days
+
+    day = dt.date(2026, 3, 10)
+    assert current_days(churn_spec, day) == [day] and reference_days(churn_spec, day) == []  # champion_training
+    spec = with_drift(churn_spec, current_nights=3, reference="recent", reference_nights=4)
+    assert current_days(spec, day) == [dt.date(2026, 3, d) for d in (10, 9, 8)]
+    assert reference_days(spec, day) == [dt.date(2026, 3, d) for d in (7, 6, 5, 4)]  # just before, no overlap
+
+
+def test_persistence_counts_consecutive_drifted_nights_against_the_same_champion(churn_spec):
+    from include.nightshift.nightly import persisted_nights
+
+    day = dt.date(2026, 3, 10)
+    spec = with_drift(churn_spec, persist_nights=3)
+
+    def history(*drifted_days):
+        return [{"day": f"2026-03-{d:02d}", "drifted": True} for d in drifted_days]
+
+    assert persisted_nights(False, history(9, 8), day, spec) == 0  # tonight not drifted
+    assert persisted_nights(True, [], day, spec) == 1  # no history: tonight only
+    assert persisted_nights(True, history(9), day, spec) == 2
+    assert persisted_nights(True, history(9, 8, 7), day, spec) == 3  # capped at persist_nights
+    assert persisted_nights(True, history(8), day, spec) == 1  # a missing night breaks the run
+
+
+def test_drift_history_reads_pipeline_runs(pg_conn, churn_spec):
+    from include.nightshift import warehouse
+    from include.nightshift.nightly import drift_history
+
+    spec = with_drift(churn_spec, persist_nights=3)
+    warehouse.ensure_warehouse(pg_conn, spec)
+    base = {"dag_run_id": "r", "decision": "skipped", "metric_name": "roc_auc", "rows_published": 0,
+            "finished_at": dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)}
+    for day, share, version in ((7, 0.5, 1), (8, 0.5, 2), (9, 0.3, 2), (10, 0.9, 2)):
+        warehouse.upsert_run(pg_conn, spec, {**base, "logical_date": dt.date(2026, 3, day), "drift_share": share,
+                                              "champion_version": version})
+    found = drift_history(pg_conn, spec, dt.date(2026, 3, 10), champion_version=2)
+    assert [(h["day"], h["drifted"]) for h in found] == [("2026-03-09", True), ("2026-03-08", True)]
+    assert [h["drifted"] for h in drift_history(pg_conn, spec, dt.date(2026, 3, 9), champion_version=2)] == [
+        True, False]  # 8 against the same champion, 7 against another one
+    recent = with_drift(spec, reference="recent")
+    assert [h["drifted"] for h in drift_history(pg_conn, recent, dt.date(2026, 3, 9), champion_version=2)] == [
+        True, True]  # a recent reference does not depend on the champion
+    assert drift_history(pg_conn, with_drift(spec, persist_nights=1), dt.date(2026, 3, 10), 2) == []
