@@ -3,21 +3,24 @@
 One PostgreSQL server of this module's own holds the source and the warehouse; one MLflow
 store (SQLite) and one artifact store are shared by everything, as they are in a deployment.
 
-1. One Airflow home runs night 1 cold, then reruns it five times (two of the reruns force a
-   retrain, so the registry grows while the night is replaced).
+1. One Airflow home runs night 1 cold, then reruns it five times (three of the reruns force a
+   retrain, the last one included). A retrain on the same snapshots, spec and code has the
+   same training key: it reuses the cold start's version instead of registering a duplicate,
+   and the night is still published.
 2. Two more processes, each with its own Airflow home (its own SQLite metadata DB, as two
    schedulers would have), run night 1 again at the same moment, both forcing a retrain and
    a promotion. They wait at a barrier (an advisory lock the test holds) so that they start
    together; Airflow's max_active_runs cannot serialise runs of two different metadata DBs.
+   Both reuse the champion's version: nothing is registered, nothing is re-promoted.
 
 Afterwards: one row per entity, written by one run only; exactly one champion; one
-pipeline_runs row for the night, from one of the last runs; registry versions without gaps
-or duplicates.
+pipeline_runs row for the night, from one of the last runs; one registry version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.integration
 N1 = dt.date(2026, 3, 1)
 MODEL = "nightshift_churn"
 RERUNS = [{"note": "rerun 1"}, {"note": "rerun 2", "force_retrain": True}, {"note": "rerun 3"},
-          {"note": "rerun 4", "force_retrain": True}, {"note": "rerun 5"}]
+          {"note": "rerun 4", "force_retrain": True}, {"note": "rerun 5", "force_retrain": True}]
 BARRIER = 7_460_001  # advisory lock key the two concurrent processes wait on
 
 
@@ -114,8 +117,22 @@ def test_reruns_leave_one_history_row_the_last_runs(reruns):
 
 
 def test_reruns_keep_one_champion_and_register_each_retrain_once(reruns, stack):
-    assert reruns["versions"] == [1, 2, 3]  # the cold start and the two forced retrains
-    assert reruns["aliases"] == {"champion": str(reruns["runs"][-1]["champion"])}
+    assert reruns["versions"] == [1]  # the cold start's; the forced retrains of the same night reuse it
+    assert reruns["aliases"] == {"champion": "1"} and reruns["runs"][-1]["champion"] == 1
+
+
+def test_forced_reruns_reuse_the_version_by_training_key_and_still_publish(reruns, stack):
+    """Before the reruns the cold start registered v1; each forced rerun trained again, found v1 under
+    the same training key, reproduced its holdout scores and registered nothing; the last one (forced)
+    published the night with v1 as its challenger and champion."""
+    log = Path(reruns["runs"][-1]["log"]).read_text(errors="replace")  # every run of the night, appended
+    assert log.count("challenger registered v1 ") == 1
+    assert log.count("challenger reused v1 ") == sum(bool(conf.get("force_retrain")) for conf in RERUNS) == 3
+    version = stack["registry"].get_model_version(MODEL, "1")
+    assert len(version.tags["nightshift.training_key"]) == 64 and version.tags["nightshift.family"]
+    night = reruns["history"][N1.isoformat()]
+    assert (night["challenger"], night["champion"], night["published"]) == (1, 1, ROWS)
+    assert reruns["partition"][3] == [1]
 
 
 # ---------------------------------------------------------------- two triggers at once
@@ -145,10 +162,11 @@ def test_concurrent_runs_leave_one_history_row_from_one_of_them(concurrent, stac
     assert runs[N1.isoformat()]["published"] == ROWS
 
 
-def test_concurrent_runs_register_two_versions_and_leave_one_champion(concurrent, stack):
+def test_concurrent_runs_reuse_the_version_and_leave_one_champion(concurrent, stack):
+    """Both forced a retrain and a promotion: both found the champion under the same training key, so
+    neither registered a version, and a version that already is the champion is not promoted again."""
     registry = stack["registry"]
     versions = sorted(int(v.version) for v in registry.search_model_versions(f"name='{MODEL}'"))
-    assert versions == [1, 2, 3, 4, 5]
-    champion = aliases(registry)
-    assert list(champion) == ["champion"] and champion["champion"] in ("4", "5")
-    assert registry.get_model_version(MODEL, champion["champion"]).tags.get("nightshift.blessed") == "true"
+    assert versions == [1]
+    assert aliases(registry) == {"champion": "1"}
+    assert registry.get_model_version(MODEL, "1").tags.get("nightshift.blessed") == "true"
