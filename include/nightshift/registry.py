@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+# training first: it sets OMP_WAIT_POLICY before mlflow.sklearn loads scikit-learn (and OpenMP with it).
+from include.nightshift.training import features_frame  # isort: skip
+
 import mlflow
 import mlflow.sklearn
 import pandas as pd
@@ -46,7 +49,6 @@ from mlflow.types import ColSpec, DataType, Schema
 
 from include.nightshift.snapshot import SnapshotRef
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.training import features_frame
 
 log = logging.getLogger(__name__)
 
