@@ -215,9 +215,13 @@ def _thresholds(spec: DatasetSpec) -> list[tuple[str, Any]]:
     return [(n, getattr(promotion, n, MISSING)) for n in names]
 
 
+def _seconds(value: Any) -> str:
+    return MISSING if value is None else f"{_number(value):.2f}"
+
+
 def _candidates(verdict: dict[str, Any]) -> list[dict[str, Any]]:
     """Every candidate family's holdout metric and fit time, the chosen one marked (VerdictStep.candidates)."""
-    return [{"family": family, "value": num(c.get("metric"), UNDEFINED), "seconds": num(c.get("fit_seconds")),
+    return [{"family": family, "value": num(c.get("metric"), UNDEFINED), "seconds": _seconds(c.get("fit_seconds")),
              "chosen": family == verdict.get("family")}
             for family, c in (verdict.get("candidates") or {}).items()]
 
