@@ -126,7 +126,10 @@ def _doc(spec: DatasetSpec) -> str:
   {', '.join(p.slice_columns) or '(none)'} worse by more than {p.slice_tolerance}, beats the baseline, same
   predictions after a registry round trip.
 - **Publishes**: `{spec.warehouse.schema}.predictions` (one row per `{spec.entity_key.name}` per day),
-  `{spec.warehouse.schema}.predictions_latest`, `{spec.warehouse.schema}.pipeline_runs`.
+  `{spec.warehouse.schema}.predictions_latest`, `{spec.warehouse.schema}.pipeline_runs` (one row per night),
+  `{spec.warehouse.schema}.run_attempts` (every run).
+- **No model after the gate**: recorded `no_model` and alerted; the run
+  {'stays green' if spec.scoring.allow_no_predictions else 'fails'} (`scoring.allow_no_predictions`).
 
 Spec: `{Path(spec.path).name}`.
 """
