@@ -78,11 +78,18 @@ class RunRecord(StepOutput):
         return {name: value for name, value in values.items() if name in ATTEMPT_COLUMNS}
 
     def error(self, spec: DatasetSpec) -> str | None:
-        """Why the DAG run must fail (the record task raises it), None when it may pass."""
+        """Why the DAG run must fail (the record task raises it, and its failure alerts), None when it may pass.
+
+        Besides a failed step: a night that published nothing although nothing failed, unless that is
+        explained (a dry run, or no_model that the spec allows). No step can do that today; this keeps
+        a future one from leaving consumers without predictions on a green, silent run.
+        """
         failed = self.details.get("failed_tasks")
-        if not failed:
-            return None
         where = f"recorded in {spec.warehouse.schema}.pipeline_runs and {spec.warehouse.schema}.run_attempts"
+        if not failed:
+            if self.dry_run or self.decision == "no_model" or self.rows_published:
+                return None
+            return f"nothing was published for {self.logical_date} although no step failed; {where}"
         if self.decision == "no_model":
             return (f"no predictions for {self.logical_date}: no champion after the gate (decision no_model; "
                     f"scoring.allow_no_predictions is false); {where}")

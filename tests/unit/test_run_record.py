@@ -103,3 +103,13 @@ def test_a_night_that_failed_validation_names_what_failed():
 def test_a_night_that_never_validated_says_unknown_not_failed():
     row = record(states={"snapshot": "failed"}, snapshot=None, validation=None, drift=None)
     assert row.validation_passed is None and row.rows_in is None and row.decision == "failed"
+
+
+def test_a_green_night_that_published_nothing_fails_unless_a_dry_run():
+    """Every night that leaves consumers without predictions is loud: with no failed step and no
+    explanation (dry run, or a no_model the spec allows), the record task fails the run."""
+    published = PublishStep(rows=990, day=DAY, model_version=2)
+    assert record(states={"publish": "success"}, published=published).error(SPEC) is None
+    silent = record(states={"publish": "skipped"})
+    assert "nothing was published for 2026-02-05 although no step failed" in silent.error(SPEC)
+    assert record(states={"publish": "skipped"}, params={"dry_run": True}).error(SPEC) is None
