@@ -259,3 +259,42 @@ def test_drift_history_reads_pipeline_runs(pg_conn, churn_spec):
     assert [h["drifted"] for h in drift_history(pg_conn, recent, dt.date(2026, 3, 9), champion_version=2)] == [
         True, True]  # a recent reference does not depend on the champion
     assert drift_history(pg_conn, with_drift(spec, persist_nights=1), dt.date(2026, 3, 10), 2) == []
+
+
+def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_conn, registry, churn_spec, tmp_path):
+    """The drift step end to end without Airflow: a recent reference and a two-night current window,
+    re-taken from a real source; no champion is needed for a `recent` reference (nor output drift)."""
+    from include.nightshift import demo_data, warehouse
+    from include.nightshift.artifacts import ArtifactStore
+    from include.nightshift.nightly import measure_night_drift, take_night
+
+    spec = with_drift(churn_spec, reference="recent", current_nights=2, reference_nights=3, persist_nights=2)
+    night = dt.date(2026, 4, 10)
+    plan = DriftPlan(covariate_from=night - dt.timedelta(days=1))  # the whole current window drifted
+    demo_data.create_source_table(pg_conn, spec.source.table)
+    for back in range(5, -1, -1):
+        demo_data.load_day(pg_conn, night - dt.timedelta(days=back), 1500, table=spec.source.table, drift=plan,
+                           with_labels=back > 0)
+    warehouse.ensure_warehouse(pg_conn, spec)
+    warehouse.upsert_run(pg_conn, spec, {
+        "logical_date": night - dt.timedelta(days=1), "dag_run_id": "r", "decision": "skipped", "drift_share": 0.6,
+        "metric_name": "roc_auc", "rows_published": 0, "finished_at": dt.datetime(2026, 4, 9, tzinfo=dt.timezone.utc)})
+    store = ArtifactStore(tmp_path / "artifacts")
+    snapshot = take_night(pg_conn, store, spec, night)
+
+    drift = measure_night_drift(pg_conn, pg_conn, store, registry, spec, snapshot)
+
+    windows = drift.details["windows"]
+    assert windows["current_days"] == ["2026-04-10", "2026-04-09"]
+    assert windows["reference_days"] == ["2026-04-08", "2026-04-07", "2026-04-06"]
+    assert drift.details["n_current"] == 3000 and drift.details["n_reference"] == 4500  # pooled
+    assert drift.detected and drift.share >= spec.drift.share_threshold and SHIFTED <= set(drift.drifted)
+    assert drift.persisted_nights == 2 and drift.details["history"][0]["drifted"] is True
+    assert drift.champion_version is None and drift.prediction_drift is None  # no champion: no output drift
+    assert store.exists(drift.report_url)
+    calm = measure_night_drift(pg_conn, pg_conn, store, registry, with_drift(spec, current_nights=1,
+                                                                               reference_nights=1), snapshot)
+    # against the night before (drifted too), a recent reference has caught up: nothing to act on
+    assert calm.details["windows"]["reference_days"] == ["2026-04-09"]
+    assert calm.detected is False and calm.persisted_nights == 0
+    json.dumps(drift.to_xcom(), allow_nan=False)
