@@ -249,7 +249,7 @@ def _realised(source: Connection, store: ArtifactStore, registry: Registry, spec
     days that had rows."""
     from include.nightshift.quality import realised_quality
     from include.nightshift.snapshot import read_snapshots, take_snapshot
-    from include.nightshift.training import labels, predict_scores
+    from include.nightshift.training import labels, predict_scores, row_days
 
     refs = [snapshot.labelled if d.isoformat() == snapshot.labelled.day else
             take_snapshot(source, store, spec, d, labelled=True) for d in days]
@@ -261,7 +261,7 @@ def _realised(source: Connection, store: ArtifactStore, registry: Registry, spec
     pro = spec.promotion
     quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
                                confidence=pro.realised_confidence, resamples=pro.realised_resamples,
-                               seed=spec.training.seed)
+                               seed=spec.training.seed, days=row_days(df, spec))
     return quality, sorted(ref.day for ref in refs)
 
 

@@ -105,6 +105,11 @@ def _utc(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True)
 
 
+def row_days(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Each row's UTC day (as the night that holds it), by the spec's timestamp."""
+    return _utc(df[spec.timestamp]).dt.date.to_numpy()
+
+
 def training_days(spec: DatasetSpec, run_date: dt.date) -> tuple[dt.date, list[dt.date]]:
     """The newest labelled day a run on `run_date` can use (the holdout's end), and every day of
     the training window plus holdout, newest first: labels arrive `label.delay_days` late."""

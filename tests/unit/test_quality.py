@@ -81,3 +81,34 @@ def test_calibration_brier_and_ece():
     happened = (rng.uniform(size=10_000) < 0.22).astype(int)
     assert expected_calibration_error(happened, said) == pytest.approx(0.174, abs=0.01)
     assert math.isclose(expected_calibration_error(y, np.array([0.05, 0.15, 0.85, 0.95])), 0.1)
+
+
+def days_that_differ(per_day: int, shifts: list[float], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of several days; each day's scores carry a day-wide shift of how well they rank (a storm day)."""
+    rng = np.random.default_rng(seed)
+    ys, ss, ds = [], [], []
+    for day, strength in enumerate(shifts):
+        y = (rng.uniform(size=per_day) < 0.25).astype(int)
+        ys.append(y), ds.append(np.full(per_day, day))
+        ss.append(np.clip(0.25 + strength * (y - 0.25) + rng.normal(0, 0.2, per_day), 0, 1))
+    return np.concatenate(ys), np.concatenate(ss), np.concatenate(ds)
+
+
+def test_days_that_differ_widen_the_interval_beyond_the_rows_alone():
+    """Two days of 1,000 rows, one good and one bad: the rows alone claim certainty the days do not give."""
+    y, s, days = days_that_differ(1000, [0.45, 0.1])
+    rows = bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=200, seed=3)
+    by_day = bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=200, seed=3, days=days)
+    assert by_day[1] - by_day[0] > 2 * (rows[1] - rows[0])
+    same_y, same_s, same_days = days_that_differ(1000, [0.3, 0.3])  # alike days: about the row bootstrap's width
+    alike = bootstrap_interval("roc_auc", same_y, same_s, threshold=0.5, confidence=0.95, resamples=200, seed=3,
+                               days=same_days)
+    plain = bootstrap_interval("roc_auc", same_y, same_s, threshold=0.5, confidence=0.95, resamples=200, seed=3)
+    assert alike[1] - alike[0] == pytest.approx(plain[1] - plain[0], rel=0.5)
+
+
+def test_one_day_is_the_row_bootstrap():
+    y, s = sample(1000)
+    one = np.zeros(len(y), dtype=int)
+    assert bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=100, seed=5, days=one) == \
+        bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=100, seed=5)
