@@ -22,7 +22,7 @@ ATTEMPT_ONLY = ("dry_run", "conf")  # RunRecord fields that run_attempts has and
 
 
 def run_outcome(failed_tasks: list[str], verdict: VerdictStep | None, scored: ScoringStep | None = None) -> str:
-    """no_model, failed, promoted, rejected or skipped (no challenger tonight): the decision column.
+    """no_model, failed, reproduced, promoted, rejected or skipped (no challenger tonight): the decision column.
 
     no_model first: the score step found no champion after the gate, and the failures that follow
     from it (score, publish) are that, not something else; nothing upstream of score had failed,
@@ -32,6 +32,8 @@ def run_outcome(failed_tasks: list[str], verdict: VerdictStep | None, scored: Sc
         return "no_model"
     if failed_tasks:
         return "failed"
+    if verdict is not None and verdict.reused and verdict.challenger_version == verdict.champion_version:
+        return "reproduced"  # the retrain gave the champion back, bit for bit: nothing to promote or reject
     if verdict is not None:
         return "promoted" if verdict.promoted else "rejected"
     return "skipped"

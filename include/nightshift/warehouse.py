@@ -62,7 +62,10 @@ SCHEMA_VERSION = "schema_version"
 # the CHECK of both tables (see _set_decisions); the tuples of past migrations stay as they were.
 _DECISIONS_V1 = ("skipped", "promoted", "rejected", "failed")
 _DECISIONS_V3 = (*_DECISIONS_V1, "no_model")
-DECISIONS = _DECISIONS_V3
+_DECISIONS_V6 = (*_DECISIONS_V3, "reproduced")
+DECISIONS = _DECISIONS_V6
+_DECISION_TEXT = ("skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored) / "
+                  "reproduced (the retrain rebuilt the serving champion bit for bit: nothing registered or promoted).")
 CHANGE_EVENTS = ("promote", "rollback")
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
@@ -261,6 +264,14 @@ def _allow_no_model(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str
              "skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored).")
 
 
+def _allow_reproduced(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """decision may be reproduced: a retrain on the champion's own snapshots, spec and code gives the
+    champion back (same training key), which is neither a promotion nor a rejection."""
+    for relation in (PIPELINE_RUNS, RUN_ATTEMPTS):
+        _set_decisions(cur, spec, relation, _DECISIONS_V6)
+        _comment(cur, "COLUMN", sql.SQL("{}.decision").format(table(spec, relation)), _DECISION_TEXT)
+
+
 def _create_attempts(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """run_attempts: every DAG run's outcome, while pipeline_runs keeps the latest run of each night."""
     attempts = table(spec, RUN_ATTEMPTS)
@@ -297,6 +308,7 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (3, "pipeline_runs.decision allows no_model", _allow_no_model),
     (4, "run_attempts (every DAG run's outcome)", _create_attempts),
     (5, "champion_changes.night", _add_change_night),
+    (6, "decision allows reproduced", _allow_reproduced),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION)

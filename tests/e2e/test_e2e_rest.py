@@ -137,15 +137,19 @@ def test_two_triggers_at_once_queue_and_leave_one_row_per_entity_and_one_champio
     assert [r["state"] for r in twin_runs] == ["success", "success"], [
         api.task_states(NIGHTLY, r["dag_run_id"]) for r in twin_runs]
     assert when(second["start_date"]) >= when(first["end_date"])  # queued, not run side by side
-    first_version, second_version = (version_trained_by(registry, r["dag_run_id"]) for r in twin_runs)
-    assert second_version == first_version + 1
+    # The first registers and promotes; the second trains on the same snapshots, spec and code, finds that
+    # version under the same training key and reuses it: one version, one champion, no duplicate.
+    first_version = version_trained_by(registry, first["dag_run_id"])
+    found = registry.client.search_model_versions(
+        f"name = '{MODEL}' and tag.`nightshift.dag_run_id` = '{second['dag_run_id']}'")
+    assert found == [], f"the second trigger registered {[v.version for v in found]}"
     champion = registry.champion(MODEL).version
-    assert champion == second_version
+    assert champion == first_version
     assert counts(warehouse, D3) == (ROWS, ROWS)
     assert made_by(partition(warehouse, D3)) == {(champion, second["dag_run_id"])}
     (run,) = history(warehouse, D3)
     assert (run["dag_run_id"], run["decision"], run["challenger_version"], run["note"]) == (
-        second["dag_run_id"], "promoted", champion, second["dag_run_id"])
+        second["dag_run_id"], "reproduced", champion, second["dag_run_id"])
 
 
 # --- (f) rollback through the REST API -----------------------------------------------------------
@@ -159,7 +163,8 @@ def test_rollback_restores_the_previous_champion_audits_and_republishes(twin_run
     assert bad.status_code == 400 and "reason" in bad.json()["detail"], bad.text
 
     current = registry.champion(MODEL).version
-    previous = version_trained_by(registry, twin_runs[0]["dag_run_id"])  # the champion before the second twin
+    (previous,) = query(warehouse, "SELECT from_version FROM churn.champion_changes WHERE event = 'promote' "
+                                   "AND dag_run_id = %s", (twin_runs[0]["dag_run_id"],))[0]  # before the twins
     reason = "e2e: the new champion misbehaves"
     api.trigger(ROLLBACK, {"version": None, "reason": reason, "republish": True}, run_id="e2e_rollback")
     (run,) = api.wait(ROLLBACK, ["e2e_rollback"])

@@ -132,6 +132,7 @@ def test_forced_reruns_reuse_the_version_by_training_key_and_still_publish(rerun
     assert len(version.tags["nightshift.training_key"]) == 64 and version.tags["nightshift.family"]
     night = reruns["history"][N1.isoformat()]
     assert (night["challenger"], night["champion"], night["published"]) == (1, 1, ROWS)
+    assert night["decision"] == "reproduced"  # neither a promotion nor a rejection: the champion came back
     assert reruns["partition"][3] == [1]
 
 

@@ -50,6 +50,16 @@ def test_the_outcome(failed, promoted, expected):
     assert run_outcome(failed, None if promoted is None else verdict(promoted)) == expected
 
 
+def test_a_retrain_that_gives_the_champion_back_is_reproduced_not_rejected():
+    """A rerun on the champion's own snapshots, spec and code reuses its version (same training key)."""
+    import dataclasses
+
+    again = dataclasses.replace(verdict(False), reused=True, challenger_version=2, policy_note="already champion")
+    assert run_outcome([], again) == "reproduced"
+    assert run_outcome([], dataclasses.replace(again, challenger_version=3)) == "rejected"  # reused, not the champion
+    assert run_outcome(["publish"], again) == "failed"
+
+
 @pytest.mark.parametrize("failed", [["publish", "score"], []])  # the spec forbids it (fails) or allows it (green)
 def test_no_champion_after_the_gate_is_no_model_whatever_failed_with_it(failed):
     assert run_outcome(failed, verdict(False), NO_MODEL) == "no_model"
