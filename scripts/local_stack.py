@@ -155,6 +155,9 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         "NO_PROXY": "*",
         # MLflow 3.17 refuses to unpickle models unless told to; our registry holds only models we trained.
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        # OpenMP threads sleep when idle instead of spinning: on 2 shared cores the spinning default made
+        # XGBoost 5-8x and HistGradientBoosting ~10x slower (training.py sets it too, if nothing loaded OpenMP first).
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
     config = (yaml.safe_load(settings.read_text()) or {}).get("airflow", {})
     local = {
