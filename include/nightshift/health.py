@@ -147,10 +147,18 @@ def _runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "day": _day(run["logical_date"], f"run {i} logical_date"),
             "drift_share": _float(run.get("drift_share")),
             **{key: _float(_monitored(run, key)) for key in MONITOR_KEYS},
+            **_interval(run),
             "rows_published": _int(run.get("rows_published")),
             "served_version": _int(run.get("challenger_version") if promoted else run.get("champion_version")),
         })
     return sorted(out, key=lambda r: r["day"])
+
+
+def _interval(run: dict[str, Any]) -> dict[str, float | None]:
+    """The realised metric's bootstrap interval the decide step judged (None before it was recorded)."""
+    found = (((run.get("details") or {}).get("decision") or {}).get("details") or {}).get("realised_interval")
+    low, high = found if isinstance(found, list | tuple) and len(found) == 2 else (None, None)
+    return {"realised_low": _float(low), "realised_high": _float(high)}
 
 
 def _events(events: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -227,7 +235,8 @@ def _drift_plot(spec: DatasetSpec, runs: list[dict], x: list[dt.datetime], x_ran
 def _metric_plot(spec: DatasetSpec, runs: list[dict], x: list[dt.datetime], x_range) -> Any:
     pro = spec.promotion
     gib, tolerance = bool(pro.greater_is_better), float(pro.realised_tolerance)
-    fig, ax = _axes(f"Champion's {pro.metric}: realised on newly labelled rows, and on its holdout", x_range)
+    fig, ax = _axes(f"Champion's {pro.metric}: realised on its unseen labelled days (with its interval), "
+                    "and on its holdout", x_range)
     holdout = _nan([r["champion_holdout_metric"] for r in runs])
     ax.plot(x, holdout, drawstyle="steps-mid", linestyle="--", color=COLORS["holdout"], gid="holdout",
             label="holdout (when promoted)")
@@ -236,6 +245,10 @@ def _metric_plot(spec: DatasetSpec, runs: list[dict], x: list[dt.datetime], x_ra
             label=f"decay limit (realised_tolerance {tolerance:g})")
     ax.axhline(float(pro.floor), color=COLORS["floor"], linestyle="-.", linewidth=0.8, gid="floor",
                label=f"floor {float(pro.floor):g}")
+    low, high = _nan([r["realised_low"] for r in runs]), _nan([r["realised_high"] for r in runs])
+    if any(v == v for v in low):  # NaN != NaN: at least one night has an interval
+        ax.fill_between(x, low, high, color=COLORS["line"], alpha=0.15, linewidth=0, gid="realised-interval",
+                        label=f"realised, {pro.realised_confidence:.0%} interval")
     ax.plot(x, _nan([r["realised_metric"] for r in runs]), marker="o", color=COLORS["line"], gid="realised",
             label="realised")
     _legend(ax)

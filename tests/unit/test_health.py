@@ -110,7 +110,9 @@ def record_nights(conn, spec, nights, first: int, finished_base: dt.datetime) ->
             "champion_version": champion, "challenger_version": challenger, "challenger_metric": challenger_metric,
             "metric_name": "roc_auc", "rows_published": 1000 + i,
             "finished_at": finished_base + dt.timedelta(minutes=i - first),
-            "details": {"decision": {"details": {"realised_metric": realised, "champion_holdout_metric": holdout}}},
+            "details": {"decision": {"details": {
+                "realised_metric": realised, "champion_holdout_metric": holdout,
+                "realised_interval": None if realised is None else [realised - 0.02, realised + 0.02]}}},
         })
 
 
@@ -177,7 +179,9 @@ def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path)
     assert "7 night(s) measured, 2 at or above the threshold" in figure_image(text, "drift")["alt"]
 
     metric = charts["metric"].axes[0]
-    assert all(drawn(metric, g) for g in ("realised", "holdout", "decay-limit", "floor"))
+    assert all(drawn(metric, g) for g in ("realised", "realised-interval", "holdout", "decay-limit", "floor"))
+    (band,) = drawn(metric, "realised-interval")
+    assert band.get_label() == "realised, 95% interval"
     assert "No realised metric recorded yet" not in text
 
     versions = charts["versions"].axes[0]
