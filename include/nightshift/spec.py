@@ -204,6 +204,18 @@ class Validation(_Section):
     min_row_ratio: Annotated[Share, Field(
         description="A night fails below this share of the median row count of the last row_norm_days nights.")]
     row_norm_days: Annotated[Positive, Field(description="Nights in that median.")] = 7
+    max_row_ratio: Annotated[float, Strict(), Field(ge=1, allow_inf_nan=False, description=(
+        "A night fails above this multiple of the same median (or of min_rows, when the median is below it): "
+        "a duplicated or runaway load. At least 1 (a night like the median passes) and above min_row_ratio."))] = 10.0
+
+    @model_validator(mode="after")
+    def _row_bounds_leave_a_window(self) -> Validation:
+        """An upper bound at or below the lower one would fail every night."""
+        if self.max_row_ratio <= self.min_row_ratio:
+            _refuse("Validation", [(("max_row_ratio",), PydanticCustomError(
+                "max_row_ratio", "must be above validation.min_row_ratio ({low}), got {high}",
+                {"low": self.min_row_ratio, "high": self.max_row_ratio}), self.max_row_ratio)])
+        return self
 
 
 FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression")

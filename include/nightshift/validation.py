@@ -15,7 +15,8 @@ The checks, per column:
   timestamps within the snapshot's day, [day 00:00 UTC, day+1 00:00 UTC);
 - categories: at most ``max_unseen_share`` of a feature's values outside its categories;
 - the entity key unique; the row count at least ``min_rows`` and at least ``min_row_ratio``
-  times the median of the recent days' counts.
+  times the median of the recent days' counts, and at most ``max_row_ratio`` times that median
+  (or times ``min_rows`` when the median is below it; no ceiling without recent days).
 
 Checks on a column that is missing are not run (the schema check already names the column),
 so a missing column is reported once, not once per check.
@@ -134,14 +135,36 @@ def _min_rows(spec: DatasetSpec, recent_row_counts: Sequence[int]) -> tuple[int,
     return floor, why
 
 
+def _max_rows(spec: DatasetSpec, recent_row_counts: Sequence[int]) -> tuple[int | None, str]:
+    """The row ceiling for today, and why: a multiple of the recent median (none without history).
+
+    A median below min_rows (a thin week that itself failed the floor) is normed at min_rows, so
+    that the night the source recovers is not refused for being normal again.
+    """
+    if not recent_row_counts:
+        return None, "no recent days to norm against"
+    ratio, median = spec.validation.max_row_ratio, statistics.median(recent_row_counts)
+    norm = max(median, spec.validation.min_rows)
+    basis = (f"median {median:g} of the {len(recent_row_counts)} recent days" if norm == median
+             else f"validation.min_rows {norm}, above the median {median:g} of the {len(recent_row_counts)} recent days")
+    return math.floor(ratio * norm), f"validation.max_row_ratio {ratio:g} x {basis}"
+
+
 def _table_expectations(spec: DatasetSpec, recent_row_counts: Sequence[int]) -> list[Any]:
     import great_expectations.expectations as gxe
 
     floor, why = _min_rows(spec, recent_row_counts)
+    ceiling, why_not = _max_rows(spec, recent_row_counts)
+    ceiling = None if ceiling is None else max(ceiling, floor)  # never an empty window
+    bounds = f"expected at least {floor} rows ({why})"
+    meta = {**_rule(bounds), "below": bounds}
+    if ceiling is not None:
+        meta["above"] = f"expected at most {ceiling} rows ({why_not})"
+        meta["violation"] = f"{bounds} and {meta['above']}"
     return [
         gxe.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True,
                                          meta=_rule("columns differ from the spec")),
-        gxe.ExpectTableRowCountToBeBetween(min_value=floor, meta=_rule(f"expected at least {floor} rows ({why})")),
+        gxe.ExpectTableRowCountToBeBetween(min_value=floor, max_value=ceiling, meta=meta),
     ]
 
 
@@ -337,6 +360,14 @@ def _type_details(column: str, result: dict[str, Any], violation: str) -> str:
     return f"column '{column}': values of type {result.get('observed_value')} {violation}"
 
 
+def _row_count_details(config: Any, rows: Any, violation: str) -> str:
+    """'the snapshot has 400000 rows, expected at most 20000 rows (validation.max_row_ratio 10 x ...)':
+    the bound that was crossed, with its rule."""
+    meta, ceiling = config.meta or {}, config.kwargs.get("max_value")
+    above = isinstance(rows, (int, float)) and ceiling is not None and rows > ceiling
+    return f"the snapshot has {rows} rows, {meta.get('above' if above else 'below', violation)}"
+
+
 def _failure(res: Any) -> list[Failure]:
     config = res.expectation_config
     kind, column = config.type, config.kwargs.get("column")
@@ -348,7 +379,7 @@ def _failure(res: Any) -> list[Failure]:
     if kind == "expect_table_columns_to_match_set":
         return _schema_failures(result, kind)
     if kind == "expect_table_row_count_to_be_between":
-        return [Failure(kind, None, f"the snapshot has {result.get('observed_value')} rows, {violation}")]
+        return [Failure(kind, None, _row_count_details(config, result.get("observed_value"), violation))]
     if kind in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"):
         return [Failure(kind, column, _type_details(column, result, violation))]
     return [Failure(kind, column, _map_details(column, result, violation))]

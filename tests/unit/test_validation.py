@@ -137,6 +137,30 @@ def test_row_count_far_below_recent_norm_fails(churn_spec, day_df):
     assert validate_snapshot(day_df, churn_spec, day=DAY, recent_row_counts=[ROWS * 2] * 7).success
 
 
+def test_row_count_far_above_recent_norm_fails_naming_rule_count_and_bound(churn_spec, day_df):
+    """A duplicated or runaway load (here 200x the median) fails on validation.max_row_ratio."""
+    median = ROWS // 200  # 10 rows a night recently; min_rows (100) is above it, so the norm is min_rows
+    result = _failed(day_df, churn_spec, recent_row_counts=[median] * 7)
+    assert [(f.expectation, f.column) for f in result.failures] == [("expect_table_row_count_to_be_between", None)]
+    ceiling = int(churn_spec.validation.max_row_ratio * churn_spec.validation.min_rows)
+    assert f"the snapshot has {ROWS} rows, expected at most {ceiling} rows (validation.max_row_ratio 10" in \
+        result.message()
+    spec = dataclasses.replace(churn_spec, validation=dataclasses.replace(churn_spec.validation, min_rows=1))
+    result = _failed(day_df, spec, recent_row_counts=[median] * 7)
+    assert (f"the snapshot has {ROWS} rows, expected at most {10 * median} rows (validation.max_row_ratio 10 x "
+            f"median {median} of the 7 recent days)") in result.message()
+    assert "at least" not in result.message()  # the bound crossed, not both
+
+
+def test_row_count_ceiling_follows_max_row_ratio_and_needs_history(churn_spec, day_df):
+    assert validate_snapshot(day_df, churn_spec, day=DAY, recent_row_counts=[ROWS // 9] * 7).success  # 9x
+    assert validate_snapshot(day_df, churn_spec, day=DAY).success  # no history, no ceiling
+    tight = dataclasses.replace(churn_spec, validation=dataclasses.replace(churn_spec.validation, max_row_ratio=2.0))
+    result = _failed(day_df, tight, recent_row_counts=[ROWS // 3] * 7)
+    assert f"expected at most {2 * (ROWS // 3)} rows (validation.max_row_ratio 2 x median" in result.message()
+    assert validate_snapshot(day_df, tight, recent_row_counts=[ROWS // 2] * 7, day=DAY).success  # exactly 2x
+
+
 def test_labelled_day_with_a_null_label_fails(churn_spec, day_df):
     day_df["churned"] = day_df["churned"].astype("Int64")
     day_df.loc[day_df.index[7], "churned"] = pd.NA
