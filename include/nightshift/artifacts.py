@@ -8,14 +8,28 @@ installed); the code above it does not care which.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+
+log = logging.getLogger(__name__)
+
+# A local put writes `<target>.tmp-<pid>` and renames it; a writer killed in between leaves that file.
+TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
+# A temp file of a process that is gone (on this host) is removed once it has not changed for this
+# long: the folder may be shared with another host, whose live writer's pid means nothing here, and
+# a live write keeps touching its file.
+TMP_DEAD_GRACE_SECONDS = 10 * 60
+# Whatever its pid, a temp file untouched this long is left over (pids are reused).
+TMP_MAX_AGE_SECONDS = 6 * 3600
 
 
 class ArtifactStore:
@@ -38,12 +52,26 @@ class ArtifactStore:
         target = self._path(url)
         self.fs.makedirs(self.fs._parent(target), exist_ok=True)
         if self._is_local():
+            remove_stale_tmp(self.fs._parent(target))
             tmp = f"{target}.tmp-{os.getpid()}"
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, target)
+            try:
+                shutil.copyfile(local_path, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)  # a failed write leaves nothing behind
+                raise
         else:
             self.fs.put_file(str(local_path), target)
         return url
+
+    def sha256(self, url: str) -> str:
+        """The SHA-256 of a stored file's bytes (read in blocks: a snapshot can be large)."""
+        digest = hashlib.sha256()
+        with self.fs.open(self._path(url), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def put_text(self, text: str, url: str) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".tmp", delete=False) as handle:
@@ -86,6 +114,48 @@ class ArtifactStore:
     def _is_local(self) -> bool:
         protocol = self.fs.protocol
         return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _stale_tmp(path: Path, now: float) -> bool:
+    match = TMP_SUFFIX.search(path.name)
+    if not match:
+        return False
+    try:
+        age = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed or removed by its writer meanwhile
+    if age > TMP_MAX_AGE_SECONDS:
+        return True
+    return age > TMP_DEAD_GRACE_SECONDS and not _pid_alive(int(match.group(1)))
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the `*.tmp-<pid>` files a killed writer left in a local folder; the paths removed.
+
+    Only files that cannot belong to a write in progress: their process is gone and the file has not
+    changed for TMP_DEAD_GRACE_SECONDS, or it has not changed for TMP_MAX_AGE_SECONDS whatever its pid.
+    """
+    now, removed = time.time(), []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for path in Path(folder).iterdir():
+            if _stale_tmp(path, now):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+                    log.warning("removed %s, left by a write that did not finish", path)
+    return removed
 
 
 def safe_name(run_id: str) -> str:

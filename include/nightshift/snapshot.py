@@ -8,6 +8,11 @@ text stays text and validation can name it. ``normalise`` is the one rule that t
 driver's Arrow types into the snapshot's (integers int64, floats float64, ``numeric``
 exact decimals, timestamptz in UTC). Rows are ordered by (timestamp, entity key) and
 written with fixed Parquet options: that is what makes the bytes, and so the hash, reproducible.
+
+A stored snapshot is trusted only while its bytes still hash to its name: taking the same day
+again re-hashes the stored file and rewrites it when it differs (a truncated or corrupt file is
+repaired by the next run, not reused forever), and a snapshot that cannot be read is reported
+with its path, its day and whether its bytes still match its name.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +35,8 @@ from psycopg.conninfo import make_conninfo
 
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
 
 _PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True, "version": "2.6"}
 _PG_TYPE = b"POSTGRESQL:type"  # field metadata the ADBC driver sets: the source column's PostgreSQL type
@@ -200,7 +208,8 @@ def _decimal(field: pa.Field, text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def write_snapshot(table: pa.Table, store: ArtifactStore, spec: DatasetSpec, day: dt.date,
                    *, labelled: bool) -> SnapshotRef:
-    """Write once under its content hash; an identical snapshot already stored is reused as is.
+    """Write once under its content hash; an identical snapshot already stored is reused, once its
+    bytes are checked against its name (a stored file that no longer hashes to it is rewritten).
 
     The rows are made one contiguous chunk first: Parquet's page boundaries follow the Arrow
     chunks, and how a reader chunks its batches must not change the bytes of the same rows.
@@ -210,9 +219,25 @@ def write_snapshot(table: pa.Table, store: ArtifactStore, spec: DatasetSpec, day
         pq.write_table(table.combine_chunks(), local, **_PARQUET_OPTIONS)
         digest = _sha256(local)
         url = store.url("snapshots", spec.name, day.isoformat(), f"{digest}.parquet")
-        if not store.exists(url):
+        if not _intact(store, url, digest):
             store.put_file(local, url)
     return SnapshotRef(url=url, sha256=digest, rows=table.num_rows, day=day.isoformat(), labelled=labelled)
+
+
+def _intact(store: ArtifactStore, url: str, digest: str) -> bool:
+    """True when `url` is stored and its bytes hash to `digest`; a mismatch is logged, naming the path."""
+    if not store.exists(url):
+        return False
+    stored = store.sha256(url)
+    if stored == digest:
+        return True
+    log.warning("snapshot %s is corrupt: its bytes hash to %s, not to the %s its name says; rewriting it "
+                "from the source", url, stored, digest)
+    return False
+
+
+class SnapshotReadError(ValueError):
+    """A stored snapshot that cannot be read: the message names its path and day."""
 
 
 def take_snapshot(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> SnapshotRef:
@@ -223,13 +248,32 @@ def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[st
     """A snapshot as a frame for the steps; exact decimals become float64 here, deliberately:
     the models, drift and validation compute in floating point, the snapshot file stays exact."""
     url = ref.url if isinstance(ref, SnapshotRef) else ref
-    with store.open(url) as handle:
-        table = pq.read_table(handle, columns=columns)
+    try:
+        with store.open(url) as handle:
+            table = pq.read_table(handle, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError
+        day = ref.day if isinstance(ref, SnapshotRef) else Path(url).parent.name
+        raise SnapshotReadError(_unreadable(store, url, day, exc)) from exc
     for i, field in enumerate(table.schema):
         if pa.types.is_decimal(field.type):
             # through the decimal text: Arrow's direct decimal -> float cast can miss the nearest float by an ulp
             table = table.set_column(i, field.name, table.column(i).cast(pa.string()).cast(pa.float64()))
     return table.to_pandas()
+
+
+def _unreadable(store: ArtifactStore, url: str, day: str, exc: Exception) -> str:
+    """Why a snapshot could not be read, naming the file, its day and whether its bytes match its name."""
+    head = f"snapshot {url} (day {day}) cannot be read"
+    try:
+        if not store.exists(url):
+            return f"{head}: the file does not exist ({exc})"
+        named, stored = Path(url).stem, store.sha256(url)
+    except Exception:  # noqa: BLE001  (the store itself failing: the read's own error says why)
+        return f"{head}: {exc}"
+    if named != stored and len(named) == 64:
+        return (f"{head}: the file is corrupt, its bytes hash to {stored}, not to the {named} its name says "
+                f"(taking the day's snapshot again rewrites it): {exc}")
+    return f"{head}: {exc}"
 
 
 def read_snapshots(store: ArtifactStore, refs: list[SnapshotRef]) -> pd.DataFrame:

@@ -1,4 +1,9 @@
 import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import time
 from decimal import Decimal
 
 import pandas as pd
@@ -7,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from include.nightshift import demo_data
+from include.nightshift import artifacts, demo_data
 from include.nightshift.artifacts import ArtifactStore
-from include.nightshift.snapshot import SnapshotRef, read_snapshot, take_snapshot
+from include.nightshift.snapshot import SnapshotReadError, SnapshotRef, read_snapshot, take_snapshot
 
 DAY = dt.date(2026, 3, 2)
 
@@ -109,3 +114,84 @@ def test_a_value_numeric_cannot_hold_exactly_is_refused_naming_the_column(pg_con
         cur.execute("UPDATE churn_events SET age = 'NaN' WHERE customer_id = 3")
     with pytest.raises(ValueError, match="'age' .*numeric"):
         take_snapshot(pg_conn, ArtifactStore(tmp_path), churn_spec, DAY)
+
+
+# --- a stored snapshot is checked against its name (issue 11, item 7) ---
+
+
+def test_a_corrupt_stored_snapshot_is_rewritten_on_reuse_naming_the_path(source, churn_spec, tmp_path, caplog):
+    """Reuse hashes the stored file: a truncated or altered one is rewritten from the source (same
+    hash as before), with a warning that names its path; an intact one is left untouched."""
+    store = ArtifactStore(tmp_path)
+    first = take_snapshot(source, store, churn_spec, DAY)
+    path = tmp_path / "snapshots" / "churn" / DAY.isoformat() / f"{first.sha256}.parquet"
+    good = path.read_bytes()
+    for damage in (good[: len(good) // 2], good[:100] + b"\0" * 16 + good[116:]):  # truncated, then bytes flipped
+        path.write_bytes(damage)
+        with caplog.at_level(logging.WARNING, logger="include.nightshift.snapshot"):
+            again = take_snapshot(source, store, churn_spec, DAY)
+        assert again == first and path.read_bytes() == good
+        assert any(str(path) in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+    before = path.stat().st_mtime_ns
+    assert take_snapshot(source, store, churn_spec, DAY) == first
+    assert path.stat().st_mtime_ns == before and not caplog.records  # intact: reused as is
+    assert len(read_snapshot(store, first)) == 500
+
+
+def test_a_corrupt_snapshot_read_directly_names_its_path_and_day(source, churn_spec, tmp_path):
+    store = ArtifactStore(tmp_path)
+    ref = take_snapshot(source, store, churn_spec, DAY)
+    path = tmp_path / "snapshots" / "churn" / DAY.isoformat() / f"{ref.sha256}.parquet"
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(SnapshotReadError) as caught:
+        read_snapshot(store, ref)
+    message = str(caught.value)
+    assert str(path) in message and f"day {DAY}" in message and "<Buffer>" not in message.split(": ")[0]
+    assert f"not to the {ref.sha256} its name says" in message
+    with pytest.raises(SnapshotReadError, match=f"{path}.*day {DAY}.*corrupt"):
+        read_snapshot(store, ref.url)  # a bare URL: the day comes from its folder
+    path.unlink()
+    with pytest.raises(SnapshotReadError, match=f"{path} \\(day {DAY}\\) cannot be read: the file does not exist"):
+        read_snapshot(store, ref)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(source, churn_spec, tmp_path):
+    """A writer killed between its copy and its rename leaves `<target>.tmp-<pid>`; the next write to the
+    folder removes it once nothing can still be writing it, and a failed write removes its own."""
+    store = ArtifactStore(tmp_path)
+    folder = tmp_path / "snapshots" / "churn" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    old = time.time() - artifacts.TMP_DEAD_GRACE_SECONDS - 60
+    ancient = time.time() - artifacts.TMP_MAX_AGE_SECONDS - 60
+    cases = {"dead": (_dead_pid(), old), "dead fresh": (_dead_pid(), time.time()), "live": (os.getpid(), old),
+             "live ancient": (1, ancient)}  # name: (pid, last change)
+    files = {}
+    for i, (name, (pid, when)) in enumerate(cases.items()):
+        files[name] = folder / f"{i}.parquet.tmp-{pid}"
+        files[name].write_bytes(b"partial")
+        os.utime(files[name], (when, when))
+    take_snapshot(source, store, churn_spec, DAY)
+    left = {name for name, path in files.items() if path.exists()}
+    assert left == {"dead fresh", "live"}  # a fresh file may be another host's write; a live pid's is in progress
+
+    class Boom(Exception):
+        pass
+
+    def failing_replace(src, dst):
+        raise Boom(dst)
+
+    original = os.replace
+    os.replace = failing_replace
+    try:
+        with pytest.raises(Boom):
+            store.put_text("x", store.url("snapshots", "churn", DAY.isoformat(), "note.txt"))
+    finally:
+        os.replace = original
+    assert not list(folder.glob("note.txt.tmp-*"))
