@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 PARAMS = {
     "version": Param(None, type=["null", "integer"], minimum=1, title="Version to restore",
                      description="A registered version that passed the promotion gate once. Empty: the previous "
-                                 "champion (the most recent earlier champion that was not itself rolled back)."),
+                                 "champion (the most recent earlier champion that served, by the audit table, and was not "
+                                 "itself rolled back from)."),
     "reason": Param(type="string", minLength=3, maxLength=500, title="Reason",
                     description="Why the champion is rolled back; recorded in the audit table and on the model "
                                 "version, with who triggered it and when."),
@@ -46,8 +47,10 @@ def rollback_dag(spec: DatasetSpec) -> DAG:
 ### Roll back `{spec.model_name}`
 
 Moves the MLflow alias `champion` of `{spec.model_name}` to the version you name, or to the previous
-champion, after checking that the version exists and passed the promotion gate once. Who, why and
-when go to `{spec.warehouse.schema}.champion_changes` and onto the model version's tags. With
+champion (the last one that served, by `{spec.warehouse.schema}.champion_changes`), after checking that
+the version exists, passed the promotion gate once, and loads and scores its reference sample. Who,
+why and when go to `{spec.warehouse.schema}.champion_changes` (an intent before the alias moves, done
+after) and onto the model version's tags. With
 *Re-publish* on, the latest night of `{spec.warehouse.schema}.predictions` is scored again with the
 restored model. Running the same rollback again changes nothing.
 """,

@@ -233,6 +233,7 @@ class _Context:
     slices: list[dict[str, Any]] = field(default_factory=list)
     min_slice_rows: int | None = None
     challenger_family: str | None = None
+    lost_champion: int | None = None  # a version that served (the audit table) and is gone from the registry
 
     def gain(self, a: float, b: float) -> float:
         """How much better a is than b, in the metric's direction (negative: worse)."""
@@ -310,6 +311,10 @@ def _versus(ctx: _Context, name: str, other: str, setting: str, strict_at_zero: 
 
 
 def _check_champion(ctx: _Context) -> Check:
+    if ctx.lost_champion is not None:
+        return Check("champion", False, f"the champion v{ctx.lost_champion} served (champion_changes) but is gone "
+                                        "from the MLflow registry: a vanished champion is not a cold start; restore "
+                                        "it or roll back to a version that exists")
     if not ctx.has_champion:
         return Check("champion", True, "no champion: floor only")
     return _versus(ctx, "champion", "champion", "min_improvement", strict_at_zero=False)
@@ -421,7 +426,7 @@ def _check_roundtrip(roundtrip_equal: bool | None) -> Check:
 
 
 def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarray, roundtrip_equal: bool | None,
-         challenger_family: str | None = None) -> Verdict:
+         challenger_family: str | None = None, lost_champion: int | None = None) -> Verdict:
     """Decide whether the challenger may become champion; every rule must pass.
 
     `evaluation` is the output of `evaluate`; `promotion` is the spec's Promotion (thresholds
@@ -429,7 +434,9 @@ def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarra
     trip rejects: a model is blessed only on positive evidence. `challenger_family` (the
     candidate the holdout chose) matters to the baseline check only (_check_baseline).
     For a version reused by training key, the round trip compares tonight's fresh fit with the
-    reused version as loaded: a reproducibility check.
+    reused version as loaded: a reproducibility check. `lost_champion`: the version that last
+    served by the audit table when the registry has no champion (it vanished): the champion check
+    fails naming it, so nothing is promoted on the floor alone.
     """
     metric = str(promotion.metric)
     overall = {role: _number(v) for role, v in (evaluation.get("overall") or {}).items()}
@@ -441,6 +448,7 @@ def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarra
         slices=list(evaluation.get("slices") or []),
         min_slice_rows=None if getattr(promotion, "min_slice_rows", None) is None else int(promotion.min_slice_rows),
         challenger_family=challenger_family,
+        lost_champion=lost_champion,
     )
     checks = [
         _check_thresholds(ctx, evaluation.get("metric")),

@@ -376,9 +376,12 @@ def _keep_holdout(store: ArtifactStore, spec: DatasetSpec, day: dt.date, version
 
 def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
                      day: dt.date, policy: str, dry_run: bool, dag_run_id: str,
-                     reports: dict[str, str]) -> VerdictStep:
+                     reports: dict[str, str], conn: Connection | None = None) -> VerdictStep:
     """Champion, challenger (loaded back from the registry) and baseline on the same holdout; the gate;
-    the run's policy. The evaluation report is written and logged before anything moves."""
+    the run's policy. The evaluation report is written and logged before anything moves.
+
+    With the warehouse (`conn`), a registry without a champion is told apart from a model that never had
+    one by the audit table (lost_champion): a champion that vanished fails the gate's champion check."""
     import numpy as np
 
     from include.nightshift import training
@@ -395,13 +398,14 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     with store.open(trained.holdout_scores_url) as handle:
         in_memory = np.load(handle)["scores"]
     champion = registry.champion(spec.model_name)
+    lost = lost_champion(conn, spec, champion) if conn is not None else None
     if champion is not None and champion.version != trained.version:
         scores["champion"] = training.predict_scores(registry.load_model(spec.model_name, champion.version),
                                                      holdout, spec)
     evaluation = evaluate(holdout, y, scores, spec)
     verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
                    roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
-                   challenger_family=trained.family)
+                   challenger_family=trained.family, lost_champion=lost)
     promote, why = apply_policy(verdict, policy, dry_run=dry_run)
     if trained.reused and champion is not None and champion.version == trained.version:
         promote, why = False, f"v{trained.version} is the champion already: tonight's retrain reproduced it"
@@ -444,6 +448,34 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
             with store.local_copy(found) as local:
                 registry.log_artifact(trained.run_id, local, folder)
     return url
+
+
+def lost_champion(conn: Connection, spec: DatasetSpec, champion: Any) -> int | None:
+    """The version that last served (audit table) when the registry names no champion: it vanished (deleted
+    in MLflow, or its alias removed). None when there is a champion, or the model never had one."""
+    from include.nightshift import audit
+
+    if champion is not None:
+        return None
+    lost = audit.last_served(conn, spec, spec.model_name)
+    if lost is not None:
+        log.error("%s: no champion in the registry, but v%s served (%s.%s): it vanished", spec.model_name, lost,
+                  spec.warehouse.schema, audit.CHANGES)
+    return lost
+
+
+def verdict_alerts(spec: DatasetSpec, verdict: VerdictStep, replaced: int | None) -> list[tuple[str, Alert]]:
+    """The evaluate step's alerts: a promotion, and a champion that vanished (the champion check failed with
+    no champion in the registry; sent as no_model: production has no model it can trust)."""
+    from include.nightshift.promotion import promotion_alert
+
+    found = []
+    if verdict.promoted:
+        found.append(("promotion", promotion_alert(spec, verdict, replaced)))
+    lost = [c for c in verdict.checks if c.get("name") == "champion" and not c.get("passed")]
+    if lost and verdict.champion_version is None:
+        found.append(("no_model", (f"{spec.model_name}: {lost[0].get('detail')}", {"check": lost[0]})))
+    return found
 
 
 def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verdict: VerdictStep,

@@ -9,6 +9,7 @@ attempted and no error on the way is swallowed.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
@@ -20,6 +21,8 @@ from include.nightshift.spec import DatasetSpec
 if TYPE_CHECKING:
     from include.nightshift.registry import Registry
     from include.nightshift.steps import VerdictStep
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("auto", "never", "force")
 # Checks that no policy overrides: a model that fails one of these must never serve.
@@ -47,23 +50,69 @@ def apply_policy(verdict: Verdict, policy: str, *, dry_run: bool) -> tuple[bool,
 
 def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: "VerdictStep", *,
             night: dt.date | None = None) -> int | None:
-    """Move `champion` to the challenger and append its audit row; returns the version replaced.
+    """Move `champion` to the challenger, audited intent -> move -> done; returns the version replaced.
 
-    The audit table is created before the alias moves (a warehouse that cannot take the row
-    fails the step while production is untouched); the row is written right after the move,
-    and an error there propagates: the run fails, naming it, instead of going green with a
-    new champion and no record of it.
+    1. Intents other runs left behind are settled first (repair_pending).
+    2. The audit row is written as an intent before the alias moves: a warehouse that cannot
+       take it fails the step while production is untouched.
+    3. The alias moves (registry.promote: reasons, alias, then the serving tags).
+    4. The row is marked done. An error there propagates (the run fails, naming it); the intent
+       stays and the next promotion or rollback finds the alias on its version and marks it done.
+    Nothing on this path is caught. The challenger was loaded back from the registry and scored
+    on the holdout just before (the gate's roundtrip check, nightly.judge_challenger): a version
+    that cannot load never reaches this step.
 
     `night` (champion_changes.night) is the logical date of the run whose gate promoted; when the
     caller does not give it, the challenger's own night (its nightshift.run_date tag, set by the run
     that trained it, which is the run that judged it: train and evaluate are one DAG run).
     """
+    from include.nightshift.registry import REPLACED_VERSION_TAG
+
     audit.ensure_audit(conn, spec)
+    repair_pending(registry, conn, spec, this_run=verdict.dag_run_id)
     if night is None:
         night = registry.version(spec.model_name, verdict.challenger_version).trained_for
+    current = registry.champion(spec.model_name)
+    expected = None if current is None else current.version
+    if expected == verdict.challenger_version:  # a retry after the move: the predecessor it recorded
+        replaced = current.tags.get(REPLACED_VERSION_TAG)
+        expected = int(replaced) if replaced else None
+    change = promotion_change(spec, verdict, expected, night)
+    if audit.record_intent(conn, spec, change) == "abandoned":
+        raise RuntimeError(f"{spec.warehouse.schema}.{audit.CHANGES}: the promotion of {spec.model_name} "
+                           f"v{verdict.challenger_version} by {verdict.dag_run_id} was marked abandoned (the alias had "
+                           "not moved and another change came first): not moving it now; trigger a new run")
     replaced = registry.promote(spec.model_name, verdict.challenger_version, verdict.tags())
-    audit.record_change(conn, spec, promotion_change(spec, verdict, replaced, night))
+    audit.finish(conn, spec, change, "done")
     return replaced
+
+
+def repair_pending(registry: "Registry", conn: Connection, spec: DatasetSpec, *,
+                   this_run: str | None = None) -> list[tuple[dict[str, Any], str]]:
+    """Settle the intents left by interrupted promotions and rollbacks; [(row, state given)].
+
+    An intent whose version the alias points at moved: it is marked done (a promotion's serving
+    tags, written after the alias, are completed too). One whose version the alias does not point
+    at never moved, or was moved away from by a later change; either way it is marked abandoned, and
+    not redone: its gate or its requester may be out of date. Intents of `this_run` are left to the
+    run itself (a retry adopts its own intent and completes it). Every settlement is logged; no
+    error is caught.
+    """
+    current = registry.champion(spec.model_name)
+    settled = []
+    for row in audit.pending(conn, spec, spec.model_name):
+        if this_run is not None and row["dag_run_id"] == this_run:
+            continue
+        moved = current is not None and current.version == row["to_version"]
+        if moved and row["event"] == "promote":
+            registry.mark_promoted(spec.model_name, row["to_version"], replaced=row["from_version"],
+                                   at=row["changed_at"].astimezone(dt.UTC).isoformat())
+        state = audit.finish(conn, spec, row, "done" if moved else "abandoned")
+        log.warning("%s.%s: the %s of %s v%s by %s was left as an intent; the alias %s it: marked %s",
+                    spec.warehouse.schema, audit.CHANGES, row["event"], spec.model_name, row["to_version"],
+                    row["dag_run_id"], "points at" if moved else "does not point at", state)
+        settled.append((row, state))
+    return settled
 
 
 def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None,

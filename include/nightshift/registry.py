@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -218,10 +218,13 @@ class Registry:
     def promote(self, model_name: str, version: int, verdict: dict[str, Any]) -> int | None:
         """Bless a version and point `champion` at it; returns the version it replaced (None if none).
 
-        Tags first, alias last: if anything fails half-way, the alias still names a blessed
-        model, never one without its reasons. The replaced champion is kept in
-        nightshift.replaced_version, so every champion names its predecessor. Promoting the
-        current champion again (a retried task) keeps the predecessor it recorded the first time.
+        The reasons first (verdict.* tags), then the alias, then the serving tags (blessed=true,
+        promoted_at, replaced_version): the alias never names a version without its reasons, and
+        a version whose alias write failed never carries the marks of having served (issue 11:
+        a rollback once read those marks and restored a version that had never served). The
+        replaced champion is kept in nightshift.replaced_version, so every champion names its
+        predecessor. Promoting the current champion again (a retried task) keeps the predecessor
+        it recorded the first time.
         """
         now = _now_iso()
         current = self.champion(model_name)
@@ -230,15 +233,22 @@ class Registry:
             replaced = int(replaced) if replaced else None
         else:
             replaced = None if current is None else current.version
-        self._write_verdict(model_name, version, verdict, blessed=True, at=now)
-        self.client.set_model_version_tag(model_name, str(version), PROMOTED_AT_TAG, now)
-        if replaced is not None:
-            self.client.set_model_version_tag(model_name, str(version), REPLACED_VERSION_TAG, str(replaced))
+        self._write_verdict(model_name, version, verdict, blessed=None, at=now)
         self.client.set_registered_model_alias(model_name, CHAMPION, str(version))
+        self.mark_promoted(model_name, version, replaced=replaced, at=now)
         return replaced
 
+    def mark_promoted(self, model_name: str, version: int, *, replaced: int | None, at: str) -> None:
+        """The serving tags of a promotion, written once the alias has moved (promote(), or the repair of a
+        promotion interrupted between the alias and these tags: promotion.repair_pending)."""
+        if replaced is not None:
+            self.client.set_model_version_tag(model_name, str(version), REPLACED_VERSION_TAG, str(replaced))
+        self.client.set_model_version_tag(model_name, str(version), PROMOTED_AT_TAG, at)
+        self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true")
+
     def rollback(self, model_name: str, *, to_version: int | None, actor: str, reason: str,
-                 rollback_id: str) -> RollbackResult:
+                 rollback_id: str, previous: Callable[[int], int | None] | None = None,
+                 before_move: Callable[[int, ModelVersionInfo, dt.datetime], None] | None = None) -> RollbackResult:
         """Point `champion` back at an earlier version, recording who, why and when on both versions.
 
         to_version None means previous_champion(). The target must exist and have passed the
@@ -257,6 +267,12 @@ class Registry:
 
         Tags first, alias last, as in promote(): the alias never names a version without the
         reasons it is there.
+
+        `previous` (the production path: rollback.run_rollback) gives the previous champion of the
+        current one from what actually served (the audit table); without it, previous_champion()
+        reads the tags. `before_move(from_version, target, at)` runs before any tag is written or the
+        alias moves, on a fresh rollback and on a retry that finishes one: the place to load and score
+        the target and to record the audit intent; an exception there leaves production untouched.
         """
         _check_rollback_request(model_name, to_version, actor=actor, reason=reason, rollback_id=rollback_id)
         current = self.champion(model_name)
@@ -265,9 +281,9 @@ class Registry:
                                   "there is nothing to roll back")
         recorded = self._rolled_back_by_id(model_name, rollback_id)
         if recorded is not None:
-            return self._resume_rollback(current, recorded, to_version, rollback_id)
+            return self._resume_rollback(current, recorded, to_version, rollback_id, before_move)
         if to_version is None:
-            target = self.previous_champion(model_name)
+            target = self._previous(model_name, current, previous)
             if target is None:
                 raise RollbackRefused(
                     f"{model_name}: no previous champion to roll back to from v{current.version} (no earlier "
@@ -278,10 +294,20 @@ class Registry:
         else:
             target = self._eligible_target(model_name, to_version)
         at = dt.datetime.now(dt.UTC)
+        if before_move is not None:
+            before_move(current.version, target, at)
         self._write_rollback_tags(model_name, current.version, target.version, actor=actor, reason=reason,
                                   rollback_id=rollback_id, at=at.isoformat())
         self.client.set_registered_model_alias(model_name, CHAMPION, str(target.version))
         return RollbackResult(model_name, current.version, target.version, True, rollback_id, at)
+
+    def _previous(self, model_name: str, current: ModelVersionInfo,
+                  previous: Callable[[int], int | None] | None) -> ModelVersionInfo | None:
+        """The previous champion: from `previous` (what served, by the audit table) when given, else the tags."""
+        if previous is None:
+            return self.previous_champion(model_name)
+        found = previous(current.version)
+        return None if found is None else self._eligible_target(model_name, found)
 
     def _eligible_target(self, model_name: str, to_version: int) -> ModelVersionInfo:
         """The chosen version, refused with a clear message when it does not exist or never passed the gate."""
@@ -299,7 +325,7 @@ class Registry:
         return target
 
     def _resume_rollback(self, current: ModelVersionInfo, target: ModelVersionInfo, to_version: int | None,
-                         rollback_id: str) -> RollbackResult:
+                         rollback_id: str, before_move: Callable[..., None] | None = None) -> RollbackResult:
         """Finish (or confirm) the rollback recorded under rollback_id on `target`."""
         name, tags = target.name, target.tags
         if to_version is not None and int(to_version) != target.version:
@@ -312,6 +338,8 @@ class Registry:
                 f"v{target.version}, but the champion is now v{current.version}: start a new rollback")
         at = tags[ROLLBACK_AT_TAG]
         if current.version == from_version:  # interrupted before the alias moved: finish it
+            if before_move is not None:
+                before_move(from_version, target, _parse_iso(at))
             self._write_rollback_tags(name, from_version, target.version, actor=tags[ROLLBACK_BY_TAG],
                                       reason=tags[ROLLBACK_REASON_TAG], rollback_id=rollback_id, at=at)
             self.client.set_registered_model_alias(name, CHAMPION, str(target.version))
@@ -352,11 +380,13 @@ class Registry:
         self._write_verdict(model_name, version, verdict, blessed=False, at=_now_iso())
 
     def _write_verdict(self, model_name: str, version: int, verdict: dict[str, Any], *,
-                       blessed: bool, at: str) -> None:
+                       blessed: bool | None, at: str) -> None:
+        """The verdict's tags; blessed None leaves nightshift.blessed to mark_promoted (after the alias moved)."""
         for key, value in verdict.items():
             self.client.set_model_version_tag(model_name, str(version), f"{VERDICT_PREFIX}{key}", _tag_value(value))
         self.client.set_model_version_tag(model_name, str(version), VERDICT_AT_TAG, at)
-        self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true" if blessed else "false")
+        if blessed is not None:
+            self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true" if blessed else "false")
 
     # --- reading -----------------------------------------------------------------------
 

@@ -1,9 +1,17 @@
 """Rolling the champion back, and re-publishing the latest night with the restored model.
 
-What the rollback DAG's steps call. The registry side (which versions may be restored, what
-"previous champion" means, the tags, idempotency per rollback id) lives in
-Registry.rollback / Registry.previous_champion, next to promote(), so that every move of the
-alias follows the same rule: tags first, alias last. This module adds the warehouse side.
+What the rollback DAG's steps call. The registry side (which versions may be restored, the
+tags, idempotency per rollback id) lives in Registry.rollback, next to promote(), so that every
+move of the alias follows the same rule: tags first, alias last. This module adds the warehouse
+side (run_rollback):
+
+- "previous champion" is what actually served, read from the audit table
+  (audit.previous_champion), never from tags;
+- the target is loaded and scores the rows of the reference sample stored with it before
+  anything is written (check_serves): a version whose artifacts are gone is refused, naming the
+  model, the version and the artifact URI;
+- intent -> move -> done in champion_changes, as a promotion does (promotion.promote), with the
+  intents other runs left behind settled first.
 """
 
 from __future__ import annotations
@@ -18,8 +26,76 @@ from include.nightshift.artifacts import ArtifactStore, safe_name
 from include.nightshift.registry import Registry, RollbackRefused, RollbackResult
 from include.nightshift.spec import DatasetSpec
 
-__all__ = ["RollbackRefused", "RollbackResult", "latest_night", "latest_published", "republish_latest", "rollback",
-           "rollback_change"]
+__all__ = ["ModelUnavailable", "RollbackRefused", "RollbackResult", "check_serves", "latest_night", "latest_published",
+           "republish_latest", "rollback", "rollback_change", "run_rollback"]
+
+SAMPLE_ROWS = 50  # rows of the reference sample a target scores before the alias moves
+
+
+class ModelUnavailable(RollbackRefused):
+    """A version that cannot load or score: refused before the alias moves, naming where its model should be."""
+
+
+def check_serves(registry: Registry, spec: DatasetSpec, version: int) -> int:
+    """Load `version` and score the first SAMPLE_ROWS rows of the reference sample stored with it; the rows scored.
+
+    Any failure (MLflow's "No such artifact", a missing file, an unpicklable model, NaN scores) is
+    ModelUnavailable naming the model, the version, its run and the model's artifact URI.
+    """
+    import numpy as np
+
+    from include.nightshift.training import predict_scores
+
+    found = registry.client.get_model_version(spec.model_name, str(int(version)))
+    uri = registry.client.get_model_version_download_uri(spec.model_name, str(int(version)))
+    where = f"{spec.model_name} v{version} (run {found.run_id}, model artifacts at {uri or found.source})"
+    try:
+        model = registry.load_model(spec.model_name, version)
+        sample = registry.load_reference(found.run_id).head(SAMPLE_ROWS)
+        scores = predict_scores(model, sample, spec)
+    except Exception as exc:  # every cause means the same: this version cannot serve
+        raise ModelUnavailable(f"{where} cannot serve: it does not load or score its reference sample "
+                               f"({type(exc).__name__}: {exc})") from exc
+    if len(scores) == 0 or not np.all(np.isfinite(scores)):
+        raise ModelUnavailable(f"{where} cannot serve: {len(scores)} reference rows scored, not all finite")
+    return len(scores)
+
+
+def run_rollback(conn: Connection, registry: Registry, spec: DatasetSpec, *, to_version: int | None, actor: str,
+                 reason: str, rollback_id: str) -> tuple[RollbackResult, dict[str, Any]]:
+    """The rollback DAG's step: settle old intents, resolve the target from what served, check that it serves,
+    record the intent, move the alias, mark it done; (result, its audit row).
+
+    A retry (same rollback_id) adopts its own intent: after the move it finds the id on the target
+    (Registry.rollback resumes) and marks the row done; before the move it checks and moves again.
+    A no-op (the target already serves) writes no row. Nothing on this path is caught.
+    """
+    from include.nightshift import audit
+    from include.nightshift.promotion import repair_pending
+
+    audit.ensure_audit(conn, spec)
+    repair_pending(registry, conn, spec, this_run=rollback_id)
+
+    def before_move(from_version: int, target: Any, at: dt.datetime) -> None:
+        check_serves(registry, spec, target.version)
+        planned = RollbackResult(spec.model_name, from_version, target.version, True, rollback_id, at)
+        change = rollback_change(conn, spec, planned, actor=actor, reason=reason, requested=to_version,
+                                 dag_run_id=rollback_id)
+        if audit.record_intent(conn, spec, change) == "abandoned":
+            raise RollbackRefused(f"rollback {rollback_id!r} of {spec.model_name} to v{target.version} was marked "
+                                  "abandoned by a later change: start a new rollback")
+
+    result = registry.rollback(
+        spec.model_name, to_version=to_version, actor=actor, reason=reason, rollback_id=rollback_id,
+        previous=lambda current: audit.previous_champion(conn, spec, spec.model_name, current), before_move=before_move)
+    change = rollback_change(conn, spec, result, actor=actor, reason=reason, requested=to_version,
+                             dag_run_id=rollback_id)
+    if result.changed:
+        audit.record_intent(conn, spec, change)  # a rollback begun before intents existed: its row now
+        if audit.finish(conn, spec, change, "done") != "done":
+            raise RuntimeError(f"{spec.warehouse.schema}.{audit.CHANGES}: the rollback {rollback_id!r} of "
+                               f"{spec.model_name} to v{result.to_version} moved the alias but its row was abandoned")
+    return result, change
 
 
 def rollback(registry: Registry, model_name: str, *, to_version: int | None, actor: str, reason: str,

@@ -122,7 +122,12 @@ _CHANGE_COLUMNS_V2: dict[str, tuple[str, str]] = {
 _CHANGE_NIGHT = ("date", "The night the change belongs to: for a promotion, the logical date of the nightly run whose "
                  "gate promoted (its predictions are the new version's first); for a rollback, the latest published "
                  "night when it ran (the night it re-publishes with the restored version); NULL when there was none.")
-CHANGE_COLUMNS: dict[str, tuple[str, str]] = {**_CHANGE_COLUMNS_V2, "night": _CHANGE_NIGHT}
+# Migration 7: a change is recorded as an intent before the alias moves and marked done after (audit.py).
+CHANGE_STATES = ("intent", "done", "abandoned")
+_CHANGE_STATE = ("text NOT NULL DEFAULT 'done' CHECK (state IN ({}))".format(", ".join(f"'{s}'" for s in CHANGE_STATES)),
+                 "intent: recorded before the alias moved; done: the alias moved (the version served); abandoned: "
+                 "the alias never moved (found so by the next promotion or rollback). Rows before it: done.")
+CHANGE_COLUMNS: dict[str, tuple[str, str]] = {**_CHANGE_COLUMNS_V2, "night": _CHANGE_NIGHT, "state": _CHANGE_STATE}
 CHANGE_KEY = ("event", "dag_run_id", "to_version")
 
 # run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
@@ -295,6 +300,13 @@ def _add_change_night(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: s
                         "AND {c}.event = 'promote' AND r.dag_run_id = {c}.dag_run_id").format(c=changes, r=runs))
 
 
+def _add_change_state(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """champion_changes.state (intent / done / abandoned); every row written before it was a done change."""
+    changes = table(spec, CHANGES)
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS state {}").format(changes, sql.SQL(_CHANGE_STATE[0])))
+    _comment(cur, "COLUMN", sql.SQL("{}.state").format(changes), _CHANGE_STATE[1])
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -309,6 +321,7 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (4, "run_attempts (every DAG run's outcome)", _create_attempts),
     (5, "champion_changes.night", _add_change_night),
     (6, "decision allows reproduced", _allow_reproduced),
+    (7, "champion_changes.state (intent, done, abandoned)", _add_change_state),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION)

@@ -218,20 +218,19 @@ class EvaluateOperator(NightshiftOperator):
     operator_extra_links = (EvaluationReportLink(),)
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import judge_challenger, run_reports, settle_verdict
-        from include.nightshift.promotion import promotion_alert
+        from include.nightshift.nightly import judge_challenger, run_reports, settle_verdict, verdict_alerts
 
         configured_notifiers()  # a bad alert setting fails here, before the alias can move
-        got, registry = self.received(), runtime.registry()
-        verdict = judge_challenger(
-            runtime.artifact_store(), registry, self.spec, got["trained"], day=runtime.run_date(context),
-            policy=self.param(context, "promotion_policy", "auto"), dry_run=bool(self.param(context, "dry_run", False)),
-            dag_run_id=context["run_id"], reports=run_reports(got["validation"], got["drift"]))
-        context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
-        with self.connect() as conn:
+        got, registry, policy = self.received(), runtime.registry(), self.param(context, "promotion_policy", "auto")
+        with self.connect() as conn:  # the audit table tells a vanished champion from none (nightly.lost_champion)
+            verdict = judge_challenger(
+                runtime.artifact_store(), registry, self.spec, got["trained"], day=runtime.run_date(context),
+                policy=policy, dry_run=bool(self.param(context, "dry_run", False)), conn=conn,
+                dag_run_id=context["run_id"], reports=run_reports(got["validation"], got["drift"]))
+            context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
             replaced = settle_verdict(registry, conn, self.spec, verdict)
-        if verdict.promoted:
-            alert(context, "promotion", promotion_alert(self.spec, verdict, replaced))
+        for event, found in verdict_alerts(self.spec, verdict, replaced):  # a promotion; a vanished champion
+            alert(context, event, found)
         log.info("report: %s", verdict.report_url)
         return verdict.to_xcom()
 

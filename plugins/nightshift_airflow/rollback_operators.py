@@ -1,7 +1,8 @@
 """The rollback steps: move `champion` back, record it, and optionally re-publish the latest night.
 
 Thin like the nightly operators: the rules (which version may be restored, what "previous"
-means, idempotency) live in include/nightshift/registry.py and rollback.py.
+means: what served, by the audit table; the load check before the alias moves; the audit's
+intent -> move -> done; idempotency) live in include/nightshift/registry.py and rollback.py.
 """
 
 from __future__ import annotations
@@ -32,23 +33,17 @@ class RollbackOperator(NightshiftOperator):
     ui_color = "#fecaca"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift import audit
-        from include.nightshift.rollback import RollbackRefused, rollback, rollback_change
+        from include.nightshift.rollback import RollbackRefused, run_rollback
 
         spec, registry = self.spec, runtime.registry()
         version, reason = self.param(context, "version"), (self.param(context, "reason") or "").strip()
         who = actor(context)
-        try:
-            result = rollback(registry, spec.model_name, to_version=int(version) if version is not None else None,
-                              actor=who, reason=reason, rollback_id=context["run_id"])
-        except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
-            raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
-        with self.connect() as conn:
-            audit.ensure_audit(conn, spec)
-            change = rollback_change(conn, spec, result, actor=who, reason=reason, requested=version,
-                                     dag_run_id=context["run_id"])
-            if result.changed:  # a no-op changed nothing: there is nothing to audit
-                audit.record_change(conn, spec, change)
+        with self.connect() as conn:  # audit intent -> alias -> done (rollback.run_rollback); a no-op writes no row
+            try:
+                result, change = run_rollback(conn, registry, spec, to_version=int(version) if version is not None
+                                              else None, actor=who, reason=reason, rollback_id=context["run_id"])
+            except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
+                raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
         message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")

@@ -69,8 +69,8 @@ def test_a_promotion_moves_the_alias_and_appends_its_audit_row(registry, spec, p
     assert promote(registry, pg_conn, spec, _judged(2, 1)) == 1
     assert registry.champion(spec.model_name).version == 2
     rows = audit.changes(pg_conn, spec)
-    assert [(r["event"], r["from_version"], r["to_version"], r["dag_run_id"]) for r in rows] == [
-        ("promote", None, 1, "run_v1"), ("promote", 1, 2, "run_v2")]
+    assert [(r["event"], r["from_version"], r["to_version"], r["dag_run_id"], r["state"]) for r in rows] == [
+        ("promote", None, 1, "run_v1", "done"), ("promote", 1, 2, "run_v2", "done")]
     assert rows[1]["reason"] == "gate passed" and rows[1]["details"]["challenger"] == 0.8
 
 
@@ -82,16 +82,17 @@ def test_a_warehouse_that_cannot_take_the_audit_row_stops_the_promotion_before_t
     assert registry.champion(spec.model_name) is None  # production untouched
 
 
-def test_a_lost_audit_row_after_the_alias_moved_fails_loudly(registry, spec, pg_uri, pg_conn):
+def test_an_audit_table_that_refuses_the_intent_stops_the_promotion_before_the_alias_moves(registry, spec, pg_conn):
+    """issue 11 item 3: the audit row is written first (as an intent); one that cannot be written stops the
+    promotion with production untouched, and the error names what refused it."""
     audit.ensure_audit(pg_conn, spec)
     with pg_conn.cursor() as cur:  # the pipeline's role may no longer write the audit table
         cur.execute(f'ALTER TABLE "{spec.warehouse.schema}".champion_changes ADD CONSTRAINT no_rows CHECK (false)')
     pg_conn.commit()
     with pytest.raises(Exception, match="no_rows"):
         promote(registry, pg_conn, spec, _judged(1, None))
-    # the alias did move (the registry is not the warehouse's transaction), but the error was not swallowed:
-    # the run fails and names it, instead of a green night with no record of the change
-    assert registry.champion(spec.model_name).version == 1
+    assert registry.champion(spec.model_name) is None  # the alias never moved
+    assert "nightshift.blessed" not in registry.version(spec.model_name, 1).tags
 
 
 def test_a_promotion_names_its_night_given_or_the_challengers_own(registry, spec, pg_conn):

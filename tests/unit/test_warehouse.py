@@ -390,7 +390,7 @@ def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_co
 
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6]
+    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7]
     assert [(k, run) for _, k, _, run in _rows(pg_conn, churn_spec)] == [(1, "v1"), (2, "v1"), (3, "v1")]
     assert wh.recent_row_counts(pg_conn, churn_spec, DAY2, 7) == [3]
     assert wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
@@ -484,7 +484,7 @@ def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6]
+    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6, 7]
     wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "no_model"})
     with pytest.raises(psycopg.errors.CheckViolation):
         wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "maybe"})
