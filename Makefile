@@ -28,9 +28,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "pure or postgres" $(ARGS)
 
-## stop: stop the demo's PostgreSQL
+## stop: stop the demo's PostgreSQL (and check it is gone: fails saying so when it could not)
 stop:
-	@test -x $(PY) && $(PY) scripts/demo.py stop || echo "nothing to stop"
+	@if test -x $(PY); then $(PY) scripts/demo.py stop; else echo "nothing to stop"; fi
 
 ## ui: the Airflow UI on the demo's state (http://localhost:8080, login disabled for local use)
 ui: $(STAMP)

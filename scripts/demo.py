@@ -106,7 +106,13 @@ Where to look (the PostgreSQL server keeps running until `make stop`):
 
 
 def stop() -> int:
-    print("stopped the demo's PostgreSQL" if local_stack.stop_postgres() else "nothing to stop")
+    """Stop the demo's PostgreSQL and check it is gone; exit 1 saying so when it could not be stopped."""
+    try:
+        stopped = local_stack.stop_postgres()
+    except local_stack.PostgresStillRunning as error:
+        print(f"could not stop the demo's PostgreSQL: {error}", file=sys.stderr)
+        return 1
+    print(f"stopped the demo's PostgreSQL ({local_stack.PG_DIR})" if stopped else "nothing to stop")
     return 0
 
 

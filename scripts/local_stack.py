@@ -48,13 +48,100 @@ def start_postgres() -> str:
     return pgserver.get_server(PG_DIR, cleanup_mode=None).get_uri()
 
 
-def stop_postgres() -> bool:
-    if not (PG_DIR / "postmaster.pid").exists():
-        return False
-    import pgserver
+class PostgresStillRunning(RuntimeError):
+    """The embedded PostgreSQL could not be stopped: the message names its pid and data folder."""
 
-    pgserver.get_server(PG_DIR, cleanup_mode="stop").cleanup()
-    return True
+
+def stop_postgres(data_dir: Path | None = None, timeout: float = 15) -> bool:
+    """Stop the embedded PostgreSQL for real: True when a running server was stopped, False when none ran.
+
+    The server is found from its own postmaster.pid (or, that file gone, a `postgres -D <dir>` process),
+    never from pgserver's handle file: a client killed hard leaves its pid there, and pgserver then
+    "stops" by leaving the server running for that dead client. `pg_ctl stop -m fast` with the server's
+    own binaries first, then SIGINT (fast shutdown) and SIGQUIT (immediate) to the postmaster; the
+    process is checked to be gone, else PostgresStillRunning names its pid and folder.
+    """
+    data_dir = (data_dir or PG_DIR).resolve()
+    postmaster = _postmaster(data_dir)
+    if postmaster is None:
+        _forget_handles(data_dir)
+        return False
+    said = _pg_ctl_stop(postmaster, data_dir, timeout)
+    for sig in (None, signal.SIGINT, signal.SIGQUIT):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(postmaster.pid, sig)
+        if _gone(postmaster, timeout if sig is None else timeout / 3):
+            _forget_handles(data_dir)
+            return True
+    raise PostgresStillRunning(f"PostgreSQL (postmaster pid {postmaster.pid}, data {data_dir}) is still running "
+                               f"after pg_ctl stop and SIGINT/SIGQUIT; pg_ctl said: {said or 'nothing'}")
+
+
+def _postmaster(data_dir: Path) -> Any:
+    """The running postmaster of data_dir as a psutil.Process, or None: the pid in postmaster.pid when that
+    process is a postgres on this folder (a stale file's pid may belong to anything now), else a scan."""
+    import psutil
+
+    with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        proc = psutil.Process(pid)
+        if _serves(proc, data_dir):
+            return proc
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if _serves(proc, data_dir):
+                return proc
+    return None
+
+
+def _serves(proc: Any, data_dir: Path) -> bool:
+    """A live (not zombie) process started as `postgres ... -D data_dir` (its children rename themselves)."""
+    import psutil
+
+    if proc.status() == psutil.STATUS_ZOMBIE:
+        return False
+    cmdline = proc.cmdline()
+    return bool(cmdline) and Path(cmdline[0]).name == "postgres" and "-D" in cmdline and \
+        str(data_dir) in cmdline[cmdline.index("-D") + 1:cmdline.index("-D") + 2]
+
+
+def _pg_ctl_stop(postmaster: Any, data_dir: Path, timeout: float) -> str:
+    """`pg_ctl stop -m fast -w` with the binaries the server runs from, as the folder's owner (pg_ctl
+    refuses root; pgserver run as root serves as its own OS user); what pg_ctl printed."""
+    import pwd
+
+    with contextlib.suppress(Exception):
+        pg_ctl = Path(postmaster.exe()).with_name("pg_ctl")
+        owner = data_dir.stat().st_uid
+        user = pwd.getpwuid(owner).pw_name if os.geteuid() == 0 and owner != 0 else None
+        done = subprocess.run([str(pg_ctl), "stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", str(int(timeout))],
+                              capture_output=True, text=True, timeout=timeout + 5, user=user, check=False)
+        return (done.stdout + done.stderr).strip()
+    return ""
+
+
+def _gone(proc: Any, timeout: float) -> bool:
+    """Whether the process ends (or is a zombie: its parent may be an init that does not reap) in time."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _forget_handles(data_dir: Path) -> None:
+    """Empty pgserver's list of client pids: the server they shared is stopped, and a dead client's pid
+    left there would stop the next `cleanup_mode="stop"` handle from stopping it."""
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / ".handle_pids.json").unlink()
 
 
 def create_databases(server_uri: str) -> None:
