@@ -314,7 +314,7 @@ def _check_champion(ctx: _Context) -> Check:
     if ctx.lost_champion is not None:
         return Check("champion", False, f"the champion v{ctx.lost_champion} served (champion_changes) but is gone "
                                         "from the MLflow registry: a vanished champion is not a cold start; restore "
-                                        "it or roll back to a version that exists")
+                                        "it in MLflow, or force tonight's challenger (promotion_policy=force)")
     if not ctx.has_champion:
         return Check("champion", True, "no champion: floor only")
     return _versus(ctx, "champion", "champion", "min_improvement", strict_at_zero=False)

@@ -480,12 +480,16 @@ def verdict_alerts(spec: DatasetSpec, verdict: VerdictStep, replaced: int | None
 
 def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verdict: VerdictStep,
                    night: dt.date | None = None) -> int | None:
-    """Promote (alias + audit row, one step) or record why not; the version replaced, if any.
+    """Promote (audit intent -> alias -> done) or record why not, settling first any change another run left
+    as an intent (promotion.repair_pending); the version replaced, if any.
     `night`: the run's date, for the audit row (None: the challenger's own, see promotion.promote)."""
-    from include.nightshift.promotion import promote
+    from include.nightshift import audit
+    from include.nightshift.promotion import promote, repair_pending
 
     if verdict.promoted:
         return promote(registry, conn, spec, verdict, night=night)
+    audit.ensure_audit(conn, spec)
+    repair_pending(registry, conn, spec, this_run=verdict.dag_run_id)  # intents other runs left (promotion.py)
     if verdict.champion_version == verdict.challenger_version:  # a reused champion: its tags say why it serves
         return None
     registry.record_verdict(spec.model_name, verdict.challenger_version, verdict.tags())

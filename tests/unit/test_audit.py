@@ -241,3 +241,26 @@ def test_a_model_that_never_had_a_champion_is_a_cold_start(registry, spec, pg_co
     verdict = gate(evaluation, spec.promotion, challenger_scores=np.full(100, 0.5), roundtrip_equal=True,
                    lost_champion=None)
     assert [c.passed for c in verdict.checks if c.name == "champion"] == [True]
+
+
+def test_the_next_nightly_evaluate_settles_an_intent_even_when_it_promotes_nothing(registry, spec, pg_conn,
+                                                                                   monkeypatch):
+    """nightly.settle_verdict (every evaluate) repairs first: a rejected night completes the intent a killed
+    promotion left, and a move that never happened is abandoned, not redone."""
+    from include.nightshift.nightly import settle_verdict
+
+    promote(registry, pg_conn, spec, _verdict(1, None))
+    with monkeypatch.context() as mp:
+        _fail_once(mp, audit, "finish", ConnectionError("server closed the connection unexpectedly"))
+        with pytest.raises(ConnectionError):
+            promote(registry, pg_conn, spec, _verdict(2, 1))
+    audit.record_intent(pg_conn, spec, {"event": "promote", "model_name": spec.model_name, "from_version": 2,
+                                        "to_version": 3, "actor": "nightshift", "reason": "gate passed",
+                                        "dag_run_id": "killed_before_the_move"})
+    rejected = dataclasses.replace(_verdict(3, 2, run="night_rejected"), promote=False, promoted=False,
+                                   policy_note="gate failed")
+    assert settle_verdict(registry, pg_conn, spec, rejected) is None
+    assert _rows(pg_conn, spec) == [("promote", None, 1, "done"), ("promote", 1, 2, "done"),
+                                    ("promote", 2, 3, "abandoned")]
+    assert registry.champion(spec.model_name).version == 2
+    assert registry.version(spec.model_name, 3).tags[BLESSED_TAG] == "false"
