@@ -406,9 +406,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
                    roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
                    challenger_family=trained.family, lost_champion=lost)
-    promote, why = apply_policy(verdict, policy, dry_run=dry_run)
-    if trained.reused and champion is not None and champion.version == trained.version:
-        promote, why = False, f"v{trained.version} is the champion already: tonight's retrain reproduced it"
+    promote, why = already_champion(champion, trained) or apply_policy(verdict, policy, dry_run=dry_run)
     judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=dag_run_id,
                          champion_version=champion.version if champion else None,
                          challenger_version=trained.version, promoted=promote, policy_note=why,
@@ -448,6 +446,23 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
             with store.local_copy(found) as local:
                 registry.log_artifact(trained.run_id, local, folder)
     return url
+
+
+def already_champion(champion: Any, trained: TrainingStep) -> tuple[bool, str] | None:
+    """(promote?, why) when the challenger already is the champion, else None (the gate and policy decide).
+
+    Reused by training key: tonight's retrain reproduced the champion, nothing to promote. Not reused: it
+    was registered by this run, so an earlier attempt of this run's evaluate passed the gate and moved the
+    alias, and died before its audit row was marked done (issue 11): the night is a promotion, and
+    promote() adopts that attempt's intent and completes it, instead of the night reading `rejected`
+    while the challenger serves.
+    """
+    if champion is None or champion.version != trained.version:
+        return None
+    if trained.reused:
+        return False, f"v{trained.version} is the champion already: tonight's retrain reproduced it"
+    return True, (f"v{trained.version} is the champion already: an earlier attempt of this run moved the alias; "
+                  "completing its promotion")
 
 
 def lost_champion(conn: Connection, spec: DatasetSpec, champion: Any) -> int | None:

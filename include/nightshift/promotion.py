@@ -76,7 +76,9 @@ def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: 
     expected = None if current is None else current.version
     if expected == verdict.challenger_version:  # a retry after the move: the predecessor it recorded
         replaced = current.tags.get(REPLACED_VERSION_TAG)
-        expected = int(replaced) if replaced else None
+        own = [r for r in audit.pending(conn, spec, spec.model_name)
+               if r["dag_run_id"] == verdict.dag_run_id and r["to_version"] == verdict.challenger_version]
+        expected = int(replaced) if replaced else (own[0]["from_version"] if own else None)
     change = promotion_change(spec, verdict, expected, night)
     if audit.record_intent(conn, spec, change) == "abandoned":
         raise RuntimeError(f"{spec.warehouse.schema}.{audit.CHANGES}: the promotion of {spec.model_name} "
@@ -84,7 +86,7 @@ def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: 
                            "not moved and another change came first): not moving it now; trigger a new run")
     replaced = registry.promote(spec.model_name, verdict.challenger_version, verdict.tags())
     audit.finish(conn, spec, change, "done")
-    return replaced
+    return expected if replaced is None else replaced
 
 
 def repair_pending(registry: "Registry", conn: Connection, spec: DatasetSpec, *,

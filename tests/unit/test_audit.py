@@ -264,3 +264,30 @@ def test_the_next_nightly_evaluate_settles_an_intent_even_when_it_promotes_nothi
                                     ("promote", 2, 3, "abandoned")]
     assert registry.champion(spec.model_name).version == 2
     assert registry.version(spec.model_name, 3).tags[BLESSED_TAG] == "false"
+
+
+def test_an_evaluate_cleared_after_its_alias_moved_completes_the_promotion_not_rejects_it(registry, spec, pg_conn,
+                                                                                          monkeypatch):
+    """Killed between the move and the mark, then cleared: the rerun finds its challenger serving. It is the
+    night's promotion (promoted, the intent completed), never a `rejected` night while the challenger serves;
+    a version reused by training key that already serves is `reproduced`, as before."""
+    from include.nightshift.nightly import already_champion, settle_verdict
+    from include.nightshift.steps import TrainingStep
+
+    promote(registry, pg_conn, spec, _verdict(1, None))
+    with monkeypatch.context() as mp:
+        _fail_once(mp, audit, "finish", ConnectionError("killed"))
+        with pytest.raises(ConnectionError):
+            promote(registry, pg_conn, spec, _verdict(2, 1, run="night_2"))
+    champion = registry.champion(spec.model_name)
+    fields = {name: None for name in TrainingStep.__dataclass_fields__}
+    trained = dataclasses.replace(TrainingStep(**fields), version=2, reused=False)
+    promoted, why = already_champion(champion, trained)
+    assert promoted is True and "earlier attempt of this run" in why
+    assert already_champion(champion, dataclasses.replace(trained, reused=True))[0] is False
+    assert already_champion(champion, dataclasses.replace(trained, version=3)) is None
+
+    again = dataclasses.replace(_verdict(2, 2, run="night_2"), promoted=promoted, policy_note=why)
+    assert settle_verdict(registry, pg_conn, spec, again) == 1  # the predecessor, from the first attempt's intent
+    assert run_outcome([], again) == "promoted"
+    assert _rows(pg_conn, spec) == [("promote", None, 1, "done"), ("promote", 1, 2, "done")]
