@@ -82,8 +82,9 @@ def _monitored(run: dict[str, Any], key: str) -> Any:
 
 
 def read_events(conn: Connection, spec: DatasetSpec) -> list[dict[str, Any]]:
-    """Every champion change (audit.champion_changes rows), oldest first; [] before the first one."""
-    return audit.changes(conn, spec)
+    """Every champion change that happened (audit.champion_changes rows marked done), oldest first; [] before
+    the first one. An intent not yet completed, or abandoned, moved nothing: it is not drawn."""
+    return [c for c in audit.changes(conn, spec) if c.get("state", "done") in (None, "done")]
 
 
 # --------------------------------------------------------------------------- normalising

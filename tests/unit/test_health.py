@@ -133,6 +133,8 @@ def history(pg_conn, churn_spec):
     audit.record_change(pg_conn, spec, change(spec, "promote", 2, 1, "night-4", "nightshift", "gate passed"))
     audit.record_change(pg_conn, spec, change(spec, "rollback", 1, 2, "manual__rollback", "alice",
                                               f"bad scores {EVIL}"))
+    # A promotion whose alias never moved (its run died after the intent): it must not be drawn.
+    audit.record_intent(pg_conn, spec, change(spec, "promote", 9, 1, "night-killed", "nightshift", "gate passed"))
     future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     record_nights(pg_conn, spec, list(enumerate(NIGHTS))[ROLLBACK_AFTER:], ROLLBACK_AFTER, future)
     return read_history(pg_conn, spec, days=30), read_events(pg_conn, spec)
