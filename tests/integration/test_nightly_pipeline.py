@@ -179,7 +179,10 @@ def test_realised_quality_is_pooled_over_unseen_days_with_an_interval(nights):
     late = history(nights)[d(N[5])]["details"]["decision"]["details"]
     assert late["realised_days"] == [d(N[k]) for k in range(5)] and late["realised_rows"] == 5 * ROWS
     low_late, high_late = late["realised_interval"]
-    assert high_late - low_late < high - low  # five days pooled: a narrower interval than one day
+    # Five days pooled, resampled by day then row (quality.py): the days differ (covariate drift from night 5),
+    # so the interval spans their spread rather than shrinking with the rows; tests/unit/test_quality.py holds
+    # the width rules (alike days narrow like rows, differing days widen).
+    assert low_late < late["realised_metric"] < high_late and high_late - low_late < 0.2
     cold = history(nights)[d(N[0])]["details"]["decision"]["details"]
     assert cold["realised_metric"] is None and cold["realised_interval"] is None  # no champion yet
 
