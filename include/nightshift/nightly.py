@@ -343,7 +343,7 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
         metrics[f"candidate_{f.family}_fit_seconds"] = f.fit_seconds
         if f.metric is not None:
             metrics[f"candidate_{f.family}_{metric}"] = f.metric
-    baseline = training.fit(training.build_baseline(spec), train_df, spec)
+    baseline = _fitted_baseline(spec, train_df, fits)
     return registry.log_challenger(
         chosen.model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
@@ -355,6 +355,19 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
               FAMILY_TAG: chosen.family, TRAINING_KEY_TAG: key},
         snapshots=refs,
     )
+
+
+def _fitted_baseline(spec: DatasetSpec, train_df: Any, fits: list) -> Any:
+    """The baseline, fitted on the training rows: the logistic-regression candidate itself when it is the
+    baseline's exact recipe (default params, no calibration), else fitted here."""
+    from include.nightshift import training
+    from include.nightshift.evaluation import BASELINE_FAMILY
+
+    if spec.training.calibration == "none":
+        for f in fits:
+            if f.family == BASELINE_FAMILY and not f.params:
+                return f.model
+    return training.fit(training.build_baseline(spec), train_df, spec)
 
 
 def _keep_holdout(store: ArtifactStore, spec: DatasetSpec, day: dt.date, version: int, chosen: Any,

@@ -204,7 +204,7 @@ def build_model(spec: DatasetSpec) -> Pipeline:
 def build_baseline(spec: DatasetSpec) -> Pipeline:
     """The simple baseline a challenger must beat: median-imputed, scaled numerics and one-hot
     categoricals into a logistic regression with its defaults (never the spec's params)."""
-    return Pipeline([("prep", _linear_prep(spec)), ("model", LogisticRegression(max_iter=BASELINE_MAX_ITER))])
+    return build_candidate(spec, Candidate(family=BASELINE_FAMILY))
 
 
 def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
