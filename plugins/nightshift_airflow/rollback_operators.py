@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import notify
-from nightshift_airflow.operators import NightshiftOperator
+from nightshift_airflow.base import NightshiftOperator
 
 log = logging.getLogger(__name__)
 

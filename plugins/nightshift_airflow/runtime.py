@@ -24,6 +24,13 @@ class SettingMissing(RuntimeError):
     """A setting the pipeline cannot run without is not configured."""
 
 
+class ConnectionFailed(RuntimeError):
+    """A database named by an Airflow connection could not be reached or refused the login.
+
+    The message names the connection id (and host), which the driver's own error does not.
+    """
+
+
 def retry_delay() -> dt.timedelta:
     """Wait before a task's first retry: env NIGHTSHIFT_RETRY_DELAY_SECONDS (default 60); tests set it low."""
     return dt.timedelta(seconds=float(os.environ.get("NIGHTSHIFT_RETRY_DELAY_SECONDS", "60")))
@@ -98,7 +105,11 @@ def postgres_connection(conn_id: str):
     named = {"application_name", "options"} & set(hook.connection.extra_dejson)
     if not named:
         hook = PostgresHook(postgres_conn_id=conn_id, options="-c application_name=nightshift")
-    conn = hook.get_conn()
+    try:
+        conn = hook.get_conn()
+    except psycopg.OperationalError as exc:
+        where = f"{hook.connection.host or 'localhost'}:{hook.connection.port or 5432}/{hook.connection.schema or ''}"
+        raise ConnectionFailed(f"connection {conn_id!r} ({where}) failed: {str(exc).strip()}") from exc
     if not isinstance(conn, psycopg.Connection):
         conn.close()
         raise RuntimeError(f"connection {conn_id!r}: the Postgres provider opened {type(conn).__module__}, not psycopg 3 "
