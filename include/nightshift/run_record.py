@@ -44,6 +44,24 @@ def failed_tasks(states: dict[str, str], *, besides: str) -> list[str]:
     return sorted(t for t, s in states.items() if s in FAILED_STATES and t != besides)
 
 
+def root_failures(states: dict[str, str], errors: dict[str, dict] | None, *, besides: str) -> list[dict[str, Any]]:
+    """The tasks that failed themselves (not upstream_failed), each with what it pushed when it failed
+    (plugins/nightshift_airflow/base.py: message, permanent, try_number; message None if it pushed nothing)."""
+    errors = errors or {}
+    return [{"task": t, "message": None, **errors.get(t, {})}
+            for t in sorted(t for t, s in states.items() if s == "failed" and t != besides)]
+
+
+def failure_story(failed: list[str], roots: list[dict[str, Any]]) -> str:
+    """"run failed at <root>: <its error>", each root first, then what could not run because of it."""
+    if not roots:  # only upstream_failed states seen (a root outside this run's view): name them all
+        return f"run failed at {', '.join(failed)}"
+    named = "; and at ".join(f"{r['task']}: {r.get('message') or 'no error recorded (see the task log)'}" for r in roots)
+    blocked = [t for t in failed if t not in {r["task"] for r in roots}]
+    then = f"; could not run because of {'it' if len(roots) == 1 else 'them'}: {', '.join(blocked)}" if blocked else ""
+    return f"run failed at {named}{then}"
+
+
 @dataclass(frozen=True)
 class RunRecord(StepOutput):
     """One row of pipeline_runs: its keys are the table's columns."""
@@ -95,7 +113,7 @@ class RunRecord(StepOutput):
         if self.decision == "no_model":
             return (f"no predictions for {self.logical_date}: no champion after the gate (decision no_model; "
                     f"scoring.allow_no_predictions is false); {where}")
-        return f"run failed at {', '.join(failed)}; {where}"
+        return f"{failure_story(failed, self.details.get('root_failure') or [])}; {where}"
 
     def summary(self) -> str:
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
@@ -108,9 +126,10 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                      decision: Decision | None, trained: TrainingStep | None, verdict: VerdictStep | None,
                      published: PublishStep | None, started_at: dt.datetime | None, finished_at: dt.datetime,
                      params: dict[str, Any] | None = None, scored: ScoringStep | None = None,
-                     record_task: str = "record_run") -> RunRecord:
-    """What happened tonight, from what each step handed on (None: the step did not run or failed)
-    and the run's parameters (`params`: note, dry_run and the rest, kept as the attempt's conf)."""
+                     record_task: str = "record_run", errors: dict[str, dict] | None = None) -> RunRecord:
+    """What happened tonight, from what each step handed on (None: the step did not run or failed),
+    the run's parameters (`params`: note, dry_run and the rest, kept as the attempt's conf) and how the
+    failed steps failed (`errors`: task id -> what it pushed; details.root_failure)."""
     failed = failed_tasks(states, besides=record_task)
     params = dict(params or {})
     return RunRecord(
@@ -131,6 +150,7 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         finished_at=finished_at,
         note=params.get("note") or None,
         details={"failed_tasks": failed, "task_states": states, "validation_failure": _field(validation, "failure"),
+                 "root_failure": root_failures(states, errors, besides=record_task),
                  "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note")},
         dry_run=bool(params.get("dry_run")),

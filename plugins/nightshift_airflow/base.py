@@ -5,22 +5,99 @@ Kept apart from the steps (operators.py) so the steps stay adapters and the roll
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import (AirflowFailException, AirflowNotFoundException, AirflowRescheduleException,
+                                    AirflowSkipException, DagRunTriggerException, DownstreamTasksSkipped)
 
+from include.nightshift.errors import Diagnosis, classify, describe
 from nightshift_airflow import runtime
-from nightshift_airflow.notifiers import notify
+from nightshift_airflow.notifiers import NotifierSettingError, notify
 
 if TYPE_CHECKING:
     from include.nightshift.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
+
+ERROR_KEY = "error"  # XCom key: how a step failed ({"message", "permanent", "try_number"}), for record_run
+# Airflow's ways for a step to say "skip" or "come back later": not failures, passed through untouched.
+CONTROL = (AirflowSkipException, AirflowRescheduleException, DownstreamTasksSkipped, DagRunTriggerException)
+# Permanent errors of this layer, which the core's classifier (include/nightshift/errors.py) cannot import.
+PERMANENT = {runtime.SettingMissing: "a required Airflow Variable or setting is missing",
+             NotifierSettingError: "an alert setting is invalid",
+             AirflowNotFoundException: "an Airflow connection or variable the spec names is not defined"}
+STEP_FAILED = Diagnosis(True, "the step failed the run", "AirflowFailException")  # a step's own refusal
+
+
+def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a step's `execute`: a failure is pushed to XCom (ERROR_KEY) so that record_run names the root
+    cause, and a permanent one (errors.classify) fails the task at once, without the retries and their
+    back-off, as AirflowFailException chained to the original. Transient and unknown errors are re-raised
+    unchanged (retried as the DAG says); skips, deferrals and reschedules pass through."""
+    if getattr(execute, "nightshift_reporting", False):
+        return execute
+
+    @functools.wraps(execute)
+    def run(self: NightshiftOperator, *args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context", args[0] if args else None)
+        try:
+            return execute(self, *args, **kwargs)
+        except CONTROL:
+            raise
+        except AirflowFailException as exc:  # the step's own verdict (a failed check, a refusal): already final
+            if not getattr(exc, "nightshift_reported", False):
+                _report(context, _step_verdict(exc), True)
+            raise
+        except Exception as exc:
+            diagnosis = classify(exc, PERMANENT)
+            text = describe(exc, diagnosis)
+            _report(context, text, diagnosis.permanent)
+            if not diagnosis.permanent:
+                raise
+            log.error("permanent error, failing without retries: %s", text)
+            final = AirflowFailException(text)
+            final.nightshift_reported = True  # an outer wrapper (super().execute) does not report it again
+            raise final from exc
+
+    run.nightshift_reporting = True
+    return run
+
+
+def _step_verdict(exc: AirflowFailException) -> str:
+    """A step's own AirflowFailException, named by the error it was raised from (NotEnoughRows: ...)."""
+    text = describe(exc, STEP_FAILED, named=False)
+    return f"{type(exc.__cause__).__name__}: {text}" if exc.__cause__ is not None else text
+
+
+def _report(context: Any, message: str, permanent: bool) -> None:
+    """Push how the step failed; a failure to push is logged, never raised over the step's own error."""
+    try:
+        ti = context["ti"]
+        ti.xcom_push(key=ERROR_KEY, value={"message": message, "permanent": permanent,
+                                           "try_number": getattr(ti, "try_number", None)})
+    except Exception as exc:  # noqa: BLE001 - the original error is what must surface
+        log.warning("could not push the step's error to XCom (%s): %s", exc, message)
+
+
+def pushed_errors(context: Any, task_ids: Sequence[str]) -> dict[str, dict]:
+    """What each of `task_ids` pushed under ERROR_KEY when it failed (tasks that pushed nothing are left out)."""
+    found: dict[str, dict] = {}
+    for task_id in task_ids:
+        try:
+            value = context["ti"].xcom_pull(task_ids=task_id, key=ERROR_KEY)
+        except Exception as exc:  # noqa: BLE001 - the record is still written, without this task's message
+            log.warning("could not read the error of %s (%s)", task_id, exc)
+            continue
+        if value:
+            found[task_id] = value if isinstance(value, dict) else {"message": str(value)}
+    return found
 
 
 def alert(context: Any, event: str, found: tuple[str, dict] | None) -> None:
@@ -44,6 +121,8 @@ class NightshiftOperator(BaseOperator):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.template_fields = ("spec_path", *cls.inputs)  # Airflow resolves XComArgs in template fields
+        if "execute" in cls.__dict__:  # every step fails the same way: named, and at once when permanent
+            cls.execute = reporting(cls.__dict__["execute"])
 
     def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
         kwargs.setdefault("doc_md", inspect.cleandoc(type(self).__doc__ or ""))  # the task's docs in the UI
