@@ -46,17 +46,22 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from include.nightshift.evaluation import BASELINE_FAMILY, metric_value
-from include.nightshift.spec import METRICS, Candidate, DatasetSpec
+from include.nightshift.spec import METRICS, Candidate, CategoricalFeature, DatasetSpec
 
 # Fixed, not "all cores": a model must not depend on the machine that trained it.
 N_JOBS = 2
 BASELINE_MAX_ITER = 2000
+# HistGradientBoosting's default (and largest) max_bins: the most categories it takes natively.
+HGB_MAX_BINS = 255
+# The linear model's features stay sparse below this density (scikit-learn's ColumnTransformer default).
+SPARSE_BELOW = 0.3
 # What the training key hashes besides data and spec: the libraries that fit and the code that
 # builds and chooses the models. Any change there means a new model, never a reused one.
 KEY_LIBRARIES = ("scikit-learn", "xgboost", "numpy", "pandas", "scipy")
@@ -143,37 +148,108 @@ def _sorted(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
 
 
 def _one_hot(spec: DatasetSpec) -> OneHotEncoder:
-    """One column per category the spec declares; unseen values and missing ones encode as all
-    zeros instead of failing the night (validation bounds how many there may be)."""
+    """One sparse column per category the spec declares; unseen values and missing ones encode as all
+    zeros instead of failing the night (validation bounds how many there may be).
+
+    Sparse because a dense one-hot costs rows x categories x 8 bytes: 4 GB for 100k rows of a
+    5,000-value category, where the sparse matrix holds one entry per row and feature.
+    """
     return OneHotEncoder(
         categories=[list(f.categories) for f in spec.features if f.type == "categorical"],
         handle_unknown="ignore",
-        sparse_output=False,
+        sparse_output=True,
         dtype=np.float64,
     )
 
 
-def _tree_prep(spec: DatasetSpec) -> ColumnTransformer:
-    """Numeric passthrough (the tree models handle NaN themselves) and one-hot categoricals.
-
-    Dense output on purpose: XGBoost reads the absent entries of a sparse matrix as missing,
-    not as zero, which would change what a one-hot zero means.
-    """
-    return ColumnTransformer(
-        [("numeric", "passthrough", spec.numeric_features),
-         ("categorical", _one_hot(spec), spec.categorical_features)],
-        sparse_threshold=0.0,
+def _ordinal(features: Sequence[CategoricalFeature]) -> OrdinalEncoder:
+    """Each category as its position in the spec's list, one float column per feature: unseen values and
+    missing ones become NaN, which both tree families read as missing (the branch they learned for it),
+    instead of failing the night. Codes come from the declared list, never from the data, so the same
+    value has the same code in every night's model."""
+    return OrdinalEncoder(
+        categories=[list(f.categories) for f in features],
+        handle_unknown="use_encoded_value",
+        unknown_value=np.nan,
+        encoded_missing_value=np.nan,
+        dtype=np.float64,
     )
 
 
+def _target(features: Sequence[CategoricalFeature], seed: int) -> TargetEncoder:
+    """Each category as its (shrunk) positive rate, cross-fitted on seeded folds when fitting, so a row's
+    own label never encodes its category; unseen and missing values get the overall rate."""
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    return TargetEncoder(categories=[list(f.categories) for f in features], target_type="binary", cv=folds)
+
+
+def _categoricals(spec: DatasetSpec, native_max: int | None) -> tuple[list[CategoricalFeature], list[CategoricalFeature]]:
+    """(native, target-encoded): the categoricals with at most `native_max` declared categories (all of
+    them when None), and the others."""
+    features = [f for f in spec.features if isinstance(f, CategoricalFeature)]
+    if native_max is None:
+        return features, []
+    return ([f for f in features if len(f.categories) <= native_max],
+            [f for f in features if len(f.categories) > native_max])
+
+
+def _tree_prep(spec: DatasetSpec, native_max: int | None = None) -> ColumnTransformer:
+    """Numeric passthrough (the tree models handle NaN themselves), then one ordinal-code column per
+    categorical that the model splits on natively, then one target-encoded column per categorical with
+    more than `native_max` categories. Columns come out in that order (_categorical_columns relies on it).
+
+    Native categories instead of a one-hot: one column per feature whatever its cardinality (a dense
+    one-hot of 5,000 values is 80 KB a row), and a split can group any set of categories. A sparse
+    one-hot is no answer for the trees: HistGradientBoosting refuses sparse input, and XGBoost reads a
+    sparse matrix's absent entries as missing, which would also turn every numeric zero into missing.
+    XGBoost takes any number of categories natively (native_max None); HistGradientBoosting only up
+    to max_bins (255 at most), so above that its categoricals are target-encoded: ordinal codes as
+    numbers would bin 5,000 arbitrary codes into 255 ranges of unrelated categories, while the
+    category's cross-fitted positive rate orders them by what matters and stays one column.
+    """
+    native, encoded = _categoricals(spec, native_max)
+    parts = [("numeric", "passthrough", spec.numeric_features),
+             ("categorical", _ordinal(native), [f.name for f in native])]
+    if encoded:
+        parts.append(("target_encoded", _target(encoded, spec.training.seed), [f.name for f in encoded]))
+    return ColumnTransformer(parts, sparse_threshold=0.0)
+
+
+def _categorical_columns(spec: DatasetSpec, native_max: int | None = None) -> list[bool]:
+    """Which of _tree_prep's output columns hold native category codes."""
+    native, encoded = _categoricals(spec, native_max)
+    return [False] * len(spec.numeric_features) + [True] * len(native) + [False] * len(encoded)
+
+
 def _linear_prep(spec: DatasetSpec) -> ColumnTransformer:
-    """Median-imputed, scaled numerics and one-hot categoricals: what a linear model needs."""
+    """Median-imputed, scaled numerics and one-hot categoricals: what a linear model needs.
+
+    The output is a CSR matrix when under SPARSE_BELOW of its cells are non-zero (a large one-hot:
+    one entry per row and feature), which LogisticRegression takes as it is (a zero there is a zero);
+    denser (a few small categoricals, as in the demo) it is a dense array, no bigger than a few
+    columns per feature, and the fit is the same as with the dense one-hot it always had."""
     numeric = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
     return ColumnTransformer(
         [("numeric", numeric, spec.numeric_features),
          ("categorical", _one_hot(spec), spec.categorical_features)],
-        sparse_threshold=0.0,
+        sparse_threshold=SPARSE_BELOW,
     )
+
+
+def _xgboost(spec: DatasetSpec, params: dict[str, Any]) -> Pipeline:
+    """XGBoost's hist trees on numerics and native categories (feature type "c": partition splits)."""
+    types = ["c" if native else "q" for native in _categorical_columns(spec)]
+    model = XGBClassifier(**{"tree_method": "hist", "n_jobs": N_JOBS, **params, "random_state": spec.training.seed,
+                             "enable_categorical": True, "feature_types": types})
+    return Pipeline([("prep", _tree_prep(spec)), ("model", model)])
+
+
+def _hist_gradient_boosting(spec: DatasetSpec, params: dict[str, Any]) -> Pipeline:
+    """HistGradientBoosting with native categories up to its max_bins, target encoding above (_tree_prep)."""
+    native_max = int(params.get("max_bins", HGB_MAX_BINS))
+    model = HistGradientBoostingClassifier(**{**params, "random_state": spec.training.seed,
+                                              "categorical_features": _categorical_columns(spec, native_max)})
+    return Pipeline([("prep", _tree_prep(spec, native_max)), ("model", model)])
 
 
 def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
@@ -183,11 +259,9 @@ def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
     """
     seed, params = spec.training.seed, dict(candidate.params)
     if candidate.family == "xgboost":
-        model = XGBClassifier(**{"tree_method": "hist", "n_jobs": N_JOBS, **params, "random_state": seed})
-        return Pipeline([("prep", _tree_prep(spec)), ("model", model)])
+        return _xgboost(spec, params)
     if candidate.family == "hist_gradient_boosting":
-        return Pipeline([("prep", _tree_prep(spec)),
-                         ("model", HistGradientBoostingClassifier(**{**params, "random_state": seed}))])
+        return _hist_gradient_boosting(spec, params)
     if candidate.family == BASELINE_FAMILY:
         model = LogisticRegression(**{"max_iter": BASELINE_MAX_ITER, **params, "random_state": seed})
         return Pipeline([("prep", _linear_prep(spec)), ("model", model)])
