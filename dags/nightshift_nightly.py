@@ -3,6 +3,11 @@
     snapshot -> validate -> [drift, monitor] -> decide --(no reason)--> no_retrain_needed --\
                                                      \--(reason)--> train -> evaluate ---> score -> publish -> record_run
 
+The champion serves whatever happens on the way: once validate has passed, score runs when the
+retrain branch is done, in any state (a failed drift, monitor, decide, train or evaluate is
+recorded and alerted, and fails the run, but tonight's predictions are still published), and
+decide still runs when one of drift and monitor failed (so force_retrain is not blocked).
+
 Wiring only: the steps are operators in plugins/nightshift_airflow, the logic is in
 include/nightshift. Adding a data set means adding a spec file; nothing here changes.
 """
@@ -46,7 +51,16 @@ PARAMS = {
     "note": Param(None, type=["null", "string"], maxLength=500, title="Note",
                   description="Why this run was triggered; kept in the run history (pipeline_runs.note)."),
     "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
-                      description="The day to process (YYYY-MM-DD). Empty: the run's data interval."),
+                      description="The day to process (YYYY-MM-DD), not in the future. Empty: the run's data "
+                                  "interval."),
+    "rerun_published": Param(False, type="boolean", title="Re-run a published night",
+                             description="Process a night that already has published predictions again. Its "
+                                         "predictions and pipeline_runs row are replaced only if this run publishes; "
+                                         "both runs stay in run_attempts. Off: such a run is refused before "
+                                         "anything is read."),
+    "allow_later_model": Param(False, type="boolean", title="Score with a later model",
+                               description="Allow scoring a past night with a champion trained on a later night "
+                                           "(it has seen data the night could not know). Off: refused."),
 }
 
 
@@ -75,17 +89,19 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
         with TaskGroup("watch", prefix_group_id=False, tooltip="Drift of the inputs, realised quality of the champion") as watch:
             drift = ops.DriftOperator(task_id=ops.DRIFT, snapshot=snapshot.output, **common)
             monitor = ops.MonitorOperator(task_id=ops.MONITOR, snapshot=snapshot.output, **common)
-        decide = ops.DecideOperator(task_id=ops.DECIDE, drift=drift.output, monitor=monitor.output, **common)
+        decide = ops.DecideOperator(task_id=ops.DECIDE, drift=drift.output, monitor=monitor.output,
+                                    trigger_rule="all_done_min_one_success", **common)  # needs validate, not both watchers
         with TaskGroup("retrain", prefix_group_id=False, tooltip="Only when there is a reason") as retrain:
             train = ops.TrainOperator(task_id=ops.TRAIN, decision=decide.output, **common)
             evaluate = ops.EvaluateOperator(task_id=ops.EVALUATE, trained=train.output, validation=validate.output,
-                                            drift=drift.output, retries=0, **common)
+                                            drift=drift.output, retries=0,  # a failed drift only loses its report
+                                            trigger_rule="all_done_min_one_success", **common)
         skip = EmptyOperator(task_id=ops.SKIP_TRAINING,
                              doc_md="The branch taken when nothing calls for a new model: the champion scores tonight.")
         with TaskGroup("serve", prefix_group_id=False, tooltip="Score with the champion and publish") as serve:
-            score = ops.ScoreOperator(task_id=ops.SCORE, snapshot=snapshot.output,
-                                      trigger_rule="none_failed_min_one_success", **common)
-            publish = ops.PublishOperator(task_id=ops.PUBLISH, scored=score.output,
+            score = ops.ScoreOperator(task_id=ops.SCORE, snapshot=snapshot.output, validation=validate.output,
+                                      trigger_rule="all_done", **common)  # runs unless validation did not pass
+            publish = ops.PublishOperator(task_id=ops.PUBLISH, scored=score.output, snapshot=snapshot.output,
                                           outlets=[predictions_asset(spec)], **common)
         record = ops.RecordRunOperator(
             task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common,
@@ -93,6 +109,7 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
             trained=train.output, verdict=evaluate.output, scored=score.output, published=publish.output)
 
         chain(ingest, watch, decide, [retrain, skip], serve, record)
+        validate >> decide
     return dag
 
 

@@ -377,6 +377,10 @@ class NightRunner:
         # Every run gets every param: in one process dag.test() would carry one run's conf into the next.
         self.defaults = dict(self.dag.params.dump())
 
+    def _run_date(self, day: dt.date) -> dict[str, str]:
+        """The run_date param for a DAG that has one (the nightly DAG; not the rollback DAG)."""
+        return {"run_date": day.isoformat()} if "run_date" in self.defaults else {}
+
     def run(self, day: dt.date, conf: dict[str, Any] | None = None) -> Night:
         """Run the DAG for `day` (logical date at midnight UTC, param run_date = day) with `conf` on top
         of every param's default; its output goes to logs/<dag_id>-<day>.log under HOME."""
@@ -384,5 +388,5 @@ class NightRunner:
         started = time.monotonic()
         with output_to(log_file):
             dag_run = self.dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
-                                    run_conf={**self.defaults, "run_date": day.isoformat(), **(conf or {})})
+                                    run_conf={**self.defaults, **self._run_date(day), **(conf or {})})
         return Night(day, dag_run, log_file, time.monotonic() - started)

@@ -295,6 +295,8 @@ def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry,
         raise NotEnoughRows(
             f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
             f"{spec.training.min_rows}) and {len(holdout_df)} holdout rows in the {len(days)} days up to {end}")
+    if one_class := training.one_class_problem(train_df, spec, days):  # before sklearn says it less clearly
+        raise NotEnoughRows(one_class)
     fits = training.fit_candidates(spec, train_df, holdout_df)
     chosen = training.choose(fits, spec)
     key = training.training_key(spec, [r.sha256 for r in refs])
@@ -333,7 +335,6 @@ def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: A
 def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, decision: Decision | None,
                          dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str) -> Any:
     """Log the chosen candidate's run (every candidate's holdout metric on it) and register it."""
-    from include.nightshift import training
     from include.nightshift.drift import reference_sample
     from include.nightshift.registry import FAMILY_TAG, TRAINING_KEY_TAG
 
@@ -547,14 +548,22 @@ class NoModel(RuntimeError):
 
 
 def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
-                dag_run_id: str, *, dry_run: bool = False) -> ScoringStep:
-    """The champion scores the night, chunk by chunk; NoModel when there is no champion (no_model)."""
+                dag_run_id: str, *, dry_run: bool = False, allow_later_model: bool = False) -> ScoringStep:
+    """The champion scores the night, chunk by chunk; NoModel when there is no champion (no_model).
+
+    A champion trained on a night after this one is refused unless allowed (history.refuse_look_ahead):
+    rerunning a past night must not score it with what was learnt later.
+    """
+    from include.nightshift.history import refuse_look_ahead
     from include.nightshift.scoring import score_snapshot
 
     champion = registry.champion(spec.model_name)
     if champion is None:
         raise NoModel(spec, ScoringStep(url=None, rows=0, model_version=None,
                                         day=dt.date.fromisoformat(snapshot.current.day)), dry_run=dry_run)
+    trained_for = champion.tags.get(RUN_DATE_TAG)  # not the registration day: a version registered by hand says nothing
+    refuse_look_ahead(spec, champion.version, trained_for and dt.date.fromisoformat(trained_for), snapshot.day,
+                      allowed=allow_later_model)
     url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
     rows = score_snapshot(
         store, snapshot.current.url, url, spec,
@@ -566,16 +575,32 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
                        day=dt.date.fromisoformat(snapshot.current.day))
 
 
-def publish_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> PublishStep:
-    """Replace the night's partition of the predictions table (one transaction)."""
+def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                  scored: ScoringStep, snapshot: SnapshotStep, dag_run_id: str, *,
+                  allow_later_model: bool = False) -> PublishStep:
+    """Replace the night's partition of the predictions table (one transaction) with the champion's scores.
+
+    Under the serving lock (warehouse.serving_lock), the version that scored must still be the
+    champion: if a rollback (or a promotion) moved the alias since the score step, the night is
+    scored again with the version serving now, so consumers never read a replaced champion's night.
+    """
     from include.nightshift import warehouse
 
     if scored.no_model:  # the score task fails or skips first; never replace a night with nothing
         raise ValueError(f"nothing to publish for {scored.day}: no champion scored it (decision no_model)")
     warehouse.ensure_warehouse(conn, spec)
-    with store.local_copy(scored.url) as path:
-        rows = warehouse.replace_partition(conn, spec, scored.day, path)
-    log.info("published %d rows to %s.predictions for %s", rows, spec.warehouse.schema, scored.day)
+    with warehouse.serving_lock(conn, spec):
+        champion = registry.champion(spec.model_name)
+        if champion is None or champion.version != scored.model_version:
+            log.warning("%s v%s scored %s, but the champion is now %s: scoring the night again with it",
+                        spec.model_name, scored.model_version, scored.day,
+                        "gone" if champion is None else f"v{champion.version}")
+            scored = score_night(store, registry, spec, snapshot, dag_run_id,  # NoModel when it vanished
+                                 allow_later_model=allow_later_model)
+        with store.local_copy(scored.url) as path:
+            rows = warehouse.replace_partition(conn, spec, scored.day, path)
+    log.info("published %d rows to %s.predictions for %s with v%s", rows, spec.warehouse.schema, scored.day,
+             scored.model_version)
     return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
 
 
@@ -583,10 +608,15 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
                  health_days: int) -> str | None:
     """Write the run's row of run_attempts (every run, dry runs flagged), upsert the night's row of
     pipeline_runs (a dry run writes none: that history is of what was published), then regenerate
-    the model-health page; the page's address, None if it failed."""
+    the model-health page; the page's address, None if it failed.
+
+    First the records of earlier runs that could not reach the warehouse (pending_records.py), oldest
+    first, each removed from the artifact store once its transaction committed."""
     from include.nightshift import warehouse
+    from include.nightshift.pending_records import write_pending
 
     warehouse.ensure_warehouse(conn, spec)
+    write_pending(conn, store, spec)
     warehouse.record_attempt(conn, spec, record.attempt_row())
     if record.dry_run:
         log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
-from include.nightshift import audit
+from include.nightshift import audit, warehouse
 from include.nightshift.evaluation import Verdict
 from include.nightshift.spec import DatasetSpec
 
@@ -84,7 +84,8 @@ def promote(registry: "Registry", conn: Connection, spec: DatasetSpec, verdict: 
         raise RuntimeError(f"{spec.warehouse.schema}.{audit.CHANGES}: the promotion of {spec.model_name} "
                            f"v{verdict.challenger_version} by {verdict.dag_run_id} was marked abandoned (the alias had "
                            "not moved and another change came first): not moving it now; trigger a new run")
-    replaced = registry.promote(spec.model_name, verdict.challenger_version, verdict.tags())
+    with warehouse.serving_lock(conn, spec):  # never between a publish's champion check and its write
+        replaced = registry.promote(spec.model_name, verdict.challenger_version, verdict.tags())
     audit.finish(conn, spec, change, "done")
     return expected if replaced is None else replaced
 

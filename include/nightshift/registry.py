@@ -72,6 +72,9 @@ ROLLED_BACK_REASON_TAG = "nightshift.rolled_back.reason"
 ROLLED_BACK_TO_TAG = "nightshift.rolled_back.to"
 ROLLED_BACK_ID_TAG = "nightshift.rolled_back.id"
 VERDICT_AT_TAG = "nightshift.verdict_at"
+# On a version: "false" from registration until evaluate writes its verdict ("true"). A version that
+# keeps "false" was never judged (its evaluate failed or never ran): never promoted, never restorable.
+JUDGED_TAG = "nightshift.judged"
 RUN_DATE_TAG = "nightshift.run_date"  # on a version: the night its training run was for
 FAMILY_TAG = "nightshift.family"  # on a run and its version: the model family that won the holdout
 # On a run and its version: training.training_key, the hash of its data, spec, libraries and code.
@@ -86,10 +89,13 @@ MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "xgboost", "skops", "numpy", "pa
 # MLflow saves sklearn models with skops, which refuses types it does not know unless they are
 # listed here (the list is stored in the MLmodel file and used again at load time).
 # Exactly what skops.io.get_untrusted_types reports for every family, calibrated or not (test_registry
-# round-trips each): HistGradientBoosting's trees and the calibration wrappers besides XGBoost's.
+# round-trips each): HistGradientBoosting's trees and the calibration wrappers besides XGBoost's, and
+# the input check HistGradientBoosting's native categorical support keeps (a functools.partial of
+# sklearn's check_array: skops still checks the function it wraps against this list).
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
                        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-                       "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
+                       "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+                       "functools.partial", "sklearn.utils.validation.check_array"]
 
 _LOG_OPTIONS = {
     "pyfunc_predict_fn": "predict_proba",  # so that a pyfunc load scores too, not only labels
@@ -144,6 +150,14 @@ class RollbackRefused(ValueError):
     """A rollback that was refused: the message says what is wrong and what to do instead."""
 
 
+class ModelArtifactsMissing(LookupError):
+    """A registered version (or a run's logged baseline or reference data) whose files are gone.
+
+    MLflow says only ``No such artifact: ''``; this names the model, the version, its run and where
+    the files should be. No retry brings them back (include/nightshift/errors.py: permanent).
+    """
+
+
 @dataclass(frozen=True)
 class RollbackResult:
     """What a rollback did (or, replayed with the same rollback_id, what it had done).
@@ -155,7 +169,7 @@ class RollbackResult:
     """
 
     model_name: str
-    from_version: int
+    from_version: int | None  # None: the alias was gone (the champion version deleted)
     to_version: int
     changed: bool
     rollback_id: str
@@ -204,7 +218,7 @@ class Registry:
                 path = Path(tmp) / REFERENCE_ARTIFACT
                 reference.to_parquet(path, index=False)
                 mlflow.log_artifact(str(path))
-            registered = mlflow.register_model(logged.model_uri, spec.model_name, tags=tags)
+            registered = mlflow.register_model(logged.model_uri, spec.model_name, tags={**tags, JUDGED_TAG: "false"})
         return self.version(spec.model_name, int(registered.version))
 
     def log_holdout_metrics(self, run_id: str, metric: str, values: dict[str, float | None]) -> None:
@@ -276,9 +290,9 @@ class Registry:
         """
         _check_rollback_request(model_name, to_version, actor=actor, reason=reason, rollback_id=rollback_id)
         current = self.champion(model_name)
-        if current is None:
-            raise RollbackRefused(f"{model_name} has no champion (no alias {CHAMPION!r}): "
-                                  "there is nothing to roll back")
+        if current is None and to_version is None:  # never promoted, or its version was deleted (alias gone)
+            raise RollbackRefused(f"{model_name} has no champion (no alias {CHAMPION!r}): there is no previous "
+                                  "one to go back to; name the version to restore (one that passed the gate once)")
         recorded = self._rolled_back_by_id(model_name, rollback_id)
         if recorded is not None:
             return self._resume_rollback(current, recorded, to_version, rollback_id, before_move)
@@ -288,18 +302,18 @@ class Registry:
                 raise RollbackRefused(
                     f"{model_name}: no previous champion to roll back to from v{current.version} (no earlier "
                     f"champion, or every earlier one was rolled back from): name the version to restore")
-        elif to_version == current.version:  # already there: nothing to do, nothing written
+        elif current is not None and to_version == current.version:  # already there: nothing to do, nothing written
             return RollbackResult(model_name, current.version, current.version, False, rollback_id,
                                   dt.datetime.now(dt.UTC))
         else:
             target = self._eligible_target(model_name, to_version)
-        at = dt.datetime.now(dt.UTC)
+        at, from_version = dt.datetime.now(dt.UTC), None if current is None else current.version
         if before_move is not None:
-            before_move(current.version, target, at)
-        self._write_rollback_tags(model_name, current.version, target.version, actor=actor, reason=reason,
+            before_move(from_version, target, at)
+        self._write_rollback_tags(model_name, from_version, target.version, actor=actor, reason=reason,
                                   rollback_id=rollback_id, at=at.isoformat())
         self.client.set_registered_model_alias(model_name, CHAMPION, str(target.version))
-        return RollbackResult(model_name, current.version, target.version, True, rollback_id, at)
+        return RollbackResult(model_name, from_version, target.version, True, rollback_id, at)
 
     def _previous(self, model_name: str, current: ModelVersionInfo,
                   previous: Callable[[int], int | None] | None) -> ModelVersionInfo | None:
@@ -324,20 +338,21 @@ class Registry:
                 f"champion): only a version that passed the gate once can be restored")
         return target
 
-    def _resume_rollback(self, current: ModelVersionInfo, target: ModelVersionInfo, to_version: int | None,
+    def _resume_rollback(self, current: ModelVersionInfo | None, target: ModelVersionInfo, to_version: int | None,
                          rollback_id: str, before_move: Callable[..., None] | None = None) -> RollbackResult:
         """Finish (or confirm) the rollback recorded under rollback_id on `target`."""
         name, tags = target.name, target.tags
         if to_version is not None and int(to_version) != target.version:
             raise RollbackRefused(f"rollback id {rollback_id!r} of {name} already restored v{target.version}, "
                                   f"not v{to_version}: use a new rollback id")
-        from_version = int(tags[ROLLBACK_FROM_TAG])
-        if current.version not in (from_version, target.version):
+        from_version = int(tags[ROLLBACK_FROM_TAG]) if tags[ROLLBACK_FROM_TAG].isdigit() else None  # "None": no champion
+        now = None if current is None else current.version
+        if now not in (from_version, target.version):
             raise RollbackRefused(
                 f"rollback id {rollback_id!r} of {name} moved the champion from v{from_version} to "
-                f"v{target.version}, but the champion is now v{current.version}: start a new rollback")
+                f"v{target.version}, but the champion is now v{now}: start a new rollback")
         at = tags[ROLLBACK_AT_TAG]
-        if current.version == from_version:  # interrupted before the alias moved: finish it
+        if now == from_version:  # interrupted before the alias moved: finish it
             if before_move is not None:
                 before_move(from_version, target, _parse_iso(at))
             self._write_rollback_tags(name, from_version, target.version, actor=tags[ROLLBACK_BY_TAG],
@@ -345,9 +360,10 @@ class Registry:
             self.client.set_registered_model_alias(name, CHAMPION, str(target.version))
         return RollbackResult(name, from_version, target.version, True, rollback_id, _parse_iso(at), resumed=True)
 
-    def _write_rollback_tags(self, model_name: str, from_version: int, to_version: int, *, actor: str,
+    def _write_rollback_tags(self, model_name: str, from_version: int | None, to_version: int, *, actor: str,
                              reason: str, rollback_id: str, at: str) -> None:
-        """The target's tags with the id last (what a retry looks for), then the version left.
+        """The target's tags with the id last (what a retry looks for), then the version left (none when
+        the champion's alias was gone: its version was deleted).
 
         Dicts keep their order: the id is written only once the target's other tags are.
         """
@@ -357,6 +373,8 @@ class Registry:
             (from_version, {ROLLED_BACK_ID_TAG: rollback_id, ROLLED_BACK_TO_TAG: str(to_version),
                             ROLLED_BACK_BY_TAG: actor, ROLLED_BACK_REASON_TAG: reason, ROLLED_BACK_AT_TAG: at}),
         ):
+            if version is None:
+                continue
             for key, value in tags.items():
                 self.client.set_model_version_tag(model_name, str(version), key, value)
 
@@ -385,6 +403,7 @@ class Registry:
         for key, value in verdict.items():
             self.client.set_model_version_tag(model_name, str(version), f"{VERDICT_PREFIX}{key}", _tag_value(value))
         self.client.set_model_version_tag(model_name, str(version), VERDICT_AT_TAG, at)
+        self.client.set_model_version_tag(model_name, str(version), JUDGED_TAG, "true")
         if blessed is not None:
             self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true" if blessed else "false")
 
@@ -443,7 +462,8 @@ class Registry:
     def load_model(self, model_name: str, version: int):
         """The fitted sklearn pipeline of one registered version (by number, never by alias, so
         that what is loaded is exactly what was decided on)."""
-        with self._fluent():
+        with self._fluent(), self._missing_files(f"model {model_name} v{int(version)}",
+                                                 lambda: self._version_files(model_name, version)):
             return mlflow.sklearn.load_model(f"models:/{model_name}/{int(version)}")
 
     def find_reusable(self, model_name: str, training_key: str) -> tuple[ModelVersionInfo, Any] | None:
@@ -461,12 +481,14 @@ class Registry:
 
     def load_baseline(self, run_id: str):
         """The baseline pipeline logged with a training run."""
-        with self._fluent():
+        with self._fluent(), self._missing_files(f"the baseline model of run {run_id}",
+                                                 lambda: self._run_files(run_id, BASELINE_ARTIFACT)):
             return mlflow.sklearn.load_model(f"runs:/{run_id}/{BASELINE_ARTIFACT}")
 
     def load_reference(self, run_id: str) -> pd.DataFrame:
         """The reference data logged with a training run (what drift is measured against)."""
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, self._missing_files(
+                f"the reference data of run {run_id}", lambda: self._run_files(run_id, REFERENCE_ARTIFACT)):
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp,
                 tracking_uri=self.tracking_uri)
@@ -485,6 +507,39 @@ class Registry:
             if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def _missing_files(self, what: str, where: Callable[[], str | None]) -> Iterator[None]:
+        """Turn MLflow's "No such artifact" (or a missing file) into ModelArtifactsMissing naming `what`
+        and `where()` its files should be; any other failure (MLflow down, a 5xx) passes unchanged.
+        `where()` None: the registry has no such version at all (MLflow's own error already says so)."""
+        try:
+            yield
+        except (MlflowException, FileNotFoundError) as exc:
+            if isinstance(exc, MlflowException) and exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            location = where()
+            if location is None:
+                raise
+            raise ModelArtifactsMissing(
+                f"{what} cannot load: its files are missing at {location} ({type(exc).__name__}: {exc}); they were "
+                "deleted or the artifact store moved: restore them, roll back to a version that loads, or retrain"
+            ) from exc
+
+    def _version_files(self, model_name: str, version: int) -> str | None:
+        """Where a version's model files should be: its download URI, registered source and run."""
+        try:
+            found = self.client.get_model_version(model_name, str(int(version)))
+            uri = self.client.get_model_version_download_uri(model_name, str(int(version)))
+        except MlflowException:
+            return None
+        return f"{uri} (registered source {found.source}, run {found.run_id})"
+
+    def _run_files(self, run_id: str, artifact_path: str) -> str | None:
+        try:
+            return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        except MlflowException:
+            return None
 
     @contextmanager
     def _fluent(self) -> Iterator[None]:

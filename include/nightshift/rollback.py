@@ -85,9 +85,11 @@ def run_rollback(conn: Connection, registry: Registry, spec: DatasetSpec, *, to_
             raise RollbackRefused(f"rollback {rollback_id!r} of {spec.model_name} to v{target.version} was marked "
                                   "abandoned by a later change: start a new rollback")
 
-    result = registry.rollback(
-        spec.model_name, to_version=to_version, actor=actor, reason=reason, rollback_id=rollback_id,
-        previous=lambda current: audit.previous_champion(conn, spec, spec.model_name, current), before_move=before_move)
+    with warehouse.serving_lock(conn, spec):  # waits for a nightly publish that checked the champion to write
+        result = registry.rollback(
+            spec.model_name, to_version=to_version, actor=actor, reason=reason, rollback_id=rollback_id,
+            previous=lambda current: audit.previous_champion(conn, spec, spec.model_name, current),
+            before_move=before_move)
     change = rollback_change(conn, spec, result, actor=actor, reason=reason, requested=to_version,
                              dag_run_id=rollback_id)
     if result.changed:
@@ -167,6 +169,12 @@ def republish_latest(conn: Connection, store: ArtifactStore, registry: Registry,
     Returns {score_date (a date), rows, model_version, snapshot_sha256}, or None when nothing
     was ever published.
     """
+    with warehouse.serving_lock(conn, spec):  # the champion checked below is the one that writes
+        return _republish(conn, store, registry, spec, int(version), dag_run_id)
+
+
+def _republish(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, version: int,
+               dag_run_id: str) -> dict[str, Any] | None:
     from include.nightshift.scoring import score_snapshot  # xgboost/sklearn: only when needed
 
     champion = registry.champion(spec.model_name)

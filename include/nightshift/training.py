@@ -388,3 +388,18 @@ def training_key(spec: DatasetSpec, snapshot_hashes: Sequence[str]) -> str:
         "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in KEY_CODE],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def one_class_problem(train_df: pd.DataFrame, spec: DatasetSpec, days: Sequence[dt.date]) -> str | None:
+    """Why the training rows cannot train a classifier (their label has fewer than two classes), naming the
+    label column, the training window's days and the rows per class; None when both classes are there.
+    `days`: the window's and holdout's days, as training_days gives them (the oldest window_days train)."""
+    counts = train_df[spec.label.name].value_counts(dropna=True).sort_index()
+    if len(counts) >= 2:
+        return None
+    window = sorted(days)[: spec.training.window_days]
+    per_class = ", ".join(f"{label:g}: {n} rows" if isinstance(label, float) else f"{label}: {n} rows"
+                          for label, n in counts.items()) or "no labelled rows"
+    return (f"label {spec.label.name!r} has a single class in the training window {window[0]}..{window[-1]} "
+            f"({len(window)} days, {len(train_df)} rows; per class: {per_class}): a classifier needs both classes, "
+            "so more labelled days with the other class, not a retry, will change this")

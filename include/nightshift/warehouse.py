@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -574,14 +575,17 @@ def _conform(arrays: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 def insert_row(conn: Connection, target: sql.Composable, row: Mapping[str, Any], key: tuple[str, ...], *,
-               update: bool) -> int:
+               update: bool, update_when: sql.Composable | None = None) -> int:
     """INSERT one row (`details` and `conf` dicts as jsonb); on a conflict over `key`, update the other
-    columns given (update) or keep the existing row; returns the number of rows written (0 or 1)."""
+    columns given (update; only where `update_when` holds, if given) or keep the existing row; returns
+    the number of rows written (0 or 1)."""
     names = list(row)
     values = [Jsonb(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()]
     updates = [n for n in names if n not in key] if update else []
     conflict = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)) if updates else sql.SQL("DO NOTHING")
+    if updates and update_when is not None:
+        conflict = sql.SQL("{} WHERE {}").format(conflict, update_when)
     query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
         target,
         sql.SQL(", ").join(map(sql.Identifier, names)),
@@ -594,19 +598,48 @@ def insert_row(conn: Connection, target: sql.Composable, row: Mapping[str, Any],
         return cur.rowcount
 
 
-def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> None:
-    """Insert or update the row of run["logical_date"], setting only the keys given.
+def upsert_run(conn: Connection, spec: DatasetSpec, run: Mapping[str, Any]) -> bool:
+    """Insert or update the row of run["logical_date"], setting only the keys given; False when the
+    night's row was kept.
 
-    Tasks record what they know when they know it; a rerun of the same date overwrites its
-    row instead of adding one. An unknown key is a ValueError (a typo must not vanish).
-    `details` (a dict) is stored as jsonb and replaced whole, so a rerun drops stale entries.
+    A rerun of the same date overwrites its row instead of adding one, except that a row whose
+    run published predictions is only replaced by a run that published too: a rerun that failed
+    (or published nothing) leaves the row that describes the predictions consumers read, and is
+    kept in run_attempts. An unknown key is a ValueError (a typo must not vanish). `details` (a
+    dict) is stored as jsonb and replaced whole, so a rerun drops stale entries.
     """
     unknown = [k for k in run if k not in _RUN_COLUMNS]
     if unknown:
         raise ValueError(f"upsert_run: unknown key {unknown[0]!r} (allowed: {', '.join(RUN_COLUMNS)})")
     if run.get("logical_date") is None:
         raise ValueError("upsert_run: 'logical_date' is required")
-    insert_row(conn, table(spec, PIPELINE_RUNS), run, ("logical_date",), update=True)
+    target = table(spec, PIPELINE_RUNS)
+    published_first = sql.SQL("coalesce({t}.rows_published, 0) = 0 OR coalesce(EXCLUDED.rows_published, 0) > 0 "
+                              "OR {t}.dag_run_id IS NOT DISTINCT FROM EXCLUDED.dag_run_id").format(t=target)
+    return insert_row(conn, target, run, ("logical_date",), update=True, update_when=published_first) == 1
+
+
+SERVING_LOCK_CLASS = 0x4E53  # "NS": the first key of the two-key advisory lock, the schema's id the second
+
+
+@contextmanager
+def serving_lock(conn: Connection, spec: DatasetSpec) -> Iterator[None]:
+    """Held while the champion alias moves (promotion, rollback) or a night is written with the champion
+    (publish, republish), so that these never interleave for one spec's warehouse schema: a publish
+    that checked the champion writes before the alias can move, and a rollback waits for it.
+
+    A session-level advisory lock: held across the caller's transactions, released by the server
+    if the process dies.
+    """
+    key = (SERVING_LOCK_CLASS, _schema_lock_id(spec.warehouse.schema))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", key)
+    try:
+        yield
+    finally:
+        if not conn.broken and not conn.closed:  # a lost session has lost its locks already
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
 def record_attempt(conn: Connection, spec: DatasetSpec, attempt: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
-from nightshift_airflow.base import NightshiftOperator, alert
+from nightshift_airflow.base import NightshiftOperator, alert, pushed_errors
 from nightshift_airflow.links import (DriftReportLink, EvaluationReportLink, HealthPageLink,
                                      LabelledValidationReportLink, ValidationReportLink)
 from nightshift_airflow.notifiers import configured_notifiers
@@ -29,6 +29,8 @@ REPORT_URL = "report_url"
 HEALTH_URL = "health_url"
 REPORT_KEYS = {"current": REPORT_URL, "labelled": "labelled_report_url"}
 HEALTH_DAYS = 90  # nights on the model-health page
+
+LATER_MODEL_PARAM = "allow_later_model"  # history.LATER_MODEL_PARAM (not imported: the DAG processor parses this)
 
 # Task ids; the DAG factory uses the same names.
 SNAPSHOT, VALIDATE, DRIFT, MONITOR, DECIDE = "snapshot", "validate", "drift", "monitor", "decide"
@@ -42,14 +44,14 @@ class SnapshotOperator(NightshiftOperator):
     ui_color = "#dbeafe"
 
     def execute(self, context: Any) -> dict:
+        from include.nightshift.history import refuse_unasked_rerun
         from include.nightshift.nightly import take_night
-        from include.nightshift.snapshot import SourceSchemaError
 
-        try:
-            with self.connect(self.spec.source.connection_id) as conn:
-                snap = take_night(conn, runtime.artifact_store(), self.spec, runtime.run_date(context))
-        except SourceSchemaError as exc:  # retrying would not bring the column back
-            raise AirflowFailException(str(exc)) from exc
+        with self.connect() as conn:  # before anything is read: a published night is rerun only when asked
+            refuse_unasked_rerun(conn, self.spec, runtime.run_date(context), context["run_id"],
+                                 params=context.get("params") or {})
+        with self.connect(self.spec.source.connection_id) as conn:  # a missing column fails at once (errors.py)
+            snap = take_night(conn, runtime.artifact_store(), self.spec, runtime.run_date(context))
         for ref in (snap.current, snap.labelled):
             log.info("%s snapshot %s: %d rows, sha256 %s", "labelled" if ref.labelled else "night", ref.day,
                      ref.rows, ref.sha256)
@@ -138,15 +140,13 @@ class TrainOperator(NightshiftOperator):
     ui_color = "#bbf7d0"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import NotEnoughRows, train_challenger
+        from include.nightshift.nightly import train_challenger
 
-        try:
-            with self.connect(self.spec.source.connection_id) as conn:
-                return train_challenger(conn, runtime.artifact_store(), runtime.registry(), self.spec,
-                                        runtime.run_date(context), self.received()["decision"],
-                                        context["run_id"]).to_xcom()
-        except NotEnoughRows as exc:  # more labels, not a retry, will change this
-            raise AirflowFailException(str(exc)) from exc
+        # too few rows, or one class: more labels, not a retry, will change it (errors.py: permanent)
+        with self.connect(self.spec.source.connection_id) as conn:
+            return train_challenger(conn, runtime.artifact_store(), runtime.registry(), self.spec,
+                                    runtime.run_date(context), self.received()["decision"],
+                                    context["run_id"]).to_xcom()
 
 
 class EvaluateOperator(NightshiftOperator):
@@ -162,6 +162,8 @@ class EvaluateOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import judge_challenger, run_reports, settle_verdict, verdict_alerts
 
+        if self.received()["trained"] is None:  # train failed; its failure is the night's, not this step's
+            raise AirflowSkipException("no challenger to judge: train did not finish")
         configured_notifiers()  # a bad alert setting fails here, before the alias can move
         got, registry, policy = self.received(), runtime.registry(), self.param(context, "promotion_policy", "auto")
         with self.connect() as conn:  # the audit table tells a vanished champion from none (nightly.lost_champion)
@@ -178,17 +180,25 @@ class EvaluateOperator(NightshiftOperator):
 
 
 class ScoreOperator(NightshiftOperator):
-    """Score the night's population with the champion, chunk by chunk (bounded memory)."""
+    """Score the night's population with the champion, chunk by chunk (bounded memory).
 
-    inputs = ("snapshot",)
+    Runs whatever happened to the retrain branch (a failed train leaves the champion serving), and
+    only when the night's rows passed validation.
+    """
+
+    inputs = ("snapshot", "validation")
     ui_color = "#fed7aa"
 
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import NoModel, score_night
 
+        got = self.received()
+        if got["validation"] is None or not got["validation"].passed:  # that step's failure fails the run
+            raise AirflowSkipException("the night's rows did not pass validation: nothing is scored")
         try:
-            return score_night(runtime.artifact_store(), runtime.registry(), self.spec, self.received()["snapshot"],
-                               context["run_id"], dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
+            return score_night(runtime.artifact_store(), runtime.registry(), self.spec, got["snapshot"],
+                               context["run_id"], dry_run=bool(self.param(context, "dry_run", False)),
+                               allow_later_model=bool(self.param(context, LATER_MODEL_PARAM, False))).to_xcom()
         except NoModel as exc:  # no champion after the gate: alerted, recorded no_model, fails unless the spec allows
             context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=exc.scored.to_xcom())  # for the run record
             alert(context, "no_model", exc.alert)
@@ -196,9 +206,9 @@ class ScoreOperator(NightshiftOperator):
 
 
 class PublishOperator(NightshiftOperator):
-    """Replace the night's partition of the predictions table in one transaction (COPY)."""
+    """Replace the night's partition of the predictions table in one transaction (COPY), with the champion serving now."""
 
-    inputs = ("scored",)
+    inputs = ("scored", "snapshot")
     ui_color = "#fecaca"
 
     def execute(self, context: Any) -> dict:
@@ -206,8 +216,11 @@ class PublishOperator(NightshiftOperator):
 
         if self.param(context, "dry_run", False):
             raise AirflowSkipException("dry run: nothing is published")
-        with self.connect() as conn:
-            return publish_night(conn, runtime.artifact_store(), self.spec, self.received()["scored"]).to_xcom()
+        got = self.received()
+        with self.connect() as conn:  # under the serving lock; re-scores if the champion moved since score
+            return publish_night(conn, runtime.artifact_store(), runtime.registry(), self.spec, got["scored"],
+                                 got["snapshot"], context["run_id"],
+                                 allow_later_model=bool(self.param(context, LATER_MODEL_PARAM, False))).to_xcom()
 
 
 class RecordRunOperator(NightshiftOperator):
@@ -218,16 +231,25 @@ class RecordRunOperator(NightshiftOperator):
     operator_extra_links = (HealthPageLink(),)
 
     def execute(self, context: Any) -> dict:
+        import psycopg
+
         from include.nightshift.nightly import record_night, run_reports
+        from include.nightshift.pending_records import keep_pending, unreachable_message
         from include.nightshift.run_record import build_run_record
 
-        got = self.received()
+        got, states = self.received(), runtime.task_states(context)
         record = build_run_record(
-            self.spec, day=runtime.run_date(context), dag_run_id=context["run_id"], states=runtime.task_states(context),
+            self.spec, day=runtime.run_date(context), dag_run_id=context["run_id"], states=states,
             **got, started_at=getattr(context.get("dag_run"), "start_date", None), params=context.get("params"),
-            finished_at=dt.datetime.now(dt.timezone.utc), record_task=self.task_id)
-        with self.connect() as conn:
-            health_url = record_night(conn, runtime.artifact_store(), self.spec, record, health_days=HEALTH_DAYS)
+            finished_at=dt.datetime.now(dt.timezone.utc), record_task=self.task_id,
+            errors=pushed_errors(context, [t for t, s in states.items() if s == "failed"]))  # the root causes
+        store = runtime.artifact_store()
+        try:
+            with self.connect() as conn:
+                health_url = record_night(conn, store, self.spec, record, health_days=HEALTH_DAYS)
+        except (runtime.ConnectionFailed, psycopg.OperationalError) as exc:  # kept; the next run writes it
+            raise AirflowFailException(unreachable_message(self.spec, record, keep_pending(store, self.spec, record),
+                                                           exc)) from exc
         if health_url:
             context["ti"].xcom_push(key=HEALTH_URL, value=health_url)
         log.info("run summary: %s", record.summary())

@@ -44,7 +44,8 @@ class RollbackOperator(NightshiftOperator):
                                               else None, actor=who, reason=reason, rollback_id=context["run_id"])
             except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
                 raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
-        message = (f"{spec.model_name}: champion rolled back v{result.from_version} -> v{result.to_version} "
+        left = f"v{result.from_version}" if result.from_version is not None else "no champion"
+        message = (f"{spec.model_name}: champion rolled back {left} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
                    f"{spec.model_name}: v{result.to_version} is already the champion; nothing moved")
         notify("rollback", message, context, details=change)

@@ -38,10 +38,15 @@ def retry_delay() -> dt.timedelta:
 
 def run_date(context: Any) -> dt.date:
     """The day a run processes: its `run_date` param, else the data interval's start, else the
-    logical date, else the day before `run_after` (an API run with a null logical date)."""
+    logical date, else the day before `run_after` (an API run with a null logical date).
+
+    A run_date in the future is refused (history.RunRefused) by every task that asks, record_run
+    included: such a run writes nothing."""
     params = context.get("params") or {}
     if params.get("run_date"):
-        return dt.date.fromisoformat(str(params["run_date"]))
+        from include.nightshift.history import refuse_future
+
+        return refuse_future(dt.date.fromisoformat(str(params["run_date"])), dt.datetime.now(dt.timezone.utc).date())
     for key in ("data_interval_start", "logical_date"):
         if context.get(key) is not None:
             return context[key].date()

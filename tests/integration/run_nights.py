@@ -45,6 +45,7 @@ def main(plan_path: str) -> int:
     demo_data.create_source_table(source, spec.source.table)
 
     runner = local_stack.NightRunner(spec.dag_id)
+    runners: dict[str, local_stack.NightRunner] = {}  # other DAGs of the spec, by suffix, made when first run
 
     for step in plan["steps"]:
         kind, arg = next(iter(step.items()))
@@ -69,8 +70,19 @@ def main(plan_path: str) -> int:
             if text.count(old) != 1:
                 raise ValueError(f"edit_spec: {old!r} is not in {path} exactly once")
             path.write_text(text.replace(old, new))
-        elif kind == "run":  # {"day": date, "conf": {...}}
-            night = runner.run(dt.date.fromisoformat(arg["day"]), arg.get("conf", {}))
+        elif kind == "run":  # {"day": date, "conf": {...}, "env": {NAME: value, set for this run only}, "dag": suffix}
+            saved = {name: os.environ.get(name) for name in arg.get("env", {})}
+            os.environ.update(arg.get("env", {}))  # e.g. AIRFLOW_CONN_<ID>: a connection pointed elsewhere
+            try:
+                if arg.get("dag") and arg["dag"] not in runners:  # e.g. "rollback": <dag_id>_rollback
+                    runners[arg["dag"]] = local_stack.NightRunner(f"{spec.dag_id}_{arg['dag']}")
+                night = runners.get(arg.get("dag"), runner).run(dt.date.fromisoformat(arg["day"]), arg.get("conf", {}))
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        del os.environ[name]
+                    else:
+                        os.environ[name] = value
             champion = runtime.registry().champion(spec.model_name)
             print(json.dumps({"day": night.day.isoformat(), "state": str(getattr(night.dag_run, "state", None)),
                               "run_id": getattr(night.dag_run, "run_id", None), "log": str(night.log),

@@ -123,6 +123,8 @@ def test_champion_is_none_until_promoted_then_the_alias_moves(registry, spec, mo
 def test_record_verdict_on_a_rejected_version_leaves_the_alias(registry, spec, models, data):
     _log(registry, spec, models, data)
     _log(registry, spec, models, data)
+    _log(registry, spec, models, data)
+    assert {registry.version(spec.model_name, v).tags["nightshift.judged"] for v in (1, 2, 3)} == {"false"}
     registry.promote(spec.model_name, 1, {"decision": "promote"})
 
     registry.record_verdict(spec.model_name, 2, {"decision": "reject", "reason": "below the champion", "roc_auc": 0.7})
@@ -135,6 +137,9 @@ def test_record_verdict_on_a_rejected_version_leaves_the_alias(registry, spec, m
     assert rejected.tags["verdict.roc_auc"] == "0.7"
     with pytest.raises(ValueError, match="champion"):
         registry.record_verdict(spec.model_name, 1, {"decision": "reject"})
+    # judged: the promoted and the rejected one; v3 (its evaluate never ran) says it never was
+    assert [registry.version(spec.model_name, v).tags["nightshift.judged"] for v in (1, 2, 3)] == [
+        "true", "true", "false"]
 
 
 def test_round_trips_give_what_was_logged(registry, spec, models, data):

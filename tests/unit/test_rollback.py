@@ -158,10 +158,12 @@ def test_refused_targets_are_named_and_nothing_moves(registry, model, target, wo
 
 
 def test_refused_without_a_champion_or_a_previous_one(registry, model):
-    with pytest.raises(RollbackRefused, match=f"{model} has no champion"):
+    with pytest.raises(RollbackRefused, match=f"{model} has no champion .*name the version to restore"):
+        _rollback(registry, model)
+    with pytest.raises(RollbackRefused, match=f"{model} v1 never passed the promotion gate"):
         _rollback(registry, model, to_version=1)
     with pytest.raises(RollbackRefused, match="rbtest_nobody has no champion"):
-        _rollback(registry, "rbtest_nobody", to_version=1)
+        _rollback(registry, "rbtest_nobody")
     _promote(registry, model, 1)
     with pytest.raises(RollbackRefused, match=r"no previous champion .* from v1 .*name the version to restore"):
         _rollback(registry, model)
@@ -169,6 +171,19 @@ def test_refused_without_a_champion_or_a_previous_one(registry, model):
         with pytest.raises(RollbackRefused, match=f"{field} must be a non-empty string"):
             _rollback(registry, model, to_version=1, **kwargs)
     assert _champion(registry, model) == 1
+
+
+def test_a_named_version_is_restored_when_the_champion_alias_is_gone(registry, model):
+    """The champion's version was deleted (its alias went with it): naming a version that passed the
+    gate once puts it back, recorded as a rollback from no champion."""
+    _promote(registry, model, 1, 2)
+    registry.client.delete_model_version(model, "2")
+    assert registry.champion(model) is None
+    result = _rollback(registry, model, to_version=1, rollback_id="after-delete")
+    assert (result.from_version, result.to_version, result.changed) == (None, 1, True)
+    assert _champion(registry, model) == 1
+    assert registry.version(model, 1).tags["nightshift.rollback.from"] == "None"
+    assert _rollback(registry, model, to_version=1, rollback_id="after-delete").resumed  # a retry finds it done
 
 
 # --- idempotency ---------------------------------------------------------------------------------
@@ -416,3 +431,60 @@ def test_a_rollback_belongs_to_the_latest_published_night(registry, model, pg_co
         "rollback", 3, 1, dt.date(2026, 1, 6))
     assert audit.record_change(pg_conn, spec, change) is True
     assert [(c["event"], c["night"]) for c in audit.changes(pg_conn, spec)] == [("rollback", dt.date(2026, 1, 6))]
+
+
+def test_a_publish_after_the_alias_moved_scores_the_night_again_with_the_champion_now(
+        registry, train_data, pg_conn, tmp_path, churn_spec):
+    """A rollback between the nightly score and publish steps (issue 11 item 5): publish checks, under the
+    serving lock, that the version that scored is still the champion, and scores again with the one
+    serving now, so the night is never published with the replaced champion."""
+    from include.nightshift.history import RunRefused
+    from include.nightshift.nightly import publish_night, score_night
+    from include.nightshift.steps import SnapshotStep
+
+    spec = dataclasses.replace(churn_spec, name=f"rbtest{next(_names)}")
+    _log_versions(registry, spec, train_data, 2)
+    _promote(registry, spec.model_name, 1, 2)
+    store = ArtifactStore(tmp_path / "artifacts")
+    warehouse.ensure_warehouse(pg_conn, spec)
+    day = dt.date(2026, 1, 6)
+    ref = write_snapshot(pa.Table.from_pandas(generate_day(day, 300), preserve_index=False), store, spec, day,
+                         labelled=False)
+    snapshot = SnapshotStep(day=day, current=ref, labelled=ref)
+    registry.client.set_model_version_tag(spec.model_name, "2", "nightshift.run_date", "2026-01-09")
+    with pytest.raises(RunRefused, match="v2, the champion, was trained on the night of 2026-01-09, after night "
+                                         "2026-01-06"):  # a past night is not scored with what came later
+        score_night(store, registry, spec, snapshot, "night")
+    scored = score_night(store, registry, spec, snapshot, "night", allow_later_model=True)
+    assert scored.model_version == 2
+    rollback(registry, spec.model_name, to_version=1, actor="ana", reason="v2 is off", rollback_id="rb")
+
+    published = publish_night(pg_conn, store, registry, spec, scored, snapshot, "night")
+
+    assert (published.model_version, published.rows) == (1, 300)
+    assert set(_published(pg_conn, spec, day)["model_version"]) == {1}
+
+
+def test_the_serving_lock_makes_a_publish_wait_for_a_move_of_the_alias(pg_conn, pg_uri, churn_spec):
+    """While one session holds the serving lock (a rollback moving the alias), another spec's session
+    is not held up, and the same spec's publish waits until it is released."""
+    import threading
+
+    import psycopg
+
+    other = dataclasses.replace(churn_spec, warehouse=dataclasses.replace(churn_spec.warehouse, schema="other"))
+    entered = threading.Event()
+    with psycopg.connect(pg_uri) as second, psycopg.connect(pg_uri) as third:
+        with warehouse.serving_lock(pg_conn, churn_spec):
+            with warehouse.serving_lock(third, other):
+                pass  # another schema: no wait
+
+            def publish() -> None:
+                with warehouse.serving_lock(second, churn_spec):
+                    entered.set()
+
+            waiter = threading.Thread(target=publish)
+            waiter.start()
+            assert not entered.wait(1.0), "the second session got the lock while the first held it"
+        waiter.join(10)
+        assert entered.is_set()
