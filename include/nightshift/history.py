@@ -9,6 +9,8 @@ is read, unless the run says so with a parameter (which run_attempts.conf then k
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from psycopg import Connection, sql
@@ -22,6 +24,18 @@ LATER_MODEL_PARAM = "allow_later_model"
 
 class RunRefused(ValueError):
     """A run that would rewrite history without being asked to: permanent, a retry changes nothing."""
+
+
+def refuse_unknown_conf(conf: Mapping[str, Any] | None, known: Iterable[str]) -> None:
+    """Refuse a run whose conf has a key no parameter of its DAG declares: Airflow accepts any key,
+    and a typo ({"run_dat": ...}) would otherwise run another night than the one intended."""
+    names = sorted(known)
+    unknown = sorted(set(conf or {}) - set(names))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RunRefused(f"unknown run parameter {unknown[0]!r} in the run's conf{hint} (this DAG's parameters: "
+                         f"{', '.join(names)}); nothing was read or written")
 
 
 def refuse_future(day: dt.date, today: dt.date) -> dt.date:

@@ -140,7 +140,7 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         drift_share=_field(drift, "share"),
         retrain_reason=_field(decision, "reason"),
         decision=run_outcome(failed, verdict, scored),
-        champion_version=verdict.champion_version if verdict else _field(drift, "champion_version"),
+        champion_version=_champion(verdict, drift, scored),
         challenger_version=_field(trained, "version"),
         champion_metric=_field(verdict, "champion"),
         challenger_metric=_field(verdict, "challenger"),
@@ -156,6 +156,15 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         dry_run=bool(params.get("dry_run")),
         conf=params,
     )
+
+
+def _champion(verdict: VerdictStep | None, drift: DriftStep | None, scored: ScoringStep | None) -> int | None:
+    """The champion before the night's verdict: the gate's, else the one drift compared against, else the
+    one that scored (a night whose watch steps failed was still served by a champion)."""
+    if verdict is not None:
+        return verdict.champion_version
+    return next((v for v in (_field(drift, "champion_version"), _field(scored, "model_version")) if v is not None),
+                None)
 
 
 def _field(step: StepOutput | None, name: str, default: Any = None) -> Any:

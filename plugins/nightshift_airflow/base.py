@@ -148,6 +148,13 @@ class NightshiftOperator(BaseOperator):
     def param(context: Any, name: str, default: Any = None) -> Any:
         return (context.get("params") or {}).get(name, default)
 
+    def refuse_unknown_conf(self, context: Any) -> None:
+        """Called by the first step of a DAG before it reads anything: a conf key that no parameter of
+        the DAG declares fails the run, naming it (history.refuse_unknown_conf)."""
+        from include.nightshift.history import refuse_unknown_conf
+
+        refuse_unknown_conf(getattr(context.get("dag_run"), "conf", None), self.dag.params.keys())
+
     def connect(self, conn_id: str | None = None) -> closing:
         """`with self.connect() as conn`: the spec's warehouse (or `conn_id`), closed at the end."""
         return closing(runtime.postgres_connection(conn_id or self.spec.warehouse.connection_id))

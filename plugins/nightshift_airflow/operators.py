@@ -47,7 +47,8 @@ class SnapshotOperator(NightshiftOperator):
         from include.nightshift.history import refuse_unasked_rerun
         from include.nightshift.nightly import take_night
 
-        with self.connect() as conn:  # before anything is read: a published night is rerun only when asked
+        self.refuse_unknown_conf(context)  # before anything is read: no typo'd parameter, and a published
+        with self.connect() as conn:  # night is rerun only when asked
             refuse_unasked_rerun(conn, self.spec, runtime.run_date(context), context["run_id"],
                                  params=context.get("params") or {})
         with self.connect(self.spec.source.connection_id) as conn:  # a missing column fails at once (errors.py)

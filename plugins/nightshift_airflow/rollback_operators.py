@@ -35,6 +35,7 @@ class RollbackOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.rollback import RollbackRefused, run_rollback
 
+        self.refuse_unknown_conf(context)  # a typo'd "versoin" must not roll back to the previous champion
         spec, registry = self.spec, runtime.registry()
         version, reason = self.param(context, "version"), (self.param(context, "reason") or "").strip()
         who = actor(context)

@@ -15,7 +15,8 @@ without predictions). Small on purpose (300 rows a day, four runs):
    night's predictions and pipeline_runs row left as they were (issue 11 item 9);
 6. every label of the source set to 0, the next night with force_retrain: train fails (one class),
    but the champion still scores and publishes the night; the run fails and says why (item 6);
-7. a night in the future: refused by every task, nothing recorded.
+7. a night in the future: refused by every task, nothing recorded;
+8. a run whose conf has a key no parameter declares: refused before anything is read, naming it.
 
 Then pipeline_runs holds one row for the night (the promoted rerun) and run_attempts all three
 attempts, the two without predictions included; champion_changes names the night of the promotion.
@@ -75,6 +76,7 @@ def plan(spec: Path) -> dict:
             {"sql": ONE_CLASS},
             {"run": {"day": iso(NEXT), "conf": {"note": "one-class retrain", "force_retrain": True}}},
             {"run": {"day": FUTURE.isoformat(), "conf": {"note": "future"}}},
+            {"run": {"day": iso(NEXT, 1), "conf": {"note": "typo", "typo_param": 1}}},
         ],
     }
 
@@ -83,7 +85,7 @@ def plan(spec: Path) -> dict:
 def nights(run_plan, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightshift-no-silent-nights")
     runs, warehouse = run_plan(plan(spec_copy(home / "specs")), home)
-    assert len(runs) == 7, runs
+    assert len(runs) == 8, runs
     return {"runs": runs, "warehouse": warehouse, "log": Path(runs[0]["log"]).read_text()}
 
 
@@ -192,6 +194,15 @@ def test_a_failed_retrain_leaves_the_champion_serving_the_night(nights):
 def test_a_night_in_the_future_is_refused_and_records_nothing(nights):
     future = nights["runs"][6]
     assert future["state"] == "failed", future
-    assert query(nights, "SELECT count(*) FROM churn.run_attempts WHERE logical_date > %s", (NEXT,)) == [(0,)]
-    assert query(nights, "SELECT count(*) FROM churn.pipeline_runs WHERE logical_date > %s", (NEXT,)) == [(0,)]
+    assert query(nights, "SELECT count(*) FROM churn.run_attempts WHERE logical_date = %s", (FUTURE,)) == [(0,)]
+    assert query(nights, "SELECT count(*) FROM churn.pipeline_runs WHERE logical_date = %s", (FUTURE,)) == [(0,)]
     assert f"run_date {FUTURE} is in the future" in Path(future["log"]).read_text()
+
+
+def test_an_unknown_conf_key_fails_the_run_before_anything_is_read(nights):
+    typo = nights["runs"][7]
+    assert typo["state"] == "failed", typo
+    row = attempt(nights, typo)
+    assert row["details"]["task_states"]["snapshot"] == "failed" and row["rows_published"] == 0
+    assert "unknown run parameter 'typo_param' in the run's conf" in Path(typo["log"]).read_text()
+    assert query(nights, "SELECT count(*) FROM churn.predictions WHERE score_date = %s", (NEXT + dt.timedelta(days=1),)) == [(0,)]

@@ -13,7 +13,7 @@ import pytest
 
 from include.nightshift import warehouse
 from include.nightshift.history import (RunRefused, published_by, refuse_future, refuse_look_ahead,
-                                        refuse_unasked_rerun)
+                                        refuse_unasked_rerun, refuse_unknown_conf)
 
 DAY = dt.date(2026, 3, 1)
 
@@ -27,6 +27,17 @@ def _row(conn, spec) -> tuple:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(f'SELECT dag_run_id, rows_published, decision, note FROM "{spec.warehouse.schema}".pipeline_runs')
         return cur.fetchall()
+
+
+def test_an_unknown_conf_key_is_refused_naming_it_and_the_closest_parameter():
+    known = ["dry_run", "force_retrain", "note", "run_date"]
+    refuse_unknown_conf({"run_date": "2026-03-01", "note": "x"}, known)
+    refuse_unknown_conf(None, known)  # a scheduled run has no conf
+    with pytest.raises(RunRefused, match=r"unknown run parameter 'run_dat' in the run's conf; did you mean "
+                                         r"'run_date'\? \(this DAG's parameters: dry_run, force_retrain, note, run_date\)"):
+        refuse_unknown_conf({"run_dat": "2026-03-01"}, known)
+    with pytest.raises(RunRefused, match=r"unknown run parameter 'typo_param' in the run's conf \(this DAG"):
+        refuse_unknown_conf({"typo_param": 1}, known)
 
 
 def test_a_future_night_is_refused_naming_the_date():

@@ -123,3 +123,12 @@ def test_a_green_night_that_published_nothing_fails_unless_a_dry_run():
     silent = record(states={"publish": "skipped"})
     assert "nothing was published for 2026-02-05 although no step failed" in silent.error(SPEC)
     assert record(states={"publish": "skipped"}, params={"dry_run": True}).error(SPEC) is None
+
+
+def test_a_night_whose_watch_steps_failed_names_the_champion_that_served_it():
+    """drift and monitor failed, nothing was judged, and the champion still scored the night: the
+    record names it (issue 13 item 8), not null."""
+    row = record(states={"drift": "failed", "monitor": "failed", "record_run": "running"}, drift=None,
+                 scored=ScoringStep(url="/p", rows=990, model_version=4, day=DAY),
+                 published=PublishStep(rows=990, day=DAY, model_version=4))
+    assert (row.decision, row.champion_version, row.rows_published) == ("failed", 4, 990)
