@@ -563,7 +563,7 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
                                         day=dt.date.fromisoformat(snapshot.current.day)), dry_run=dry_run)
     trained_for = champion.tags.get(RUN_DATE_TAG)  # not the registration day: a version registered by hand says nothing
     refuse_look_ahead(spec, champion.version, trained_for and dt.date.fromisoformat(trained_for), snapshot.day,
-                      allowed=allow_later_model)
+                      allowed=allow_later_model or dry_run)  # a dry run publishes nothing
     url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
     rows = score_snapshot(
         store, snapshot.current.url, url, spec,

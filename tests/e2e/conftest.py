@@ -117,7 +117,8 @@ def twin_runs(first_night: dict, api: Api) -> list[dict]:
 
     No logical date (allowed in Airflow 3; the night comes from run_date). max_active_runs=1
     must queue the second: two registrations and promotions never interleave."""
-    conf = {"run_date": D3.isoformat(), "force_retrain": True, "promotion_policy": "force"}
+    conf = {"run_date": D3.isoformat(), "force_retrain": True, "promotion_policy": "force",
+            "rerun_published": True}  # the second reprocesses the night the first published
     ids = ["e2e_twin_a", "e2e_twin_b"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda run_id: api.trigger(NIGHTLY, {**conf, "note": run_id}, run_id=run_id), ids))

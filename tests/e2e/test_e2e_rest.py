@@ -115,7 +115,9 @@ def test_backfill_over_past_nights_matches_nightly_runs_and_rerun_changes_nothin
     assert made_by(backfilled_d2) == {(1, d2_run["dag_run_id"])}
 
     # reprocess "completed": both nights run again; every score is the same to the last bit.
-    again = api.backfill(NIGHTLY, D1, D2, reprocess="completed", conf={"note": "e2e backfill again"})
+    # Published nights are reprocessed only when the run says so (rerun_published; issue 11 item 9).
+    again = api.backfill(NIGHTLY, D1, D2, reprocess="completed", conf={"note": "e2e backfill again",
+                                                                       "rerun_published": True})
     reruns = api.wait_backfill(NIGHTLY, again)
     assert [r["state"] for r in reruns] == ["success", "success"]
     assert when(reruns[0]["end_date"]) > when(d1_run["end_date"])  # D1 really ran again

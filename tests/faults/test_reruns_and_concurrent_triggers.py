@@ -32,8 +32,9 @@ pytestmark = pytest.mark.integration
 
 N1 = dt.date(2026, 3, 1)
 MODEL = "nightshift_churn"
-RERUNS = [{"note": "rerun 1"}, {"note": "rerun 2", "force_retrain": True}, {"note": "rerun 3"},
-          {"note": "rerun 4", "force_retrain": True}, {"note": "rerun 5", "force_retrain": True}]
+ASKED = {"rerun_published": True}  # a published night is processed again only when the run says so
+RERUNS = [{"note": "rerun 1", **ASKED}, {"note": "rerun 2", "force_retrain": True, **ASKED}, {"note": "rerun 3", **ASKED},
+          {"note": "rerun 4", "force_retrain": True, **ASKED}, {"note": "rerun 5", "force_retrain": True, **ASKED}]
 BARRIER = 7_460_001  # advisory lock key the two concurrent processes wait on
 
 
@@ -84,7 +85,7 @@ def concurrent(stack, reruns):
     wait = {"sql": f"SELECT pg_advisory_xact_lock_shared({BARRIER})"}
     both = [Nights(stack["root"] / f"home_{name}", stack["pg"].uri,
                    [wait, {"run": {"day": N1.isoformat(), "conf": {"force_retrain": True, "promotion_policy": "force",
-                                                                    "note": f"trigger {name}"}}}], stack["env"])
+                                                                    "note": f"trigger {name}", **ASKED}}}], stack["env"])
             for name in ("b", "c")]
     try:
         wait_for("both triggers to reach the barrier", lambda: waiting_at_barrier(stack["source"]) == 2)

@@ -59,7 +59,8 @@ PLAN = {
         {"run": {"day": d(N[4])}},
         {"load_days": {"from": d(N[5]), "to": d(N[5])}}, {"reveal": d(N[4])},
         {"run": {"day": d(N[5])}},
-        {"run": {"day": d(N[4]), "conf": {"note": "rerun"}}},
+        # a published night, asked for again; night 6 may have promoted a model trained after it
+        {"run": {"day": d(N[4]), "conf": {"note": "rerun", "rerun_published": True, "allow_later_model": True}}},
         {"run": {"day": d(N[4]), "conf": {"note": "dry", "dry_run": True, "force_retrain": True,
                                            "promotion_policy": "force"}}},
     ],
