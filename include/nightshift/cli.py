@@ -110,10 +110,11 @@ def init(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with connect(args.connection, args.uri) as conn:
         found = onboarding.profile(conn, args.table, key=args.key, timestamp=args.timestamp, label=args.label,
-                                   days=args.days)
+                                   days=args.days, timezone=args.timezone)
     name = args.name or args.table.split(".")[-1]
     text = onboarding.draft_yaml(found, name=name, connection_id=args.connection or "nightshift_source",
-                                 task_key=onboarding.spec_has("task"))
+                                 task_key=onboarding.spec_has("task"),
+                                 mapping=onboarding.spec_has("timezone", "source"))
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}: {len(found.columns)} columns, {sum(n.rows for n in found.nights)} rows over "
@@ -137,7 +138,7 @@ def check(args: argparse.Namespace) -> int:
         report = onboarding.check_spec(conn, spec, args.nights)
     took = time.monotonic() - started
     span = f"{report.nights[0].day}..{report.nights[-1].day}" if report.nights else "no night"
-    head = (f"{args.file}: {spec.source.table}, nights {span}, {report.sample_rows} rows sampled, "
+    head = (f"{args.file}: {report.table or 'source.query'}, nights {span}, {report.sample_rows} rows sampled, "
             f"checked in {took:.1f} s")
     if not report.problems:
         print(f"{head}: OK, no problem")
@@ -163,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     init_cmd.add_argument("--timestamp", required=True, help="timestamptz, timestamp or date column of the night")
     init_cmd.add_argument("--label", required=True, help="label column (null until known)")
     init_cmd.add_argument("--days", type=int, default=28, help="nights profiled, ending at the newest (default 28)")
+    init_cmd.add_argument("--timezone", default="UTC",
+                          help="IANA zone of the night's day boundary (default UTC; a date column is its own day)")
     init_cmd.add_argument("--name", help="the data set's name (default: the table's)")
     init_cmd.add_argument("--out", help="file to write (default: standard output)")
     check_cmd.add_argument("file", help="the spec file")

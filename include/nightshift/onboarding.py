@@ -100,6 +100,22 @@ def table_identifier(table: str) -> sql.Identifier:
     return sql.Identifier(*table.split("."))
 
 
+@dataclass(frozen=True)
+class Relation:
+    """A source table and how each (spec) column is read from it: its own name, or an expression
+    (a renamed or cast source column, from the spec's source.columns)."""
+
+    table: str
+    expressions: dict[str, sql.Composable] = field(default_factory=dict)
+
+    def of(self, name: str) -> sql.Composable:
+        return self.expressions.get(name, sql.Identifier(name))
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return table_identifier(self.table)
+
+
 def catalog(conn: Connection, table: str) -> list[Column]:
     """The table's (or view's) columns and types, from the catalog: no row is read."""
     schema, _, name = table.rpartition(".")
@@ -135,21 +151,21 @@ def since(column: Column, day: dt.date, timezone: str) -> sql.Literal:
     return sql.Literal(start.replace(tzinfo=ZoneInfo(timezone)))
 
 
-def newest_day(conn: Connection, table: str, ts: Column, timezone: str) -> dt.date | None:
+def newest_day(conn: Connection, source: Relation, ts: Column, timezone: str) -> dt.date | None:
     query = sql.SQL("SELECT {} FROM {}").format(
-        day_of(sql.SQL("max({})").format(sql.Identifier(ts.name)), ts, timezone), table_identifier(table))
+        day_of(sql.SQL("max({})").format(source.of(ts.name)), ts, timezone), source.identifier)
     with conn.cursor() as cur:
         cur.execute(query)
         return cur.fetchone()[0]
 
 
-def nightly_counts(conn: Connection, table: str, ts: Column, timezone: str, columns: list[str],
+def nightly_counts(conn: Connection, source: Relation, ts: Column, timezone: str, columns: list[str],
                    first: dt.date, last: dt.date) -> list[Night]:
     """Rows and non-null values of each column per night, first..last (a night without rows: 0)."""
-    day = day_of(sql.Identifier(ts.name), ts, timezone)
-    counts = sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(c)) for c in columns)
+    day = day_of(source.of(ts.name), ts, timezone)
+    counts = sql.SQL(", ").join(sql.SQL("count({})").format(source.of(c)) for c in columns)
     query = sql.SQL("SELECT {day}, count(*), {counts} FROM {table} WHERE {ts} >= {since} GROUP BY 1").format(
-        day=day, counts=counts, table=table_identifier(table), ts=sql.Identifier(ts.name),
+        day=day, counts=counts, table=source.identifier, ts=source.of(ts.name),
         since=since(ts, first, timezone))
     with conn.cursor() as cur:
         cur.execute(query)
@@ -162,16 +178,16 @@ def nightly_counts(conn: Connection, table: str, ts: Column, timezone: str, colu
     return nights
 
 
-def sampled(table: str, ts: Column, timezone: str, first: dt.date, window_rows: int,
+def sampled(source: Relation, ts: Column, timezone: str, first: dt.date, window_rows: int,
             columns: list[str]) -> sql.Composable:
     """A subquery of the window's rows: a seeded TABLESAMPLE of pages when the window is large."""
-    source = table_identifier(table)
+    relation: sql.Composable = source.identifier
     if window_rows > SAMPLE_ROWS:
         percent = max(0.01, min(100.0, 100.0 * SAMPLE_ROWS / window_rows))
-        source = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE (0)").format(source, sql.Literal(percent))
+        relation = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE (0)").format(relation, sql.Literal(percent))
     return sql.SQL("(SELECT {cols} FROM {source} WHERE {ts} >= {since}) AS sample").format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns), source=source,
-        ts=sql.Identifier(ts.name), since=since(ts, first, timezone))
+        cols=sql.SQL(", ").join(sql.SQL("{} AS {}").format(source.of(c), sql.Identifier(c)) for c in columns),
+        source=relation, ts=source.of(ts.name), since=since(ts, first, timezone))
 
 
 def sample_stats(conn: Connection, sample: sql.Composable, numeric: list[str], text: list[str]) -> Sample:
@@ -226,13 +242,14 @@ def profile(conn: Connection, table: str, *, key: str, timestamp: str, label: st
     """Everything the draft needs, from the catalog, the window's nightly counts and one sample."""
     columns = catalog(conn, table)
     ts = _required(table, columns, key, timestamp, label)
-    newest = newest_day(conn, table, ts, timezone)
+    source = Relation(table)
+    newest = newest_day(conn, source, ts, timezone)
     if newest is None:
         raise SourceError(f"table {table} has no rows (column {timestamp!r} is empty)")
     first = newest - dt.timedelta(days=days - 1)
-    nights = nightly_counts(conn, table, ts, timezone, [c.name for c in columns], first, newest)
+    nights = nightly_counts(conn, source, ts, timezone, [c.name for c in columns], first, newest)
     numeric, text = _profiled(columns, key, timestamp, label)
-    sample = sampled(table, ts, timezone, first, sum(n.rows for n in nights),
+    sample = sampled(source, ts, timezone, first, sum(n.rows for n in nights),
                      list(dict.fromkeys([*numeric, *text, label])))
     stats = sample_stats(conn, sample, numeric, text)
     stats.classes = label_classes(conn, sample, label)
@@ -310,12 +327,15 @@ class Draft:
     left_out: list[tuple[str, str]]  # column, why
     task: str
     delay: int
+    casts: dict[str, str] = field(default_factory=dict)  # column -> cast (source.columns), when the spec has them
 
 
-def _feature(p: Profile, column: Column) -> tuple[dict[str, Any] | None, str]:
+def _feature(p: Profile, column: Column, mapping: bool) -> tuple[dict[str, Any] | None, str]:
     """One column as a feature (or None and why not)."""
     share = drafted_null_share(p.nights, column.name)
-    if column.numeric:
+    if column.category == "B" and mapping:
+        item = {"name": column.name, "type": "categorical", "categories": ["false", "true"]}
+    elif column.numeric:
         if column.name not in p.sample.numeric:
             return None, "no value in the sample (entirely null)"
         low, high = drafted_range(p.sample.numeric[column.name])
@@ -332,12 +352,13 @@ def _feature(p: Profile, column: Column) -> tuple[dict[str, Any] | None, str]:
     return item, ""
 
 
-def draft(p: Profile) -> Draft:
+def draft(p: Profile, mapping: bool = False) -> Draft:
+    """What the draft says; `mapping`: the spec has source.columns (casts) and source.timezone."""
     features, left_out = [], []
     for column in p.columns:
         if column.name in (p.key, p.timestamp, p.label):
             continue
-        item, why = _feature(p, column)
+        item, why = _feature(p, column, mapping)
         if item:
             features.append(item)
         else:
@@ -345,7 +366,8 @@ def draft(p: Profile) -> Draft:
     classes = set(p.sample.classes)
     task = "binary" if classes <= {"0", "1", "true", "false"} or not p.column(p.label).numeric else "regression"
     delay = p.label_delay
-    return Draft(features, left_out, task, 1 if delay is None else delay)
+    casts = {c.name: "text" for c in p.columns if c.category == "B" and c.name in {f["name"] for f in features}}
+    return Draft(features, left_out, task, 1 if delay is None else delay, casts)
 
 
 def _rows_summary(p: Profile) -> tuple[int, int, int]:
@@ -366,13 +388,24 @@ def _label_comment(p: Profile, d: Draft) -> list[str]:
     return lines
 
 
-def _source_lines(p: Profile, connection_id: str) -> list[str]:
+def _source_lines(p: Profile, d: Draft, connection_id: str, mapping: bool) -> list[str]:
+    """The source section; with source mapping in the spec (source.timezone, source.columns), a local date or
+    timestamp column is read in the zone given here, and columns that need a cast to be features get one."""
     ts = p.column(p.timestamp)
     lines = ["source:", f"  table: {p.table}", f"  connection_id: {connection_id}"]
-    if ts.type == "timestamp with time zone":
+    if not mapping:
+        if ts.type != "timestamp with time zone":
+            lines[0:0] = [f"# {p.timestamp} is a {ts.type}: the pipeline needs a timestamptz here (cast it in a view)."]
         return lines
-    lines[0:0] = [f"# {p.timestamp} is a {ts.type}: nights were counted by its {'date' if ts.type == 'date' else 'wall-clock date'};",
-                  "# the pipeline needs it mapped to a timestamptz in the business day's time zone (see the note below)."]
+    local = ts.type != "timestamp with time zone"
+    what = (f"# {p.timestamp} is a {ts.type}, local time: night D holds its rows dated D in this zone.\n"
+            "  # CHECK: the business day's zone (an IANA name such as Europe/Oslo)." if local else
+            f"# {p.timestamp} is a timestamptz; night D holds the rows from D 00:00 to D+1 00:00 in this zone\n"
+            f"  # (profiled in {p.timezone}). CHECK: the business day's zone.")
+    lines += [f"  {what}", f"  timezone: {p.timezone}" if local or p.timezone != "UTC" else f"  # timezone: {p.timezone}"]
+    if d.casts:
+        lines += ["  # read as text, so that they are categories (the pipeline casts them; the table is left as it is):",
+                  "  columns:", *(f"    {name}: {{cast: {cast}}}" for name, cast in d.casts.items())]
     return lines
 
 
@@ -384,7 +417,7 @@ def _feature_lines(d: Draft) -> list[str]:
              "# model must not see (leaks of the label, ids), and widen ranges to what is valid, not what was seen.",
              "features:"]
     lines += [f"  - {_flow(item)}" for item in d.features]
-    lines += [f"  # left out: {name}: {why}" for name, why in d.left_out]
+    lines += [f"  # left out (not read): {name}: {why}" for name, why in d.left_out]
     return lines
 
 
@@ -416,10 +449,11 @@ def _policy_lines(p: Profile, d: Draft) -> list[str]:
     ]
 
 
-def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source",
-               task_key: bool = False) -> str:
-    """The commented spec draft: every section says what was inferred from the profile and what to check."""
-    d = draft(p)
+def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source", task_key: bool = False,
+               mapping: bool = False) -> str:
+    """The commented spec draft: every section says what was inferred from the profile and what to check.
+    `task_key` / `mapping`: the spec model has `task` / source.timezone and source.columns."""
+    d = draft(p, mapping)
     key = p.column(p.key)
     lines = [
         f"# Drafted by `python -m include.nightshift spec init` from {p.table}: the {len(p.nights)} nights",
@@ -429,7 +463,7 @@ def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source
         f"name: {name}", f"description: {_flow(f'Drafted from {p.table}; say what is predicted, and for whom.')}",
         'schedule: "@daily"',
         f"start_date: {p.newest}          # the newest night in the source (the DAG does not catch up)", "",
-        *_source_lines(p, connection_id), "",
+        *_source_lines(p, d, connection_id, mapping), "",
         f"# entity_key: {p.key} is {key.type} in the source.",
         f"entity_key: {{name: {p.key}, type: {key_type(key)}}}",
         f"timestamp: {p.timestamp}     # {p.column(p.timestamp).type}: a row belongs to the night of its date",
@@ -482,24 +516,62 @@ def _compatible(kind: str, column: Column) -> bool:
     return column.type in INTEGER_TYPES  # key:bigint, key:integer
 
 
-def _schema_problems(spec: Any, columns: dict[str, Column]) -> list[Problem]:
+# A spec's cast (source.columns.<name>.cast) -> the type the column is read as: (format_type, typcategory).
+CAST_TYPES = {"date": ("date", "D"), "timestamp": ("timestamp without time zone", "D"),
+              "timestamptz": ("timestamp with time zone", "D"), "integer": ("integer", "N"), "bigint": ("bigint", "N"),
+              "numeric": ("numeric", "N"), "float": ("double precision", "N"), "text": ("text", "S")}
+
+
+def _source_column(spec: Any, name: str) -> tuple[str, str | None]:
+    """(source column, cast or None) of a spec column: source.columns when this checkout has it."""
+    column = getattr(spec.source, "column", None)
+    return column(name) if callable(column) else (name, None)
+
+
+def mapped_source(spec: Any, catalog_columns: list[Column]) -> tuple[Relation, dict[str, Column]]:
+    """The spec's columns as the pipeline reads them from the table: by spec name, renamed and cast."""
+    found = {c.name: c for c in catalog_columns}
+    expressions: dict[str, sql.Composable] = {}
+    columns: dict[str, Column] = {}
+    for _, name, _ in _spec_columns(spec):
+        source_name, cast = _source_column(spec, name)
+        if source_name not in found:
+            continue
+        expression: sql.Composable = sql.Identifier(source_name)
+        kind, category = found[source_name].type, found[source_name].category
+        if cast:
+            kind, category = CAST_TYPES[cast]
+            expression = sql.SQL("CAST({} AS {})").format(expression, sql.SQL(kind))  # a fixed word, never the file's
+        if expression != sql.Identifier(name):
+            expressions[name] = expression
+        columns[name] = Column(name, kind, category)
+    return Relation(spec.source.table, expressions), columns
+
+
+def _named(spec: Any, name: str) -> str:
+    source_name, cast = _source_column(spec, name)
+    return name if source_name == name else f"{name}, from {source_name}"
+
+
+def _schema_problems(spec: Any, found: list[Column], columns: dict[str, Column]) -> list[Problem]:
     problems = []
     for key, name, kind in _spec_columns(spec):
         if name not in columns:
-            problems.append(Problem(key, name, f"no such column in {spec.source.table} "
-                                               f"(its columns: {', '.join(columns)})"))
+            problems.append(Problem(key, _named(spec, name), f"no such column in {spec.source.table} "
+                                    f"(its columns: {', '.join(c.name for c in found)})"))
         elif not _compatible(kind, columns[name]):
             want = kind.removeprefix("key:")
-            problems.append(Problem(key, name, f"is {columns[name].type} in the source, not {want}-compatible"))
+            problems.append(Problem(key, _named(spec, name),
+                                    f"is {columns[name].type} in the source, not {want}-compatible"))
     if not _maps_timestamp(spec):
         named = {name for _, name, _ in _spec_columns(spec)}
-        problems += [Problem("features", name, f"is in {spec.source.table} but not in the spec: validation refuses "
+        problems += [Problem("features", c.name, f"is in {spec.source.table} but not in the spec: validation refuses "
                              "extra columns (add it as a feature, or read the table through a view without it)")
-                     for name in columns if name not in named]
-    ts = columns.get(spec.timestamp)
-    if ts is not None and ts.type != "timestamp with time zone" and not _maps_timestamp(spec):
-        problems.append(Problem("timestamp", spec.timestamp, f"is {ts.type}: the pipeline reads timestamptz "
-                                "(map it in the spec's source section, or in a view)"))
+                     for c in found if c.name not in named]
+        ts = columns.get(spec.timestamp)
+        if ts is not None and ts.type != "timestamp with time zone":
+            problems.append(Problem("timestamp", spec.timestamp, f"is {ts.type}: the pipeline reads timestamptz "
+                                    "(cast it in a view)"))
     return problems
 
 
@@ -541,13 +613,13 @@ def _label_problems(spec: Any, nights: list[Night], newest: dt.date) -> list[Pro
                                               f" (labels arrive after {seen} days here)")]
 
 
-def _value_problems(conn: Connection, spec: Any, columns: dict[str, Column], ts: Column, first: dt.date,
-                    nights: list[Night]) -> tuple[int, list[Problem]]:
+def _value_problems(conn: Connection, spec: Any, source: Relation, columns: dict[str, Column], ts: Column,
+                    first: dt.date, nights: list[Night]) -> tuple[int, list[Problem]]:
     """Numeric values outside the declared ranges and categories not declared, on the window's sample."""
     features = _checkable(spec, columns)
     numeric = [f.name for _, f in features if f.type == "numeric"]
     text = [f.name for _, f in features if f.type == "categorical"]
-    sample = sampled(spec.source.table, ts, _timezone(spec), first, sum(n.rows for n in nights), numeric + text)
+    sample = sampled(source, ts, _timezone(spec), first, sum(n.rows for n in nights), numeric + text)
     stats = sample_stats(conn, sample, numeric, [])
     problems = []
     for i, f in features:
@@ -616,30 +688,40 @@ def check_nights(spec: Any) -> int:
 
 def check_spec(conn: Connection, spec: Any, nights: int | None = None) -> CheckReport:
     """Every problem of a spec against its live source, at once (an empty list: the spec fits)."""
-    report = CheckReport(spec.source.table)
+    report = CheckReport(spec.source.table or "")
+    if not spec.source.table:
+        report.problems.append(Problem("source.query", "", "spec check reads a source.table; a query source is "
+                                       "not checked (run one night of the DAG instead)"))
+        return report
     try:
-        columns = {c.name: c for c in catalog(conn, spec.source.table)}
+        found = catalog(conn, spec.source.table)
     except SourceError as exc:
         report.problems.append(Problem("source.table", "", str(exc)))
         return report
-    report.problems += _schema_problems(spec, columns)
+    source, columns = mapped_source(spec, found)
+    report.problems += _schema_problems(spec, found, columns)
     ts = columns.get(spec.timestamp)
     if ts is None or ts.type not in TIMESTAMP_TYPES:
         return report
-    newest = newest_day(conn, spec.source.table, ts, _timezone(spec))
-    if newest is None:
-        report.problems.append(Problem("source.table", spec.timestamp, f"{spec.source.table} has no rows"))
-        return report
-    first = newest - dt.timedelta(days=(nights or check_nights(spec)) - 1)
-    present = [name for _, name, _ in _spec_columns(spec) if name in columns]
-    report.nights = nightly_counts(conn, spec.source.table, ts, _timezone(spec), present, first, newest)
-    report.problems += _row_problems(spec, report.nights) + _null_problems(spec, report.nights)
-    if spec.label.name in columns:
-        report.problems += _label_problems(spec, report.nights, newest)
-    report.sample_rows, found = _value_problems(conn, spec, columns, ts, first, report.nights)
-    report.problems += found
+    report.problems += _window_problems(conn, spec, source, columns, nights, report)
     conn.rollback()
     return report
+
+
+def _window_problems(conn: Connection, spec: Any, source: Relation, columns: dict[str, Column],
+                     nights: int | None, report: CheckReport) -> list[Problem]:
+    """What the last nights' rows say: row counts, null shares, labels, ranges and categories."""
+    ts, zone = columns[spec.timestamp], _timezone(spec)
+    newest = newest_day(conn, source, ts, zone)
+    if newest is None:
+        return [Problem("source.table", spec.timestamp, f"{spec.source.table} has no rows")]
+    first = newest - dt.timedelta(days=(nights or check_nights(spec)) - 1)
+    report.nights = nightly_counts(conn, source, ts, zone, list(columns), first, newest)
+    problems = _row_problems(spec, report.nights) + _null_problems(spec, report.nights)
+    if spec.label.name in columns:
+        problems += _label_problems(spec, report.nights, newest)
+    report.sample_rows, found = _value_problems(conn, spec, source, columns, ts, first, report.nights)
+    return problems + found
 
 
 def spec_has(key: str, section: str | None = None) -> bool:

@@ -154,3 +154,39 @@ def test_a_connection_that_fails_is_named_without_its_password(source: str, tmp_
                "--key", "customer_id", "--timestamp", "event_ts", "--label", "churned", uri=source)
     assert done.returncode == 2
     assert "127.0.0.1:1/nodb" in done.stderr and "s3cr3tpw" not in done.stdout + done.stderr
+
+
+def test_a_date_column_with_extra_columns_in_a_local_zone_is_onboarded_by_init_and_one_edit(source: str,
+                                                                                           tmp_path: Path):
+    """Issue 12's acceptance: no view. A `date` timestamp, a boolean, a free-text column and a zone other than
+    UTC: the draft reads the date in source.timezone (edited from UTC), casts the boolean to a category,
+    leaves the free text out, and the pipeline's own snapshot reads a night of it."""
+    from include.nightshift import snapshot
+
+    if not onboarding.spec_has("timezone", "source"):
+        pytest.skip("source mapping (issue 12 item 1) is not in this checkout's spec")
+    first = dt.date(2026, 4, 1)
+    with psycopg.connect(source) as conn:
+        conn.execute("""CREATE TABLE public.shop_orders AS
+            SELECT (d * 1000 + i)::bigint AS order_id, (%s::date + d) AS order_day,
+                   round((10 + (i * 37 %% 90))::numeric, 2) AS basket, (ARRAY['web', 'store', 'phone'])[1 + i %% 3] AS channel,
+                   (i %% 4 = 0) AS is_member, md5((d * 1000 + i)::text) AS note,
+                   CASE WHEN d < 12 THEN (i %% 5 = 0)::int::smallint END AS returned
+            FROM generate_series(0, 13) AS d, generate_series(1, 200) AS i""", (first,))
+    out = tmp_path / "shop.yaml"
+    done = cli("spec", "init", "--connection", "onboarding_src", "--table", "public.shop_orders", "--key", "order_id",
+               "--timestamp", "order_day", "--label", "returned", "--out", str(out), uri=source)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "\n  timezone: UTC\n" in text and "is_member: {cast: text}" in text and "# left out (not read): note:" in text
+    out.write_text(text.replace("\n  timezone: UTC\n", "\n  timezone: Europe/Oslo\n"))  # the one edit
+    spec = load_spec(out)
+    assert (spec.source.timezone, spec.label.delay_days) == ("Europe/Oslo", 2)
+    assert {f.name for f in spec.features} == {"basket", "channel", "is_member"}
+    done = cli("spec", "check", str(out), uri=source)
+    assert done.returncode == 0, done.stdout
+    with psycopg.connect(source) as conn:
+        night = snapshot.read_day(conn, spec, first + dt.timedelta(days=5))
+    assert night.num_rows == 200 and night.column_names == spec.columns
+    assert str(night.schema.field("order_day").type) == "timestamp[us, tz=UTC]"
+    assert sorted(set(night.column("is_member").to_pylist())) == ["false", "true"]
