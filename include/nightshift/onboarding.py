@@ -31,7 +31,7 @@ from psycopg import Connection, sql
 SAMPLE_ROWS = 100_000      # rows the range/category profile reads at most (about)
 MAX_CATEGORIES = 50        # a text column with more distinct values is not drafted as categorical
 QUANTILES = (0.001, 0.999)  # the range drafted is these quantiles widened by RANGE_MARGIN of their span ...
-RANGE_MARGIN = 0.25        # ... and never narrower than the values seen
+RANGE_MARGIN = 0.5         # ... and never narrower than the window's values (exact, not sampled)
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
 
@@ -60,6 +60,7 @@ class Night:
     day: dt.date
     rows: int
     non_null: dict[str, int]
+    extremes: dict[str, tuple[float, float]] = field(default_factory=dict)  # numeric column -> (min, max)
 
     def null_share(self, column: str) -> float:
         return 1 - self.non_null[column] / self.rows if self.rows else 0.0
@@ -160,10 +161,13 @@ def newest_day(conn: Connection, source: Relation, ts: Column, timezone: str) ->
 
 
 def nightly_counts(conn: Connection, source: Relation, ts: Column, timezone: str, columns: list[str],
-                   first: dt.date, last: dt.date) -> list[Night]:
-    """Rows and non-null values of each column per night, first..last (a night without rows: 0)."""
+                   first: dt.date, last: dt.date, numeric: tuple[str, ...] = ()) -> list[Night]:
+    """Rows and non-null values of each column per night, first..last (a night without rows: 0), and the
+    smallest and largest value of each `numeric` column: one scan of the window, exact."""
     day = day_of(source.of(ts.name), ts, timezone)
-    counts = sql.SQL(", ").join(sql.SQL("count({})").format(source.of(c)) for c in columns)
+    counts = sql.SQL(", ").join([*(sql.SQL("count({})").format(source.of(c)) for c in columns),
+                                 *(sql.SQL("min({c}::float8), max({c}::float8)").format(c=source.of(c))
+                                   for c in numeric)])
     query = sql.SQL("SELECT {day}, count(*), {counts} FROM {table} WHERE {ts} >= {since} GROUP BY 1").format(
         day=day, counts=counts, table=source.identifier, ts=source.of(ts.name),
         since=since(ts, first, timezone))
@@ -173,9 +177,19 @@ def nightly_counts(conn: Connection, source: Relation, ts: Column, timezone: str
     nights = []
     for offset in range((last - first).days + 1):
         d = first + dt.timedelta(days=offset)
-        rows, *non_null = found.get(d, (0, *([0] * len(columns))))
-        nights.append(Night(d, rows, dict(zip(columns, non_null))))
+        rows, *values = found.get(d, (0, *([0] * len(columns)), *([None, None] * len(numeric))))
+        pairs = zip(numeric, values[len(columns)::2], values[len(columns) + 1::2])
+        nights.append(Night(d, rows, dict(zip(columns, values[:len(columns)])),
+                            {c: (lo, hi) for c, lo, hi in pairs if lo is not None}))
     return nights
+
+
+def widened(stats: tuple[float, float, float, float], nights: list[Night], column: str) -> tuple[float, ...]:
+    """Sample quantiles with the window's exact smallest and largest values."""
+    seen = [n.extremes[column] for n in nights if column in n.extremes]
+    if not seen:
+        return stats
+    return (min(stats[0], *(lo for lo, _ in seen)), stats[1], stats[2], max(stats[3], *(hi for _, hi in seen)))
 
 
 def sampled(source: Relation, ts: Column, timezone: str, first: dt.date, window_rows: int,
@@ -247,8 +261,8 @@ def profile(conn: Connection, table: str, *, key: str, timestamp: str, label: st
     if newest is None:
         raise SourceError(f"table {table} has no rows (column {timestamp!r} is empty)")
     first = newest - dt.timedelta(days=days - 1)
-    nights = nightly_counts(conn, source, ts, timezone, [c.name for c in columns], first, newest)
     numeric, text = _profiled(columns, key, timestamp, label)
+    nights = nightly_counts(conn, source, ts, timezone, [c.name for c in columns], first, newest, tuple(numeric))
     sample = sampled(source, ts, timezone, first, sum(n.rows for n in nights),
                      list(dict.fromkeys([*numeric, *text, label])))
     stats = sample_stats(conn, sample, numeric, text)
@@ -296,13 +310,13 @@ def nice(value: float, up: bool) -> float | int:
 
 
 def drafted_range(stats: tuple[float, float, float, float]) -> tuple[float | int, float | int]:
-    """Quantiles widened by RANGE_MARGIN of their span, covering every value seen; never below 0 for a
-    column that has no negative value."""
+    """Quantiles widened by RANGE_MARGIN of their span, covering every value seen; for a column without
+    negative values never below 0, and 0 when the widened bound is below half the smallest value."""
     low, q_lo, q_hi, high = stats
     margin = RANGE_MARGIN * ((q_hi - q_lo) or abs(q_hi) or 1.0)
     lo, hi = min(low, q_lo - margin), max(high, q_hi + margin)
-    if low >= 0:
-        lo = max(lo, 0.0)
+    if low >= 0 and lo < low / 2:  # a count or an amount: 0 is valid, a floor just below what was seen is not
+        lo = 0.0
     return nice(lo, up=False), nice(hi, up=True)
 
 
@@ -338,7 +352,7 @@ def _feature(p: Profile, column: Column, mapping: bool) -> tuple[dict[str, Any] 
     elif column.numeric:
         if column.name not in p.sample.numeric:
             return None, "no value in the sample (entirely null)"
-        low, high = drafted_range(p.sample.numeric[column.name])
+        low, high = drafted_range(widened(p.sample.numeric[column.name], p.nights, column.name))
         item = {"name": column.name, "type": "numeric", "min": low, "max": high}
     elif column.text:
         count, values = p.sample.distinct.get(column.name, (0, []))
@@ -410,9 +424,10 @@ def _source_lines(p: Profile, d: Draft, connection_id: str, mapping: bool) -> li
 
 
 def _feature_lines(d: Draft) -> list[str]:
-    lines = ["# features: every numeric column (range: the 0.1%..99.9% quantiles of the sample widened by a",
-             "# quarter of their span, and never narrower than the values seen; floored at 0 when no value is",
-             "# negative) and every text column with at most 50 distinct values (its categories). max_null_share:",
+    lines = ["# features: every numeric column (range: the 0.1%..99.9% quantiles of the sample widened by half",
+             "# their span, and never narrower than the window's values; 0 for a column of no negative value",
+             "# when the margin reaches below half its smallest) and every text column with at most 50 distinct",
+             "# values (its categories). max_null_share:",
              "# the worst night's null share with headroom (absent: no null allowed). CHECK: drop columns the",
              "# model must not see (leaks of the label, ids), and widen ranges to what is valid, not what was seen.",
              "features:"]
