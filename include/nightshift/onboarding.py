@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -563,6 +564,15 @@ def mapped_source(spec: Any, catalog_columns: list[Column]) -> tuple[Relation, d
     return Relation(spec.source.table, expressions), columns
 
 
+def _columns_hint(name: str, found: list[Column]) -> str:
+    """The closest column names, or the columns themselves when there are few."""
+    names = [c.name for c in found]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(map(repr, close))}?"
+    return f"its columns: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''} ({len(names)})"
+
+
 def _named(spec: Any, name: str) -> str:
     source_name, cast = _source_column(spec, name)
     return name if source_name == name else f"{name}, from {source_name}"
@@ -573,7 +583,7 @@ def _schema_problems(spec: Any, found: list[Column], columns: dict[str, Column])
     for key, name, kind in _spec_columns(spec):
         if name not in columns:
             problems.append(Problem(key, _named(spec, name), f"no such column in {spec.source.table} "
-                                    f"(its columns: {', '.join(c.name for c in found)})"))
+                                    f"({_columns_hint(_source_column(spec, name)[0], found)})"))
         elif not _compatible(kind, columns[name]):
             want = kind.removeprefix("key:")
             problems.append(Problem(key, _named(spec, name),
