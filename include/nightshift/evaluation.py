@@ -53,18 +53,44 @@ def _log_loss(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
     return float(skm.log_loss(y, s, labels=[0, 1]))
 
 
+def _rmse(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    return float(np.sqrt(np.mean((y - s) ** 2)))
+
+
+def _mae(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    return float(np.mean(np.abs(y - s)))
+
+
+def _r2(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    """R²; undefined (NaN) when the labels do not vary (nothing to explain) or on fewer than two rows."""
+    return float(skm.r2_score(y, s)) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
+
+
+# Metrics of a predicted value against a numeric label (task regression): the labels stay floats.
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
 _METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], float]] = {
     "roc_auc": _ranking(skm.roc_auc_score),
     "average_precision": _ranking(skm.average_precision_score),
     "accuracy": _accuracy,
     "f1": _f1,
     "log_loss": _log_loss,
+    "rmse": _rmse,
+    "mae": _mae,
+    "r2": _r2,
 }
 assert set(_METRIC_FUNCTIONS) == set(METRICS), "every spec metric needs an implementation"
 
 
+def label_array(name: str, y_true: Any) -> np.ndarray:
+    """The labels as the metric reads them: 0/1 ints, or floats for a regression metric."""
+    y = np.asarray(y_true)
+    return (y.astype(float) if name in REGRESSION_METRICS else y.astype(int)).ravel()
+
+
 def metric_value(name: str, y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
-    """One metric of positive-class scores against 0/1 labels.
+    """One metric of positive-class scores against 0/1 labels (a regression metric: of predicted values
+    against numeric labels).
 
     NaN (never an exception) when the metric is undefined: no rows, a ranking metric on one
     class only, f1 with no positive label nor prediction, or scores that are not finite.
@@ -72,7 +98,7 @@ def metric_value(name: str, y_true: np.ndarray, scores: np.ndarray, threshold: f
     """
     if name not in _METRIC_FUNCTIONS:
         raise ValueError(f"unknown metric {name!r}; known: {sorted(_METRIC_FUNCTIONS)}")
-    y = np.asarray(y_true).astype(int).ravel()
+    y = label_array(name, y_true)
     s = np.asarray(scores, dtype=float).ravel()
     if len(y) != len(s):
         raise ValueError(f"{len(y)} labels but {len(s)} scores")
@@ -135,7 +161,7 @@ def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.nda
     row-aligned with `holdout` and `y_true`. The result is JSON-safe (undefined metrics are
     null) so that it can go to XCom, MLflow and the run-history table unchanged.
     """
-    y = np.asarray(y_true).astype(int).ravel()
+    y = label_array(spec.promotion.metric, y_true)
     arrays = {role: np.asarray(s, dtype=float).ravel() for role, s in scores.items()}
     for role, s in arrays.items():
         if len(s) != len(y):
@@ -262,7 +288,7 @@ def _check_thresholds(ctx: _Context, evaluated_metric: Any) -> Check:
     return Check("thresholds", True, f"{ctx.metric} ({direction}): {listed}")
 
 
-def _check_finite(scores: np.ndarray | None, rows: int | None) -> Check:
+def _check_finite(scores: np.ndarray | None, rows: int | None, probabilities: bool = True) -> Check:
     if scores is None:
         return Check("finite", False, "no challenger scores given (fail closed)")
     s = np.asarray(scores, dtype=float).ravel()
@@ -273,7 +299,7 @@ def _check_finite(scores: np.ndarray | None, rows: int | None) -> Check:
     bad = int((~np.isfinite(s)).sum())
     if bad:
         return Check("finite", False, f"{bad} of {len(s)} challenger scores are NaN or infinite")
-    outside = int(((s < 0) | (s > 1)).sum())
+    outside = int(((s < 0) | (s > 1)).sum()) if probabilities else 0  # a predicted value has no range here
     if outside:
         return Check("finite", False, f"{outside} of {len(s)} challenger scores outside [0, 1] "
                                       f"(min {s.min():.4g}, max {s.max():.4g})")
@@ -452,7 +478,7 @@ def gate(evaluation: dict, promotion: Promotion, *, challenger_scores: np.ndarra
     )
     checks = [
         _check_thresholds(ctx, evaluation.get("metric")),
-        _check_finite(challenger_scores, evaluation.get("rows")),
+        _check_finite(challenger_scores, evaluation.get("rows"), metric not in REGRESSION_METRICS),
         _check_floor(ctx),
         _check_champion(ctx),
         _check_slices(ctx),

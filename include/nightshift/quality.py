@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from include.nightshift.evaluation import metric_value
+from include.nightshift.evaluation import REGRESSION_METRICS, label_array, metric_value
 
 BOOTSTRAP_MAX_ROWS = 100_000
 ECE_BINS = 10
@@ -117,11 +117,13 @@ def bootstrap_interval(metric: str, y: np.ndarray, scores: np.ndarray, *, thresh
 def realised_quality(metric: str, y: np.ndarray, scores: np.ndarray, *, threshold: float, confidence: float,
                      resamples: int, seed: int, days: np.ndarray | None = None) -> RealisedQuality:
     """The metric, its bootstrap interval (over days, then rows, when each row's day is given), and the
-    Brier score and ECE of `scores` against `y`."""
-    y, scores = np.asarray(y).astype(int), np.asarray(scores, dtype=float)
+    Brier score and ECE of `scores` against `y` (probabilities only: None for a regression metric)."""
+    y, scores = label_array(metric, y), np.asarray(scores, dtype=float)
+    probabilities = metric not in REGRESSION_METRICS
     value = _finite(metric_value(metric, y, scores, threshold)) if len(y) else None
     low, high, defined = bootstrap_interval(metric, y, scores, threshold=threshold, confidence=confidence,
                                             resamples=resamples, seed=seed, days=days)
     return RealisedQuality(metric=metric, value=value, low=low, high=high, confidence=float(confidence),
-                           resamples=defined, rows=int(len(y)), brier=brier_score(y, scores),
-                           ece=expected_calibration_error(y, scores))
+                           resamples=defined, rows=int(len(y)),
+                           brier=brier_score(y, scores) if probabilities else None,
+                           ece=expected_calibration_error(y, scores) if probabilities else None)

@@ -102,6 +102,13 @@ _LOG_OPTIONS = {
     "skops_trusted_types": SKOPS_TRUSTED_TYPES,
     "pip_requirements": [f"{name}=={installed_version(name)}" for name in MODEL_REQUIREMENTS],
 }
+# Task regression: the pipelines predict the value itself (XGBRegressor is one more type for skops).
+_REGRESSION_LOG_OPTIONS = {**_LOG_OPTIONS, "pyfunc_predict_fn": "predict",
+                           "skops_trusted_types": [*SKOPS_TRUSTED_TYPES, "xgboost.sklearn.XGBRegressor"]}
+
+
+def _log_options(spec: DatasetSpec) -> dict[str, Any]:
+    return _REGRESSION_LOG_OPTIONS if spec.task == "regression" else _LOG_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -205,15 +212,16 @@ class Registry:
         """
         experiment_id = self._experiment_id(spec.dag_id)
         example = features_frame(train_df.head(INPUT_EXAMPLE_ROWS), spec)
-        signature = _signature(spec, model.predict_proba(example))
+        output = model.predict(example) if spec.task == "regression" else model.predict_proba(example)
+        signature = _signature(spec, output)
         with self._fluent(), mlflow.start_run(experiment_id=experiment_id):
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
             mlflow.set_tags(tags)
             _log_snapshots(snapshots)
             logged = mlflow.sklearn.log_model(model, name=MODEL_ARTIFACT, signature=signature,
-                                              input_example=example, **_LOG_OPTIONS)
-            mlflow.sklearn.log_model(baseline, name=BASELINE_ARTIFACT, signature=signature, **_LOG_OPTIONS)
+                                              input_example=example, **_log_options(spec))
+            mlflow.sklearn.log_model(baseline, name=BASELINE_ARTIFACT, signature=signature, **_log_options(spec))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / REFERENCE_ARTIFACT
                 reference.to_parquet(path, index=False)

@@ -19,6 +19,14 @@ from include.nightshift.training import predict_scores
 from include.nightshift.warehouse import prediction_schema
 
 
+def _predicted_label(scores: np.ndarray, spec: DatasetSpec) -> pa.Array:
+    """Task binary: 1 when the score reaches the decision threshold, else 0; task regression: NULL (the
+    predicted value is the score itself)."""
+    if spec.task == "regression":
+        return pa.nulls(len(scores), type=pa.int16())
+    return pa.array((scores >= spec.scoring.decision_threshold).astype("int16"))
+
+
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,
                    model_version: int, snapshot_sha256: str, dag_run_id: str) -> int:
     """Score every row of a snapshot into a predictions Parquet file; returns the row count."""
@@ -38,7 +46,7 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
                 writer.write_table(pa.table({
                     spec.entity_key.name: pa.array(chunk[spec.entity_key.name], type=schema.field(0).type),
                     "score": pa.array(scores, type=pa.float64()),
-                    "predicted_label": pa.array((scores >= spec.scoring.decision_threshold).astype("int16")),
+                    "predicted_label": _predicted_label(scores, spec),
                     "model_name": pa.array([spec.model_name] * n, type=pa.string()),
                     "model_version": pa.array(np.full(n, model_version, dtype="int32")),
                     "snapshot_sha256": pa.array([snapshot_sha256] * n, type=pa.string()),

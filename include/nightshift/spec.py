@@ -41,8 +41,14 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 RESERVED_ROLES = {"public", "none", "current_user", "current_role", "session_user"}
 # metric -> greater is better
-METRICS = {"roc_auc": True, "average_precision": True, "accuracy": True, "f1": True, "log_loss": False}
-Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"]
+METRICS = {"roc_auc": True, "average_precision": True, "accuracy": True, "f1": True, "log_loss": False,
+           "rmse": False, "mae": False, "r2": True}
+Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "rmse", "mae", "r2"]
+# The task a spec's label poses (`task`), and the metrics that can judge it.
+TASKS = ("binary", "regression")
+Task = Literal["binary", "regression"]
+TASK_METRICS = {"binary": ("roc_auc", "average_precision", "accuracy", "f1", "log_loss"),
+                "regression": ("rmse", "mae", "r2")}
 KeyType = Literal["bigint", "integer", "text"]
 KEY_TYPES = set(get_args(KeyType))
 FEATURE_TYPES = {"numeric", "categorical"}
@@ -190,10 +196,17 @@ class EntityKey(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class Label(_Section):
-    """The 0/1 target column, null until it is known."""
+    """The target column, null until it is known: 0/1 for task binary, a number for task regression."""
 
     name: Annotated[Identifier, Field(description="Column name.")]
     delay_days: Annotated[Integer, Field(ge=0, description="Days after the event before the label is known.")] = 1
+    min: Annotated[Number | None, Field(description="Task regression only: the smallest valid label value.")] = None
+    max: Annotated[Number | None, Field(description="Task regression only: the largest valid label value.")] = None
+
+    def key_fields(self) -> dict[str, Any]:
+        """The label's settings as the training key hashes them: a field left unset is left out, so a binary
+        spec's key is what it was before the regression fields existed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,7 +413,8 @@ class Scoring(_Section):
     """How the champion scores the night's population."""
 
     chunk_rows: Annotated[Positive, Field(description="Rows scored at a time (bounds the memory).")]
-    decision_threshold: Annotated[Share, Field(description="Score at or above which the predicted label is 1.")]
+    decision_threshold: Annotated[Share, Field(description=(
+        "Task binary: score at or above which the predicted label is 1 (unused by task regression)."))] = 0.5
     allow_no_predictions: Annotated[bool, Strict(), Field(description=(
         "A night with no champion after the gate (nothing can score) is recorded as decision no_model and "
         "alerted either way; false (the default): the run fails, true: the run stays green."))] = False
@@ -435,6 +449,9 @@ class DatasetSpec(_Section):
     name: Annotated[Identifier, Field(description=(
         "The data set; the DAG and the registered model are called nightshift_<name>. Unique across specs."))]
     description: Annotated[Text, Field(description="Shown on the DAG page.")] = ""
+    task: Annotated[Task, Field(description=(
+        "What the label is: binary (0/1, the score is the probability of 1) or regression (a number, the "
+        "score is the predicted value). Multiclass is not supported yet."))] = "binary"
     schedule: Annotated[Text, Field(description="A cron expression or preset, in UTC.")] = "@daily"
     start_date: Annotated[dt.date, Strict(), Field(description="First night the DAG may run (YYYY-MM-DD).")]
     source: Source
@@ -526,6 +543,30 @@ class DatasetSpec(_Section):
         a typo would otherwise silently leave a feature in drift, or test it with Evidently's default."""
         kinds = {f.name: f.type for f in self.features}
         problems = _drift_exclude_problems(self.drift, kinds) + _drift_method_problems(self.drift, kinds)
+        _refuse("DatasetSpec", problems)
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> DatasetSpec:
+        """The metric, the label's settings and calibration must fit the task."""
+        problems: _Problems = []
+        if self.promotion.metric not in TASK_METRICS[self.task]:
+            problems.append((("promotion", "metric"), PydanticCustomError(
+                "task_metric", "{metric} does not judge task {task}; use one of {allowed}",
+                {"metric": repr(self.promotion.metric), "task": self.task,
+                 "allowed": ", ".join(TASK_METRICS[self.task])}), self.promotion.metric))
+        label = self.label
+        if self.task != "regression" and (label.min is not None or label.max is not None):
+            problems.append((("label", "min"), PydanticCustomError(
+                "task_label", "label.min and label.max are for task regression only", {}), label.min))
+        if label.min is not None and label.max is not None and label.min > label.max:
+            problems.append((("label", "max"), PydanticCustomError(
+                "label_range", "must be at least label.min ({low}), got {high}",
+                {"low": label.min, "high": label.max}), label.max))
+        if self.task == "regression" and self.training.calibration != "none":
+            problems.append((("training", "calibration"), PydanticCustomError(
+                "task_calibration", "calibrates probabilities: task regression has none, use none", {}),
+                self.training.calibration))
         _refuse("DatasetSpec", problems)
         return self
 

@@ -42,15 +42,15 @@ import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 from threadpoolctl import threadpool_limits
-from xgboost import XGBClassifier
+from xgboost import XGBClassifier, XGBRegressor
 
 from include.nightshift.evaluation import BASELINE_FAMILY, metric_value
 from include.nightshift.spec import METRICS, Candidate, CategoricalFeature, DatasetSpec
@@ -94,10 +94,16 @@ def features_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
 
 
 def labels(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """The label as int 0/1; a missing or other value is an error, never a silent class."""
+    """The label as int 0/1 (task regression: as float64); a missing or other value is an error, never a
+    silent class."""
     col = df[spec.label.name]
     if col.isna().any():
         raise ValueError(f"{spec.label.name}: {int(col.isna().sum())} rows have no label")
+    if spec.task == "regression":
+        y = pd.to_numeric(col, errors="raise").to_numpy(dtype="float64")
+        if not np.isfinite(y).all():
+            raise ValueError(f"{spec.label.name}: {int((~np.isfinite(y)).sum())} labels are not finite")
+        return y
     y = col.to_numpy(dtype="int64")
     bad = set(np.unique(y)) - {0, 1}
     if bad:
@@ -176,11 +182,15 @@ def _ordinal(features: Sequence[CategoricalFeature]) -> OrdinalEncoder:
     )
 
 
-def _target(features: Sequence[CategoricalFeature], seed: int) -> TargetEncoder:
+def _target(features: Sequence[CategoricalFeature], seed: int, regression: bool = False) -> TargetEncoder:
     """Each category as its (shrunk) positive rate, cross-fitted on seeded folds when fitting, so a row's
     own label never encodes its category; unseen and missing values get the overall rate."""
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    return TargetEncoder(categories=[list(f.categories) for f in features], target_type="binary", cv=folds)
+    if regression:
+        folds: Any = KFold(n_splits=5, shuffle=True, random_state=seed)
+    else:
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    return TargetEncoder(categories=[list(f.categories) for f in features],
+                         target_type="continuous" if regression else "binary", cv=folds)
 
 
 def _categoricals(spec: DatasetSpec, native_max: int | None) -> tuple[list[CategoricalFeature], list[CategoricalFeature]]:
@@ -211,7 +221,8 @@ def _tree_prep(spec: DatasetSpec, native_max: int | None = None) -> ColumnTransf
     parts = [("numeric", "passthrough", spec.numeric_features),
              ("categorical", _ordinal(native), [f.name for f in native])]
     if encoded:
-        parts.append(("target_encoded", _target(encoded, spec.training.seed), [f.name for f in encoded]))
+        parts.append(("target_encoded", _target(encoded, spec.training.seed, spec.task == "regression"),
+                      [f.name for f in encoded]))
     return ColumnTransformer(parts, sparse_threshold=0.0)
 
 
@@ -239,16 +250,18 @@ def _linear_prep(spec: DatasetSpec) -> ColumnTransformer:
 def _xgboost(spec: DatasetSpec, params: dict[str, Any]) -> Pipeline:
     """XGBoost's hist trees on numerics and native categories (feature type "c": partition splits)."""
     types = ["c" if native else "q" for native in _categorical_columns(spec)]
-    model = XGBClassifier(**{"tree_method": "hist", "n_jobs": N_JOBS, **params, "random_state": spec.training.seed,
-                             "enable_categorical": True, "feature_types": types})
+    estimator = XGBRegressor if spec.task == "regression" else XGBClassifier
+    model = estimator(**{"tree_method": "hist", "n_jobs": N_JOBS, **params, "random_state": spec.training.seed,
+                         "enable_categorical": True, "feature_types": types})
     return Pipeline([("prep", _tree_prep(spec)), ("model", model)])
 
 
 def _hist_gradient_boosting(spec: DatasetSpec, params: dict[str, Any]) -> Pipeline:
     """HistGradientBoosting with native categories up to its max_bins, target encoding above (_tree_prep)."""
     native_max = int(params.get("max_bins", HGB_MAX_BINS))
-    model = HistGradientBoostingClassifier(**{**params, "random_state": spec.training.seed,
-                                              "categorical_features": _categorical_columns(spec, native_max)})
+    estimator = HistGradientBoostingRegressor if spec.task == "regression" else HistGradientBoostingClassifier
+    model = estimator(**{**params, "random_state": spec.training.seed,
+                         "categorical_features": _categorical_columns(spec, native_max)})
     return Pipeline([("prep", _tree_prep(spec, native_max)), ("model", model)])
 
 
@@ -262,6 +275,8 @@ def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
         return _xgboost(spec, params)
     if candidate.family == "hist_gradient_boosting":
         return _hist_gradient_boosting(spec, params)
+    if candidate.family == BASELINE_FAMILY and spec.task == "regression":  # the task's linear model
+        return Pipeline([("prep", _linear_prep(spec)), ("model", Ridge(**{**params, "random_state": seed}))])
     if candidate.family == BASELINE_FAMILY:
         model = LogisticRegression(**{"max_iter": BASELINE_MAX_ITER, **params, "random_state": seed})
         return Pipeline([("prep", _linear_prep(spec)), ("model", model)])
@@ -292,7 +307,10 @@ def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
 
 
 def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Probability of the positive class (label 1) as float64, one per row."""
+    """Probability of the positive class (label 1) as float64, one per row; task regression: the predicted
+    value."""
+    if spec.task == "regression":
+        return np.asarray(model.predict(features_frame(df, spec)), dtype=np.float64).ravel()
     proba = model.predict_proba(features_frame(df, spec))
     positive = list(model.classes_).index(1)
     return proba[:, positive].astype(np.float64)
@@ -380,13 +398,15 @@ def training_key(spec: DatasetSpec, snapshot_hashes: Sequence[str]) -> str:
     the version that carries the key instead of registering a duplicate."""
     content = {
         "snapshots": sorted(snapshot_hashes),
-        "spec": {"features": [dataclasses.asdict(f) for f in spec.features], "label": dataclasses.asdict(spec.label),
+        "spec": {"features": [dataclasses.asdict(f) for f in spec.features], "label": spec.label.key_fields(),
                  "timestamp": spec.timestamp, "entity_key": dataclasses.asdict(spec.entity_key),
                  "training": dataclasses.asdict(spec.training), "metric": spec.promotion.metric,
                  "decision_threshold": spec.scoring.decision_threshold},
         "libraries": {name: installed_version(name) for name in KEY_LIBRARIES},
         "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in KEY_CODE],
     }
+    if spec.task != "binary":  # a binary spec's key stays what it was before tasks existed
+        content["spec"]["task"] = spec.task
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -395,7 +415,7 @@ def one_class_problem(train_df: pd.DataFrame, spec: DatasetSpec, days: Sequence[
     label column, the training window's days and the rows per class; None when both classes are there.
     `days`: the window's and holdout's days, as training_days gives them (the oldest window_days train)."""
     counts = train_df[spec.label.name].value_counts(dropna=True).sort_index()
-    if len(counts) >= 2:
+    if len(counts) >= 2 or (spec.task == "regression" and len(train_df)):
         return None
     window = sorted(days)[: spec.training.window_days]
     per_class = ", ".join(f"{label:g}: {n} rows" if isinstance(label, float) else f"{label}: {n} rows"

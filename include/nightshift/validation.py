@@ -225,10 +225,16 @@ def _label_expectations(spec: DatasetSpec, labelled: bool) -> list[Any]:
     import great_expectations.expectations as gxe
 
     name = spec.label.name
-    out = [
-        gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES, meta=_rule("are not numeric")),
-        gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[0, 1], meta=_rule("are not 0 or 1")),
-    ]
+    out = [gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES, meta=_rule("are not numeric"))]
+    if spec.task == "regression":  # a number, never +/-inf, within label.min / label.max when given
+        out.append(gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf],
+                                                      meta=_rule("are +/-inf (never allowed)")))
+        if spec.label.min is not None or spec.label.max is not None:
+            out.append(gxe.ExpectColumnValuesToBeBetween(
+                column=name, min_value=spec.label.min, max_value=spec.label.max,
+                meta=_rule(f"are outside [{spec.label.min}, {spec.label.max}] (label.min, label.max)")))
+    else:
+        out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[0, 1], meta=_rule("are not 0 or 1")))
     if labelled:
         out.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta=_rule("are null (the day is labelled)")))
     return out
