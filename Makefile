@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast stop ui mlflow-ui bench bench-flights clean
+.PHONY: demo test test-fast stop ui mlflow-ui bench bench-flights clean spec-init spec-check
 
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -42,6 +42,15 @@ ui: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CURDIR)/.nightshift/mlflow/mlflow.db
+
+## spec-init: draft a commented spec from a source table (README "Adding a data set"), e.g.
+##   make spec-init ARGS="--connection nightshift_source --table public.t --key id --timestamp ts --label y --out include/specs/t.yaml"
+spec-init: $(STAMP)
+	$(PY) -m include.nightshift spec init $(ARGS)
+
+## spec-check: check a spec against its live source, every problem at once: make spec-check ARGS=include/specs/t.yaml
+spec-check: $(STAMP)
+	$(PY) -m include.nightshift spec check $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_drift.py
