@@ -378,11 +378,43 @@ def draft(p: Profile, mapping: bool = False) -> Draft:
             features.append(item)
         else:
             left_out.append((column.name, why))
-    classes = set(p.sample.classes)
-    task = "binary" if classes <= {"0", "1", "true", "false"} or not p.column(p.label).numeric else "regression"
+    task = drafted_task(p, supported_tasks())
     delay = p.label_delay
     casts = {c.name: "text" for c in p.columns if c.category == "B" and c.name in {f["name"] for f in features}}
     return Draft(features, left_out, task, 1 if delay is None else delay, casts)
+
+
+def supported_tasks() -> tuple[str, ...]:
+    """The tasks this checkout's spec accepts (binary only before `task` existed)."""
+    from include.nightshift import spec
+
+    return tuple(getattr(spec, "TASKS", ("binary",)))
+
+
+def drafted_task(p: Profile, tasks: tuple[str, ...]) -> str:
+    """binary for 0/1 (or boolean) labels, regression for other numbers, multiclass for text classes."""
+    classes = set(p.sample.classes)
+    if classes <= {"0", "1", "true", "false"}:
+        return "binary"
+    wanted = "regression" if p.column(p.label).numeric else "multiclass"
+    return wanted if wanted in tasks and (wanted == "regression" or len(classes) >= 3) else "binary"
+
+
+def _label_line(p: Profile, d: Draft) -> str:
+    fields = f"name: {p.label}, delay_days: {d.delay}"
+    if d.task == "multiclass":
+        fields += f", classes: {_flow(sorted(p.sample.classes))}"
+    return f"label: {{{fields}}}"
+
+
+def _gate(p: Profile, d: Draft) -> tuple[str, Any]:
+    """The promotion metric and a starting floor for the task (for rmse a ceiling: the label's spread)."""
+    if d.task == "regression":
+        low, q_lo, q_hi, high = p.sample.numeric.get(p.label, (0.0, 0.0, 1.0, 1.0))
+        return "rmse", nice((q_hi - q_lo) or (high - low) or 1.0, up=True)
+    if d.task == "multiclass":
+        return "macro_f1", round(1 / max(2, len(p.sample.classes)), 2)
+    return "roc_auc", 0.6
 
 
 def _rows_summary(p: Profile) -> tuple[int, int, int]:
@@ -395,6 +427,8 @@ def _label_comment(p: Profile, d: Draft) -> list[str]:
     total = sum(p.sample.classes.values())
     balance = ", ".join(f"{value}: {rows / total:.1%}" for value, rows in list(p.sample.classes.items())[:10])
     lines = [f"# label: classes seen in the sample ({total} labelled rows): {balance or 'none'}"]
+    if d.task == "binary" and not set(p.sample.classes) <= {"0", "1", "true", "false"}:
+        lines.append("# CHECK: the label is not 0/1 and this checkout's spec has no task that fits it: map it to 0/1.")
     if p.label_delay is None:
         lines.append(f"# NO labelled row in the last {len(p.nights)} nights: delay_days 1 is a guess. CHECK IT.")
     else:
@@ -442,7 +476,7 @@ def _policy_lines(p: Profile, d: Draft) -> list[str]:
     labelled = max(1, sum(1 for n in p.nights if n.rows and n.day <= p.newest - dt.timedelta(days=d.delay)))
     holdout = 3 if labelled >= 10 else max(1, labelled // 4)
     window = max(1, min(14, labelled - holdout))
-    metric, floor = ("roc_auc", 0.6) if d.task == "binary" else ("rmse", "CHANGE ME")
+    metric, floor = _gate(p, d)
     return [
         f"# validation: {nights} of the last {len(p.nights)} nights have rows: fewest {fewest}, median {median}"
         " (the newest night left out: it may be partial).",
@@ -485,7 +519,7 @@ def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source
         f"timestamp: {p.timestamp}     # {p.column(p.timestamp).type}: a row belongs to the night of its date",
         *_label_comment(p, d),
         *([f"task: {d.task}"] if task_key else []),
-        f"label: {{name: {p.label}, delay_days: {d.delay}}}", "",
+        _label_line(p, d), "",
         *_feature_lines(d), "",
         *_policy_lines(p, d),
         "warehouse:", f"  schema: {name}", "  connection_id: nightshift_warehouse", "",
@@ -516,8 +550,9 @@ class CheckReport:
 
 def _spec_columns(spec: Any) -> list[tuple[str, str, str]]:
     """(spec key, column, expected kind) for every column the spec reads."""
+    label = "label:" + getattr(spec, "task", "binary")
     out = [("entity_key.name", spec.entity_key.name, "key:" + spec.entity_key.type),
-           ("timestamp", spec.timestamp, "timestamp"), ("label.name", spec.label.name, "label")]
+           ("timestamp", spec.timestamp, "timestamp"), ("label.name", spec.label.name, label)]
     out += [(f"features[{i}].name", f.name, f.type) for i, f in enumerate(spec.features)]
     return out
 
@@ -525,8 +560,12 @@ def _spec_columns(spec: Any) -> list[tuple[str, str, str]]:
 def _compatible(kind: str, column: Column) -> bool:
     if kind == "timestamp":
         return column.type in TIMESTAMP_TYPES
-    if kind in ("numeric", "label"):
-        return column.numeric or (kind == "label" and column.category == "B")
+    if kind == "label:multiclass":
+        return column.numeric or column.text
+    if kind.startswith("label:"):
+        return column.numeric or (kind == "label:binary" and column.category == "B")
+    if kind == "numeric":
+        return column.numeric
     if kind == "categorical" or kind == "key:text":
         return column.text
     return column.type in INTEGER_TYPES  # key:bigint, key:integer
@@ -585,7 +624,7 @@ def _schema_problems(spec: Any, found: list[Column], columns: dict[str, Column])
             problems.append(Problem(key, _named(spec, name), f"no such column in {spec.source.table} "
                                     f"({_columns_hint(_source_column(spec, name)[0], found)})"))
         elif not _compatible(kind, columns[name]):
-            want = kind.removeprefix("key:")
+            want = kind.split(":")[-1]
             problems.append(Problem(key, _named(spec, name),
                                     f"is {columns[name].type} in the source, not {want}-compatible"))
     if not _maps_timestamp(spec):

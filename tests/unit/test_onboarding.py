@@ -190,3 +190,28 @@ def test_a_date_column_with_extra_columns_in_a_local_zone_is_onboarded_by_init_a
     assert night.num_rows == 200 and night.column_names == spec.columns
     assert str(night.schema.field("order_day").type) == "timestamp[us, tz=UTC]"
     assert sorted(set(night.column("is_member").to_pylist())) == ["false", "true"]
+
+
+@pytest.mark.parametrize("task, label", [("regression", "(i %% 97)::float8 * 1.5"),
+                                         ("multiclass", "(ARRAY['low', 'mid', 'high'])[1 + i %% 3]")])
+def test_init_drafts_the_task_the_label_poses(source: str, tmp_path: Path, task: str, label: str):
+    """A number that is not 0/1 is a regression, text classes a multiclass label; either draft loads and checks."""
+    if task not in onboarding.supported_tasks():
+        pytest.skip(f"task {task} (issue 12 item 3) is not in this checkout's spec")
+    table = f"public.target_{task}"
+    with psycopg.connect(source) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} AS SELECT (d * 1000 + i)::bigint AS id, "
+                             "(%s::timestamptz + d * interval '1 day' + i * interval '1 minute') AS ts, "
+                             "(i %% 50)::float8 AS x, (ARRAY['a', 'b'])[1 + i %% 2] AS kind, "
+                             "CASE WHEN d < 9 THEN " + label + " END AS y "
+                             "FROM generate_series(0, 9) AS d, generate_series(1, 150) AS i").format(
+                                 sql.Identifier(*table.split("."))), (dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc),))
+    out = tmp_path / f"{task}.yaml"
+    done = cli("spec", "init", "--connection", "onboarding_src", "--table", table, "--key", "id", "--timestamp", "ts",
+               "--label", "y", "--out", str(out), uri=source)
+    assert done.returncode == 0, done.stderr
+    spec = load_spec(out)
+    assert (spec.task, spec.label.delay_days) == (task, 1)
+    if task == "multiclass":
+        assert spec.label.classes == ("high", "low", "mid")
+    assert cli("spec", "check", str(out), uri=source).returncode == 0
