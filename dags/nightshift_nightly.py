@@ -135,7 +135,7 @@ def _doc(spec: DatasetSpec) -> str:
 
 {spec.description}
 
-- **Source**: `{spec.source.table}` (connection `{spec.source.connection_id}`), one day of `{spec.timestamp}` per run.
+- **Source**: {spec.source.described} (connection `{spec.source.connection_id}`), one day of `{spec.timestamp}` ({spec.source.timezone}) per run.
 - **Model**: MLflow `{spec.model_name}`, alias `champion`.
 - **Retrain when**: no champion, drift share >= {spec.drift.share_threshold}, realised {p.metric} decays,
   champion older than {p.max_model_age_days} days, or the run asks (`force_retrain`).

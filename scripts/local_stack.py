@@ -237,6 +237,11 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        # The DAG file builds one DAG per spec in include/specs each time it is parsed: re-parse it every
+        # 10 s (Airflow's default: 30 s) so a new or edited spec shows up in the UI without `airflow dags
+        # reserialize`; list the dags folder for new DAG files every 30 s (default 300 s).
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "NO_PROXY": "*",

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sys
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
@@ -172,18 +173,120 @@ Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="ty
 _FEATURE_KINDS = {"numeric": NumericFeature, "categorical": CategoricalFeature}
 
 
+# A cast a spec may ask for -> the PostgreSQL type it names (a fixed word, never text from the file).
+CASTS = {"date": "date", "timestamp": "timestamp", "timestamptz": "timestamptz", "integer": "integer",
+         "bigint": "bigint", "numeric": "numeric", "float": "double precision", "text": "text"}
+Cast = Literal["date", "timestamp", "timestamptz", "integer", "bigint", "numeric", "float", "text"]
+# The night's window, bound as named parameters of a source query (psycopg, never string formatting).
+QUERY_PARAMETERS = {"start": "the night's first instant (timestamptz)", "end": "the next night's first instant "
+                    "(timestamptz, excluded)", "day": "the night's local date (date)"}
+_PLACEHOLDER = re.compile(r"%%|%\((\w*)\)s|%s|%")
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone name (Europe/Oslo, America/New_York, UTC), as PostgreSQL and Python both know it."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError("time_zone", "{value} is not an IANA time zone name (e.g. 'Europe/Oslo', "
+                                  "'America/New_York', 'UTC')", {"value": repr(value)}) from None
+    return value
+
+
+def _window_query(value: str) -> str:
+    """A SELECT that takes the night's window as %(start)s and %(end)s, or %(day)s: psycopg binds them
+    (the snapshot also keeps only the night's rows); a positional %s, an unknown name or a lone % (write
+    %%) is refused."""
+    text = value.strip().rstrip(";").strip()
+    if not re.match(r"(?is)^\s*(select|with)\b", text):
+        raise PydanticCustomError("query", "must be a SELECT (or WITH ... SELECT), got {value}",
+                                  {"value": repr(text[:40] + ("..." if len(text) > 40 else ""))})
+    used = set()
+    for match in _PLACEHOLDER.finditer(text):
+        if match.group(0) == "%%":
+            continue
+        name = match.group(1)
+        if name not in QUERY_PARAMETERS:
+            written = match.group(0) if name is None else f"%({name})s"
+            raise PydanticCustomError("query_parameter", "{written} is not a parameter of the night (use "
+                                      "%(start)s, %(end)s or %(day)s; a literal % is written %%)",
+                                      {"written": written})
+        used.add(name)
+    missing = [f"%({name})s" for name in ("start", "end") if name not in used]
+    if missing and "day" not in used:
+        raise PydanticCustomError("query_window", "must select the night's window with %(start)s and %(end)s "
+                                  "(timestamptz, bound by psycopg: e.g. WHERE ts >= %(start)s AND ts < %(end)s) "
+                                  "or %(day)s (the local date); missing: {missing}", {"missing": ", ".join(missing)})
+    return text
+
+
+TimeZone = Annotated[str, Strict(), AfterValidator(_time_zone)]
+WindowQuery = Annotated[str, Strict(), AfterValidator(_window_query)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceColumn(_Section):
+    """Where one of the spec's columns comes from in the source, and the type it is read as."""
+
+    from_: Annotated[Identifier | None, Field(alias="from", description=(
+        "The source column's name (default: the spec's own name for it)."))] = None
+    cast: Annotated[Cast | None, Field(description=(
+        "Read the column as this type (CAST in SQL): date, timestamp (without time zone), timestamptz, integer, "
+        "bigint, numeric, float (double precision) or text. A date or timestamp timestamp column is local time "
+        "in source.timezone."))] = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Source(_Section):
-    """Where the night's rows come from."""
+    """Where the night's rows come from: a table (or a query) and how its columns map to the spec's."""
 
-    table: Annotated[TableName, Field(description="'table' or 'schema.table': one row per entity per day.")]
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["table"]}, {"required": ["query"]}]})
+
+    table: Annotated[TableName | None, Field(description=(
+        "'table' or 'schema.table': one row per entity per day. Give table or query, not both."))] = None
+    query: Annotated[WindowQuery | None, Field(description=(
+        "Instead of table: a SELECT over the source, given the night's window as the named parameters %(start)s "
+        "and %(end)s (timestamptz) or %(day)s (the local date), which psycopg binds. A literal % is written %%."))] \
+        = None
     connection_id: Annotated[Text, Field(description="Airflow connection of the source database.")] = \
         "nightshift_source"
+    timezone: Annotated[TimeZone, Field(description=(
+        "IANA time zone of the day boundary: night D holds the rows from D 00:00 to D+1 00:00 local time, and a "
+        "date or timestamp-without-time-zone timestamp column is read as local time here."))] = "UTC"
+    columns: Annotated[dict[Identifier, SourceColumn], Field(description=(
+        "By the spec's column name (entity key, timestamp, label or feature): the source column it comes from "
+        "(from) and/or a cast. Columns not listed are read by their own name, as they are. Source columns the "
+        "spec does not name are ignored."))] = dataclasses.field(default_factory=dict)
 
     @property
     def schema_and_name(self) -> tuple[str | None, str]:
-        parts = self.table.split(".")
+        parts = (self.table or "").split(".")
         return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+    @property
+    def described(self) -> str:
+        """The source in a few words, for messages and the DAG page."""
+        return f"table {self.table}" if self.table else "the spec's source.query"
+
+    def column(self, name: str) -> tuple[str, str | None]:
+        """(source column, cast or None) of a spec column."""
+        mapped = self.columns.get(name)
+        return (mapped.from_ or name, mapped.cast) if mapped else (name, None)
+
+    def day_bounds(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """Night `day`'s window, [day 00:00, day+1 00:00) local time, as UTC instants."""
+        zone = zoneinfo.ZoneInfo(self.timezone)
+        start, end = (dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in (day, day + dt.timedelta(days=1)))
+        return start.astimezone(dt.timezone.utc), end.astimezone(dt.timezone.utc)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> Source:
+        if (self.table is None) == (self.query is None):
+            _refuse("Source", [(("table",), PydanticCustomError(
+                "table_or_query", "give exactly one of source.table and source.query, got {given}",
+                {"given": "both" if self.table else "neither"}), self.table)])
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -457,7 +560,9 @@ class DatasetSpec(_Section):
     source: Source
     entity_key: EntityKey
     timestamp: Annotated[Identifier, Field(description=(
-        "timestamptz column: rows with it in [date, date + 1 day) belong to that night."))]
+        "The event time column: rows with it in [D 00:00, D+1 00:00) in source.timezone belong to night D. "
+        "timestamptz, or a date / timestamp without time zone read as local time in source.timezone; "
+        "always timestamptz in the snapshot."))]
     label: Label
     features: Annotated[tuple[Feature, ...], Field(min_length=1, description="The model's inputs, in order.")]
     validation: Validation
@@ -534,6 +639,24 @@ class DatasetSpec(_Section):
             if column not in categorical:
                 problems.append((("promotion", "slice_columns", i), PydanticCustomError(
                     "slice_column", "{column} is not a categorical feature", {"column": repr(column)}), column))
+        _refuse("DatasetSpec", problems)
+        return self
+
+    @model_validator(mode="after")
+    def _source_columns_are_spec_columns(self) -> DatasetSpec:
+        """source.columns maps the spec's own columns; a name it does not know is a typo, and the timestamp
+        can only be read as a point in time. Two spec columns from one source column are fine (a copy)."""
+        problems: _Problems = []
+        for name, mapped in self.source.columns.items():
+            if name not in self.columns:
+                close = difflib.get_close_matches(name, self.columns, n=1)
+                problems.append((("source", "columns", name), PydanticCustomError(
+                    "source_column", "{name} is not a column of the spec (entity_key, timestamp, label or a feature)"
+                    + (f"; did you mean {close[0]}?" if close else ""), {"name": repr(name)}), name))
+            elif name == self.timestamp and mapped.cast not in (None, "date", "timestamp", "timestamptz"):
+                problems.append((("source", "columns", name, "cast"), PydanticCustomError(
+                    "timestamp_cast", "the timestamp is cast to date, timestamp or timestamptz, got {cast}",
+                    {"cast": repr(mapped.cast)}), mapped.cast))
         _refuse("DatasetSpec", problems)
         return self
 
@@ -695,14 +818,33 @@ def _got(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
+def _keys(parent: Any) -> list[str]:
+    """The keys a section allows, as a file writes them (a field's alias: source.columns' `from`)."""
+    hints = get_type_hints(parent, include_extras=True)
+    keys = []
+    for f in dataclasses.fields(parent):
+        alias = next((m.alias for m in get_args(hints.get(f.name)) if getattr(m, "alias", None)), None)
+        if f.name != "path":
+            keys.append(alias or f.name)
+    return keys
+
+
+def _meant(raw_loc: tuple[str | int, ...]) -> str | None:
+    """The valid key an unknown one was probably meant to be (flor -> floor)."""
+    parent = _type_at(raw_loc[:-1])
+    if not dataclasses.is_dataclass(parent):
+        return None
+    close = difflib.get_close_matches(str(raw_loc[-1]), _keys(parent), n=1)
+    return close[0] if close else None
+
+
 def _unknown_key(raw_loc: tuple[str | int, ...]) -> str:
     parent = _type_at(raw_loc[:-1])
     if not dataclasses.is_dataclass(parent):
         return "unknown key"
-    allowed = [f.name for f in dataclasses.fields(parent) if f.name != "path"]
-    close = difflib.get_close_matches(str(raw_loc[-1]), allowed, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key{hint} (allowed here: {', '.join(allowed)})"
+    meant = _meant(raw_loc)
+    hint = f"; did you mean {meant}?" if meant else ""
+    return f"unknown key{hint} (allowed here: {', '.join(_keys(parent))})"
 
 
 def _at_least(ctx: dict[str, Any], value: Any) -> str:
@@ -715,7 +857,7 @@ def _missing(raw: tuple[str | int, ...]) -> str:
 
 def _quote_it(written: str, value: Any) -> str:
     read_as = f"the boolean {str(value).lower()}" if isinstance(value, bool) else _READ_AS.get(type(value), "a value")
-    return f"expected a string, but YAML read {written} as {read_as}: quote it ('{written}') to mean the text"
+    return f"{written} was read by YAML as {read_as}; quote it: '{written}'"
 
 
 # error type -> message, from (raw location, clean location, wrong value, pydantic's context)
@@ -743,6 +885,9 @@ def _explain(error: Any, node: yaml.Node | None) -> tuple[tuple[str | int, ...],
         return (*loc, "type"), f"must be one of {sorted(FEATURE_TYPES)}, got {ctx.get('tag')!r}"
     if kind == "string_type" and (written := _written(node, loc) or _yaml_text(value)) is not None:
         return loc, _quote_it(written, value)
+    if kind in _EXPECTED and isinstance(value, bool):  # the value as written (NO, on), not Python's False
+        written = _written(node, loc) or _yaml_text(value)
+        return loc, f"expected {_EXPECTED[kind]}, got {written}, which YAML reads as the boolean {str(value).lower()}"
     say = _SAY.get(kind)
     return loc, say(raw, loc, value, ctx) if say else error["msg"]
 
@@ -754,10 +899,18 @@ def _yaml_text(value: Any) -> str | None:
     return str(value) if isinstance(value, (int, float, dt.date)) else None
 
 
+def _hidden(errors: list[Any]) -> set[tuple[str | int, ...]]:
+    """The missing keys an unknown key stands for (`flor:` for `floor:`): the typo is the one problem,
+    so the key it hid is not reported missing as well."""
+    meant = ((tuple(e["loc"])[:-1], _meant(tuple(e["loc"]))) for e in errors if e["type"] in _UNKNOWN)
+    return {(*parent, key) for parent, key in meant if key is not None}
+
+
 def _messages(exc: ValidationError, node: yaml.Node | None) -> list[str]:
     """One line per problem, unknown keys first: a typo'd `flor:` is the cause of the missing
-    `floor`, so it is what the author should read first."""
+    `floor`, so it is what the author reads (and the missing `floor` is not reported besides)."""
     errors = exc.errors()
+    hidden = _hidden(errors)
     unknown: list[str] = []
     other: list[str] = []
     for error in errors:
@@ -765,6 +918,8 @@ def _messages(exc: ValidationError, node: yaml.Node | None) -> list[str]:
         # A list whose items failed also reports itself as too short: the items are the news.
         if error["type"] == "too_short" and any(_clean(tuple(e["loc"]))[:len(loc)] == loc
                                                 for e in errors if e is not error):
+            continue
+        if error["type"] == "missing" and tuple(error["loc"]) in hidden:
             continue
         where, message = _explain(error, node)
         (unknown if error["type"] in _UNKNOWN else other).append(f"{_dotted(where)}: {message}")

@@ -116,9 +116,14 @@ def _utc(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True)
 
 
+def _local(ts: pd.Series, spec: DatasetSpec) -> pd.Series:
+    """Timestamps in the spec's day zone (source.timezone): their dates are the nights that hold them."""
+    return _utc(ts).dt.tz_convert(spec.source.timezone)
+
+
 def row_days(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Each row's UTC day (as the night that holds it), by the spec's timestamp."""
-    return _utc(df[spec.timestamp]).dt.date.to_numpy()
+    """Each row's day in source.timezone (as the night that holds it), by the spec's timestamp."""
+    return _local(df[spec.timestamp], spec).dt.date.to_numpy()
 
 
 def training_days(spec: DatasetSpec, run_date: dt.date) -> tuple[dt.date, list[dt.date]]:
@@ -131,7 +136,7 @@ def training_days(spec: DatasetSpec, run_date: dt.date) -> tuple[dt.date, list[d
 
 def split_train_holdout(labelled: pd.DataFrame, spec: DatasetSpec,
                         end_day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Out-of-time split by the spec's timestamp (UTC days).
+    """Out-of-time split by the spec's timestamp (days in source.timezone).
 
     holdout: the `holdout_days` days ending at `end_day` inclusive; train: the `window_days`
     days just before them. Rows outside both windows are dropped. Each part is sorted by
@@ -139,9 +144,11 @@ def split_train_holdout(labelled: pd.DataFrame, spec: DatasetSpec,
     depend on how the rows were read.
     """
     t = spec.training
-    holdout_start = pd.Timestamp(end_day, tz="UTC") - pd.Timedelta(days=t.holdout_days - 1)
-    holdout_end = pd.Timestamp(end_day, tz="UTC") + pd.Timedelta(days=1)
-    train_start = holdout_start - pd.Timedelta(days=t.window_days)
+    zone = spec.source.timezone  # local midnights: a day is 23 or 25 hours when the clocks change
+    holdout_first = end_day - dt.timedelta(days=t.holdout_days - 1)
+    holdout_start = pd.Timestamp(holdout_first, tz=zone)
+    holdout_end = pd.Timestamp(end_day + dt.timedelta(days=1), tz=zone)
+    train_start = pd.Timestamp(holdout_first - dt.timedelta(days=t.window_days), tz=zone)
     ts = _utc(labelled[spec.timestamp])
     return (_sorted(labelled[(ts >= train_start) & (ts < holdout_start)], spec),
             _sorted(labelled[(ts >= holdout_start) & (ts < holdout_end)], spec))
@@ -336,12 +343,12 @@ class CandidateFit:
 
 
 def calibration_split(train_df: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(fit on, calibrate on): the last training.calibration_days UTC days of the training rows
+    """(fit on, calibrate on): the last training.calibration_days days (source.timezone) of the training rows
     calibrate, the days before them fit. Time-ordered like the holdout: a calibrator fitted on
     rows its model was trained on learns the model's overconfidence, not its error."""
     days = spec.training.calibration_days
-    ts = _utc(train_df[spec.timestamp])
-    cut = ts.max().normalize() - pd.Timedelta(days=days - 1)
+    ts = _local(train_df[spec.timestamp], spec)
+    cut = pd.Timestamp(ts.max().date() - dt.timedelta(days=days - 1), tz=spec.source.timezone)
     fit_part, cal_part = train_df[ts < cut].reset_index(drop=True), train_df[ts >= cut].reset_index(drop=True)
     if len(fit_part) == 0 or len(np.unique(labels(cal_part, spec))) < 2:
         raise ValueError(f"training.calibration_days {days}: the split leaves {len(fit_part)} rows to fit on and "

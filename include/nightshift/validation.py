@@ -9,10 +9,10 @@ The checks, per column:
 - schema: the snapshot's columns are exactly ``spec.columns`` (missing and extra both fail);
 - types: key integer or string, timestamp a timezone-aware datetime, numeric features and the
   label numeric, categorical features strings;
-- nulls: key and timestamp never null, each feature at most ``max_null_share`` null, the label
-  never null when the day is labelled;
+- nulls: key and timestamp never null, each feature at most ``max_null_share`` null (1: a night
+  may have the column entirely null), the label never null when the day is labelled;
 - ranges: numeric features within [min, max] when given and never +/-inf; the label in {0, 1};
-  timestamps within the snapshot's day, [day 00:00 UTC, day+1 00:00 UTC);
+  timestamps within the snapshot's day, [day 00:00, day+1 00:00) in ``source.timezone``;
 - categories: at most ``max_unseen_share`` of a feature's values outside its categories;
 - the entity key unique; the row count at least ``min_rows`` and at least ``min_row_ratio``
   times the median of the recent days' counts, and at most ``max_row_ratio`` times that median
@@ -105,15 +105,17 @@ def _rule(violation: str) -> dict[str, Any]:
     return {"violation": violation}
 
 
-def _not_null(column: str, max_null_share: float) -> Any:
-    """At most max_null_share null; with a share of 1 or more, at least one non-null value."""
+def _not_null(column: str, max_null_share: float) -> Any | None:
+    """At most max_null_share null; a share of 1 allows every value null (a calm day has no wind
+    gusts), so there is nothing to check (None)."""
     import great_expectations.expectations as gxe
 
     if max_null_share <= 0:
         return gxe.ExpectColumnValuesToNotBeNull(column=column, meta=_rule("are null (never allowed)"))
-    mostly = max(1.0 - max_null_share, 1e-9)  # a column entirely null always fails
+    if max_null_share >= 1:
+        return None
     return gxe.ExpectColumnValuesToNotBeNull(
-        column=column, mostly=mostly, meta=_rule(f"are null (allowed: at most {max_null_share:.2%})"))
+        column=column, mostly=1.0 - max_null_share, meta=_rule(f"are null (allowed: at most {max_null_share:.2%})"))
 
 
 def _bounds_text(low: float | None, high: float | None) -> str:
@@ -185,9 +187,11 @@ def _key_expectations(spec: DatasetSpec) -> list[Any]:
 def _timestamp_expectations(spec: DatasetSpec, day: dt.date) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-    end = start + dt.timedelta(days=1)
-    window = f"outside the day [{start:%Y-%m-%d %H:%M} UTC, {end:%Y-%m-%d %H:%M} UTC)"
+    start, end = spec.source.day_bounds(day)  # local midnights (source.timezone), as UTC instants
+    zone = spec.source.timezone
+    window = (f"outside the day [{start:%Y-%m-%d %H:%M} UTC, {end:%Y-%m-%d %H:%M} UTC)" if zone == "UTC" else
+              f"outside the day [{day} 00:00, {day + dt.timedelta(days=1)} 00:00) {zone} "
+              f"([{start:%Y-%m-%d %H:%M} UTC, {end:%Y-%m-%d %H:%M} UTC))")
     return [
         gxe.ExpectColumnValuesToBeOfType(column=spec.timestamp, type_=TIMESTAMP_TYPE,
                                          meta=_rule("are not timezone-aware datetimes")),
@@ -201,7 +205,7 @@ def _feature_expectations(feature: Any) -> list[Any]:
     import great_expectations.expectations as gxe
 
     name = feature.name
-    out = [_not_null(name, feature.max_null_share)]
+    out = [check for check in (_not_null(name, feature.max_null_share),) if check is not None]
     if feature.type == "numeric":
         out.insert(0, gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES,
                                                            meta=_rule("are not numeric")))

@@ -94,7 +94,8 @@ CASES: dict[str, tuple[Callable[[dict], Any], str, str]] = {
     # wrong types
     "number as text": (set_key("validation.min_rows", "100"), "validation.min_rows", "expected an integer"),
     "fraction for an integer": (set_key("training.window_days", 14.5), "training.window_days", "expected an integer"),
-    "boolean for a number": (set_key("promotion.floor", True), "promotion.floor", "got a boolean"),
+    "boolean for a number": (set_key("promotion.floor", True), "promotion.floor",
+                             "expected a number, got true, which YAML reads as the boolean true"),
     "text for a threshold": (set_key("drift.share_threshold", "a quarter"), "drift.share_threshold",
                              "expected a number"),
     "section not a mapping": (set_key("validation", 5), "validation", "expected a mapping"),
@@ -169,7 +170,7 @@ CASES: dict[str, tuple[Callable[[dict], Any], str, str]] = {
                                        "non-empty list of strings"),
     # the item at fault, and how to write it
     "category not a string": (set_feature(PLAN, "categories", ["basic", 2]), f"features[{PLAN}].categories[1]",
-                              "expected a string, but YAML read 2 as a number: quote it ('2')"),
+                              "2 was read by YAML as a number; quote it: '2'"),
     "a file cannot set its own path": (set_key("path", "/elsewhere/churn.yaml"), "path", "unknown key"),
 }
 
@@ -203,14 +204,27 @@ def test_empty_file_is_refused(tmp_path):
 
 
 def test_a_renamed_key_is_reported_as_unknown_before_the_key_it_hid(tmp_path):
-    """`flor:` for `floor:` leaves floor missing too; the typo is the cause, so it comes first,
-    with the key it was probably meant to be."""
+    """`flor:` for `floor:` leaves floor missing too; the typo is the one problem, reported as the
+    unknown key with the key it was probably meant to be, and not again as a missing floor."""
     text = CHURN.read_text().replace("  floor: 0.70", "  flor: 0.70", 1)
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, text))
-    lines = str(caught.value).splitlines()
-    assert lines[0].startswith("broken.yaml: promotion.flor: unknown key; did you mean 'floor'?"), lines
-    assert lines[1:] == ["broken.yaml: promotion.floor: required key is missing"], lines
+    assert str(caught.value).splitlines() == [
+        "broken.yaml: promotion.flor: unknown key; did you mean floor? (allowed here: metric, floor, "
+        "min_improvement, slice_tolerance, slice_columns, min_slice_rows, baseline_margin, max_model_age_days, "
+        "realised_tolerance, realised_window_days, realised_confidence, realised_resamples)"]
+
+
+def test_an_unknown_key_unlike_any_other_leaves_the_missing_key_reported(tmp_path):
+    """Only the key an unknown one stands for is spared: a missing key with no look-alike is still named."""
+    text = CHURN.read_text().replace("  floor: 0.70", "  zzz: 0.70", 1)
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, text))
+    assert str(caught.value).splitlines() == [
+        "broken.yaml: promotion.zzz: unknown key (allowed here: metric, floor, min_improvement, slice_tolerance, "
+        "slice_columns, min_slice_rows, baseline_margin, max_model_age_days, realised_tolerance, "
+        "realised_window_days, realised_confidence, realised_resamples)",
+        "broken.yaml: promotion.floor: required key is missing"]
 
 
 def test_every_problem_is_reported_one_line_each_naming_file_and_key(tmp_path):
@@ -221,7 +235,7 @@ def test_every_problem_is_reported_one_line_each_naming_file_and_key(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, yaml.safe_dump(data, sort_keys=False)))
     assert str(caught.value).splitlines() == [
-        f"broken.yaml: features[{AGE}].maximum: unknown key; did you mean 'max'? "
+        f"broken.yaml: features[{AGE}].maximum: unknown key; did you mean max? "
         "(allowed here: name, type, min, max, max_null_share)",
         "broken.yaml: validation.min_rows: must be at least 1, got 0",
         "broken.yaml: drift.share_threshold: must be between 0 and 1, got 2",
@@ -236,8 +250,8 @@ def test_a_category_yaml_reads_as_a_boolean_is_named_with_a_fix(tmp_path, writte
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, text))
     assert str(caught.value) == (
-        f"broken.yaml: features[{REGION}].categories[1]: expected a string, but YAML read {written} "
-        f"as the boolean {read_as}: quote it ('{written}') to mean the text")
+        f"broken.yaml: features[{REGION}].categories[1]: {written} was read by YAML as the boolean {read_as}; "
+        f"quote it: '{written}'")
     quoted = load_spec(write(tmp_path, text.replace(f"[north, {written},", f"[north, '{written}',")))
     assert quoted.features[REGION].categories[:2] == ("north", written)
 
