@@ -86,5 +86,5 @@ def test_a_broken_spec_explains_itself_once_naming_its_file(tmp_path):
     out = _parse(tmp_path)
     assert "nightshift_churn" in out["dags"]
     lines = out["invalid"]["nightshift_invalid_broken"]["explains"].splitlines()
-    assert lines[0].startswith("broken.yaml: promotion.flor: unknown key; did you mean 'floor'?"), lines
-    assert lines[1] == "broken.yaml: promotion.floor: required key is missing"
+    assert lines[0].startswith("broken.yaml: promotion.flor: unknown key; did you mean floor?"), lines
+    assert len(lines) == 1, lines  # the typo is the one problem: floor is not reported missing besides
