@@ -234,3 +234,19 @@ def test_a_bad_source_mapping_is_refused_naming_key_and_value(tmp_path, source, 
     with pytest.raises(SpecError) as caught:
         load_spec(spec_file(tmp_path, source))
     assert str(caught.value) == f"orders.yaml: {message}"
+
+
+def test_the_published_schema_takes_a_mapping_and_refuses_table_and_query_together(tmp_path):
+    """An editor's YAML plugin agrees with the loader on the new keys."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((CHURN.parents[2] / "docs" / "dataset-spec.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    data = json.loads(json.dumps(yaml.safe_load(spec_file(tmp_path, MAPPED).read_text()), default=str))
+    assert list(validator.iter_errors(data)) == []
+    data["source"]["query"] = QUERY
+    assert list(validator.iter_errors(data))
+    data["source"] = {"query": QUERY, "columns": {"amount": {"form": "amount_txt"}}}
+    assert list(validator.iter_errors(data))
