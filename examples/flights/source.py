@@ -17,7 +17,9 @@ diverted: no arrival delay recorded), else 0. It is known the day the flight fli
 The same flights carry other outcomes for the other task types (`load(..., label=...)`, each into
 its own table, so that this table stays exactly as the flights spec expects):
 `arr_delay_min` (examples/flights_delay, task regression): the minutes late on arrival, clipped to
-[-60, 240]; a flight that never arrived counts as 240.
+[-60, 240]; a flight that never arrived counts as 240. `status` (examples/flights_status, task
+multiclass): on_time (arrived less than 15 minutes late), late (15-59), very_late (60 or more) or
+cancelled (never arrived: cancelled or diverted).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ COLUMNS = {  # name -> PostgreSQL type
     "disrupted": "smallint",
 }
 # The other outcomes a table can carry instead of `disrupted` (load(label=...)).
-LABELS = {"disrupted": "smallint", "arr_delay_min": "double precision"}
+LABELS = {"disrupted": "smallint", "arr_delay_min": "double precision", "status": "text"}
 DELAY_CLIP = (-60.0, 240.0)  # minutes: a few storm days would otherwise dominate a squared error
 
 
@@ -74,6 +76,10 @@ def flights(label: str = "disrupted") -> pd.DataFrame:
 def _outcome(raw: pd.DataFrame, label: str) -> pd.Series:
     if label == "arr_delay_min":
         return raw["arr_delay"].fillna(DELAY_CLIP[1]).clip(*DELAY_CLIP).astype("float64")
+    if label == "status":
+        delay = raw["arr_delay"]
+        status = np.select([delay.isna(), delay >= 60, delay >= 15], ["cancelled", "very_late", "late"], "on_time")
+        return pd.Series(status, index=raw.index)
     if label != "disrupted":
         raise ValueError(f"label {label!r} is not one of {sorted(LABELS)}")
     return ((raw["arr_delay"] >= 15) | raw["arr_delay"].isna()).astype("int16")

@@ -69,6 +69,19 @@ def _r2(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
 # Metrics of a predicted value against a numeric label (task regression): the labels stay floats.
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
+
+def _macro_f1(y: np.ndarray, s: np.ndarray, threshold: float) -> float:
+    predicted = s.argmax(axis=1) if s.ndim == 2 else (s >= threshold).astype(int)
+    return float(skm.f1_score(y, predicted, average="macro", zero_division=0.0))
+
+
+# Task multiclass: scores are (rows, classes) probabilities, labels the class positions.
+_MULTICLASS_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], float]] = {
+    "log_loss": lambda y, s, t: float(skm.log_loss(y, s, labels=list(range(s.shape[1])))),
+    "macro_f1": _macro_f1,
+    "accuracy": lambda y, s, t: float(skm.accuracy_score(y, s.argmax(axis=1))),
+}
+
 _METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], float]] = {
     "roc_auc": _ranking(skm.roc_auc_score),
     "average_precision": _ranking(skm.average_precision_score),
@@ -78,6 +91,7 @@ _METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], float]] =
     "rmse": _rmse,
     "mae": _mae,
     "r2": _r2,
+    "macro_f1": _macro_f1,
 }
 assert set(_METRIC_FUNCTIONS) == set(METRICS), "every spec metric needs an implementation"
 
@@ -99,12 +113,28 @@ def metric_value(name: str, y_true: np.ndarray, scores: np.ndarray, threshold: f
     if name not in _METRIC_FUNCTIONS:
         raise ValueError(f"unknown metric {name!r}; known: {sorted(_METRIC_FUNCTIONS)}")
     y = label_array(name, y_true)
-    s = np.asarray(scores, dtype=float).ravel()
+    s = _score_array(scores)
     if len(y) != len(s):
         raise ValueError(f"{len(y)} labels but {len(s)} scores")
     if len(y) == 0 or not np.isfinite(s).all():
         return math.nan
+    if s.ndim == 2:
+        if name not in _MULTICLASS_FUNCTIONS:
+            raise ValueError(f"metric {name!r} does not judge class probabilities; known: {sorted(_MULTICLASS_FUNCTIONS)}")
+        return _MULTICLASS_FUNCTIONS[name](y, s, threshold)
     return _METRIC_FUNCTIONS[name](y, s, threshold)
+
+
+def _score_array(scores: Any) -> np.ndarray:
+    """Scores as floats: one per row, or (task multiclass) one row of class probabilities per row."""
+    s = np.asarray(scores, dtype=float)
+    return s if s.ndim == 2 else s.ravel()
+
+
+def per_class_recall(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    """Task multiclass: each class's recall (its rows predicted as it); None for a class with no row."""
+    y, predicted = np.asarray(y_true).astype(int), np.asarray(probabilities).argmax(axis=1)
+    return {c: (float((predicted[y == i] == i).mean()) if (y == i).any() else None) for i, c in enumerate(classes)}
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -162,20 +192,23 @@ def evaluate(holdout: pd.DataFrame, y_true: np.ndarray, scores: dict[str, np.nda
     null) so that it can go to XCom, MLflow and the run-history table unchanged.
     """
     y = label_array(spec.promotion.metric, y_true)
-    arrays = {role: np.asarray(s, dtype=float).ravel() for role, s in scores.items()}
+    arrays = {role: _score_array(s) for role, s in scores.items()}
     for role, s in arrays.items():
         if len(s) != len(y):
             raise ValueError(f"{role}: {len(s)} scores for {len(y)} labels")
     if len(holdout) != len(y):
         raise ValueError(f"holdout has {len(holdout)} rows but {len(y)} labels")
     name = spec.promotion.metric
-    return {
+    out = {
         "metric": name,
         "greater_is_better": bool(METRICS[name]),
         "rows": int(len(y)),
         "overall": _role_values(name, y, arrays, None, spec.scoring.decision_threshold),
         "slices": _slices(holdout.reset_index(drop=True), y, arrays, spec),
     }
+    if spec.task == "multiclass":  # recorded with the verdict, not a gate rule
+        out["per_class_recall"] = {role: per_class_recall(y, s, list(spec.label.classes)) for role, s in arrays.items()}
+    return out
 
 
 # --------------------------------------------------------------------------- gate
@@ -291,7 +324,9 @@ def _check_thresholds(ctx: _Context, evaluated_metric: Any) -> Check:
 def _check_finite(scores: np.ndarray | None, rows: int | None, probabilities: bool = True) -> Check:
     if scores is None:
         return Check("finite", False, "no challenger scores given (fail closed)")
-    s = np.asarray(scores, dtype=float).ravel()
+    s = _score_array(scores)
+    if s.ndim == 2:  # class probabilities: judged as one row each, every probability in [0, 1]
+        return _check_finite_rows(s, rows)
     if rows is not None and len(s) != rows:
         return Check("finite", False, f"{len(s)} challenger scores for {rows} holdout rows")
     if len(s) == 0:
@@ -304,6 +339,15 @@ def _check_finite(scores: np.ndarray | None, rows: int | None, probabilities: bo
         return Check("finite", False, f"{outside} of {len(s)} challenger scores outside [0, 1] "
                                       f"(min {s.min():.4g}, max {s.max():.4g})")
     return Check("finite", True, f"{len(s)} challenger scores finite, in [{s.min():.4f}, {s.max():.4f}]")
+
+
+def _check_finite_rows(s: np.ndarray, rows: int | None) -> Check:
+    if rows is not None and len(s) != rows or len(s) == 0:
+        return Check("finite", False, f"{len(s)} challenger probability rows for {rows} holdout rows")
+    bad = int((~np.isfinite(s).all(axis=1) | (s < 0).any(axis=1) | (s > 1).any(axis=1)).sum())
+    if bad:
+        return Check("finite", False, f"{bad} of {len(s)} challenger probability rows are NaN, infinite or outside [0, 1]")
+    return Check("finite", True, f"{len(s)} challenger probability rows finite, in [0, 1], over {s.shape[1]} classes")
 
 
 def _check_floor(ctx: _Context) -> Check:

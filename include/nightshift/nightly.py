@@ -152,10 +152,10 @@ def _champion_scorer(registry: Registry, spec: DatasetSpec, champion: Any) -> An
     """The champion's scores of a frame of features (for output drift); None without a champion."""
     if champion is None:
         return None
-    from include.nightshift.training import predict_scores
+    from include.nightshift.training import drift_scores
 
     model = registry.load_model(spec.model_name, champion.version)
-    return lambda frame: predict_scores(model, frame, spec)
+    return lambda frame: drift_scores(model, frame, spec)
 
 
 def drift_history(conn: Connection, spec: DatasetSpec, day: dt.date, champion_version: int | None) -> list[dict]:

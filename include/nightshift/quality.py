@@ -119,7 +119,7 @@ def realised_quality(metric: str, y: np.ndarray, scores: np.ndarray, *, threshol
     """The metric, its bootstrap interval (over days, then rows, when each row's day is given), and the
     Brier score and ECE of `scores` against `y` (probabilities only: None for a regression metric)."""
     y, scores = label_array(metric, y), np.asarray(scores, dtype=float)
-    probabilities = metric not in REGRESSION_METRICS
+    probabilities = metric not in REGRESSION_METRICS and scores.ndim == 1  # calibration: task binary only
     value = _finite(metric_value(metric, y, scores, threshold)) if len(y) else None
     low, high, defined = bootstrap_interval(metric, y, scores, threshold=threshold, confidence=confidence,
                                             resamples=resamples, seed=seed, days=days)

@@ -8,6 +8,7 @@ run id, so any number in the warehouse can be traced to the model and data that 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +22,21 @@ from include.nightshift.warehouse import prediction_schema
 
 def _predicted_label(scores: np.ndarray, spec: DatasetSpec) -> pa.Array:
     """Task binary: 1 when the score reaches the decision threshold, else 0; task regression: NULL (the
-    predicted value is the score itself)."""
-    if spec.task == "regression":
+    predicted value is the score itself); task multiclass: NULL (predicted_class says it)."""
+    if spec.task != "binary":
         return pa.nulls(len(scores), type=pa.int16())
     return pa.array((scores >= spec.scoring.decision_threshold).astype("int16"))
+
+
+def _multiclass_columns(probabilities: np.ndarray, spec: DatasetSpec) -> dict[str, pa.Array]:
+    """Task multiclass: predicted_class (the most probable of label.classes) and class_probabilities (JSON
+    text {class: probability}, written to a jsonb column); nothing for the other tasks."""
+    if spec.task != "multiclass":
+        return {}
+    classes = list(spec.label.classes)
+    return {"predicted_class": pa.array([classes[i] for i in probabilities.argmax(axis=1)], type=pa.string()),
+            "class_probabilities": pa.array([json.dumps(dict(zip(classes, map(float, row))))
+                                             for row in probabilities], type=pa.string())}
 
 
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,
@@ -39,6 +51,8 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
             for batch in pq.ParquetFile(source).iter_batches(batch_size=spec.scoring.chunk_rows):
                 chunk = batch.to_pandas()
                 scores = predict_scores(model, chunk, spec)
+                extra = _multiclass_columns(scores, spec)
+                scores = scores.max(axis=1) if scores.ndim == 2 else scores  # multiclass: the predicted class's
                 if not np.isfinite(scores).all():
                     raise ValueError(f"model {spec.model_name} v{model_version} produced non-finite scores "
                                      f"for {int((~np.isfinite(scores)).sum())} rows; nothing is written")
@@ -52,6 +66,7 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
                     "snapshot_sha256": pa.array([snapshot_sha256] * n, type=pa.string()),
                     "dag_run_id": pa.array([dag_run_id] * n, type=pa.string()),
                     "scored_at": pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
+                    **extra,
                 }, schema=schema))
                 rows += n
         store.put_file(local, output_url)

@@ -43,12 +43,13 @@ TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})
 RESERVED_ROLES = {"public", "none", "current_user", "current_role", "session_user"}
 # metric -> greater is better
 METRICS = {"roc_auc": True, "average_precision": True, "accuracy": True, "f1": True, "log_loss": False,
-           "rmse": False, "mae": False, "r2": True}
-Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "rmse", "mae", "r2"]
+           "rmse": False, "mae": False, "r2": True, "macro_f1": True}
+Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "rmse", "mae", "r2", "macro_f1"]
 # The task a spec's label poses (`task`), and the metrics that can judge it.
-TASKS = ("binary", "regression")
-Task = Literal["binary", "regression"]
+TASKS = ("binary", "multiclass", "regression")
+Task = Literal["binary", "multiclass", "regression"]
 TASK_METRICS = {"binary": ("roc_auc", "average_precision", "accuracy", "f1", "log_loss"),
+                "multiclass": ("log_loss", "macro_f1", "accuracy"),
                 "regression": ("rmse", "mae", "r2")}
 KeyType = Literal["bigint", "integer", "text"]
 KEY_TYPES = set(get_args(KeyType))
@@ -299,12 +300,16 @@ class EntityKey(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class Label(_Section):
-    """The target column, null until it is known: 0/1 for task binary, a number for task regression."""
+    """The target column, null until it is known: 0/1 for task binary, one of `classes` for task multiclass,
+    a number for task regression."""
 
     name: Annotated[Identifier, Field(description="Column name.")]
     delay_days: Annotated[Integer, Field(ge=0, description="Days after the event before the label is known.")] = 1
     min: Annotated[Number | None, Field(description="Task regression only: the smallest valid label value.")] = None
     max: Annotated[Number | None, Field(description="Task regression only: the largest valid label value.")] = None
+    classes: Annotated[tuple[Text, ...] | None, Field(min_length=3, description=(
+        "Task multiclass only (and required there): every class the label takes, as text, in the order the "
+        "published probabilities list them (quote values YAML would read otherwise)."))] = None
 
     def key_fields(self) -> dict[str, Any]:
         """The label's settings as the training key hashes them: a field left unset is left out, so a binary
@@ -553,8 +558,9 @@ class DatasetSpec(_Section):
         "The data set; the DAG and the registered model are called nightshift_<name>. Unique across specs."))]
     description: Annotated[Text, Field(description="Shown on the DAG page.")] = ""
     task: Annotated[Task, Field(description=(
-        "What the label is: binary (0/1, the score is the probability of 1) or regression (a number, the "
-        "score is the predicted value). Multiclass is not supported yet."))] = "binary"
+        "What the label is: binary (0/1, the score is the probability of 1), multiclass (one of label.classes: "
+        "the predicted class and every class's probability are published) or regression (a number, the score "
+        "is the predicted value)."))] = "binary"
     schedule: Annotated[Text, Field(description="A cron expression or preset, in UTC.")] = "@daily"
     start_date: Annotated[dt.date, Strict(), Field(description="First night the DAG may run (YYYY-MM-DD).")]
     source: Source
@@ -678,14 +684,7 @@ class DatasetSpec(_Section):
                 "task_metric", "{metric} does not judge task {task}; use one of {allowed}",
                 {"metric": repr(self.promotion.metric), "task": self.task,
                  "allowed": ", ".join(TASK_METRICS[self.task])}), self.promotion.metric))
-        label = self.label
-        if self.task != "regression" and (label.min is not None or label.max is not None):
-            problems.append((("label", "min"), PydanticCustomError(
-                "task_label", "label.min and label.max are for task regression only", {}), label.min))
-        if label.min is not None and label.max is not None and label.min > label.max:
-            problems.append((("label", "max"), PydanticCustomError(
-                "label_range", "must be at least label.min ({low}), got {high}",
-                {"low": label.min, "high": label.max}), label.max))
+        problems += _label_problems(self.task, self.label)
         if self.task == "regression" and self.training.calibration != "none":
             problems.append((("training", "calibration"), PydanticCustomError(
                 "task_calibration", "calibrates probabilities: task regression has none, use none", {}),
@@ -710,6 +709,28 @@ class DatasetSpec(_Section):
 
 
 _Problems = list[tuple[tuple[str | int, ...], PydanticCustomError, Any]]
+
+
+def _label_problems(task: str, label: Label) -> _Problems:
+    """The label's settings against the task: classes for multiclass only (and required there), min/max for
+    regression only, min <= max."""
+    problems: _Problems = []
+    if task != "regression" and (label.min is not None or label.max is not None):
+        problems.append((("label", "min"), PydanticCustomError(
+            "task_label", "label.min and label.max are for task regression only", {}), label.min))
+    if (task == "multiclass") != (label.classes is not None):
+        problems.append((("label", "classes"), PydanticCustomError(
+            "task_classes", "is required by task multiclass and only allowed there (task {task})",
+            {"task": task}), label.classes))
+    elif label.classes is not None and len(set(label.classes)) != len(label.classes):
+        problems.append((("label", "classes"), PydanticCustomError(
+            "duplicate_class", "lists a class more than once: {classes}", {"classes": list(label.classes)}),
+            label.classes))
+    if label.min is not None and label.max is not None and label.min > label.max:
+        problems.append((("label", "max"), PydanticCustomError(
+            "label_range", "must be at least label.min ({low}), got {high}",
+            {"low": label.min, "high": label.max}), label.max))
+    return problems
 
 
 def _drift_exclude_problems(drift: Drift, kinds: dict[str, str]) -> _Problems:

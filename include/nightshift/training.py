@@ -104,11 +104,22 @@ def labels(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
         if not np.isfinite(y).all():
             raise ValueError(f"{spec.label.name}: {int((~np.isfinite(y)).sum())} labels are not finite")
         return y
+    if spec.task == "multiclass":
+        return class_codes(col, spec)
     y = col.to_numpy(dtype="int64")
     bad = set(np.unique(y)) - {0, 1}
     if bad:
         raise ValueError(f"{spec.label.name}: labels must be 0 or 1, found {sorted(bad)}")
     return y
+
+
+def class_codes(col: pd.Series, spec: DatasetSpec) -> np.ndarray:
+    """Task multiclass: each label as its position in label.classes (int64); a value not listed is an error."""
+    values = col.astype(str)
+    codes = pd.Categorical(values, categories=list(spec.label.classes)).codes.astype("int64")
+    if (codes < 0).any():
+        raise ValueError(f"{spec.label.name}: labels not in label.classes: {sorted(set(values[codes < 0]))[:10]}")
+    return codes
 
 
 def _utc(ts: pd.Series) -> pd.Series:
@@ -189,15 +200,16 @@ def _ordinal(features: Sequence[CategoricalFeature]) -> OrdinalEncoder:
     )
 
 
-def _target(features: Sequence[CategoricalFeature], seed: int, regression: bool = False) -> TargetEncoder:
+def _target(features: Sequence[CategoricalFeature], seed: int, regression: bool = False,
+            classes: int = 0) -> TargetEncoder:
     """Each category as its (shrunk) positive rate, cross-fitted on seeded folds when fitting, so a row's
     own label never encodes its category; unseen and missing values get the overall rate."""
     if regression:
         folds: Any = KFold(n_splits=5, shuffle=True, random_state=seed)
     else:
         folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    return TargetEncoder(categories=[list(f.categories) for f in features],
-                         target_type="continuous" if regression else "binary", cv=folds)
+    kind = "continuous" if regression else ("multiclass" if classes else "binary")
+    return TargetEncoder(categories=[list(f.categories) for f in features], target_type=kind, cv=folds)
 
 
 def _categoricals(spec: DatasetSpec, native_max: int | None) -> tuple[list[CategoricalFeature], list[CategoricalFeature]]:
@@ -228,15 +240,21 @@ def _tree_prep(spec: DatasetSpec, native_max: int | None = None) -> ColumnTransf
     parts = [("numeric", "passthrough", spec.numeric_features),
              ("categorical", _ordinal(native), [f.name for f in native])]
     if encoded:
-        parts.append(("target_encoded", _target(encoded, spec.training.seed, spec.task == "regression"),
-                      [f.name for f in encoded]))
+        parts.append(("target_encoded", _target(encoded, spec.training.seed, spec.task == "regression",
+                                                _class_count(spec)), [f.name for f in encoded]))
     return ColumnTransformer(parts, sparse_threshold=0.0)
 
 
 def _categorical_columns(spec: DatasetSpec, native_max: int | None = None) -> list[bool]:
     """Which of _tree_prep's output columns hold native category codes."""
     native, encoded = _categoricals(spec, native_max)
-    return [False] * len(spec.numeric_features) + [True] * len(native) + [False] * len(encoded)
+    per_feature = _class_count(spec) or 1  # a multiclass target encoding is one column per class
+    return [False] * len(spec.numeric_features) + [True] * len(native) + [False] * (len(encoded) * per_feature)
+
+
+def _class_count(spec: DatasetSpec) -> int:
+    """Task multiclass: how many classes; else 0."""
+    return len(spec.label.classes) if spec.task == "multiclass" else 0
 
 
 def _linear_prep(spec: DatasetSpec) -> ColumnTransformer:
@@ -315,10 +333,14 @@ def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
 
 def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Probability of the positive class (label 1) as float64, one per row; task regression: the predicted
-    value."""
+    value; task multiclass: one row of probabilities per row, one column per class of label.classes."""
     if spec.task == "regression":
         return np.asarray(model.predict(features_frame(df, spec)), dtype=np.float64).ravel()
     proba = model.predict_proba(features_frame(df, spec))
+    if spec.task == "multiclass":  # (rows, classes), columns in label.classes order
+        out = np.zeros((len(proba), _class_count(spec)), dtype=np.float64)
+        out[:, np.asarray(model.classes_, dtype=int)] = proba
+        return out / out.sum(axis=1, keepdims=True)  # XGBoost's float32 rows sum to 1 only within 1e-7
     positive = list(model.classes_).index(1)
     return proba[:, positive].astype(np.float64)
 
@@ -422,6 +444,8 @@ def one_class_problem(train_df: pd.DataFrame, spec: DatasetSpec, days: Sequence[
     label column, the training window's days and the rows per class; None when both classes are there.
     `days`: the window's and holdout's days, as training_days gives them (the oldest window_days train)."""
     counts = train_df[spec.label.name].value_counts(dropna=True).sort_index()
+    if spec.task == "multiclass":
+        return _missing_classes(counts, spec, days, len(train_df))
     if len(counts) >= 2 or (spec.task == "regression" and len(train_df)):
         return None
     window = sorted(days)[: spec.training.window_days]
@@ -430,3 +454,23 @@ def one_class_problem(train_df: pd.DataFrame, spec: DatasetSpec, days: Sequence[
     return (f"label {spec.label.name!r} has a single class in the training window {window[0]}..{window[-1]} "
             f"({len(window)} days, {len(train_df)} rows; per class: {per_class}): a classifier needs both classes, "
             "so more labelled days with the other class, not a retry, will change this")
+
+
+def _missing_classes(counts: pd.Series, spec: DatasetSpec, days: Sequence[dt.date], rows: int) -> str | None:
+    """Task multiclass: why the training rows cannot train (a class of label.classes has no row: every model
+    must know every class it may be asked about), naming the classes and the window; None when all are there."""
+    seen = {str(v) for v in counts.index}
+    missing = [c for c in spec.label.classes if c not in seen]
+    if not missing:
+        return None
+    window = sorted(days)[: spec.training.window_days]
+    return (f"label {spec.label.name!r} has no row of class {', '.join(map(repr, missing))} in the training window "
+            f"{window[0]}..{window[-1]} ({len(window)} days, {rows} rows): every class of label.classes must be "
+            "in the window, so more labelled days (or a longer training.window_days), not a retry, will change this")
+
+
+def drift_scores(model: Any, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """One number per row for the prediction-drift test: the score (binary, regression), or the predicted
+    class's position in label.classes (multiclass: the drift of the predicted classes' distribution)."""
+    scores = predict_scores(model, df, spec)
+    return scores.argmax(axis=1).astype(np.float64) if scores.ndim == 2 else scores

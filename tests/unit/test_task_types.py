@@ -168,3 +168,119 @@ def test_realised_quality_of_a_regression_has_an_interval_and_no_calibration():
                          days=np.repeat(np.arange(4), 500))
     assert q.low <= q.value <= q.high and q.value == pytest.approx(2.0, abs=0.15)
     assert q.brier is None and q.ece is None
+
+
+# --------------------------------------------------------------------------- task multiclass
+
+STATUS = ROOT / "examples" / "flights_status" / "flights_status.yaml"
+CLASSES = ["on_time", "late", "very_late", "cancelled"]
+
+
+@pytest.fixture(scope="module")
+def status_spec():
+    base = load_spec(STATUS)
+    return dataclasses.replace(base, training=dataclasses.replace(base.training, window_days=4, holdout_days=2,
+                                                                  params={"n_estimators": 20, "max_depth": 3}))
+
+
+def status_like(spec, seed: int = 5) -> pd.DataFrame:
+    """flights_like rows whose status follows the delay: late hours are late, EWR is very late more often."""
+    delay_spec = load_spec(DELAY)
+    df = flights_like(delay_spec, seed=seed)
+    delay = df.pop("arr_delay_min").to_numpy()
+    df["status"] = np.select([delay >= 45, delay >= 30, delay >= 10], ["cancelled", "very_late", "late"], "on_time")
+    return df
+
+
+def test_a_multiclass_spec_declares_its_classes(tmp_path):
+    spec = load_spec(STATUS)
+    assert (spec.task, list(spec.label.classes), spec.promotion.metric) == ("multiclass", CLASSES, "log_loss")
+    raw = _spec_text(STATUS)
+    del raw["label"]["classes"]
+    with pytest.raises(SpecError, match=r"label.classes: is required by task multiclass and only allowed there"):
+        _load(tmp_path, raw)
+    with pytest.raises(SpecError, match=r"label.classes: is required by task multiclass and only allowed there "
+                                        r"\(task binary\)"):
+        _load(tmp_path, _spec_text(FLIGHTS, **{"label.classes": CLASSES}))
+    with pytest.raises(SpecError, match="lists a class more than once"):
+        _load(tmp_path, _spec_text(STATUS, **{"label.classes": ["a", "b", "a"]}))
+    with pytest.raises(SpecError, match="roc_auc' does not judge task multiclass; use one of log_loss, macro_f1, accuracy"):
+        _load(tmp_path, _spec_text(STATUS, **{"promotion.metric": "roc_auc", "promotion.floor": 0.6}))
+
+
+def test_multiclass_metrics_match_their_definitions():
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
+    assert metric_value("log_loss", y, p) == pytest.approx(-np.mean(np.log([0.7, 0.6, 0.6, 0.2])))
+    assert metric_value("accuracy", y, p) == pytest.approx(0.75)
+    assert metric_value("macro_f1", y, p) == pytest.approx(np.mean([2 / 3, 1.0, 2 / 3]))
+    from include.nightshift.evaluation import per_class_recall
+    assert per_class_recall(y, p, ["a", "b", "c"]) == {"a": 1.0, "b": 1.0, "c": 0.5}
+    with pytest.raises(ValueError, match="does not judge class probabilities"):
+        metric_value("roc_auc", y, p)
+
+
+def test_multiclass_candidates_give_class_probabilities_and_the_gate_judges_them(status_spec):
+    df = status_like(status_spec)
+    train, hold = training.split_train_holdout(df, status_spec, dt.date(2013, 6, 6))
+    fits = training.fit_candidates(status_spec, train, hold)
+    assert [type(f.model.named_steps["model"]).__name__ for f in fits] == [
+        "XGBClassifier", "HistGradientBoostingClassifier", "LogisticRegression"]
+    y = training.labels(hold, status_spec)
+    prior = np.bincount(training.labels(train, status_spec), minlength=4) / len(train)
+    naive = metric_value("log_loss", y, np.tile(prior, (len(y), 1)))
+    for f in fits:
+        assert f.holdout_scores.shape == (len(hold), 4), f.family
+        assert np.allclose(f.holdout_scores.sum(axis=1), 1.0)
+        assert math.isfinite(f.metric), f.family
+    chosen = training.choose(fits, status_spec)
+    assert chosen.metric == min(f.metric for f in fits) < 0.95 * naive  # the chosen one beats the class shares
+    baseline = training.fit(training.build_baseline(status_spec), train, status_spec)
+    base_scores = training.predict_scores(baseline, hold, status_spec)
+    flat = np.full_like(chosen.holdout_scores, 0.25)
+    ev = evaluate(hold, y, {"challenger": chosen.holdout_scores, "champion": flat, "baseline": base_scores},
+                  status_spec)
+    assert set(ev["per_class_recall"]["challenger"]) == set(CLASSES)
+    verdict = gate(ev, status_spec.promotion, challenger_scores=chosen.holdout_scores, roundtrip_equal=True,
+                   challenger_family=chosen.family)
+    assert verdict.promote, verdict.message()
+    assert "over 4 classes" in {c.name: c.detail for c in verdict.checks}["finite"]
+    bad = chosen.holdout_scores.copy()
+    bad[0, 0] = np.nan
+    refused = gate(ev, status_spec.promotion, challenger_scores=bad, roundtrip_equal=True,
+                   challenger_family=chosen.family)
+    assert not {c.name: c.passed for c in refused.checks}["finite"]
+    # The prediction-drift input is the predicted class's position; the published columns name it.
+    drift = training.drift_scores(chosen.model, hold, status_spec)
+    assert drift.shape == (len(hold),) and set(np.unique(drift)) <= {0.0, 1.0, 2.0, 3.0}
+    from include.nightshift.scoring import _multiclass_columns
+    extra = _multiclass_columns(chosen.holdout_scores[:3], status_spec)
+    assert extra["predicted_class"].to_pylist() == [CLASSES[i] for i in chosen.holdout_scores[:3].argmax(axis=1)]
+    import json
+    assert list(json.loads(extra["class_probabilities"][0].as_py())) == CLASSES
+
+
+def test_a_training_window_without_a_class_is_refused_naming_it(status_spec):
+    df = status_like(status_spec)
+    df = df[df["status"] != "cancelled"]
+    days = [dt.date(2013, 6, 6) - dt.timedelta(days=i) for i in range(6)]
+    message = training.one_class_problem(df, status_spec, days)
+    assert "no row of class 'cancelled'" in message
+
+
+def test_realised_quality_of_class_probabilities_has_an_interval_and_no_calibration():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 900)
+    p = np.full((900, 3), 0.2)
+    p[np.arange(900), y] = 0.6
+    q = realised_quality("log_loss", y, p, threshold=0.5, confidence=0.95, resamples=50, seed=1,
+                         days=np.repeat(np.arange(3), 300))
+    assert q.value == pytest.approx(-math.log(0.6)) and q.brier is None and q.ece is None
+
+
+def test_the_predictions_table_has_the_multiclass_columns_for_a_multiclass_spec_only(status_spec, delay_spec):
+    from include.nightshift.warehouse import prediction_schema
+    assert prediction_schema(status_spec).names[-2:] == ["predicted_class", "class_probabilities"]
+    assert prediction_schema(delay_spec).names == prediction_schema(load_spec(FLIGHTS)).names[:1] + \
+        prediction_schema(delay_spec).names[1:]
+    assert "predicted_class" not in prediction_schema(load_spec(FLIGHTS)).names
