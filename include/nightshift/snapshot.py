@@ -2,9 +2,9 @@
 
 A snapshot is named by the SHA-256 of its bytes, so the same source rows always give the
 same file and hash, and a model can name exactly the data it was trained on. Rows are read
-with ADBC (``fetch_arrow_table``: a binary COPY straight into Arrow, several times faster
-than pandas.read_sql) with the source's own column types, so a column of numbers stored as
-text stays text and validation can name it. ``normalise`` is the one rule that turns the
+by the source's reader (sources.py: PostgreSQL with ADBC, any DB-API database, Parquet or CSV
+files) with the source's own column types, so a column of numbers stored as text stays text
+and validation can name it. ``normalise`` is the one rule that turns the
 driver's Arrow types into the snapshot's (integers int64, floats float64, ``numeric``
 exact decimals, timestamptz in UTC). Rows are ordered by (timestamp, entity key) and
 written with fixed Parquet options: that is what makes the bytes, and so the hash, reproducible.
@@ -25,16 +25,16 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from psycopg import ClientCursor, Connection, sql
-from psycopg.conninfo import make_conninfo
+from psycopg import Connection
 
 from include.nightshift.artifacts import ArtifactStore
-from include.nightshift.spec import CASTS, DatasetSpec, Source
+from include.nightshift.sources import (  # noqa: F401  (the PostgreSQL reader's parts, where they were)
+    PostgresReader, SourceReader, as_reader, source_columns, window_parameters, window_query)
+from include.nightshift.spec import DatasetSpec, Source
 
 log = logging.getLogger(__name__)
 
@@ -66,112 +66,14 @@ def day_bounds(day: dt.date, timezone: str = "UTC") -> tuple[dt.datetime, dt.dat
     return Source(table="x", timezone=timezone).day_bounds(day)
 
 
-def _table(spec: DatasetSpec) -> sql.Composable:
-    schema, name = spec.source.schema_and_name
-    return sql.Identifier(schema, name) if schema else sql.Identifier(name)
-
-
-def _from(spec: DatasetSpec) -> sql.Composable:
-    """The source relation: the table, or the spec's query as a subquery (its %(start)s, %(end)s and
-    %(day)s stay placeholders that psycopg binds; the query is SQL the spec's author wrote, by design)."""
-    if spec.source.query:
-        return sql.SQL("({}) AS source").format(sql.SQL(spec.source.query))  # type: ignore[arg-type]
-    return _table(spec)
-
-
-def window_parameters(spec: DatasetSpec, day: dt.date) -> dict[str, object]:
-    """The named parameters of the window query (and of a source query): the night's bounds and zone."""
-    start, end = spec.source.day_bounds(day)
-    return {"start": start, "end": end, "day": day, "timezone": spec.source.timezone}
-
-
 class SourceSchemaError(Exception):
     """The source lacks the spec's timestamp column: no day can be selected from it."""
 
 
-# PostgreSQL type OIDs of the source columns that hold local time (read in source.timezone).
-_LOCAL_TIME_OIDS = {1082: "date", 1114: "timestamp"}
-
-
-def source_columns(conn: Connection, spec: DatasetSpec, day: dt.date | None = None) -> dict[str, str | None]:
-    """The source's column names, as it is now (not as the spec says it should be), each with
-    'date' or 'timestamp' when it holds local time (else None). A query source is asked with the
-    night's parameters bound, and returns no row (LIMIT 0)."""
-    query = sql.SQL("SELECT * FROM {} LIMIT 0").format(_from(spec))
-    params = window_parameters(spec, day or dt.date(2000, 1, 1)) if spec.source.query else None
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(query, params)
-        return {d.name: _LOCAL_TIME_OIDS.get(d.type_code) for d in cur.description}
-
-
-def _column_expression(spec: DatasetSpec, name: str, source_type: str | None) -> sql.Composable:
-    """One spec column as read from the source: renamed, cast, and a local date or timestamp made
-    timestamptz in source.timezone; an untouched column is just its name (the snapshot is as before)."""
-    column, cast = spec.source.column(name)
-    expression: sql.Composable = sql.Identifier(column)
-    if cast:
-        expression = sql.SQL("CAST({} AS {})").format(expression, sql.SQL(CASTS[cast]))
-    if name == spec.timestamp and (cast or source_type) in ("date", "timestamp"):
-        expression = sql.SQL("(CAST({} AS timestamp) AT TIME ZONE {})").format(expression,
-                                                                          sql.Placeholder("timezone"))
-    if expression == sql.Identifier(name):
-        return expression
-    return sql.SQL("{} AS {}").format(expression, sql.Identifier(name))
-
-
-def window_query(spec: DatasetSpec, day: dt.date, labelled: bool,
-                 columns: dict[str, str | None] | list[str] | None = None) -> sql.Composed:
-    """The spec's columns of one night's rows (labelled: only rows whose label is known), in a stable order.
-
-    Only the spec's columns are read, each from its source column (source.columns: renamed, cast); other
-    source columns are ignored. `columns` are the source's actual columns: a spec column whose source
-    column is missing is left out (and of the filter and the order), so that the snapshot is still taken
-    and validation names the column (a query on a missing column would crash here, be retried, and never
-    reach validation). The window is %(start)s / %(end)s, bound by window_parameters.
-    """
-    present: dict[str, str | None] = (dict.fromkeys(spec.source.column(c)[0] for c in spec.columns)
-                                      if columns is None else
-                                      columns if isinstance(columns, dict) else dict.fromkeys(columns))
-    wanted = [c for c in spec.columns if spec.source.column(c)[0] in present]
-    if spec.timestamp not in wanted:
-        raise SourceSchemaError(
-            f"source {spec.source.described} has no column {spec.source.column(spec.timestamp)[0]!r} (the spec's "
-            f"timestamp), so the day's rows cannot be selected; its columns: {sorted(present)}")
-    mapped = [_column_expression(spec, c, present[spec.source.column(c)[0]]) for c in wanted]
-    ts, key, label = (sql.Identifier(c) for c in (spec.timestamp, spec.entity_key.name, spec.label.name))
-    query = sql.SQL("SELECT * FROM (SELECT {mapped} FROM {source}) AS night "
-                    "WHERE {ts} >= {start} AND {ts} < {end}").format(
-        mapped=sql.SQL(", ").join(mapped), source=_from(spec), ts=ts,
-        start=sql.Placeholder("start"), end=sql.Placeholder("end"))
-    if labelled and spec.label.name in wanted:
-        query += sql.SQL(" AND {label} IS NOT NULL").format(label=label)
-    order = [ts, key] if spec.entity_key.name in wanted else [ts]
-    return query + sql.SQL(" ORDER BY ") + sql.SQL(", ").join(order)
-
-
 def read_day(conn: Connection, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
-    """One day of the source as an Arrow table with the source's column types (see normalise).
-
-    The rows come through ADBC on a second connection to the same database, opened with the
-    psycopg connection's own parameters: ADBC reads the binary COPY format into Arrow in C++,
-    where psycopg would build a Python object per value. The night's parameters are bound by
-    psycopg's client-side binding (ClientCursor.mogrify: values adapted and quoted by psycopg,
-    never formatted into the text by hand), since the query then runs on the other driver.
-    Binary timestamps are UTC instants, so the session's TimeZone and DateStyle cannot change
-    a snapshot.
-    """
-    composed = window_query(spec, day, labelled, source_columns(conn, spec, day))
-    with ClientCursor(conn) as binder:
-        query = binder.mogrify(composed, window_parameters(spec, day))
-    with adbc.connect(_conninfo(conn)) as reader, reader.cursor() as cur:
-        cur.execute(query)
-        return normalise(cur.fetch_arrow_table())
-
-
-def _conninfo(conn: Connection) -> str:
-    """The libpq connection string of an open psycopg connection, password included."""
-    password = conn.info.password
-    return make_conninfo(conn.info.dsn, password=password) if password else conn.info.dsn
+    """One day of a PostgreSQL source (a psycopg connection's database) as an Arrow table with the
+    snapshot's types: sources.PostgresReader, normalised."""
+    return normalise(PostgresReader(conn).read_window(spec, day, labelled=labelled))
 
 
 def normalise(table: pa.Table) -> pa.Table:
@@ -192,7 +94,7 @@ def normalise(table: pa.Table) -> pa.Table:
 
 
 # Arrow types kept as they are, and those widened (anything else becomes text).
-_KEPT = (pa.types.is_boolean, pa.types.is_date32, pa.types.is_string)
+_KEPT = (pa.types.is_boolean, pa.types.is_date32, pa.types.is_string, pa.types.is_decimal)
 _WIDENED = ((pa.types.is_integer, pa.int64()), (pa.types.is_floating, pa.float64()))
 
 
@@ -290,8 +192,12 @@ class SnapshotReadError(ValueError):
     """A stored snapshot that cannot be read: the message names its path and day."""
 
 
-def take_snapshot(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> SnapshotRef:
-    return write_snapshot(read_day(conn, spec, day, labelled=labelled), store, spec, day, labelled=labelled)
+def take_snapshot(source: SourceReader | Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date, *,
+                  labelled: bool = False) -> SnapshotRef:
+    """Night `day` of the source (a reader of sources.py; a psycopg connection is a PostgreSQL source),
+    normalised and written under its content hash. A labelled snapshot of a past night reads it again."""
+    table = as_reader(source).read_window(spec, day, labelled=labelled)
+    return write_snapshot(normalise(table), store, spec, day, labelled=labelled)
 
 
 def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -221,6 +221,24 @@ def _window_query(value: str) -> str:
     return text
 
 
+def _files_path(value: str) -> str:
+    """An fsspec URL template holding the partition's date: {date} or {date:<strftime format>}."""
+    try:
+        filled = value.format(date=dt.date(2000, 1, 2))
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise PydanticCustomError("files_path", "{value} is not a path template of the partition's date: use "
+                                  "{date} or {date:%Y-%m-%d} and no other {...} ({error})",
+                                  {"value": repr(value), "error": str(exc) or type(exc).__name__}) from None
+    if filled == value:
+        raise PydanticCustomError("files_path", "{value} does not hold the partition's date: put {date} or "
+                                  "{date:%Y-%m-%d} where the date is in the path (e.g. .../dt={date}/*.parquet)",
+                                  {"value": repr(value)})
+    return value
+
+
+SourceKind = Literal["postgres", "sql", "files"]
+FileFormat = Literal["parquet", "csv"]
+FilesPath = Annotated[str, Strict(), AfterValidator(_files_path)]
 TimeZone = Annotated[str, Strict(), AfterValidator(_time_zone)]
 WindowQuery = Annotated[str, Strict(), AfterValidator(_window_query)]
 
@@ -242,8 +260,19 @@ class Source(_Section):
     """Where the night's rows come from: a table (or a query) and how its columns map to the spec's."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra={
-        "oneOf": [{"required": ["table"]}, {"required": ["query"]}]})
+        "oneOf": [{"required": ["table"]}, {"required": ["query"]}, {"required": ["path"]}]})
 
+    kind: Annotated[SourceKind, Field(description=(
+        "postgres (the default: a PostgreSQL table or query, read with ADBC), sql (any database with an Airflow "
+        "DB-API provider, through the connection's common-sql hook) or files (Parquet or CSV files under an fsspec "
+        "path partitioned by date: source.path)."))] = "postgres"
+    path: Annotated[FilesPath | None, Field(description=(
+        "Kind files: an fsspec URL (a local folder, file://, s3://, memory://) with the partition's date as "
+        "{date} or {date:%Y-%m-%d} (strftime), e.g. s3://bucket/flights/dt={date:%Y-%m-%d}/*.parquet; a glob, "
+        "a file or a folder. The night reads its local date's partition and the UTC dates its window spans."))] \
+        = None
+    format: Annotated[FileFormat | None, Field(description=(
+        "Kind files: parquet or csv (default: csv when the path names .csv files, else parquet)."))] = None
     table: Annotated[TableName | None, Field(description=(
         "'table' or 'schema.table': one row per entity per day. Give table or query, not both."))] = None
     query: Annotated[WindowQuery | None, Field(description=(
@@ -268,7 +297,14 @@ class Source(_Section):
     @property
     def described(self) -> str:
         """The source in a few words, for messages and the DAG page."""
+        if self.kind == "files":
+            return f"{self.file_format} files {self.path}"
         return f"table {self.table}" if self.table else "the spec's source.query"
+
+    @property
+    def file_format(self) -> str:
+        """Kind files: the files' format, as given or from the path's name."""
+        return self.format or ("csv" if ".csv" in (self.path or "").lower() else "parquet")
 
     def column(self, name: str) -> tuple[str, str | None]:
         """(source column, cast or None) of a spec column."""
@@ -283,10 +319,30 @@ class Source(_Section):
 
     @model_validator(mode="after")
     def _table_or_query(self) -> Source:
+        if self.kind == "files" or self.path is not None or self.format is not None:
+            return self._files_only()
         if (self.table is None) == (self.query is None):
             _refuse("Source", [(("table",), PydanticCustomError(
                 "table_or_query", "give exactly one of source.table and source.query, got {given}",
                 {"given": "both" if self.table else "neither"}), self.table)])
+        return self
+
+    def _files_only(self) -> Source:
+        """Kind files reads source.path (and format), never a table or query; the other kinds never a path."""
+        if self.kind != "files":
+            key = "path" if self.path is not None else "format"
+            _refuse("Source", [((key,), PydanticCustomError(
+                "files_key", "is for source.kind files only (this source is kind {kind})", {"kind": self.kind}),
+                getattr(self, key))])
+        given = [key for key in ("table", "query") if getattr(self, key) is not None]
+        if given:
+            _refuse("Source", [((given[0],), PydanticCustomError(
+                "files_table", "a files source reads source.path, not a {key}", {"key": given[0]}),
+                getattr(self, given[0]))])
+        if self.path is None:
+            _refuse("Source", [(("path",), PydanticCustomError(
+                "files_path", "is required by source.kind files (an fsspec URL with the partition's {date})", {}),
+                None)])
         return self
 
 

@@ -51,7 +51,7 @@ class SnapshotOperator(NightshiftOperator):
         with self.connect() as conn:  # night is rerun only when asked
             refuse_unasked_rerun(conn, self.spec, runtime.run_date(context), context["run_id"],
                                  params=context.get("params") or {})
-        with self.connect(self.spec.source.connection_id) as conn:  # a missing column fails at once (errors.py)
+        with runtime.source_reader(self.spec) as conn:  # a missing column fails at once (errors.py)
             snap = take_night(conn, runtime.artifact_store(), self.spec, runtime.run_date(context))
         for ref in (snap.current, snap.labelled):
             log.info("%s snapshot %s: %d rows, sha256 %s", "labelled" if ref.labelled else "night", ref.day,
@@ -95,7 +95,7 @@ class DriftOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import measure_night_drift
 
-        with self.connect(self.spec.source.connection_id) as source, self.connect() as conn:
+        with runtime.source_reader(self.spec) as source, self.connect() as conn:
             drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                         self.received()["snapshot"])
         context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)  # None: no report, no button
@@ -111,7 +111,7 @@ class MonitorOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import monitor_champion
 
-        with self.connect(self.spec.source.connection_id) as source:
+        with runtime.source_reader(self.spec) as source:
             return monitor_champion(source, runtime.artifact_store(), runtime.registry(), self.spec,
                                     self.received()["snapshot"]).to_xcom()
 
@@ -144,7 +144,7 @@ class TrainOperator(NightshiftOperator):
         from include.nightshift.nightly import train_challenger
 
         # too few rows, or one class: more labels, not a retry, will change it (errors.py: permanent)
-        with self.connect(self.spec.source.connection_id) as conn:
+        with runtime.source_reader(self.spec) as conn:
             return train_challenger(conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                     runtime.run_date(context), self.received()["decision"],
                                     context["run_id"]).to_xcom()

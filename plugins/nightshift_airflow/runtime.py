@@ -8,9 +8,11 @@ their AIRFLOW_VAR_* environment form), never from code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -120,3 +122,40 @@ def postgres_connection(conn_id: str):
         raise RuntimeError(f"connection {conn_id!r}: the Postgres provider opened {type(conn).__module__}, not psycopg 3 "
                            "(it needs SQLAlchemy 2 and psycopg installed)")
     return conn
+
+
+@contextlib.contextmanager
+def source_reader(spec: Any) -> Iterator[Any]:
+    """`with source_reader(spec) as source`: the reader of the spec's source (include/nightshift/sources.py),
+    its connection closed at the end.
+
+    Kind postgres: a psycopg connection (postgres_connection), read with ADBC. Kind sql: the connection
+    id's own hook (`BaseHook.get_connection(id).get_hook()`: any provider whose hook is a common-sql
+    DbApiHook), with that hook's placeholder and identifier escape format. Kind files: no connection
+    (fsspec finds credentials as usual: environment, instance profile).
+    """
+    from include.nightshift import sources
+
+    kind = spec.source.kind
+    if kind == "files":
+        yield sources.FilesReader()
+        return
+    if kind == "postgres":
+        with contextlib.closing(postgres_connection(spec.source.connection_id)) as conn:
+            yield sources.PostgresReader(conn)
+        return
+    hook = sql_hook(spec.source.connection_id)
+    with contextlib.closing(hook.get_conn()) as conn:
+        yield sources.SqlReader(conn, quote=hook.escape_word_format, placeholder=hook.placeholder)
+
+
+def sql_hook(conn_id: str) -> Any:
+    """The common-sql hook of an Airflow connection (its provider's DbApiHook subclass)."""
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    if not isinstance(hook, DbApiHook):
+        raise SettingMissing(f"connection {conn_id!r} ({type(hook).__name__}) has no DB-API hook: source.kind sql "
+                             "needs a database provider built on common-sql (postgres, sqlite, mysql, ...)")
+    return hook
