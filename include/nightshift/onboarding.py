@@ -753,6 +753,11 @@ def check_nights(spec: Any) -> int:
 def check_spec(conn: Connection, spec: Any, nights: int | None = None) -> CheckReport:
     """Every problem of a spec against its live source, at once (an empty list: the spec fits)."""
     report = CheckReport(spec.source.table or "")
+    if getattr(spec.source, "kind", "postgres") != "postgres":
+        report.problems.append(Problem("source.kind", "", f"spec check reads PostgreSQL sources; a "
+                                       f"{spec.source.kind} source is not checked (run one night of the DAG "
+                                       "instead: its validation names every problem)"))
+        return report
     if not spec.source.table:
         report.problems.append(Problem("source.query", "", "spec check reads a source.table; a query source is "
                                        "not checked (run one night of the DAG instead)"))

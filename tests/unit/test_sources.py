@@ -254,3 +254,46 @@ def test_the_runtime_gives_a_files_source_its_reader(tmp_path):
     spec = files_spec(tmp_path, str(tmp_path / "{date}" / "*.parquet"))
     with runtime.source_reader(spec) as reader:
         assert isinstance(reader, FilesReader)
+
+
+# --- PostgreSQL: the default reader and the generic common-sql path agree with the files ----------------
+
+
+@pytest.fixture
+def pg_orders(pg_conn, pg_uri, monkeypatch) -> str:
+    """The rows in the test PostgreSQL (a naive local timestamp, text numbers), and an Airflow connection."""
+    import local_stack  # scripts/, on the path (tests/conftest.py)
+
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute('CREATE TABLE "order" (order_no integer, cust_ref text, placed_at timestamp, amount_txt text, '
+                    '"group" text, churn_flag smallint, internal_note text)')
+        for i, (customer, placed, amount, group, label) in enumerate(ROWS):
+            cur.execute('INSERT INTO "order" VALUES (%s, %s, %s, %s, %s, %s, %s)',
+                        (100 + i, customer, dt.datetime.fromisoformat(placed), amount, group, label, "x"))
+    dbname = pg_uri.partition("?")[0].rsplit("/", 1)[-1]
+    monkeypatch.setenv("AIRFLOW_CONN_ORDERS_PG", local_stack.connection_json(pg_uri, dbname))
+    return "orders_pg"
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sql"])
+def test_postgresql_by_either_reader_gives_the_files_snapshot(tmp_path, pg_orders, kind):
+    """kind postgres (ADBC, the mapping in SQL) and kind sql (the Postgres provider's hook as a plain
+    DbApiHook: %s placeholders, the mapping in Arrow) take the same snapshot as the Parquet files."""
+    from include.nightshift.sources import PostgresReader
+
+    spec = load_spec(spec_file(tmp_path, {"kind": kind, "connection_id": pg_orders, "table": "order", **MAPPING}))
+    store = ArtifactStore(tmp_path / "store")
+    with runtime.source_reader(spec) as reader:
+        assert isinstance(reader, PostgresReader if kind == "postgres" else SqlReader)
+        ref = take_snapshot(reader, store, spec, NIGHT)
+    files = files_spec(tmp_path, write_partitions(str(tmp_path / "p"), "{date}", "parquet"))
+    assert (ref.rows, ref.sha256) == (3, take_snapshot(FilesReader(), store, files, NIGHT).sha256)
+
+
+def test_spec_check_says_it_reads_postgresql_sources_only(tmp_path):
+    from include.nightshift.onboarding import check_spec
+
+    report = check_spec(None, files_spec(tmp_path, str(tmp_path / "{date}" / "*.parquet")))
+    assert [(p.key, p.message) for p in report.problems] == [
+        ("source.kind", "spec check reads PostgreSQL sources; a files source is not checked (run one night of the "
+                        "DAG instead: its validation names every problem)")]
