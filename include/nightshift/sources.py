@@ -51,10 +51,16 @@ def as_reader(source: SourceReader | Connection) -> SourceReader:
     return PostgresReader(source) if isinstance(source, Connection) else source
 
 
-def _missing_timestamp(spec: DatasetSpec, present: Sequence[str]) -> Exception:
-    from include.nightshift.snapshot import SourceSchemaError  # errors.py knows it by that name: permanent
+def _schema_error(message: str) -> Exception:
+    """A source that does not fit the spec (snapshot.SourceSchemaError: errors.py knows it as permanent, a
+    retry reads the same columns)."""
+    from include.nightshift.snapshot import SourceSchemaError
 
-    return SourceSchemaError(
+    return SourceSchemaError(message)
+
+
+def _missing_timestamp(spec: DatasetSpec, present: Sequence[str]) -> Exception:
+    return _schema_error(
         f"source {spec.source.described} has no column {spec.source.column(spec.timestamp)[0]!r} (the spec's "
         f"timestamp), so the day's rows cannot be selected; its columns: {sorted(present)}")
 
@@ -214,7 +220,7 @@ def _cast(column: pa.ChunkedArray, cast: str, name: str) -> tuple[pa.ChunkedArra
             column = pc.round(column, round_mode="half_to_even")  # as PostgreSQL's float -> integer
         return column.cast(target), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"source column of {name!r}: cannot cast {column.type} to {cast}: {exc}") from exc
+        raise _schema_error(f"source column of {name!r}: cannot cast {column.type} to {cast}: {exc}") from exc
 
 
 def _cast_time(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.ChunkedArray:
@@ -234,7 +240,7 @@ def _parse_time(column: pa.ChunkedArray, name: str, *, aware: bool) -> pa.Chunke
         try:
             naive = column.cast(pa.timestamp("us"))
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"source column of {name!r}: its text is not an ISO-8601 date or time: {exc}") from exc
+            raise _schema_error(f"source column of {name!r}: its text is not an ISO-8601 date or time: {exc}") from exc
         return pc.assume_timezone(naive, "UTC") if aware else naive
 
 
@@ -249,7 +255,7 @@ def _instants(column: pa.ChunkedArray, zone: str, name: str) -> pa.ChunkedArray:
     if pa.types.is_date(kind):
         column, kind = column.cast(pa.timestamp("us")), pa.timestamp("us")
     if not pa.types.is_timestamp(kind):
-        raise ValueError(f"source column of the timestamp {name!r} is {kind}, not a date or time")
+        raise _schema_error(f"source column of the timestamp {name!r} is {kind}, not a date or time")
     if kind.tz:
         return column.cast(_UTC, safe=False)
     local = pc.assume_timezone(column.cast(pa.timestamp("us"), safe=False), zone, ambiguous="latest",
@@ -427,8 +433,9 @@ class FilesReader:
                     found.append((fs, hit))
         return found
 
-    def _tables(self, spec: DatasetSpec, day: dt.date) -> list[pa.Table]:
-        read = _read_parquet if spec.source.file_format == "parquet" else _csv_reader(spec)
+    def _tables(self, spec: DatasetSpec, day: dt.date) -> list[tuple[pa.Table, list[str]]]:
+        """Each file of the night: (its columns the spec reads, all its column names)."""
+        read = _parquet_reader(spec) if spec.source.file_format == "parquet" else _csv_reader(spec)
         tables = []
         for fs, path in self.files(spec, day):
             with fs.open(path, "rb", compression="infer") as handle:
@@ -437,15 +444,14 @@ class FilesReader:
 
     def source_columns(self, spec: DatasetSpec, day: dt.date | None = None) -> dict[str, str | None]:
         """The columns of the night's files (the union); {} when the night has no file."""
-        tables = self._tables(spec, day or dt.date.today())
-        return {name: None for t in tables for name in t.column_names}
+        return {name: None for _, names in self._tables(spec, day or dt.date.today()) for name in names}
 
     def read_window(self, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
         tables = self._tables(spec, day)
         if not tables:
             return empty_night(spec)
-        wanted = _spec_source_names(spec, list(dict.fromkeys(n for t in tables for n in t.column_names)))
-        parts = [t.select([s for _, s in wanted if s in t.column_names]) for t in tables]
+        wanted = _spec_source_names(spec, list(dict.fromkeys(n for _, names in tables for n in names)))
+        parts = [t.select([s for _, s in wanted if s in t.column_names]) for t, _ in tables]
         rows = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
         rows = rows.select([s for _, s in wanted]).rename_columns([n for n, _ in wanted])
         return arrow_window(spec, day, labelled, rows)
@@ -456,13 +462,21 @@ def _data_file(path: str) -> bool:
     return not path.rstrip("/").rsplit("/", 1)[-1].startswith(("_", "."))
 
 
-def _read_parquet(handle: Any) -> pa.Table:
+def _parquet_reader(spec: DatasetSpec) -> Callable[[Any], tuple[pa.Table, list[str]]]:
+    """A Parquet file's columns the spec reads (a wide file is not read whole), and all its names."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(handle)
+    wanted = {spec.source.column(c)[0].casefold() for c in spec.columns}
+
+    def read(handle: Any) -> tuple[pa.Table, list[str]]:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        return parquet.read(columns=[n for n in names if n.casefold() in wanted]), names
+
+    return read
 
 
-def _csv_reader(spec: DatasetSpec) -> Callable[[Any], pa.Table]:
+def _csv_reader(spec: DatasetSpec) -> Callable[[Any], tuple[pa.Table, list[str]]]:
     """A CSV read with the spec's text columns, and every column with a cast, as text ('01' stays '01';
     the cast reads the text as written) and an empty field as null."""
     import pyarrow.csv as pacsv
@@ -470,4 +484,9 @@ def _csv_reader(spec: DatasetSpec) -> Callable[[Any], pa.Table]:
     text = {spec.source.column(c)[0]: pa.string() for c in spec.columns
             if _text_column(spec, c) or spec.source.column(c)[1]}
     options = pacsv.ConvertOptions(column_types=text, strings_can_be_null=True)
-    return lambda handle: pacsv.read_csv(handle, convert_options=options)
+
+    def read(handle: Any) -> tuple[pa.Table, list[str]]:
+        table = pacsv.read_csv(handle, convert_options=options)
+        return table, table.column_names
+
+    return read

@@ -297,3 +297,12 @@ def test_spec_check_says_it_reads_postgresql_sources_only(tmp_path):
     assert [(p.key, p.message) for p in report.problems] == [
         ("source.kind", "spec check reads PostgreSQL sources; a files source is not checked (run one night of the "
                         "DAG instead: its validation names every problem)")]
+
+
+def test_a_value_the_cast_cannot_read_is_a_schema_error_naming_the_column(tmp_path):
+    rows = [ROWS[1][:2] + ("ten",) + ROWS[1][3:]]  # a number that is not one
+    path = write_partitions(str(tmp_path / "orders"), "{date}", "csv", rows)
+    mapping = {**MAPPING, "columns": {**MAPPING["columns"], "amount": {"from": "amount_txt", "cast": "float"}}}
+    spec = load_spec(spec_file(tmp_path, {"kind": "files", "path": path, **mapping}))
+    with pytest.raises(SourceSchemaError, match="source column of 'amount': cannot cast string to float"):
+        take_snapshot(FilesReader(), ArtifactStore(tmp_path / "store"), spec, NIGHT)
