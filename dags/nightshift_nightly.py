@@ -128,6 +128,10 @@ def _refuse(message: str) -> None:
     raise SpecError(message)
 
 
+def _connection(spec: DatasetSpec) -> str:
+    return "" if spec.source.kind == "files" else f" (connection `{spec.source.connection_id}`)"
+
+
 def _doc(spec: DatasetSpec) -> str:
     p = spec.promotion
     return f"""\
@@ -135,7 +139,7 @@ def _doc(spec: DatasetSpec) -> str:
 
 {spec.description}
 
-- **Source**: {spec.source.described} (connection `{spec.source.connection_id}`), one day of `{spec.timestamp}` ({spec.source.timezone}) per run.
+- **Source**: {spec.source.described}{_connection(spec)}, one day of `{spec.timestamp}` ({spec.source.timezone}) per run.
 - **Model**: MLflow `{spec.model_name}`, alias `champion`.
 - **Retrain when**: no champion, drift share >= {spec.drift.share_threshold}, realised {p.metric} decays,
   champion older than {p.max_model_age_days} days, or the run asks (`force_retrain`).

@@ -112,9 +112,7 @@ def init(args: argparse.Namespace) -> int:
         found = onboarding.profile(conn, args.table, key=args.key, timestamp=args.timestamp, label=args.label,
                                    days=args.days, timezone=args.timezone)
     name = args.name or args.table.split(".")[-1]
-    text = onboarding.draft_yaml(found, name=name, connection_id=args.connection or "nightshift_source",
-                                 task_key=onboarding.spec_has("task"),
-                                 mapping=onboarding.spec_has("timezone", "source"))
+    text = onboarding.draft_yaml(found, name=name, connection_id=args.connection or "nightshift_source")
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}: {len(found.columns)} columns, {sum(n.rows for n in found.nights)} rows over "
@@ -133,6 +131,9 @@ def check(args: argparse.Namespace) -> int:
         spec = load_spec(args.file)
     except SpecError as exc:
         print(f"{args.file}: the spec does not load:\n{exc}")
+        return 1
+    if (problem := onboarding.unchecked(spec)) is not None:  # before connecting: it may not be PostgreSQL
+        print(f"{args.file}: 1 problem(s)\n  - {problem}")
         return 1
     with connect(args.connection or spec.source.connection_id, args.uri) as conn:
         report = onboarding.check_spec(conn, spec, args.nights)

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
@@ -25,6 +25,9 @@ from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
                                       TrainingStep, ValidationStep, VerdictStep)
 
+if TYPE_CHECKING:
+    from include.nightshift.sources import SourceReader  # a psycopg connection, a common-sql hook's, or files
+
 log = logging.getLogger(__name__)
 
 VALIDATED = (("current", False), ("labelled", True))  # which snapshots validate checks, and whether labelled
@@ -34,13 +37,13 @@ class NotEnoughRows(ValueError):
     """Too few labelled rows to train a challenger: retrying changes nothing until more labels arrive."""
 
 
-def take_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
+def take_night(source: SourceReader, store: ArtifactStore, spec: DatasetSpec, day: dt.date) -> SnapshotStep:
     """The rows the night scores (its own day, or the day `scoring.horizon_days` ahead), and the rows
     whose labels arrived with it (delay_days earlier)."""
     from include.nightshift.snapshot import take_snapshot
 
-    current = take_snapshot(conn, store, spec, day + spec.scored_day_offset)
-    labelled = take_snapshot(conn, store, spec, day - dt.timedelta(days=spec.label.delay_days), labelled=True)
+    current = take_snapshot(source, store, spec, day + spec.scored_day_offset)
+    labelled = take_snapshot(source, store, spec, day - dt.timedelta(days=spec.label.delay_days), labelled=True)
     return SnapshotStep(day=day, current=current, labelled=labelled)
 
 
@@ -88,7 +91,7 @@ def keep_report_folder(store: ArtifactStore, folder: Path, entry: str | None, ba
     return store.url(*base, str(Path(entry).relative_to(folder))) if entry else None
 
 
-def measure_night_drift(source: Connection, conn: Connection, store: ArtifactStore, registry: Registry,
+def measure_night_drift(source: SourceReader, conn: Connection, store: ArtifactStore, registry: Registry,
                         spec: DatasetSpec, snapshot: SnapshotStep) -> DriftStep:
     """The current window's features (and the champion's scores) against the reference, and how many
     nights in a row the drift has lasted (from `conn`'s pipeline_runs).
@@ -130,7 +133,7 @@ def measure_night_drift(source: Connection, conn: Connection, store: ArtifactSto
                      details={**result.to_dict(), "report_path": url, "windows": windows, "history": history})
 
 
-def _pooled_features(source: Connection, store: ArtifactStore, spec: DatasetSpec, days: list[dt.date],
+def _pooled_features(source: SourceReader, store: ArtifactStore, spec: DatasetSpec, days: list[dt.date],
                      tonight: Any = None) -> Any:
     """The spec's features of the scored rows of `days`, pooled (each day first cut to drift.sample_rows,
     seeded, so a long window stays bounded in memory); `tonight`'s snapshot is used as it is."""
@@ -210,7 +213,7 @@ def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
             {"failures": failure.get("failures"), "report": result.report_urls.get(failure.get("snapshot"))})
 
 
-def monitor_champion(source: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
                      snapshot: SnapshotStep) -> MonitorStep:
     """The champion's realised metric, with a bootstrap interval and its calibration, on the labelled days
     it never saw: the last promotion.realised_window_days labelled days after its holdout's end, pooled.
@@ -243,7 +246,7 @@ def monitor_champion(source: Connection, store: ArtifactStore, registry: Registr
                                confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece)
 
 
-def _realised(source: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
+def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
               snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str]]:
     """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), and the
     days that had rows."""
@@ -276,7 +279,7 @@ def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: Dri
     return decision
 
 
-def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
+def train_challenger(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
                      decision: Decision | None, dag_run_id: str) -> TrainingStep:
     """Train every candidate on the labelled window before `day`; the holdout metric picks the challenger.
 
@@ -289,7 +292,7 @@ def train_challenger(conn: Connection, store: ArtifactStore, registry: Registry,
     from include.nightshift.snapshot import read_snapshots, take_snapshot
 
     end, days = training.training_days(spec, day)
-    refs = [take_snapshot(conn, store, spec, d, labelled=True) for d in days]
+    refs = [take_snapshot(source, store, spec, d, labelled=True) for d in days]
     train_df, holdout_df = training.split_train_holdout(read_snapshots(store, refs), spec, end)
     if len(train_df) < spec.training.min_rows or len(holdout_df) == 0:
         raise NotEnoughRows(

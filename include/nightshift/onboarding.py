@@ -345,10 +345,10 @@ class Draft:
     casts: dict[str, str] = field(default_factory=dict)  # column -> cast (source.columns), when the spec has them
 
 
-def _feature(p: Profile, column: Column, mapping: bool) -> tuple[dict[str, Any] | None, str]:
-    """One column as a feature (or None and why not)."""
+def _feature(p: Profile, column: Column) -> tuple[dict[str, Any] | None, str]:
+    """One column as a feature (or None and why not); a boolean becomes a category (cast to text)."""
     share = drafted_null_share(p.nights, column.name)
-    if column.category == "B" and mapping:
+    if column.category == "B":
         item = {"name": column.name, "type": "categorical", "categories": ["false", "true"]}
     elif column.numeric:
         if column.name not in p.sample.numeric:
@@ -367,37 +367,32 @@ def _feature(p: Profile, column: Column, mapping: bool) -> tuple[dict[str, Any] 
     return item, ""
 
 
-def draft(p: Profile, mapping: bool = False) -> Draft:
-    """What the draft says; `mapping`: the spec has source.columns (casts) and source.timezone."""
+def draft(p: Profile) -> Draft:
+    """What the draft says."""
     features, left_out = [], []
     for column in p.columns:
         if column.name in (p.key, p.timestamp, p.label):
             continue
-        item, why = _feature(p, column, mapping)
+        item, why = _feature(p, column)
         if item:
             features.append(item)
         else:
             left_out.append((column.name, why))
-    task = drafted_task(p, supported_tasks())
+    task = drafted_task(p)
     delay = p.label_delay
     casts = {c.name: "text" for c in p.columns if c.category == "B" and c.name in {f["name"] for f in features}}
     return Draft(features, left_out, task, 1 if delay is None else delay, casts)
 
 
-def supported_tasks() -> tuple[str, ...]:
-    """The tasks this checkout's spec accepts (binary only before `task` existed)."""
-    from include.nightshift import spec
-
-    return tuple(getattr(spec, "TASKS", ("binary",)))
-
-
-def drafted_task(p: Profile, tasks: tuple[str, ...]) -> str:
-    """binary for 0/1 (or boolean) labels, regression for other numbers, multiclass for text classes."""
+def drafted_task(p: Profile) -> str:
+    """binary for 0/1 (or boolean) labels, regression for other numbers, multiclass for three or more text
+    classes (two text classes stay binary, with a CHECK to map them to 0/1)."""
     classes = set(p.sample.classes)
     if classes <= {"0", "1", "true", "false"}:
         return "binary"
-    wanted = "regression" if p.column(p.label).numeric else "multiclass"
-    return wanted if wanted in tasks and (wanted == "regression" or len(classes) >= 3) else "binary"
+    if p.column(p.label).numeric:
+        return "regression"
+    return "multiclass" if len(classes) >= 3 else "binary"
 
 
 def _label_line(p: Profile, d: Draft) -> str:
@@ -428,7 +423,7 @@ def _label_comment(p: Profile, d: Draft) -> list[str]:
     balance = ", ".join(f"{value}: {rows / total:.1%}" for value, rows in list(p.sample.classes.items())[:10])
     lines = [f"# label: classes seen in the sample ({total} labelled rows): {balance or 'none'}"]
     if d.task == "binary" and not set(p.sample.classes) <= {"0", "1", "true", "false"}:
-        lines.append("# CHECK: the label is not 0/1 and this checkout's spec has no task that fits it: map it to 0/1.")
+        lines.append("# CHECK: the label has two text classes, not 0/1: map them to 0/1 (source.columns cannot).")
     if p.label_delay is None:
         lines.append(f"# NO labelled row in the last {len(p.nights)} nights: delay_days 1 is a guess. CHECK IT.")
     else:
@@ -437,15 +432,11 @@ def _label_comment(p: Profile, d: Draft) -> list[str]:
     return lines
 
 
-def _source_lines(p: Profile, d: Draft, connection_id: str, mapping: bool) -> list[str]:
-    """The source section; with source mapping in the spec (source.timezone, source.columns), a local date or
-    timestamp column is read in the zone given here, and columns that need a cast to be features get one."""
+def _source_lines(p: Profile, d: Draft, connection_id: str) -> list[str]:
+    """The source section: a local date or timestamp column is read in the zone given here (source.timezone),
+    and columns that need a cast to be features get one (source.columns)."""
     ts = p.column(p.timestamp)
     lines = ["source:", f"  table: {p.table}", f"  connection_id: {connection_id}"]
-    if not mapping:
-        if ts.type != "timestamp with time zone":
-            lines[0:0] = [f"# {p.timestamp} is a {ts.type}: the pipeline needs a timestamptz here (cast it in a view)."]
-        return lines
     local = ts.type != "timestamp with time zone"
     what = (f"# {p.timestamp} is a {ts.type}, local time: night D holds its rows dated D in this zone.\n"
             "  # CHECK: the business day's zone (an IANA name such as Europe/Oslo)." if local else
@@ -499,11 +490,9 @@ def _policy_lines(p: Profile, d: Draft) -> list[str]:
     ]
 
 
-def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source", task_key: bool = False,
-               mapping: bool = False) -> str:
-    """The commented spec draft: every section says what was inferred from the profile and what to check.
-    `task_key` / `mapping`: the spec model has `task` / source.timezone and source.columns."""
-    d = draft(p, mapping)
+def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source") -> str:
+    """The commented spec draft: every section says what was inferred from the profile and what to check."""
+    d = draft(p)
     key = p.column(p.key)
     lines = [
         f"# Drafted by `python -m include.nightshift spec init` from {p.table}: the {len(p.nights)} nights",
@@ -513,12 +502,12 @@ def draft_yaml(p: Profile, *, name: str, connection_id: str = "nightshift_source
         f"name: {name}", f"description: {_flow(f'Drafted from {p.table}; say what is predicted, and for whom.')}",
         'schedule: "@daily"',
         f"start_date: {p.newest}          # the newest night in the source (the DAG does not catch up)", "",
-        *_source_lines(p, d, connection_id, mapping), "",
+        *_source_lines(p, d, connection_id), "",
         f"# entity_key: {p.key} is {key.type} in the source.",
         f"entity_key: {{name: {p.key}, type: {key_type(key)}}}",
         f"timestamp: {p.timestamp}     # {p.column(p.timestamp).type}: a row belongs to the night of its date",
         *_label_comment(p, d),
-        *([f"task: {d.task}"] if task_key else []),
+        f"task: {d.task}",
         _label_line(p, d), "",
         *_feature_lines(d), "",
         *_policy_lines(p, d),
@@ -750,17 +739,22 @@ def check_nights(spec: Any) -> int:
     return max(7, spec.validation.row_norm_days, spec.label.delay_days + 3)
 
 
+def unchecked(spec: Any) -> Problem | None:
+    """Why spec check cannot read this spec's source (None: it can): it reads PostgreSQL tables only."""
+    if spec.source.kind != "postgres":
+        return Problem("source.kind", "", f"spec check reads PostgreSQL sources; a {spec.source.kind} source is not "
+                       "checked (run one night of the DAG instead: its validation names every problem)")
+    if not spec.source.table:
+        return Problem("source.query", "", "spec check reads a source.table; a query source is not checked (run "
+                       "one night of the DAG instead)")
+    return None
+
+
 def check_spec(conn: Connection, spec: Any, nights: int | None = None) -> CheckReport:
     """Every problem of a spec against its live source, at once (an empty list: the spec fits)."""
     report = CheckReport(spec.source.table or "")
-    if getattr(spec.source, "kind", "postgres") != "postgres":
-        report.problems.append(Problem("source.kind", "", f"spec check reads PostgreSQL sources; a "
-                                       f"{spec.source.kind} source is not checked (run one night of the DAG "
-                                       "instead: its validation names every problem)"))
-        return report
-    if not spec.source.table:
-        report.problems.append(Problem("source.query", "", "spec check reads a source.table; a query source is "
-                                       "not checked (run one night of the DAG instead)"))
+    if (problem := unchecked(spec)) is not None:
+        report.problems.append(problem)
         return report
     try:
         found = catalog(conn, spec.source.table)
@@ -791,14 +785,3 @@ def _window_problems(conn: Connection, spec: Any, source: Relation, columns: dic
         problems += _label_problems(spec, report.nights, newest)
     report.sample_rows, found = _value_problems(conn, spec, source, columns, ts, first, report.nights)
     return problems + found
-
-
-def spec_has(key: str, section: str | None = None) -> bool:
-    """Whether the spec model in this checkout knows a key (top level, or of a section such as source)."""
-    from include.nightshift import spec
-
-    owner = spec.DatasetSpec if section is None else {
-        f.name: f.type for f in dataclasses.fields(spec.DatasetSpec)}.get(section)
-    if isinstance(owner, str):
-        owner = getattr(spec, owner, None)
-    return dataclasses.is_dataclass(owner) and any(f.name == key for f in dataclasses.fields(owner))
