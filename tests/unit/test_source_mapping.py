@@ -7,10 +7,7 @@ test PostgreSQL (ADBC, the pipeline's own path), then checks the snapshot's cont
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -22,8 +19,8 @@ from include.nightshift.snapshot import read_snapshot, take_snapshot
 from include.nightshift.spec import SpecError, load_spec
 from include.nightshift.training import row_days, split_train_holdout
 from include.nightshift.validation import validate_snapshot
+from orders_spec import CHURN, spec_file  # tests/unit/orders_spec.py
 
-CHURN = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
 NIGHT = dt.date(2026, 3, 1)
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -49,23 +46,6 @@ ROWS = [
     (4, "2026-03-01 23:30:00", "99.99", "NO", 1),  # 04:30 UTC on March 2: still the local night of March 1
     (5, "2026-03-02 00:00:00", "1", "SE", 0),  # the next night's first instant
 ]
-
-
-def spec_file(tmp_path: Path, source: dict[str, Any], name: str = "orders.yaml") -> Path:
-    """churn.yaml's policy with a small model of its own over the given source."""
-    data = yaml.safe_load(CHURN.read_text())
-    data.update(
-        name="orders", source=source, entity_key={"name": "customer_id", "type": "bigint"}, timestamp="event_ts",
-        label={"name": "churned", "delay_days": 1},
-        features=[{"name": "amount", "type": "numeric", "min": 0, "max": 1000},
-                  {"name": "country", "type": "categorical", "categories": ["NO", "SE"]}])
-    data["validation"].update(min_rows=1)
-    data["promotion"]["slice_columns"] = ["country"]
-    data["drift"] = {**data["drift"], "columns": {}}
-    data["warehouse"] = {"schema": "orders"}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 MAPPED = {

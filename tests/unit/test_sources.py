@@ -35,8 +35,8 @@ from include.nightshift.snapshot import SourceSchemaError, read_snapshot, take_s
 from include.nightshift.sources import FilesReader, SqlReader, partition_days
 from include.nightshift.spec import SpecError, load_spec
 from include.nightshift.validation import validate_snapshot
+from orders_spec import CHURN, spec_file  # tests/unit/orders_spec.py
 
-CHURN = Path(__file__).resolve().parents[2] / "include" / "specs" / "churn.yaml"
 NIGHT = dt.date(2026, 3, 1)  # in New York: [2026-03-01 05:00Z, 2026-03-02 05:00Z), two UTC dates
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -58,23 +58,6 @@ MAPPING = {
         "churned": {"from": "churn_flag"},
     },
 }
-
-
-def spec_file(tmp_path: Path, source: dict[str, Any], name: str = "orders.yaml") -> Path:
-    """churn.yaml's policy with a small model of its own over the given source."""
-    data = yaml.safe_load(CHURN.read_text())
-    data.update(
-        name="orders", source=source, entity_key={"name": "customer_id", "type": "bigint"}, timestamp="event_ts",
-        label={"name": "churned", "delay_days": 1},
-        features=[{"name": "amount", "type": "numeric", "min": 0, "max": 1000},
-                  {"name": "country", "type": "categorical", "categories": ["NO", "SE"]}])
-    data["validation"].update(min_rows=1)
-    data["promotion"]["slice_columns"] = ["country"]
-    data["drift"] = {**data["drift"], "columns": {}}
-    data["warehouse"] = {"schema": "orders"}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def source_table(rows: list[tuple] = ROWS) -> pa.Table:
