@@ -39,26 +39,34 @@ DEFAULT_ARGS = {
     "on_failure_callback": TaskFailureNotifier(),
 }
 
+def switch(default: bool, **kwargs: object) -> Param:
+    """A yes/no param. Typed boolean-or-null because Airflow's trigger form marks every param whose type
+    does not allow null as required (an on/off switch cannot be "missing"); the steps read null as off."""
+    return Param(default, type=["boolean", "null"], **kwargs)
+
+
 PARAMS = {
-    "force_retrain": Param(False, type="boolean", title="Force retrain",
+    "force_retrain": switch(False, title="Force retrain",
                            description="Train a challenger tonight even if nothing calls for it."),
     "promotion_policy": Param("auto", type="string", enum=["auto", "never", "force"], title="Promotion policy",
                               description="auto: promote only through the gate. never: evaluate but keep the champion. "
                                           "force: promote even if it does not beat the champion (the absolute floor and "
                                           "sanity checks still apply)."),
-    "dry_run": Param(False, type="boolean", title="Dry run",
+    "dry_run": switch(False, title="Dry run",
                      description="Run every step but publish nothing and promote nothing."),
     "note": Param(None, type=["null", "string"], maxLength=500, title="Note",
                   description="Why this run was triggered; kept in the run history (pipeline_runs.note)."),
-    "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
-                      description="The day to process (YYYY-MM-DD), not in the future. Empty: the run's data "
-                                  "interval."),
-    "rerun_published": Param(False, type="boolean", title="Re-run a published night",
+    # A text field, not format="date": the form would render a date picker in the browser's locale
+    # (mm/dd/yyyy in en-US) while the REST API, the CLI and this description speak YYYY-MM-DD.
+    "run_date": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}-\d{2}$", title="Run date",
+                      description="The day to process, typed as YYYY-MM-DD (e.g. 2026-02-12), not in the future. "
+                                  "Empty: the run's data interval."),
+    "rerun_published": switch(False, title="Re-run a published night",
                              description="Process a night that already has published predictions again. Its "
                                          "predictions and pipeline_runs row are replaced only if this run publishes; "
                                          "both runs stay in run_attempts. Off: such a run is refused before "
                                          "anything is read."),
-    "allow_later_model": Param(False, type="boolean", title="Score with a later model",
+    "allow_later_model": switch(False, title="Score with a later model",
                                description="Allow scoring a past night with a champion trained on a later night "
                                            "(it has seen data the night could not know). Off: refused."),
 }

@@ -26,7 +26,8 @@ PARAMS = {
     "reason": Param(type="string", minLength=3, maxLength=500, title="Reason",
                     description="Why the champion is rolled back; recorded in the audit table and on the model "
                                 "version, with who triggered it and when."),
-    "republish": Param(True, type="boolean", title="Re-publish the latest night",
+    # boolean-or-null: Airflow's trigger form marks a param whose type refuses null as required; null = on
+    "republish": Param(True, type=["boolean", "null"], title="Re-publish the latest night",
                        description="Re-score the latest published night with the restored model and replace its "
                                    "partition of the predictions table."),
 }

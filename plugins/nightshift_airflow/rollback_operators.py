@@ -67,7 +67,7 @@ class RepublishOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         from include.nightshift.rollback import republish_latest
 
-        if not self.param(context, "republish", True):
+        if self.param(context, "republish") is False:  # null (the form left it unset) = on, as the default
             raise AirflowSkipException("republish=false: the published predictions are left as they are")
         spec, store, registry = self.spec, runtime.artifact_store(), runtime.registry()
         with self.connect() as conn:

@@ -137,7 +137,7 @@ def test_trigger_form_params_are_typed_described_and_refuse_bad_values():
                    for k in dag.params}
         refused = {}
         for conf in ({"promotion_policy": "sometimes"}, {"force_retrain": "yes"}, {"dry_run": 1},
-                     {"run_date": "31/12/2026"}, {"note": "x" * 501}):
+                     {"run_date": "31/12/2026"}, {"run_date": "2026-2-1"}, {"note": "x" * 501}):
             params = copy.deepcopy(dag.params)
             try:
                 params.update(conf)
@@ -153,7 +153,10 @@ def test_trigger_form_params_are_typed_described_and_refuse_bad_values():
     for name, schema in result["schemas"].items():
         assert schema.get("title") and schema.get("description"), name  # the form explains every field
     assert result["schemas"]["promotion_policy"]["enum"] == ["auto", "never", "force"]
-    assert result["schemas"]["force_retrain"]["type"] == "boolean"
+    # boolean-or-null: the trigger form marks every param whose type refuses null as required
+    assert result["schemas"]["force_retrain"]["type"] == ["boolean", "null"]
+    # a text field with a pattern, not format "date" (a date picker in the browser's locale, mm/dd/yyyy)
+    assert "format" not in result["schemas"]["run_date"] and "YYYY-MM-DD" in result["schemas"]["run_date"]["description"]
     for conf, error in result["refused"].items():
         assert error is not None, f"{conf} was accepted"
         assert next(iter(json.loads(conf))) in error, error  # the error names the param
