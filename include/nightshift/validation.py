@@ -441,11 +441,105 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _checks(gx_result: Any, columns: list[str]) -> list[dict[str, Any]]:
-    """Every check that ran, table checks first, then column by column in the spec's order."""
-    checks = [{"expectation": r.expectation_config.type, "column": r.expectation_config.kwargs.get("column"),
-               "fails_on": (r.expectation_config.meta or {}).get("violation", ""), "success": bool(r.success)}
-              for r in gx_result.results]
+def _share(count: int, total: int) -> str:
+    return f"{count} of {total} ({100.0 * count / total if total else 0.0:.2f}%)"
+
+
+def _extremes(df: pd.DataFrame, column: str) -> dict[str, Any]:
+    """The column's observed min and max (nulls left out): what a range check is about, which GX's
+    per-value result does not give."""
+    values = df[column].dropna()
+    if values.empty:
+        return {}
+    try:
+        low, high = values.min(), values.max()
+    except TypeError:  # mixed types (a type check fails for it already): no order to speak of
+        return {}
+    return {"min": _plain(low), "max": _plain(high)}
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as its Python value (JSON writes it as a number); anything else unchanged."""
+    import numpy as np
+
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _map_measure(kind: str, result: dict[str, Any]) -> dict[str, Any]:
+    """GX's counts for a per-value check, named as the rule is: null share, unseen values, ..."""
+    count = int(result.get("unexpected_count") or 0)
+    if kind == "expect_column_values_to_not_be_null":  # the nulls are the unexpected values
+        return {"nulls": count, "of": int(result.get("element_count") or 0),
+                "null_percent": result.get("unexpected_percent")}
+    checked = int(result.get("element_count") or 0) - int(result.get("missing_count") or 0)
+    return {"unexpected": count, "checked": checked, "unexpected_percent": result.get("unexpected_percent"),
+            "examples": list(dict.fromkeys(result.get("partial_unexpected_list") or []))[:EXAMPLES]}
+
+
+def _table_measure(kind: str, result: dict[str, Any]) -> dict[str, Any]:
+    if kind == "expect_table_columns_to_match_set":
+        mismatched = (result.get("details") or {}).get("mismatched") or {}
+        return {"columns": len(result.get("observed_value") or []), "missing": mismatched.get("missing") or [],
+                "extra": mismatched.get("unexpected") or []}
+    return {"rows": result.get("observed_value")}  # expect_table_row_count_to_be_between
+
+
+def _measure(res: Any, df: pd.DataFrame) -> dict[str, Any]:
+    """What the check saw, as numbers: the row count, the dtype, the null share, min and max, the
+    values outside a set, the duplicates (an empty dict when GX reported nothing to show)."""
+    config, result = res.expectation_config, res.result or {}
+    kind, column = config.type, config.kwargs.get("column")
+    if res.exception_info.get("raised_exception"):
+        return {"error": res.exception_info.get("exception_message")}
+    if column is None:
+        return _table_measure(kind, result)
+    if "unexpected_count" not in result:  # a dtype check on a typed column
+        return {"dtype": result.get("observed_value")} if "observed_value" in result else {}
+    measured = _map_measure(kind, result)
+    if kind == "expect_column_values_to_be_between" and column in df.columns:
+        measured.update(_extremes(df, column))
+    return measured
+
+
+# What the unexpected values of a per-value check are, in the report's "observed" column.
+WORDS = {"expect_column_values_to_be_in_set": "not in the set (unseen)",
+         "expect_column_values_to_not_be_in_set": "in the excluded set (+/-inf)",
+         "expect_column_values_to_be_between": "out of range",
+         "expect_column_values_to_be_unique": "duplicated",
+         "expect_column_values_to_be_in_type_list": "of another type",
+         "expect_column_values_to_be_of_type": "of another type"}
+
+
+def _observed(kind: str, m: dict[str, Any]) -> str:
+    """The measure in words, next to the rule on the page: '3 of 2000 (0.15%) null', 'min 18, max 99; ...'."""
+    if "error" in m:
+        return f"could not run: {m['error']}"
+    if "columns" in m:
+        off = [f"missing {', '.join(m['missing'])}" if m["missing"] else "",
+               f"extra {', '.join(m['extra'])}" if m["extra"] else ""]
+        return "; ".join(x for x in off if x) or f"{m['columns']} columns, as in the spec"
+    if "rows" in m:
+        return f"{m['rows']} rows"
+    if "dtype" in m:
+        return f"dtype {m['dtype']}"
+    if "nulls" in m:
+        return f"{_share(m['nulls'], m['of'])} null"
+    words = WORDS.get(kind, "break the rule")
+    text = f"{_share(m['unexpected'], m['checked'])} {words}{_examples(m['examples'])}"
+    if "min" in m:
+        text = f"min {_example(m['min'])}, max {_example(m['max'])}; {text}"
+    return text
+
+
+def _checks(gx_result: Any, columns: list[str], df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every check that ran, with what it observed, table checks first, then column by column in
+    the spec's order."""
+    checks = []
+    for r in gx_result.results:
+        kind, measured = r.expectation_config.type, _measure(r, df)
+        checks.append({"expectation": kind, "column": r.expectation_config.kwargs.get("column"),
+                       "fails_on": (r.expectation_config.meta or {}).get("violation", ""),
+                       "success": bool(r.success), "observed": _observed(kind, measured), "measured": measured})
     position = {name: i for i, name in enumerate(columns)}
     return sorted(checks, key=lambda c: -1 if c["column"] is None else position.get(c["column"], len(columns)))
 
@@ -462,10 +556,10 @@ def _html_report(result: ValidationResult, checks: list[dict[str, Any]], spec: D
                   data_docs_page=page or "index.html")
 
 
-def _write_reports(report_dir: Path, result: ValidationResult, gx_result: Any, spec: DatasetSpec,
-                   day: dt.date, labelled: bool, page: str | None) -> None:
+def _write_reports(report_dir: Path, result: ValidationResult, gx_result: Any, df: pd.DataFrame,
+                   spec: DatasetSpec, day: dt.date, labelled: bool, page: str | None) -> None:
     """validation.json (the record) and validation.html (the page a person opens first)."""
-    checks = _checks(gx_result, spec.columns)
+    checks = _checks(gx_result, spec.columns, df)
     record = {**result.to_dict(), "dataset": spec.name, "day": day.isoformat(), "labelled": labelled,
               "message": result.message(), "data_docs_page": page, "checks": checks}
     (report_dir / "validation.json").write_text(json.dumps(_json_safe(record), indent=2))
@@ -517,5 +611,5 @@ def validate_snapshot(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labe
         report_path=str(report / "validation.html") if report is not None else None,
     )
     if report is not None:
-        _write_reports(report, result, gx_result, spec, day, labelled, page)
+        _write_reports(report, result, gx_result, df, spec, day, labelled, page)
     return result

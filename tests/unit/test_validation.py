@@ -213,3 +213,32 @@ def test_markup_in_the_data_is_text_on_the_page(churn_spec, day_df, tmp_path: Pa
     assert evil in result.message()  # the value is named in the failure ...
     assert evil not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # ... as text on the page
     assert "<script" not in page and "FAILED" in page and '<style>' in page  # the stylesheet inlined, no script
+
+
+def test_report_shows_what_each_check_observed(churn_spec, day_df, tmp_path: Path):
+    """Next to each rule, the values it saw: the null share, the column's min and max, the unseen
+    categories, the row count and dtype, passing or not (GX's counts, plus min/max from the data)."""
+    _set_rows("age", 150.0, slice(0, 12))(day_df)  # out of range: 12 rows
+    day_df.loc[day_df.index[:7], "plan"] = "platinum-x"  # a category the spec does not know
+    result = _failed(day_df, churn_spec, report_dir=tmp_path)
+    record = json.loads((tmp_path / "validation.json").read_text())
+    by_rule = {(c["column"], c["expectation"]): c for c in record["checks"]}
+    age = by_rule[("age", "expect_column_values_to_be_between")]
+    assert age["success"] is False and age["measured"]["max"] == 150.0
+    assert age["measured"]["min"] == float(day_df["age"].min())
+    assert age["observed"].startswith(f"min {float(day_df['age'].min())}, max 150.0; ")
+    assert "12 of 2000 (0.60%) out of range, e.g. 150.0" in age["observed"]
+    plan = by_rule[("plan", "expect_column_values_to_be_in_set")]
+    assert plan["success"] is False and plan["measured"]["examples"] == ["platinum-x"]
+    assert "7 of 2000 (0.35%) not in the set (unseen), e.g. 'platinum-x'" == plan["observed"]
+    nulls = by_rule[("satisfaction_score", "expect_column_values_to_not_be_null")]  # nulls within its allowance
+    expected_nulls = int(day_df["satisfaction_score"].isna().sum())
+    assert expected_nulls > 0
+    assert nulls["success"] is True and nulls["measured"]["nulls"] == expected_nulls
+    assert nulls["observed"] == f"{expected_nulls} of 2000 ({100 * expected_nulls / 2000:.2f}%) null"
+    assert by_rule[(None, "expect_table_row_count_to_be_between")]["observed"] == "2000 rows"
+    assert by_rule[("customer_id", "expect_column_values_to_be_in_type_list")]["observed"] == "dtype int64"
+    assert by_rule[(None, "expect_table_columns_to_match_set")]["observed"] == \
+        f"{len(churn_spec.columns)} columns, as in the spec"
+    page = Path(result.report_path).read_text()
+    assert "<th>observed</th>" in page and age["observed"] in page and "e.g. &#39;platinum-x&#39;" in page
