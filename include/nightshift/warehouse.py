@@ -10,7 +10,11 @@ schema per spec (``spec.warehouse.schema``) holds:
   dry run), the run's summary and decision;
 - ``run_attempts``: one row per DAG run (dry runs included, flagged), so a failed night that a
   rerun fixed stays on record;
-- ``champion_changes``: the audit table, one row per promotion or rollback (audit.py writes it);
+- ``champion_changes``: the audit table, one row per promotion or rollback (audit.py writes it), and
+  per move of the alias made outside Nightshift (``external``, found by external.py);
+- ``model_versions``: one row per model version Nightshift judged or saw serving: its MLflow run,
+  training window, snapshots, holdout metrics, whether the gate blessed it, and when it served
+  (from champion_changes), so a prediction row joins to what made it;
 - ``schema_version``: which of MIGRATIONS have been applied, so a later change reaches an
   existing warehouse by itself.
 
@@ -67,7 +71,12 @@ _DECISIONS_V6 = (*_DECISIONS_V3, "reproduced")
 DECISIONS = _DECISIONS_V6
 _DECISION_TEXT = ("skipped / promoted / rejected / failed / no_model (no champion after the gate: nothing scored) / "
                   "reproduced (the retrain rebuilt the serving champion bit for bit: nothing registered or promoted).")
-CHANGE_EVENTS = ("promote", "rollback")
+_CHANGE_EVENTS_V2 = ("promote", "rollback")
+CHANGE_EVENTS = (*_CHANGE_EVENTS_V2, "external")  # external: migration 8
+_CHANGE_EVENT_TEXT = ("promote (the nightly gate moved the champion), rollback (a person moved it back through the "
+                      "rollback DAG) or external (found moved outside Nightshift, e.g. in the MLflow UI: recorded by "
+                      "the first run that saw it).")
+MODEL_VERSIONS = "model_versions"
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
 KEY_TYPES: dict[str, pa.DataType] = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
@@ -123,7 +132,7 @@ RUN_COLUMNS = tuple(_RUN_COLUMNS)
 # The audit table: name -> (SQL type, comment); append-only, keyed by CHANGE_KEY (see audit.py).
 # As migration 2 created it; later columns are added by their own migration (CHANGE_COLUMNS has all).
 _CHANGE_COLUMNS_V2: dict[str, tuple[str, str]] = {
-    "event": ("text NOT NULL CHECK (event IN ({}))".format(", ".join(f"'{e}'" for e in CHANGE_EVENTS)),
+    "event": ("text NOT NULL CHECK (event IN ({}))".format(", ".join(f"'{e}'" for e in _CHANGE_EVENTS_V2)),
               "promote (the nightly gate moved the champion) or rollback (a person moved it back)."),
     "model_name": ("text NOT NULL", "MLflow registered model whose alias `champion` moved."),
     "from_version": ("integer", "Champion before the change (NULL: there was none)."),
@@ -144,6 +153,35 @@ _CHANGE_STATE = ("text NOT NULL DEFAULT 'done' CHECK (state IN ({}))".format(", 
                  "the alias never moved (found so by the next promotion or rollback). Rows before it: done.")
 CHANGE_COLUMNS: dict[str, tuple[str, str]] = {**_CHANGE_COLUMNS_V2, "night": _CHANGE_NIGHT, "state": _CHANGE_STATE}
 CHANGE_KEY = ("event", "dag_run_id", "to_version")
+
+# model_versions (migration 9): name -> (SQL type, comment). One row per (model_name, version); the nightly
+# evaluate step writes a version's facts (upsert_model_version), champion_from/to follow champion_changes
+# (refresh_champion_periods, after every change of the alias).
+MODEL_VERSION_COLUMNS: dict[str, tuple[str, str]] = {
+    "model_name": ("text NOT NULL", "MLflow registered model (predictions.model_name)."),
+    "version": ("integer NOT NULL", "MLflow model version (predictions.model_version)."),
+    "run_id": ("text", "MLflow run that trained the version: its params, metrics, data hashes and reports."),
+    "family": ("text", "Model family the holdout chose (xgboost, hist_gradient_boosting, logistic_regression, ...)."),
+    "trained_for": ("date", "The night whose nightly run trained it (pipeline_runs.logical_date)."),
+    "dag_run_id": ("text", "The Airflow DAG run that trained and judged it (last judged, for a reused version)."),
+    "train_from": ("date", "First day of the training window (labelled days, source.timezone)."),
+    "train_to": ("date", "Last day of the training window."),
+    "holdout_from": ("date", "First day of the out-of-time holdout the gate judged it on."),
+    "holdout_to": ("date", "Last day of the holdout."),
+    "snapshot_sha256": ("text[]", "SHA-256 of every labelled snapshot (Parquet) of its training window and holdout."),
+    "metric_name": ("text", "The promotion metric (spec promotion.metric)."),
+    "holdout_metric": ("double precision", "Its holdout metric (metric_name) when judged."),
+    "champion_metric": ("double precision", "The champion's metric on the same holdout then (NULL: no champion)."),
+    "baseline_metric": ("double precision", "The simple baseline's metric on the same holdout."),
+    "holdout_metrics": ("jsonb", "Every overall holdout metric of each role judged ({role: {metric: value}})."),
+    "blessed": ("boolean", "Passed the promotion gate (once, at least); NULL: never judged by Nightshift "
+                           "(e.g. registered and made champion by hand)."),
+    "verdict": ("text", "What the gate and the run's policy made of it (gate passed, gate failed, policy ...)."),
+    "champion_from": ("timestamptz", "When it last became champion (champion_changes.changed_at; NULL: never served)."),
+    "champion_to": ("timestamptz", "When the next change replaced it (NULL: still serving, or never served)."),
+    "updated_at": ("timestamptz NOT NULL DEFAULT now()", "When this row was last written."),
+}
+MODEL_VERSION_KEY = ("model_name", "version")
 
 # run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
 # pipeline_runs columns where they mean the same, plus what only an attempt has (dry_run, conf, failed_tasks).
@@ -323,6 +361,28 @@ def _add_change_state(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: s
     _comment(cur, "COLUMN", sql.SQL("{}.state").format(changes), _CHANGE_STATE[1])
 
 
+def _allow_external(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """champion_changes.event may be external: a move of the alias found made outside Nightshift. The
+    CHECK of version 2 was inline, so PostgreSQL named it champion_changes_event_check; idempotent."""
+    changes, name = table(spec, CHANGES), sql.Identifier(f"{CHANGES}_event_check")
+    allowed = sql.SQL(", ").join(map(sql.Literal, CHANGE_EVENTS))
+    cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(changes, name))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (event IN ({}))").format(changes, name, allowed))
+    _comment(cur, "COLUMN", sql.SQL("{}.event").format(changes), _CHANGE_EVENT_TEXT)
+
+
+def _create_model_versions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """model_versions: what made each version, and when it served; a prediction joins it on (model_name, version)."""
+    target = table(spec, MODEL_VERSIONS)
+    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in MODEL_VERSION_COLUMNS.items()]
+    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, MODEL_VERSION_KEY))))
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(columns)))
+    _comment(cur, "TABLE", target, f"Every version of {spec.model_name} Nightshift judged or saw serving: its run, "
+                                   "data, holdout metrics, gate and serving period.")
+    for name, (_, text) in MODEL_VERSION_COLUMNS.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), text)
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -338,9 +398,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (5, "champion_changes.night", _add_change_night),
     (6, "decision allows reproduced", _allow_reproduced),
     (7, "champion_changes.state (intent, done, abandoned)", _add_change_state),
+    (8, "champion_changes.event allows external", _allow_external),
+    (9, "model_versions (what made each version, and when it served)", _create_model_versions),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
-RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION)
+RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -721,3 +783,82 @@ def runs(conn: Connection, spec: DatasetSpec, days: int, until: dt.date | None =
             cur.execute(sql.SQL("SELECT * FROM {} WHERE logical_date > %s AND logical_date <= %s "
                                 "ORDER BY logical_date").format(runs_table), (until - dt.timedelta(days=days), until))
             return cur.fetchall()
+
+
+# ---------------------------------------------------------------- model versions
+
+
+def upsert_model_version(conn: Connection, spec: DatasetSpec, row: Mapping[str, Any]) -> None:
+    """Insert or update the model_versions row of (row["model_name"], row["version"]), setting the keys given.
+
+    A version judged again (a rerun, or a reused version) keeps ``blessed`` true once it was: the
+    column says it passed the gate once, which is what a rollback asks of a version. An unknown
+    key is refused (a typo must not vanish). champion_from/to are refresh_champion_periods' own.
+    """
+    _check_model_version(row)
+    values = {**row, "updated_at": dt.datetime.now(dt.timezone.utc)}
+    if isinstance(values.get("holdout_metrics"), Mapping):
+        values["holdout_metrics"] = Jsonb(values["holdout_metrics"])
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_model_version_upsert(spec, list(values)), list(values.values()))
+
+
+def _check_model_version(row: Mapping[str, Any]) -> None:
+    """Refuse a key model_versions does not have (or the serving period, which the audit table decides)."""
+    settable = [k for k in MODEL_VERSION_COLUMNS if k not in ("champion_from", "champion_to")]
+    unknown = [k for k in row if k not in settable]
+    if unknown:
+        raise ValueError(f"upsert_model_version: unknown key {unknown[0]!r} (allowed: {', '.join(settable)})")
+    missing = [k for k in MODEL_VERSION_KEY if row.get(k) is None]
+    if missing:
+        raise ValueError(f"upsert_model_version: {missing[0]!r} is required")
+
+
+def _model_version_upsert(spec: DatasetSpec, names: list[str]) -> sql.Composed:
+    """INSERT ... ON CONFLICT (model_name, version) DO UPDATE the columns given; blessed stays true once true."""
+    target = table(spec, MODEL_VERSIONS)
+    updates = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names
+               if n not in MODEL_VERSION_KEY and n != "blessed"]
+    if "blessed" in names:
+        updates.append(sql.SQL("blessed = CASE WHEN {t}.blessed THEN true ELSE EXCLUDED.blessed END").format(t=target))
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        sql.SQL(", ").join(map(sql.Identifier, MODEL_VERSION_KEY)), sql.SQL(", ").join(updates))
+
+
+def refresh_champion_periods(conn: Connection, spec: DatasetSpec, model_name: str) -> list[int]:
+    """Bring model_versions.champion_from/champion_to in line with champion_changes (its done rows); the
+    versions that had no row yet (they served, but Nightshift never judged them: made champion outside
+    it, or before this table) get a row of their own: returned, so the caller can fill in their run.
+
+    champion_from is when the version last became champion; champion_to when the change after that
+    one replaced it (NULL while it serves). Idempotent: run it again and nothing changes.
+    """
+    target, changes = table(spec, MODEL_VERSIONS), table(spec, CHANGES)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "INSERT INTO {t} (model_name, version) SELECT DISTINCT model_name, to_version FROM {c} "
+            "WHERE model_name = %(m)s AND state = 'done' ON CONFLICT DO NOTHING RETURNING version"
+        ).format(t=target, c=changes), {"m": model_name})
+        added = sorted(r[0] for r in cur.fetchall())
+        cur.execute(sql.SQL(
+            "WITH served AS (SELECT to_version, changed_at, lead(changed_at) OVER (ORDER BY changed_at, to_version) "
+            "AS until FROM {c} WHERE model_name = %(m)s AND state = 'done'), "
+            "latest AS (SELECT DISTINCT ON (to_version) to_version, changed_at, until FROM served "
+            "ORDER BY to_version, changed_at DESC) "
+            "UPDATE {t} m SET champion_from = l.changed_at, champion_to = l.until, updated_at = now() FROM latest l "
+            "WHERE m.model_name = %(m)s AND m.version = l.to_version "
+            "AND (m.champion_from, m.champion_to) IS DISTINCT FROM (l.changed_at, l.until)"
+        ).format(t=target, c=changes), {"m": model_name})
+    return added
+
+
+def model_versions(conn: Connection, spec: DatasetSpec, model_name: str | None = None) -> list[dict[str, Any]]:
+    """The model_versions rows (of one model, if given), newest version first; [] when there is no table yet."""
+    if not table_exists(conn, spec, MODEL_VERSIONS):
+        return []
+    where = sql.SQL("WHERE model_name = %s") if model_name else sql.SQL("")
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} {} ORDER BY model_name, version DESC").format(
+            table(spec, MODEL_VERSIONS), where), (model_name,) if model_name else ())
+        return cur.fetchall()

@@ -75,9 +75,10 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
     wh.ensure_warehouse(pg_conn, churn_spec)
     with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
-        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("pipeline_runs", "BASE TABLE"),
-                                  ("predictions", "BASE TABLE"), ("predictions_latest", "VIEW"),
-                                  ("run_attempts", "BASE TABLE"), ("schema_version", "BASE TABLE")]
+        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("model_versions", "BASE TABLE"),
+                                  ("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
+                                  ("predictions_latest", "VIEW"), ("run_attempts", "BASE TABLE"),
+                                  ("schema_version", "BASE TABLE")]
         cur.execute("SELECT version FROM churn.schema_version ORDER BY version")
         assert [v for v, in cur.fetchall()] == [m[0] for m in wh.MIGRATIONS]
         cur.execute("SELECT column_name, data_type FROM information_schema.columns "
@@ -88,7 +89,8 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
         undocumented = [name for name, comment in cur.fetchall() if not comment]
         assert undocumented == []
         cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = ANY(ARRAY['churn.run_attempts'::regclass, "
-                    "'churn.champion_changes'::regclass]) AND a.attnum > 0 AND NOT a.attisdropped "
+                    "'churn.champion_changes'::regclass, 'churn.model_versions'::regclass]) AND a.attnum > 0 "
+                    "AND NOT a.attisdropped "
                     "AND col_description(a.attrelid, a.attnum) IS NULL")
         assert cur.fetchall() == []
         cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
@@ -390,7 +392,7 @@ def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_co
 
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7]
+    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert [(k, run) for _, k, _, run in _rows(pg_conn, churn_spec)] == [(1, "v1"), (2, "v1"), (3, "v1")]
     assert wh.recent_row_counts(pg_conn, churn_spec, DAY2, 7) == [3]
     assert wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
@@ -471,7 +473,7 @@ def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night
     from include.nightshift import audit
 
     monkeypatch.setattr(wh, "MIGRATIONS", wh.MIGRATIONS[:2])
-    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r != wh.RUN_ATTEMPTS))
+    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r not in (wh.RUN_ATTEMPTS, wh.MODEL_VERSIONS)))
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY1, "dag_run_id": "night_1", "decision": "promoted"})
     wh.insert_row(pg_conn, wh.table(churn_spec, wh.CHANGES), {
@@ -484,7 +486,7 @@ def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6, 7]
+    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "no_model"})
     with pytest.raises(psycopg.errors.CheckViolation):
         wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "maybe"})
@@ -523,3 +525,79 @@ def test_record_attempt_refuses_unknown_keys_missing_keys_and_bad_decisions(pg_c
 
 def test_attempts_before_the_table_exists_is_empty(pg_conn, churn_spec):
     assert wh.attempts(pg_conn, churn_spec) == []
+
+
+# --- model_versions: what made each version, and when it served ------------------------------------------
+
+
+def _change(conn, spec, event: str, before, version: int, at: dt.datetime, state: str = "done") -> None:
+    from include.nightshift import audit
+
+    audit.record_change(conn, spec, {
+        "event": event, "model_name": "nightshift_churn", "from_version": before, "to_version": version,
+        "actor": "nightshift", "reason": "test", "dag_run_id": f"{event}_{version}_{at:%H%M}", "changed_at": at,
+        "state": state})
+
+
+def _judged(version: int, blessed: bool, **more) -> dict:
+    return {"model_name": "nightshift_churn", "version": version, "run_id": f"run{version}", "family": "xgboost",
+            "trained_for": DAY1, "train_from": DAY1 - dt.timedelta(days=14), "train_to": DAY1 - dt.timedelta(days=3),
+            "holdout_from": DAY1 - dt.timedelta(days=2), "holdout_to": DAY1 - dt.timedelta(days=1),
+            "snapshot_sha256": ["ab" * 32, "cd" * 32], "metric_name": "roc_auc", "holdout_metric": 0.8,
+            "baseline_metric": 0.7, "holdout_metrics": {"challenger": {"roc_auc": 0.8}}, "blessed": blessed,
+            "verdict": "gate passed" if blessed else "gate failed", **more}
+
+
+def _versions_table(conn, spec) -> dict[int, dict]:
+    return {r["version"]: r for r in wh.model_versions(conn, spec, "nightshift_churn")}
+
+
+def test_model_versions_keep_blessed_once_blessed_and_refuse_unknown_keys(pg_conn, spec):
+    assert wh.model_versions(pg_conn, _with_schema(spec, "nowhere")) == []  # no table yet: no history
+    wh.upsert_model_version(pg_conn, spec, _judged(1, True))
+    wh.upsert_model_version(pg_conn, spec, _judged(1, False, verdict="judged again", holdout_metric=0.75))
+    wh.upsert_model_version(pg_conn, spec, _judged(2, False))
+    rows = _versions_table(pg_conn, spec)
+    assert (rows[1]["blessed"], rows[1]["verdict"], rows[1]["holdout_metric"]) == (True, "judged again", 0.75)
+    assert rows[2]["blessed"] is False and rows[2]["snapshot_sha256"] == ["ab" * 32, "cd" * 32]
+    assert rows[1]["holdout_metrics"] == {"challenger": {"roc_auc": 0.8}}
+    for bad, words in (({**_judged(3, True), "blesed": True}, "unknown key 'blesed'"),
+                       ({**_judged(3, True), "champion_from": DAY1}, "unknown key 'champion_from'"),
+                       ({**_judged(3, True), "version": None}, "'version' is required")):
+        with pytest.raises(ValueError, match=words):
+            wh.upsert_model_version(pg_conn, spec, bad)
+
+
+def test_serving_periods_follow_the_done_changes_and_a_served_version_gets_a_row(pg_conn, spec):
+    t = [dt.datetime(2026, 3, d, 2, 0, tzinfo=dt.UTC) for d in (1, 2, 3, 4)]
+    for version in (1, 2):
+        wh.upsert_model_version(pg_conn, spec, _judged(version, True))
+    _change(pg_conn, spec, "promote", None, 1, t[0])
+    _change(pg_conn, spec, "promote", 1, 2, t[1])
+    _change(pg_conn, spec, "external", 2, 5, t[2])  # set by hand in MLflow: never judged, no row yet
+    _change(pg_conn, spec, "rollback", 5, 1, t[3])
+    _change(pg_conn, spec, "promote", 1, 2, t[3] + dt.timedelta(hours=1), state="abandoned")  # never moved: not a period
+
+    assert wh.refresh_champion_periods(pg_conn, spec, "nightshift_churn") == [5]
+    assert wh.refresh_champion_periods(pg_conn, spec, "nightshift_churn") == []  # idempotent
+    rows = _versions_table(pg_conn, spec)
+    assert {v: (r["champion_from"], r["champion_to"]) for v, r in rows.items()} == {
+        1: (t[3], None),  # serving again since the rollback (its latest period)
+        2: (t[1], t[2]),
+        5: (t[2], t[3])}
+    assert rows[5]["blessed"] is None and rows[5]["run_id"] is None
+
+
+def test_a_prediction_joins_its_model_version(pg_conn, spec, tmp_path):
+    """The README's example query: from a prediction row to the run and data that made its model."""
+    wh.upsert_model_version(pg_conn, spec, _judged(3, True))
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, version=3), tmp_path / "p.parquet"))
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("""
+            SELECT p.customer_id, p.score, v.run_id, v.train_from, v.train_to, v.snapshot_sha256, v.blessed
+            FROM churn.predictions p
+            JOIN churn.model_versions v ON v.model_name = p.model_name AND v.version = p.model_version
+            WHERE p.score_date = %s ORDER BY p.customer_id""", (DAY1,))
+        rows = cur.fetchall()
+    assert [(r[0], r[2], r[3], r[4], r[6]) for r in rows] == [
+        (k, "run3", DAY1 - dt.timedelta(days=14), DAY1 - dt.timedelta(days=3), True) for k in (1, 2)]
