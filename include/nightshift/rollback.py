@@ -97,6 +97,9 @@ def run_rollback(conn: Connection, registry: Registry, spec: DatasetSpec, *, to_
         if audit.finish(conn, spec, change, "done") != "done":
             raise RuntimeError(f"{spec.warehouse.schema}.{audit.CHANGES}: the rollback {rollback_id!r} of "
                                f"{spec.model_name} to v{result.to_version} moved the alias but its row was abandoned")
+    from include.nightshift.versions import sync_serving
+
+    sync_serving(conn, registry, spec)  # model_versions.champion_from/to follow the audit table
     return result, change
 
 

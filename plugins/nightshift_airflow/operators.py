@@ -17,6 +17,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
+from nightshift_airflow.alias_watch import watch_alias
 from nightshift_airflow.base import NightshiftOperator, alert, pushed_errors
 from nightshift_airflow.links import (DriftReportLink, EvaluationReportLink, HealthPageLink,
                                      LabelledValidationReportLink, ValidationReportLink)
@@ -96,6 +97,8 @@ class DriftOperator(NightshiftOperator):
         from include.nightshift.nightly import measure_night_drift
 
         with runtime.source_reader(self.spec) as source, self.connect() as conn:
+            watch_alias(context, conn, self.spec, night=runtime.run_date(context),  # moved in MLflow? (external.py)
+                        dry_run=bool(self.param(context, "dry_run", False)))
             drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                         self.received()["snapshot"])
         context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)  # None: no report, no button
@@ -162,6 +165,7 @@ class EvaluateOperator(NightshiftOperator):
 
     def execute(self, context: Any) -> dict:
         from include.nightshift.nightly import judge_challenger, run_reports, settle_verdict, verdict_alerts
+        from include.nightshift.versions import record_judged
 
         if self.received()["trained"] is None:  # train failed; its failure is the night's, not this step's
             raise AirflowSkipException("no challenger to judge: train did not finish")
@@ -174,6 +178,9 @@ class EvaluateOperator(NightshiftOperator):
                 dag_run_id=context["run_id"], reports=run_reports(got["validation"], got["drift"]))
             context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
             replaced = settle_verdict(registry, conn, self.spec, verdict)
+            if not self.param(context, "dry_run", False):  # the warehouse's model_versions row (versions.py)
+                record_judged(conn, runtime.artifact_store(), registry, self.spec, got["trained"], verdict,
+                              night=runtime.run_date(context))
         for event, found in verdict_alerts(self.spec, verdict, replaced):  # a promotion; a vanished champion
             alert(context, event, found)
         log.info("report: %s", verdict.report_url)

@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
+from nightshift_airflow.alias_watch import watch_alias
 from nightshift_airflow.notifiers import notify
 from nightshift_airflow.base import NightshiftOperator
 
@@ -33,13 +34,14 @@ class RollbackOperator(NightshiftOperator):
     ui_color = "#fecaca"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.rollback import RollbackRefused, run_rollback
+        from include.nightshift.rollback import RollbackRefused, latest_night, run_rollback
 
         self.refuse_unknown_conf(context)  # a typo'd "versoin" must not roll back to the previous champion
         spec, registry = self.spec, runtime.registry()
         version, reason = self.param(context, "version"), (self.param(context, "reason") or "").strip()
         who = actor(context)
         with self.connect() as conn:  # audit intent -> alias -> done (rollback.run_rollback); a no-op writes no row
+            watch_alias(context, conn, spec, night=latest_night(conn, spec))  # first: a move made in MLflow
             try:
                 result, change = run_rollback(conn, registry, spec, to_version=int(version) if version is not None
                                               else None, actor=who, reason=reason, rollback_id=context["run_id"])
