@@ -8,6 +8,7 @@ installed); the code above it does not care which.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -161,3 +162,17 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
 def safe_name(run_id: str) -> str:
     """A run id as a file name in the store (Airflow run ids hold ':' and '+')."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+REPORTS = "reports"  # the store's folder of pages for people (served by the Airflow plugin's web app)
+RUN_INDEX = "nights.json"  # reports/<dataset>/nights.json: each night's status and runs (report_index.py)
+DRY_RUNS = "dry_runs"  # dry_runs/<dataset>/<day>/<run>/: what a dry run keeps instead of registering it
+
+
+def run_folder(dataset: str, day: dt.date | str, dag_run_id: str, top: str = REPORTS) -> tuple[str, ...]:
+    """The key parts of one DAG run's folder for one night: `<top>/<dataset>/<day>/<run>`, the run id
+    made safe for a path (safe_name).
+
+    Per run, not per night: a rerun or a dry run of a night writes beside the run that published it,
+    never over it, so an older run's report links keep showing that run's pages."""
+    return (top, dataset, day.isoformat() if isinstance(day, dt.date) else str(day), safe_name(dag_run_id))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
-from include.nightshift.artifacts import ArtifactStore, safe_name
+from include.nightshift.artifacts import DRY_RUNS, ArtifactStore, run_folder, safe_name
 from include.nightshift.decide import Decision, decide, model_age_days
 from include.nightshift.registry import RUN_DATE_TAG, Registry
 from include.nightshift.run_record import RunRecord
@@ -48,12 +48,12 @@ def take_night(source: SourceReader, store: ArtifactStore, spec: DatasetSpec, da
 
 
 def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotStep,
-                   recent_row_counts: list[int]) -> ValidationStep:
+                   recent_row_counts: list[int], *, dag_run_id: str) -> ValidationStep:
     """The spec's suite on the night's snapshot and on the newly labelled one; stops at the first failure.
 
     The row-count norm applies to the night only (a labelled day is the night before, already
     held to it). An empty labelled snapshot (the first night) has nothing to hold to account.
-    Reports go to the artifact store under reports/<dataset>/<day>/validation/<kind>/.
+    Reports go to the artifact store under reports/<dataset>/<day>/<run>/validation/<kind>/ (run_folder).
     """
     from include.nightshift.snapshot import read_snapshot
     from include.nightshift.validation import validate_snapshot
@@ -68,7 +68,7 @@ def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotSt
                 read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
                 recent_row_counts=() if labelled else recent_row_counts, report_dir=tmp / kind)
             url = keep_report_folder(store, tmp / kind, result.report_path,
-                                     ("reports", spec.name, snapshot.day.isoformat(), "validation", kind))
+                                     (*run_folder(spec.name, snapshot.day, dag_run_id), "validation", kind))
         results[kind] = {**result.to_dict(), "report_path": url}
         if url:
             urls[kind] = url
@@ -92,7 +92,7 @@ def keep_report_folder(store: ArtifactStore, folder: Path, entry: str | None, ba
 
 
 def measure_night_drift(source: SourceReader, conn: Connection, store: ArtifactStore, registry: Registry,
-                        spec: DatasetSpec, snapshot: SnapshotStep) -> DriftStep:
+                        spec: DatasetSpec, snapshot: SnapshotStep, *, dag_run_id: str) -> DriftStep:
     """The current window's features (and the champion's scores) against the reference, and how many
     nights in a row the drift has lasted (from `conn`'s pipeline_runs).
 
@@ -117,7 +117,7 @@ def measure_night_drift(source: SourceReader, conn: Connection, store: ArtifactS
         log.info("drift not measured: %d current and %d reference rows", len(current), len(reference))
         return DriftStep(share=None, champion_version=version, details={"windows": windows})
     score = _champion_scorer(registry, spec, champion)
-    url = store.url("reports", spec.name, snapshot.day.isoformat(), "drift.html")
+    url = store.url(*run_folder(spec.name, snapshot.day, dag_run_id), "drift.html")  # this run's, not the night's
     with store.staging_dir() as tmp:
         result = measure_drift(current, reference, spec, html_path=tmp / "drift.html", score=score)
         store.put_file(tmp / "drift.html", url)
@@ -280,13 +280,17 @@ def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: Dri
 
 
 def train_challenger(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
-                     decision: Decision | None, dag_run_id: str) -> TrainingStep:
+                     decision: Decision | None, dag_run_id: str, *, dry_run: bool = False) -> TrainingStep:
     """Train every candidate on the labelled window before `day`; the holdout metric picks the challenger.
 
     The challenger is registered with its baseline, unless a version of the model already carries
     tonight's training key (same snapshots, spec, libraries and code), loads, and reproduces the
     fresh fit's holdout scores: that version is reused and nothing new is registered (a rerun of a
     night adds no duplicate version).
+
+    A dry run registers nothing and starts no MLflow run: the challenger and its baseline are kept in
+    the artifact store under dry_runs/<dataset>/<day>/<run>/ (version None, `model_url` set), where
+    evaluate loads them the way it loads a registered version (_challenger_models).
     """
     from include.nightshift import training
     from include.nightshift.snapshot import read_snapshots, take_snapshot
@@ -303,18 +307,29 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
     fits = training.fit_candidates(spec, train_df, holdout_df)
     chosen = training.choose(fits, spec)
     key = training.training_key(spec, [r.sha256 for r in refs])
-    info = _reusable_version(registry, spec, key, chosen, holdout_df)
-    reused = info is not None
-    if info is None:
-        info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key)
-    holdout_url, refs_url = _keep_holdout(store, spec, day, info.version, chosen, refs)
-    log.info("challenger %s v%s (%s) on %d rows (%d held out, days %s..%s); candidates' holdout %s: %s",
-             "reused" if reused else "registered", info.version, chosen.family, len(train_df), len(holdout_df),
-             days[-1], end, spec.promotion.metric, {f.family: f.metric for f in fits})
-    return TrainingStep(version=info.version, run_id=info.run_id, train_rows=len(train_df),
+    if dry_run:
+        folder = run_folder(spec.name, day, dag_run_id, top=DRY_RUNS)
+        version, run_id, reused = None, "", False
+        model_url = _keep_unregistered(store, folder, spec, chosen.model, _fitted_baseline(spec, train_df, fits))
+        holdout_url, refs_url = _keep_holdout(store, folder, "challenger", chosen, refs)
+        what = f"kept unregistered at {model_url} (dry run)"
+    else:
+        info = _reusable_version(registry, spec, key, chosen, holdout_df)
+        reused, model_url, what = info is not None, None, "reused"
+        if info is None:
+            info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key)
+            what = "registered"
+        version, run_id, what = info.version, info.run_id, f"{what} v{info.version}"
+        holdout_url, refs_url = _keep_holdout(store, ("holdout", spec.name, day.isoformat()), f"v{version}", chosen,
+                                              refs)
+    log.info("challenger %s (%s) on %d rows (%d held out, days %s..%s); candidates' holdout %s: %s", what,
+             chosen.family, len(train_df), len(holdout_df), days[-1], end, spec.promotion.metric,
+             {f.family: f.metric for f in fits})
+    return TrainingStep(version=version, run_id=run_id, train_rows=len(train_df),
                         holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
                         snapshots_url=refs_url, family=chosen.family,
-                        candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key)
+                        candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key,
+                        model_url=model_url)
 
 
 def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: Any, holdout_df: Any) -> Any:
@@ -374,21 +389,49 @@ def _fitted_baseline(spec: DatasetSpec, train_df: Any, fits: list) -> Any:
     return training.fit(training.build_baseline(spec), train_df, spec)
 
 
-def _keep_holdout(store: ArtifactStore, spec: DatasetSpec, day: dt.date, version: int, chosen: Any,
+def _keep_holdout(store: ArtifactStore, folder: tuple[str, ...], stem: str, chosen: Any,
                   refs: list) -> tuple[str, str]:
-    """The fresh fit's holdout scores and the snapshot manifest, for the evaluate step (urls)."""
+    """The fresh fit's holdout scores and the snapshot manifest, for the evaluate step (urls):
+    `<folder>/<stem>.npz` and `<folder>/<stem>-snapshots.json`."""
     import numpy as np
 
     from include.nightshift.snapshot import manifest
 
-    holdout_url = store.url("holdout", spec.name, day.isoformat(), f"v{version}.npz")
+    holdout_url = store.url(*folder, f"{stem}.npz")
     with store.staging_dir() as tmp:
         np.savez(tmp / "holdout.npz", scores=chosen.holdout_scores)
         store.put_file(tmp / "holdout.npz", holdout_url)
         (tmp / "snapshots.json").write_text(manifest(refs))
-        refs_url = store.put_file(tmp / "snapshots.json",
-                                  store.url("holdout", spec.name, day.isoformat(), f"v{version}-snapshots.json"))
+        refs_url = store.put_file(tmp / "snapshots.json", store.url(*folder, f"{stem}-snapshots.json"))
     return holdout_url, refs_url
+
+
+def _keep_unregistered(store: ArtifactStore, folder: tuple[str, ...], spec: DatasetSpec, model: Any,
+                       baseline: Any) -> str:
+    """A dry run's challenger and baseline, saved as MLflow models (no run, no version) and zipped into
+    one file of the artifact store (a store may be object storage); the file's address."""
+    import shutil
+
+    from include.nightshift.registry import save_unregistered
+
+    url = store.url(*folder, "challenger.zip")
+    with store.staging_dir() as tmp:
+        save_unregistered(tmp / "models", model, baseline, spec)
+        store.put_file(shutil.make_archive(str(tmp / "challenger"), "zip", tmp / "models"), url)
+    return url
+
+
+def _challenger_models(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep) -> tuple:
+    """(challenger, baseline) loaded back: from the registry, or a dry run's from the artifact store."""
+    if trained.model_url is None:
+        return registry.load_model(spec.model_name, trained.version), registry.load_baseline(trained.run_id)
+    import shutil
+
+    from include.nightshift.registry import BASELINE_ARTIFACT, load_unregistered
+
+    with store.staging_dir() as tmp, store.local_copy(trained.model_url) as archive:
+        shutil.unpack_archive(archive, tmp, "zip")
+        return load_unregistered(tmp), load_unregistered(tmp, BASELINE_ARTIFACT)
 
 
 def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
@@ -409,9 +452,9 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     refs = [SnapshotRef.from_dict(r) for r in json.loads(store.read_text(trained.snapshots_url))]
     _, holdout = training.split_train_holdout(read_snapshots(store, refs), spec, trained.holdout_end)
     y = training.labels(holdout, spec)
-    challenger = registry.load_model(spec.model_name, trained.version)
+    challenger, baseline = _challenger_models(store, registry, spec, trained)  # a dry run's: from the store
     scores = {"challenger": training.predict_scores(challenger, holdout, spec),
-              "baseline": training.predict_scores(registry.load_baseline(trained.run_id), holdout, spec)}
+              "baseline": training.predict_scores(baseline, holdout, spec)}
     with store.open(trained.holdout_scores_url) as handle:
         in_memory = np.load(handle)["scores"]
     champion = registry.champion(spec.model_name)
@@ -429,8 +472,9 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                          challenger_version=trained.version, promoted=promote, policy_note=why,
                          evaluation=evaluation, family=trained.family, candidates=trained.candidates,
                          reused=trained.reused)
-    registry.log_holdout_metrics(trained.run_id, spec.promotion.metric, {
-        "challenger": verdict.challenger, "champion": verdict.champion, "baseline": verdict.baseline})
+    if trained.run_id:  # a dry run's challenger has no MLflow run: MLflow is left as it was
+        registry.log_holdout_metrics(trained.run_id, spec.promotion.metric, {
+            "challenger": verdict.challenger, "champion": verdict.champion, "baseline": verdict.baseline})
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
              why, verdict.message())
@@ -448,14 +492,18 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     challenger's MLflow run, so the run in MLflow holds every page its promotion was decided on."""
     from include.nightshift.reports import evaluation_report_html
 
-    title = f"{spec.name} {day.isoformat()}: challenger v{trained.version}"
+    title = f"{spec.name} {day.isoformat()}: challenger " + (
+        f"v{trained.version}" if trained.version is not None else "of a dry run (not registered)")
     record = judged.record()  # with each slice's numbers, as the gate recorded them
-    url = store.url("reports", spec.name, day.isoformat(), "evaluation.html")
+    here = run_folder(spec.name, day, judged.dag_run_id)  # this run's: a rerun or dry run writes beside it
+    url = store.url(*here, "evaluation.html")
     store.put_text(json.dumps({"evaluation": judged.evaluation, "verdict": record}, indent=2, default=str),
-                   store.url("reports", spec.name, day.isoformat(), "evaluation.json"))
+                   store.url(*here, "evaluation.json"))
     with store.staging_dir() as tmp:
         (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec))
         store.put_file(tmp / "evaluation.html", url)
+        if not trained.run_id:  # a dry run's challenger: no MLflow run to attach the pages to
+            return url
         registry.log_artifact(trained.run_id, tmp / "evaluation.html", "reports")
     for name, folder in MLFLOW_REPORT_FOLDERS.items():
         found = reports.get(name)
@@ -520,6 +568,8 @@ def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verd
 
     if verdict.promoted:
         return promote(registry, conn, spec, verdict, night=night)
+    if verdict.challenger_version is None:  # a dry run's challenger, never registered: the registry and the
+        return None  # audit table are left as they were (another run's pending change is that run's to settle)
     audit.ensure_audit(conn, spec)
     repair_pending(registry, conn, spec, this_run=verdict.dag_run_id)  # intents other runs left (promotion.py)
     if verdict.champion_version == verdict.challenger_version:  # a reused champion: its tags say why it serves
@@ -611,11 +661,12 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
                  health_days: int) -> str | None:
     """Write the run's row of run_attempts (every run, dry runs flagged), upsert the night's row of
     pipeline_runs (a dry run writes none: that history is of what was published), then regenerate
-    the model-health page; the page's address, None if it failed.
+    the per-night report index (report_index.py) and the model-health page; the page's address, None
+    if it failed.
 
     First the records of earlier runs that could not reach the warehouse (pending_records.py), oldest
     first, each removed from the artifact store once its transaction committed."""
-    from include.nightshift import warehouse
+    from include.nightshift import report_index, warehouse
     from include.nightshift.pending_records import write_pending
 
     warehouse.ensure_warehouse(conn, spec)
@@ -625,6 +676,10 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
         log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
     else:
         warehouse.upsert_run(conn, spec, record.row())
+    try:  # which run's reports speak for each night (Browse > Nightshift reports)
+        report_index.write_index(conn, store, spec)
+    except Exception:  # like the health page: an index problem never fails a good night
+        log.exception("the report index of %s could not be written", spec.name)
     try:
         return write_health_page(conn, store, spec, health_days)
     except Exception:  # the row is written: a plotting problem never turns a good night into a failed one

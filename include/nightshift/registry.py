@@ -639,3 +639,16 @@ def _from_millis(millis: int) -> dt.datetime:
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
+
+
+def save_unregistered(folder: Path, model: Any, baseline: Any, spec: DatasetSpec) -> None:
+    """A challenger and its baseline saved as MLflow models in `folder` (model/, baseline/): no run, no
+    version, no write to the tracking server or registry. What a dry run keeps instead of registering,
+    in the same format log_challenger logs (so load_unregistered loads it as load_model does)."""
+    mlflow.sklearn.save_model(model, str(folder / MODEL_ARTIFACT), **_log_options(spec))
+    mlflow.sklearn.save_model(baseline, str(folder / BASELINE_ARTIFACT), **_log_options(spec))
+
+
+def load_unregistered(folder: Path, artifact: str = MODEL_ARTIFACT) -> Any:
+    """A model save_unregistered kept, loaded with the sklearn flavour as a registered version is."""
+    return mlflow.sklearn.load_model(str(folder / artifact))

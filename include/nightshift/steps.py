@@ -154,9 +154,11 @@ class TrainingStep(StepOutput):
     time, by family. reused: the version already carried tonight's training key (same snapshots,
     spec, libraries and code), so nothing new was registered; holdout_scores_url then holds the
     fresh fit's scores, which the round trip compares with the reused version's.
+    A dry run registers nothing: version None, run_id "" (no MLflow run), and model_url is the zip of
+    the challenger and its baseline kept in the artifact store (nightly.train_challenger).
     """
 
-    version: int
+    version: int | None
     run_id: str
     train_rows: int
     holdout_rows: int
@@ -167,6 +169,7 @@ class TrainingStep(StepOutput):
     candidates: dict[str, dict] = field(default_factory=dict)
     reused: bool = False
     training_key: str | None = None
+    model_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class VerdictStep(StepOutput):
     policy: str
     dag_run_id: str
     champion_version: int | None
-    challenger_version: int
+    challenger_version: int | None  # None: a dry run's challenger, never registered
     promoted: bool
     policy_note: str
     evaluation: dict = field(default_factory=dict)

@@ -75,7 +75,7 @@ class ValidateOperator(NightshiftOperator):
         with self.connect() as conn:
             warehouse.ensure_warehouse(conn, self.spec)
             recent = warehouse.recent_row_counts(conn, self.spec, snap.day, self.spec.validation.row_norm_days)
-        result = validate_night(runtime.artifact_store(), self.spec, snap, recent)
+        result = validate_night(runtime.artifact_store(), self.spec, snap, recent, dag_run_id=context["run_id"])
         for kind, url in result.report_urls.items():
             context["ti"].xcom_push(key=REPORT_KEYS[kind], value=url)
         if result.passed:
@@ -100,7 +100,7 @@ class DriftOperator(NightshiftOperator):
             watch_alias(context, conn, self.spec, night=runtime.run_date(context),  # moved in MLflow? (external.py)
                         dry_run=bool(self.param(context, "dry_run", False)))
             drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
-                                        self.received()["snapshot"])
+                                        self.received()["snapshot"], dag_run_id=context["run_id"])
         context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)  # None: no report, no button
         return drift.to_xcom()
 
@@ -138,7 +138,8 @@ class DecideOperator(NightshiftOperator, BaseBranchOperator):
 
 
 class TrainOperator(NightshiftOperator):
-    """Train a challenger (and the baseline) on the labelled window; log and register it in MLflow."""
+    """Train a challenger (and the baseline) on the labelled window; log and register it in MLflow
+    (a dry run keeps it in the artifact store instead: MLflow is left as it was)."""
 
     inputs = ("decision",)
     ui_color = "#bbf7d0"
@@ -149,8 +150,8 @@ class TrainOperator(NightshiftOperator):
         # too few rows, or one class: more labels, not a retry, will change it (errors.py: permanent)
         with runtime.source_reader(self.spec) as conn:
             return train_challenger(conn, runtime.artifact_store(), runtime.registry(), self.spec,
-                                    runtime.run_date(context), self.received()["decision"],
-                                    context["run_id"]).to_xcom()
+                                    runtime.run_date(context), self.received()["decision"], context["run_id"],
+                                    dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
 
 
 class EvaluateOperator(NightshiftOperator):

@@ -282,7 +282,7 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     store = ArtifactStore(tmp_path / "artifacts")
     snapshot = take_night(pg_conn, store, spec, night)
 
-    drift = measure_night_drift(pg_conn, pg_conn, store, registry, spec, snapshot)
+    drift = measure_night_drift(pg_conn, pg_conn, store, registry, spec, snapshot, dag_run_id="r1")
 
     windows = drift.details["windows"]
     assert windows["current_days"] == ["2026-04-10", "2026-04-09"]
@@ -293,7 +293,8 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     assert drift.champion_version is None and drift.prediction_drift is None  # no champion: no output drift
     assert store.exists(drift.report_url)
     calm = measure_night_drift(pg_conn, pg_conn, store, registry, with_drift(spec, current_nights=1,
-                                                                               reference_nights=1), snapshot)
+                                                                               reference_nights=1), snapshot,
+                               dag_run_id="r2")
     # against the night before (drifted too), a recent reference has caught up: nothing to act on
     assert calm.details["windows"]["reference_days"] == ["2026-04-09"]
     assert calm.detected is False and calm.persisted_nights == 0
