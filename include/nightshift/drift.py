@@ -145,13 +145,18 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, bool]
 
 
 def reference_sample(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """The drift reference stored with a model: a seeded sample of its training features.
+    """The drift reference stored with a model: a seeded sample of its training features, and of
+    its labels when `df` has them (the target's drift is measured against those; feature drift
+    reads only the features).
 
     Capped at ``spec.drift.sample_rows`` so the stored artifact and every later drift run
     stay small; deterministic for the same input so a retrained-from-the-same-data model
     carries the same reference.
     """
-    sample, _ = _sample(_feature_frame(df, spec), spec.drift.sample_rows, spec.drift.seed)
+    frame = _feature_frame(df, spec)
+    if spec.label.name in df.columns:
+        frame[spec.label.name] = df[spec.label.name].to_numpy()
+    sample, _ = _sample(frame, spec.drift.sample_rows, spec.drift.seed)
     return sample
 
 
@@ -205,15 +210,22 @@ def _float_or_none(value: float | None) -> float | None:
 
 def _run_evidently(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetSpec, columns: list[str]):
     """Evidently's DataDriftPreset on ``columns`` (the model's score among them when given); its snapshot."""
+    numerical = [c for c in [*spec.numeric_features, PREDICTION] if c in columns]
+    categorical = [c for c in spec.categorical_features if c in columns]
+    return _evidently_drift(current, reference, numerical, categorical, spec.drift.share_threshold,
+                            preset_options(spec, columns))
+
+
+def _evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, numerical: list[str], categorical: list[str],
+                     share: float, options: dict[str, Any]):
+    """DataDriftPreset's snapshot on the typed columns, with its tests (each column's verdict)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(
-        numerical_columns=[c for c in [*spec.numeric_features, PREDICTION] if c in columns],
-        categorical_columns=[c for c in spec.categorical_features if c in columns],
-    )
-    report = Report([DataDriftPreset(columns=columns, drift_share=spec.drift.share_threshold,
-                                     **preset_options(spec, columns))], include_tests=True)
+    typed = {*numerical, *categorical}
+    columns = [c for c in current.columns if c in typed]  # in the frame's order: the report's order
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    report = Report([DataDriftPreset(columns=columns, drift_share=share, **options)], include_tests=True)
     return report.run(  # current first, reference second
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
@@ -323,3 +335,53 @@ def measure_drift(current: pd.DataFrame, reference: pd.DataFrame, spec: DatasetS
         excluded=[name for name in spec.feature_names if name not in names],
         prediction=prediction,
     )
+
+
+# --- the target ----------------------------------------------------------------------
+
+
+def _label_frame(labels: pd.Series, name: str, numeric: bool) -> pd.DataFrame:
+    """One label column as Evidently reads it: float64 for a number, text for a class (0/1 included, so a
+    binary label is tested as two categories, not as a number)."""
+    if numeric:
+        return pd.DataFrame({name: pd.to_numeric(labels, errors="coerce").astype("float64")})
+    values = labels.astype("object")
+    return pd.DataFrame({name: values.where(values.isna(), values.astype(str))})
+
+
+def label_summary(labels: pd.Series, numeric: bool) -> dict[str, float]:
+    """What a person compares at a glance: mean and quartiles of a number, each class's share otherwise."""
+    if numeric:
+        values = pd.to_numeric(labels, errors="coerce").dropna()
+        if values.empty:
+            return {}
+        return {"mean": float(values.mean()), "p25": float(values.quantile(0.25)),
+                "p50": float(values.median()), "p75": float(values.quantile(0.75))}
+    shares = labels.dropna().astype(str).value_counts(normalize=True).sort_index()
+    return {str(k): float(v) for k, v in shares.items()}
+
+
+def measure_target_drift(current: pd.Series, reference: pd.Series, spec: DatasetSpec) -> dict[str, Any]:
+    """The label's drift: `current` (labels the champion never saw) against `reference` (its training labels).
+
+    Tested like a feature (Evidently's per-column test; drift.target sets method and threshold, else
+    Evidently's default for the label's type and rows), on seeded samples of at most drift.sample_rows.
+    A shift in what is being predicted (more disruptions, higher demand) explains a realised metric's
+    move and is worth seeing next to it; it is evidence only: the quality rules act on the metric itself.
+    """
+    name = spec.label.name
+    numeric = spec.task == "regression"
+    if current.empty or reference.empty:
+        raise ValueError(f"target drift: no labels to compare (current {len(current)}, reference {len(reference)})")
+    cur, _ = _sample(_label_frame(current, name, numeric), spec.drift.sample_rows, spec.drift.seed)
+    ref, _ = _sample(_label_frame(reference, name, numeric), spec.drift.sample_rows, spec.drift.seed)
+    record = _empty_column(name, cur, ref)
+    if record is None:
+        test = spec.drift.target or DriftTest()
+        options = {"per_column_method": {name: test.method} if test.method else None,
+                   "per_column_threshold": None if test.threshold is None else {name: float(test.threshold)}}
+        snapshot = _evidently_drift(cur, ref, [name] if numeric else [], [] if numeric else [name],
+                                    spec.drift.share_threshold, options)
+        record = _read_columns(snapshot.dict(), [name])[name]
+    return {**_column_record(record), "current_rows": int(len(current)), "reference_rows": int(len(reference)),
+            "current": label_summary(current, numeric), "reference": label_summary(reference, numeric)}

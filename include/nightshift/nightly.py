@@ -232,8 +232,8 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     days = [newest - dt.timedelta(days=i) for i in range(spec.promotion.realised_window_days)]
     days = [d for d in days if holdout_end is None or d > holdout_end]
     base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
-                       champion_holdout_metric=float(holdout) if holdout else None, holdout_end=holdout_end)
-    quality, used = _realised(source, store, registry, spec, champion, snapshot, days)
+                       champion_holdout_metric=holdout, holdout_end=holdout_end)
+    quality, used, target = _realised(source, store, registry, spec, champion, snapshot, days)
     if quality is None:
         log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
                  champion.version, holdout_end, spec.promotion.metric)
@@ -241,15 +241,17 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     log.info("champion v%s realised %s on %d rows of %s: %s [%s, %s] (%.0f%%), brier %s, ECE %s (holdout %s)",
              champion.version, spec.promotion.metric, quality.rows, ", ".join(used), quality.value, quality.low,
              quality.high, 100 * quality.confidence, quality.brier, quality.ece, holdout)
+    log.info("target drift: %s", target.get("summary") or target)
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
-                               confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece)
+                               confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece,
+                               target_drift=target)
 
 
 def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
-              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str]]:
-    """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), and the
-    days that had rows."""
+              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str], dict]:
+    """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), the
+    days that had rows, and the drift of those rows' labels from the champion's training labels."""
     from include.nightshift.quality import realised_quality
     from include.nightshift.snapshot import read_snapshots, take_snapshot
     from include.nightshift.training import labels, predict_scores, row_days
@@ -258,14 +260,30 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
             take_snapshot(source, store, spec, d, labelled=True) for d in days]
     refs = [ref for ref in refs if ref.rows]
     if not refs:
-        return None, []
+        return None, [], {}
     df = read_snapshots(store, refs)
     scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
     pro = spec.promotion
     quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
                                confidence=pro.realised_confidence, resamples=pro.realised_resamples,
                                seed=spec.training.seed, days=row_days(df, spec))
-    return quality, sorted(ref.day for ref in refs)
+    return quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df)
+
+
+def _target_drift(registry: Registry, spec: DatasetSpec, champion: Any, labelled: Any) -> dict:
+    """The labels' drift from the champion's training labels (drift.measure_target_drift), with a one-line
+    summary; {"not_measured": why} when the champion's stored reference has no labels (trained before it did)."""
+    from include.nightshift.drift import measure_target_drift
+
+    reference = registry.load_reference(champion.run_id)
+    name = spec.label.name
+    if name not in reference.columns:
+        return {"not_measured": f"v{champion.version}'s stored training sample has no {name} column"}
+    result = measure_target_drift(labelled[name], reference[name], spec)
+    result["summary"] = (f"{name} {'drifted' if result['drifted'] else 'stable'} ({result['method']} "
+                         f"{result['score']} vs {result['threshold']}): {result['current']} now, "
+                         f"{result['reference']} in training")
+    return result
 
 
 def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: DriftStep | None,

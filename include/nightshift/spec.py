@@ -510,6 +510,10 @@ class Drift(_Section):
         "Method and/or threshold for every numeric feature without its own entry in columns."))] = None
     categorical: Annotated[DriftTest | None, Field(description=(
         "Method and/or threshold for every categorical feature without its own entry in columns."))] = None
+    target: Annotated[DriftTest | None, Field(description=(
+        "Method and/or threshold for the label's drift: the labels of the days the champion is monitored on "
+        "against its training labels (recorded as evidence, never a reason to retrain by itself). Default: by the "
+        "label's type (numeric for task regression, categorical otherwise), as for features."))] = None
     current_nights: Annotated[Positive, Field(description=(
         "The current side pools the night's rows with those of the previous current_nights - 1 nights."))] = 1
     reference: Annotated[DriftReference, Field(description=(

@@ -130,7 +130,8 @@ class MonitorStep(StepOutput):
     ``realised_metric`` is the point estimate on the pooled rows; ``interval`` its seeded bootstrap
     interval [low, high] at ``confidence``; ``days`` the labelled days pooled (ISO dates, after the
     champion's holdout end, at most promotion.realised_window_days); ``brier`` and ``ece`` the
-    calibration of its scores on those rows. None throughout when nothing was measured.
+    calibration of its scores on those rows. None throughout when nothing was measured. ``target_drift``:
+    those rows' labels against the champion's training labels (evidence, not a rule's input).
     """
 
     realised_metric: float | None
@@ -144,6 +145,7 @@ class MonitorStep(StepOutput):
     brier: float | None = None
     ece: float | None = None
     holdout_end: dt.date | None = None
+    target_drift: dict = field(default_factory=dict)  # drift.measure_target_drift's record; {} when not measured
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ def test_regression_nights_run_drift_retrain_gate_and_publish(regression):
             assert 0 < challenger < 80, night  # minutes: under the spec's ceiling
     monitored = [n[-1]["decision"]["details"]["realised_metric"] for n in nights[1:]]
     assert all(m is not None and m > 0 for m in monitored), monitored  # the monitor's realised rmse, in minutes
+    target = nights[-1][-1]["decision"]["details"]["target_drift"]  # the realised delays against training's
+    assert target["method"] and target["score"] is not None and set(target["current"]) >= {"mean", "p50"}, target
     last = nights[-1][-1]
     checks = {c["name"]: c for c in last["verdict"]}
     assert set(checks) >= {"floor", "champion", "slices", "baseline", "roundtrip"}
@@ -169,6 +171,10 @@ def test_multiclass_nights_run_drift_retrain_gate_and_publish(multiclass):
             assert 0 < challenger < 1.5, night
     monitored = [n[-1]["decision"]["details"]["realised_metric"] for n in nights[1:]]
     assert all(m is not None and m > 0 for m in monitored), monitored  # the monitor's realised log loss
+    target = nights[-1][-1]["decision"]["details"]["target_drift"]  # the realised statuses against training's
+    assert target["method"] and target["score"] is not None, target
+    for side in ("current", "reference"):  # each class's share of the labels, on each side
+        assert len(target[side]) >= 2 and sum(target[side].values()) == pytest.approx(1), target
     checks = {c["name"]: c for c in nights[-1][-1]["verdict"]}
     assert set(checks) >= {"finite", "floor", "champion", "slices", "baseline", "roundtrip"}
     assert "over 4 classes" in checks["finite"]["detail"] and "ceiling" in checks["floor"]["detail"]

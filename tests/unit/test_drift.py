@@ -98,13 +98,13 @@ def test_small_samples_use_evidentlys_own_verdict(churn_spec, reference, drifted
     assert result.report_path is None
 
 
-def test_reference_sample_is_seeded_capped_and_features_only(churn_spec, reference):
+def test_reference_sample_is_seeded_capped_and_the_features_and_label_only(churn_spec, reference):
     spec = with_drift(churn_spec, sample_rows=500)
 
     first, again = reference_sample(reference, spec), reference_sample(reference, spec)
     other_seed = reference_sample(reference, with_drift(spec, seed=spec.drift.seed + 1))
 
-    assert list(first.columns) == churn_spec.feature_names
+    assert list(first.columns) == [*churn_spec.feature_names, "churned"]
     assert len(first) == 500
     assert first.equals(again)
     assert not first.equals(other_seed)
@@ -299,3 +299,67 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     assert calm.details["windows"]["reference_days"] == ["2026-04-09"]
     assert calm.detected is False and calm.persisted_nights == 0
     json.dumps(drift.to_xcom(), allow_nan=False)
+
+
+# --- the target -----------------------------------------------------------------------
+
+
+def _labels(rate: float, rows: int, seed: int):
+    import pandas as pd
+
+    return pd.Series(np.random.default_rng(seed).binomial(1, rate, rows), name="churned")
+
+
+def test_the_training_sample_keeps_the_label_next_to_the_features(churn_spec, reference):
+    marked = reference.assign(churned=(reference["tenure_months"] > reference["tenure_months"].median()).astype(int))
+    sample = reference_sample(marked, churn_spec)
+
+    assert set(sample.columns) == {*churn_spec.feature_names, "churned"}
+    median = reference["tenure_months"].median()
+    assert (sample["churned"] == (sample["tenure_months"] > median).astype(int)).all()  # each label stays on its row
+    assert set(measure_drift(reference, sample, churn_spec).columns) == set(churn_spec.feature_names)  # label not a feature
+
+
+def test_a_binary_label_whose_rate_moved_has_drifted_and_one_that_did_not_is_stable(churn_spec):
+    from include.nightshift.drift import measure_target_drift
+
+    training = _labels(0.2, 5000, 1)
+    stable = measure_target_drift(_labels(0.2, 3000, 2), training, churn_spec)
+    moved = measure_target_drift(_labels(0.45, 3000, 3), training, churn_spec)
+
+    assert not stable["drifted"] and moved["drifted"], (stable, moved)
+    assert moved["score"] >= moved["threshold"] > 0  # a distance (above 1,000 rows), from Evidently's own test
+    assert moved["current"]["1"] == pytest.approx(0.45, abs=0.03) and moved["reference"]["1"] == pytest.approx(0.2, abs=0.02)
+    assert (moved["current_rows"], moved["reference_rows"]) == (3000, 5000)
+
+
+def test_a_numeric_target_is_tested_as_a_number_with_the_spec_s_method(churn_spec):
+    import pandas as pd
+
+    from include.nightshift.drift import measure_target_drift
+
+    spec = dataclasses.replace(churn_spec, task="regression")
+    spec = with_drift(spec, target=dataclasses.replace(churn_spec.drift.numeric or _drift_test(), method="ks"))
+    rng = np.random.default_rng(0)
+    training = pd.Series(rng.normal(10, 2, 4000))
+    later = measure_target_drift(pd.Series(rng.normal(13, 2, 2000)), training, spec)
+    same = measure_target_drift(pd.Series(rng.normal(10, 2, 2000)), training, spec)
+
+    assert later["method"].lower().startswith("k") and later["drifted"] and not same["drifted"], (later, same)
+    assert later["current"]["mean"] == pytest.approx(13, abs=0.2) and later["reference"]["p50"] == pytest.approx(10, abs=0.2)
+
+
+def test_labels_that_are_all_missing_on_one_side_are_drifted_without_evidently(churn_spec):
+    import pandas as pd
+
+    from include.nightshift.drift import measure_target_drift
+
+    result = measure_target_drift(pd.Series([None] * 50, dtype="object"), _labels(0.3, 500, 4), churn_spec)
+
+    assert result["drifted"] and result["method"] == ALL_NULL_CURRENT
+
+
+def _drift_test():
+    from include.nightshift.spec import DriftTest
+
+    return DriftTest()
