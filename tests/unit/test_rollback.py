@@ -26,7 +26,7 @@ from include.nightshift import audit, training, warehouse
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.demo_data import generate_day
 from include.nightshift.rollback import (RollbackRefused, latest_night, latest_published, republish_latest,
-                                      rollback, rollback_change)
+                                      rollback, rollback_change, run_rollback)
 from include.nightshift.scoring import score_snapshot
 from include.nightshift.snapshot import read_snapshot, write_snapshot
 
@@ -115,7 +115,7 @@ def test_rollback_tags_both_versions_then_moves_the_alias(registry, model):
         "nightshift.rolled_back.at": result.at.isoformat()}
     assert before <= result.at <= dt.datetime.now(dt.UTC)
     # the promotion's own record is left as it was
-    assert restored.tags["nightshift.blessed"] == "true" and restored.tags["verdict.promote"] == "true"
+    assert restored.tags["nightshift.blessed"] == "true" and restored.tags["nightshift.gate"] == "passed"
     assert result.to_dict()["at"] == result.at.isoformat() and result.resumed is False
 
 
@@ -488,3 +488,30 @@ def test_the_serving_lock_makes_a_publish_wait_for_a_move_of_the_alias(pg_conn, 
             assert not entered.wait(1.0), "the second session got the lock while the first held it"
         waiter.join(10)
         assert entered.is_set()
+
+
+def test_a_rollback_keeps_model_versions_serving_periods_in_line(registry, train_data, pg_conn, churn_spec):
+    """model_versions after a rollback: the restored version serves from the rollback, the one left served
+    until it; versions that served but were never judged here get their row from the registry."""
+    name = f"rbmv{next(_names)}"
+    spec = dataclasses.replace(churn_spec, name=name,
+                               warehouse=dataclasses.replace(churn_spec.warehouse, schema=name, reader_role=None))
+    _log_versions(registry, spec, train_data, 2)
+    audit.ensure_audit(pg_conn, spec)
+    for before, version in ((None, 1), (1, 2)):
+        registry.promote(spec.model_name, version, {"promote": True})
+        audit.record_change(pg_conn, spec, {"event": "promote", "model_name": spec.model_name, "from_version": before,
+                                            "to_version": version, "actor": "nightshift", "reason": "gate passed",
+                                            "dag_run_id": f"night_{version}"})
+
+    result, change = run_rollback(pg_conn, registry, spec, to_version=None, actor="ana", reason="v2 misbehaves",
+                                  rollback_id="manual__mv")
+    run_rollback(pg_conn, registry, spec, to_version=None, actor="ana", reason="v2 misbehaves",
+                 rollback_id="manual__mv")  # a retry changes nothing
+
+    rows = {r["version"]: r for r in warehouse.model_versions(pg_conn, spec, spec.model_name)}
+    promoted = {c["to_version"]: c["changed_at"] for c in audit.changes(pg_conn, spec) if c["event"] == "promote"}
+    assert (result.from_version, result.to_version) == (2, 1)
+    assert (rows[1]["champion_from"], rows[1]["champion_to"]) == (change["changed_at"], None)
+    assert (rows[2]["champion_from"], rows[2]["champion_to"]) == (promoted[2], change["changed_at"])
+    assert rows[1]["run_id"] == registry.version(spec.model_name, 1).run_id and rows[1]["blessed"] is True
