@@ -152,6 +152,8 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
         details={"failed_tasks": failed, "task_states": states, "validation_failure": _field(validation, "failure"),
                  "root_failure": root_failures(states, errors, besides=record_task),
                  "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
+                 "drift_columns": _field(drift, "details", {}).get("columns"),  # per feature: the health heatmap
+                 "reports": _report_urls(validation, drift, verdict),  # the health page links each night to them
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note")},
         dry_run=bool(params.get("dry_run")),
         conf=params,
@@ -165,6 +167,14 @@ def _champion(verdict: VerdictStep | None, drift: DriftStep | None, scored: Scor
         return verdict.champion_version
     return next((v for v in (_field(drift, "champion_version"), _field(scored, "model_version")) if v is not None),
                 None)
+
+
+def _report_urls(validation: ValidationStep | None, drift: DriftStep | None,
+                 verdict: VerdictStep | None) -> dict[str, str]:
+    """The night's report pages by name (nightly.run_reports), kept in the record for the health page."""
+    from include.nightshift.nightly import run_reports  # nightly imports this module
+
+    return run_reports(validation, drift, verdict)
 
 
 def _field(step: StepOutput | None, name: str, default: Any = None) -> Any:

@@ -1,8 +1,11 @@
 """The model-health page: history read from a real warehouse, plots and tables checked in the page.
 
-Eight nights go through the real run-history table and the real audit table: a cold start
-(v1 promoted), quiet nights, a drift night that promotes v2, a drifted night that rejects
-v3, a rollback to v1 by hand, then quiet nights again.
+Nine nights go through the real run-history, predictions and audit tables: a cold start (v1
+promoted), quiet nights, a drift night that promotes v2, a drifted night that rejects v3, a
+rollback to v1 by hand, two nights never recorded (a gap), quiet nights again, then, months
+later, the night of the day the DAG was switched on: it failed (no source rows) and its record
+names no champion. The page must keep the nights with data, name v1 as serving and mark the
+failed night.
 """
 
 from __future__ import annotations
@@ -14,32 +17,64 @@ import re
 import struct
 from html.parser import HTMLParser
 
-import matplotlib.dates as mdates
+import numpy as np
 import pytest
 from psycopg import sql
 
 from include.nightshift import audit
 from include.nightshift import warehouse as wh
-from include.nightshift.health import (health_charts, health_page_html, read_events, read_history,
-                                     write_health_page)
+from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.health import (HEATMAP_CAP, drift_ratio, health_charts, health_page_html, read_events,
+                                     read_history, read_outputs, write_health_page)
 from include.nightshift.reports import png_data_uri
+from include.nightshift.rollback import refresh_health_page
 
 DAY0 = dt.date(2026, 1, 1)
 EVIL = "<img src=x onerror=alert(1)>"
-# night -> (decision, reason, drift share, champion before, challenger, challenger metric, realised)
+# (day offset, decision, reason, drift share, champion before, challenger, challenger metric, realised)
 NIGHTS = [
-    ("promoted", "no_champion", None, None, 1, 0.81, None),
-    ("skipped", None, 0.10, 1, None, None, 0.80),
-    ("skipped", None, 0.05, 1, None, None, 0.79),
-    ("skipped", None, 0.10, 1, None, None, 0.78),
-    ("promoted", "drift", 0.40, 1, 2, 0.83, 0.74),
-    ("rejected", "drift", 0.30, 2, 3, 0.79, 0.82),
-    # the rollback to v1 happens here
-    ("skipped", None, 0.10, 1, None, None, 0.78),
-    ("skipped", None, 0.15, 1, None, None, 0.78),
+    (0, "promoted", "no_champion", None, None, 1, 0.81, None),
+    (1, "skipped", None, 0.10, 1, None, None, 0.80),
+    (2, "skipped", None, 0.05, 1, None, None, 0.79),
+    (3, "skipped", None, 0.10, 1, None, None, 0.78),
+    (4, "promoted", "drift", 0.40, 1, 2, 0.83, 0.74),
+    (5, "rejected", "drift", 0.30, 2, 3, 0.79, 0.82),
+    # the rollback to v1 happens here; days 6 and 7 were never recorded
+    (8, "skipped", None, 0.10, 1, None, None, 0.78),
+    (9, "skipped", None, 0.15, 1, None, None, 0.78),
+    # switched on months later: the scheduled night finds no rows and fails
+    (300, "failed", None, None, None, None, None, None),
 ]
 ROLLBACK_AFTER = 6  # nights recorded before the rollback
-SERVED = ["v1"] * 4 + ["v2"] * 2 + ["v1"] * 2
+FAILED = len(NIGHTS) - 1  # the failed night's slot
+SERVED = ["v1"] * 4 + ["v2"] * 2 + ["v1"] * 2 + ["–"]
+ROWS = 20  # published rows per night with data
+SCHEDULED = "scheduled__2026-01-10T00:00:00+00:00"  # night 7's run id: characters a URL must escape
+
+
+def day(i: int) -> dt.date:
+    return DAY0 + dt.timedelta(days=NIGHTS[i][0])
+
+
+def run_id(i: int) -> str:
+    return SCHEDULED if i == 7 else f"night-{i}"
+
+
+def scores(i: int) -> list[float]:
+    """Night i's published scores: spread wider each night (output drift to see)."""
+    return [round(j / (ROWS - 1) * (0.5 + 0.05 * i), 6) for j in range(ROWS)]
+
+
+def drift_columns(share: float | None, drifted_night: bool) -> dict | None:
+    """Three features as the drift step records them: two distances and a p-value test."""
+    if share is None:
+        return None
+    p_value = 0.01 if drifted_night else 0.5
+    return {"tenure_months": {"method": "Wasserstein distance (normed)", "score": share, "threshold": 0.1,
+                              "drifted": share >= 0.1},
+            "region": {"method": "Jensen-Shannon distance", "score": 0.05, "threshold": 0.1, "drifted": False},
+            "support_calls_30d": {"method": "K-S p_value", "score": p_value, "threshold": 0.05,
+                                  "drifted": p_value < 0.05}}
 
 
 class Tables(HTMLParser):
@@ -101,19 +136,41 @@ def drawn(ax, gid: str) -> list:
     return [a for a in ax.get_children() if a.get_gid() == gid]
 
 
-def record_nights(conn, spec, nights, first: int, finished_base: dt.datetime) -> None:
-    for i, (decision, reason, drift, champion, challenger, challenger_metric, realised) in nights:
-        holdout = None if i == 0 else (0.83 if i in (4, 5) else 0.81)  # the serving champion's
+def record_nights(conn, spec, indexes, finished_base: dt.datetime) -> None:
+    """pipeline_runs rows as record_run writes them (details with the decision, drift columns and reports),
+    and the predictions of every night that published."""
+    for i in indexes:
+        _, decision, reason, drift, champion, challenger, challenger_metric, realised = NIGHTS[i]
+        holdout = None if i in (0, FAILED) else (0.83 if i in (4, 5) else 0.81)  # the serving champion's
+        failed = decision == "failed"
+        folder = f"file:///store/reports/{spec.name}/{day(i)}/{run_id(i)}"
         wh.upsert_run(conn, spec, {
-            "logical_date": DAY0 + dt.timedelta(days=i), "dag_run_id": f"night-{i}", "rows_in": 1000 + i,
-            "validation_passed": True, "drift_share": drift, "retrain_reason": reason, "decision": decision,
+            "logical_date": day(i), "dag_run_id": run_id(i), "rows_in": 0 if failed else 1000 + i,
+            "validation_passed": not failed, "drift_share": drift, "retrain_reason": reason, "decision": decision,
             "champion_version": champion, "challenger_version": challenger, "challenger_metric": challenger_metric,
-            "metric_name": "roc_auc", "rows_published": 1000 + i,
-            "finished_at": finished_base + dt.timedelta(minutes=i - first),
+            "metric_name": "roc_auc", "rows_published": 0 if failed else ROWS,
+            "finished_at": finished_base + dt.timedelta(minutes=i),
             "details": {"decision": {"details": {
                 "realised_metric": realised, "champion_holdout_metric": holdout,
-                "realised_interval": None if realised is None else [realised - 0.02, realised + 0.02]}}},
+                "realised_interval": None if realised is None else [realised - 0.02, realised + 0.02]}},
+                "drift_columns": drift_columns(drift, i in (4, 5)),
+                "reports": {} if failed else {"validation": f"{folder}/validation/current/validation.html",
+                                              **({"drift": f"{folder}/drift.html"} if drift is not None else {}),
+                                              **({"evaluation": f"{folder}/evaluation.html"} if challenger else {})}},
         })
+        if not failed:
+            publish(conn, spec, i, challenger if decision == "promoted" else champion)
+
+
+def publish(conn, spec, i: int, version: int) -> None:
+    predictions = sql.Identifier(spec.warehouse.schema, "predictions")
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(sql.SQL(
+            "INSERT INTO {} (score_date, customer_id, score, predicted_label, model_name, model_version, "
+            "snapshot_sha256, dag_run_id, scored_at) VALUES (%s, %s, %s, %s, %s, %s, 'sha', %s, now())").format(
+            predictions),
+            [(day(i), j, score, int(score >= 0.5), spec.model_name, version, run_id(i))
+             for j, score in enumerate(scores(i))])
 
 
 def change(spec, event, to_version, from_version, run_id, actor, reason) -> dict:
@@ -122,13 +179,13 @@ def change(spec, event, to_version, from_version, run_id, actor, reason) -> dict
 
 
 @pytest.fixture
-def history(pg_conn, churn_spec):
-    """The eight nights and three champion changes, recorded in the real tables."""
+def recorded(pg_conn, churn_spec):
+    """The nine nights, their predictions and three champion changes, in the real tables."""
     spec = churn_spec
     wh.ensure_warehouse(pg_conn, spec)
     audit.ensure_audit(pg_conn, spec)
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
-    record_nights(pg_conn, spec, list(enumerate(NIGHTS))[:ROLLBACK_AFTER], 0, past)
+    record_nights(pg_conn, spec, range(ROLLBACK_AFTER), past)
     audit.record_change(pg_conn, spec, change(spec, "promote", 1, None, "night-0", "nightshift", "gate passed"))
     audit.record_change(pg_conn, spec, change(spec, "promote", 2, 1, "night-4", "nightshift", "gate passed"))
     audit.record_change(pg_conn, spec, change(spec, "rollback", 1, 2, "manual__rollback", "alice",
@@ -136,29 +193,49 @@ def history(pg_conn, churn_spec):
     # A promotion whose alias never moved (its run died after the intent): it must not be drawn.
     audit.record_intent(pg_conn, spec, change(spec, "promote", 9, 1, "night-killed", "nightshift", "gate passed"))
     future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
-    record_nights(pg_conn, spec, list(enumerate(NIGHTS))[ROLLBACK_AFTER:], ROLLBACK_AFTER, future)
-    return read_history(pg_conn, spec, days=30), read_events(pg_conn, spec)
+    record_nights(pg_conn, spec, range(ROLLBACK_AFTER, len(NIGHTS)), future)
+    return pg_conn
 
 
-def test_read_history_gives_every_night_with_the_monitors_numbers(history):
-    runs, events = history
+@pytest.fixture
+def history(recorded, churn_spec):
+    runs = read_history(recorded, churn_spec, days=90)
+    return runs, read_events(recorded, churn_spec), read_outputs(recorded, churn_spec,
+                                                                 [r["logical_date"] for r in runs])
 
-    assert [r["logical_date"] for r in runs] == [DAY0 + dt.timedelta(days=i) for i in range(len(NIGHTS))]
-    assert [r["realised_metric"] for r in runs] == [n[6] for n in NIGHTS]  # from the decision's details
+
+def test_read_history_gives_the_newest_recorded_nights_not_a_calendar_window(history, recorded, churn_spec):
+    runs, events, outputs = history
+
+    # 90 nights up to the failed one (day 300) reach back to night 0 (day 0): recorded nights, not days.
+    assert [r["logical_date"] for r in runs] == [day(i) for i in range(len(NIGHTS))]
+    assert [r["realised_metric"] for r in runs] == [n[7] for n in NIGHTS]  # from the decision's details
     assert runs[4]["champion_holdout_metric"] == 0.83 and runs[4]["drift_share"] == 0.40
     assert [(e["event"], e["to_version"]) for e in events] == [("promote", 1), ("promote", 2), ("rollback", 1)]
+    assert [r["logical_date"] for r in read_history(recorded, churn_spec, days=3)] == [day(6), day(7), day(8)]
+    assert [r["logical_date"] for r in read_history(recorded, churn_spec, days=2, until=day(6) - dt.timedelta(days=1))
+            ] == [day(4), day(5)]
+
+    # What consumers read of each night: exact quantiles (percentile_cont), positive rate; the failed night none.
+    assert sorted(outputs) == [day(i) for i in range(FAILED)]
+    for i in range(FAILED):
+        got, expected = outputs[day(i)], scores(i)
+        assert got["rows"] == ROWS and got["mean"] == pytest.approx(np.mean(expected))
+        assert got["quantiles"] == pytest.approx(list(np.percentile(expected, [10, 25, 50, 75, 90])))
+        assert float(got["positive_rate"]) == pytest.approx(np.mean([s >= 0.5 for s in expected]))
 
 
-def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path):
-    runs, events = history
-    path = write_health_page(tmp_path / "health.html", churn_spec, runs, events)
+def test_page_keeps_the_nights_with_data_names_the_serving_version_and_marks_the_failed_night(
+        history, churn_spec, tmp_path):
+    runs, events, outputs = history
+    path = write_health_page(tmp_path / "health.html", churn_spec, runs, events, outputs=outputs)
     text = (tmp_path / "health.html").read_text(encoding="utf-8")
     tables = Tables(text)
-    charts = health_charts(churn_spec, runs, events)
+    charts = health_charts(churn_spec, runs, events, outputs)
 
     assert path == str(tmp_path / "health.html")
     assert "<svg" not in text
-    for figure_id in ("drift", "metric", "rows", "versions"):
+    for figure_id in ("drift", "features", "metric", "scores", "rate", "rows", "versions"):
         image = figure_image(text, figure_id)
         assert image["src"].startswith("data:image/png;base64,") and image["alt"]
         png = base64.b64decode(image["src"].removeprefix("data:image/png;base64,"), validate=True)
@@ -166,36 +243,43 @@ def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path)
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and width > 400 and height > 100
         assert image["src"] == png_data_uri(charts[figure_id])  # the picture is the figure checked below
 
-    # The threshold is drawn, level, between the nights below it and those at or above it.
+    # The header names what serves now (the rollback's v1), although the newest night recorded none.
+    serving = re.search(r'<p id="serving"[^>]*>(.*?)</p>', text, re.S).group(1)
+    assert "champion v1" in serving and "rollback" in serving and "alice" in serving
+    assert tables["runs"][0][1]["champion"] == "–"
+    assert "Last night: <span class=\"fail\">failed</span>; 1 failed night(s)" in text
+
+    # Every plot has one slot per recorded night (no calendar: day 300 sits next to day 9), the failed
+    # night marked with an X in its slot, and dotted lines where nights are missing.
+    for figure_id, fig in charts.items():
+        ax = fig.axes[0]
+        assert ax.get_xlim() == (-0.5, len(NIGHTS) - 0.5), figure_id
+        (failed,) = drawn(ax, "failed")
+        assert [x for x, _ in failed.get_offsets()] == [FAILED], figure_id
+        assert len(drawn(ax, "failed-band")) == 1
+        assert sorted(line.get_xdata()[0] for line in drawn(ax, "gap")) == [ROLLBACK_AFTER - 0.5, FAILED - 0.5]
+
     threshold = float(churn_spec.drift.share_threshold)
     drift = charts["drift"].axes[0]
     (line,) = drawn(drift, "threshold")
     assert set(line.get_ydata()) == {threshold}
-    assert line.get_label() == f"threshold {threshold:g} (drift.share_threshold)"
     (above,) = drawn(drift, "above")
     assert len(above.get_offsets()) == 2 and all(y >= threshold for _, y in above.get_offsets())
     (share,) = drawn(drift, "share")
-    shares = [y for y in share.get_ydata() if not math.isnan(y)]
-    assert len(shares) == len(NIGHTS) - 1  # the cold-start night has no drift share
-    assert sum(y < threshold for y in shares) == len(NIGHTS) - 1 - 2
+    assert [i for i, y in enumerate(share.get_ydata()) if not math.isnan(y)] == list(range(1, FAILED))
     assert "7 night(s) measured, 2 at or above the threshold" in figure_image(text, "drift")["alt"]
 
     metric = charts["metric"].axes[0]
     assert all(drawn(metric, g) for g in ("realised", "realised-interval", "holdout", "decay-limit", "floor"))
-    (band,) = drawn(metric, "realised-interval")
-    assert band.get_label() == "realised, 95% interval"
     assert "No realised metric recorded yet" not in text
 
     versions = charts["versions"].axes[0]
     (promotes,), (rollbacks,), (served,) = (drawn(versions, g) for g in ("promotes", "rollbacks", "served"))
-    assert len(promotes.get_offsets()) == 2 and len(rollbacks.get_offsets()) == 1
-    # The rollback sits between the night before it and the night after it.
-    night_x = mdates.date2num(served.get_xdata())  # one marker per night
-    assert len(night_x) == len(NIGHTS)
-    rollback_x = rollbacks.get_offsets()[0][0]
-    assert night_x[ROLLBACK_AFTER - 1] < rollback_x < night_x[ROLLBACK_AFTER]
-    assert ("v1 for 4 night(s), then v2 for 2 night(s), then v1 for 2 night(s); 2 promotion(s), 1 rollback(s)"
-            in figure_image(text, "versions")["alt"])
+    assert list(served.get_xdata()) == list(range(len(NIGHTS)))
+    assert [x for x, _ in promotes.get_offsets()] == [0, 4]  # on the nights that promoted, not on an edge
+    assert [tuple(o) for o in rollbacks.get_offsets()] == [(ROLLBACK_AFTER - 0.5, 1)]  # between nights 5 and 6
+    assert ("v1 for 4 night(s), then v2 for 2 night(s), then v1 for 2 night(s), then – for 1 night(s); "
+            "2 promotion(s), 1 rollback(s)" in figure_image(text, "versions")["alt"])
 
     changes = tables["events"]
     assert [(c["event"], c["from"], c["to"], c["by"]) for _, c in changes] == [
@@ -204,28 +288,114 @@ def test_page_plots_threshold_versions_and_events(history, churn_spec, tmp_path)
     assert changes[0][0] == "fail" and changes[0][1]["why"] == f"bad scores {EVIL}"
     assert EVIL not in text  # escaped, read back as written above
 
-    assert [(p["version"], p["nights"]) for _, p in tables["periods"]] == [("v1", "2"), ("v2", "2"), ("v1", "4")]
+    assert [(p["version"], p["nights"]) for _, p in tables["periods"]] == [
+        ("–", "1"), ("v1", "2"), ("v2", "2"), ("v1", "4")]
     nights = tables["runs"]
     assert [n["champion"] for _, n in reversed(nights)] == SERVED
-    assert [n["drift share"] for _, n in reversed(nights)] == ["–", *(f"{n[2]:.4f}" for n in NIGHTS[1:])]
+    assert [cls for cls, _ in nights] == ["fail"] + [""] * FAILED
+    assert [n["drift share"] for _, n in reversed(nights)] == ["–", *(f"{n[3]:.4f}" for n in NIGHTS[1:-1]), "–"]
     assert nights[-1][1]["decision"] == "promoted" and nights[-1][1]["challenger"] == "v1"
     assert "://" not in text and "<script" not in text
 
 
-def test_read_history_window_new_columns_and_no_table(pg_conn, churn_spec):
+def test_heatmap_of_feature_drift_against_each_threshold(history, churn_spec):
+    runs, events, outputs = history
+    ax = health_charts(churn_spec, runs, events, outputs)["features"].axes[0]
+
+    (image,) = drawn(ax, "feature-drift")
+    grid = image.get_array()
+    # Spec order of the features, one column per night; not measured (cold start, failed night) is masked.
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["tenure_months", "support_calls_30d", "region"]
+    assert grid.shape == (3, len(NIGHTS)) and list(grid.mask[:, 0]) == [True] * 3 and all(grid.mask[:, FAILED])
+    shares = [n[3] for n in NIGHTS[1:FAILED]]
+    assert list(grid[0, 1:FAILED]) == pytest.approx([min(max(s / 0.1, 1 / HEATMAP_CAP), HEATMAP_CAP) for s in shares])
+    # A p-value drifts below its threshold: 0.05 / 0.01 = 5, capped; 0.05 / 0.5 = 0.1, floored.
+    assert list(grid[1, 1:FAILED]) == pytest.approx([1 / HEATMAP_CAP] * 3 + [HEATMAP_CAP] * 2 + [1 / HEATMAP_CAP] * 2)
+    assert all(v == 0.5 for v in grid[2, 1:FAILED])
+    (dots,) = drawn(ax, "drifted-cells")  # Evidently's own verdicts
+    assert sorted(map(tuple, dots.get_offsets())) == sorted(
+        [(i, 0) for i in range(1, FAILED) if NIGHTS[i][3] >= 0.1] + [(4, 1), (5, 1)])
+
+    assert drift_ratio({"score": 0.2, "threshold": 0.1, "drifted": True}) == 2  # a distance
+    assert drift_ratio({"score": 0.2, "threshold": 0.05, "drifted": False}) == 0.25  # a p-value
+    assert drift_ratio({"score": 1.0, "threshold": 0.0, "drifted": True}) == HEATMAP_CAP  # all null on a side
+    assert drift_ratio({"score": None, "threshold": 0.1, "drifted": False}) is None
+
+
+def test_output_drift_score_distribution_and_positive_rate_per_night(history, churn_spec):
+    runs, events, outputs = history
+    charts = health_charts(churn_spec, runs, events, outputs)
+
+    scores_ax, rate_ax = charts["scores"].axes[0], charts["rate"].axes[0]
+    (median,), (mean,) = drawn(scores_ax, "score-median"), drawn(scores_ax, "score-mean")
+    assert list(median.get_ydata()[:FAILED]) == pytest.approx([np.median(scores(i)) for i in range(FAILED)])
+    assert list(mean.get_ydata()[:FAILED]) == pytest.approx([np.mean(scores(i)) for i in range(FAILED)])
+    assert math.isnan(median.get_ydata()[FAILED])  # the failed night published nothing
+    assert drawn(scores_ax, "score-band-80") and drawn(scores_ax, "score-band-50")
+    (rate,) = drawn(rate_ax, "positive-rate")
+    assert list(rate.get_ydata()[:FAILED]) == pytest.approx(
+        [np.mean([s >= 0.5 for s in scores(i)]) for i in range(FAILED)])
+    assert rate.get_ydata()[FAILED - 1] > rate.get_ydata()[0]  # the output drifted upwards
+
+
+def test_each_night_links_to_its_reports_and_its_airflow_run(history, churn_spec):
+    runs, events, outputs = history
+    text = health_page_html(churn_spec, runs, events, outputs=outputs)
+    rows = re.findall(r"<tr class=\"[^\"]*\"><td[^>]*><a class=\"night\".*?</tr>", text, re.S)
+    links = [{(dict(a).get("class"), dict(a)["href"]) for tag, a in Tags(row).tags if tag == "a"} for row in rows]
+
+    night4 = links[len(NIGHTS) - 1 - 4]
+    folder = "2026-01-05/night-4"
+    assert night4 == {("night", "2026-01-05/"), ("report", f"{folder}/validation/current/validation.html"),
+                      ("report", f"{folder}/drift.html"), ("report", f"{folder}/evaluation.html"),
+                      ("airflow-run", "../../../dags/nightshift_churn/runs/night-4")}
+    night7 = links[len(NIGHTS) - 1 - 7]
+    assert ("airflow-run", "../../../dags/nightshift_churn/runs/scheduled__2026-01-10T00%3A00%3A00%2B00%3A00") \
+        in night7
+    # Resolved from the page's address in the reports app, the run link lands on the Airflow UI's run page.
+    from urllib.parse import urljoin, unquote
+    page = "http://airflow.example/nightshift/reports/churn/health.html"
+    assert unquote(urljoin(page, dict(night7)["airflow-run"])) == \
+        f"http://airflow.example/dags/nightshift_churn/runs/{SCHEDULED}"
+    assert 'target="_blank" rel="noopener"' in text  # out of the UI's frame, into a tab of its own
+    failed = links[0]
+    assert {kind for kind, _ in failed} == {"night", "airflow-run"}  # no report written, still its run
+
+
+def test_a_rollback_regenerates_the_page_with_the_restored_version(recorded, churn_spec, tmp_path, monkeypatch,
+                                                                    caplog):
+    store = ArtifactStore(tmp_path / "store")
+    url = refresh_health_page(recorded, store, churn_spec)
+    assert url == store.url("reports", "churn", "health.html")
+    before = store.read_text(url)
+    assert "champion v1" in re.search(r'<p id="serving"[^>]*>(.*?)</p>', before, re.S).group(1)
+
+    audit.record_change(recorded, churn_spec, change(churn_spec, "rollback", 2, 1, "manual__rollback_2", "bob",
+                                                     "v1 was worse"))
+    refresh_health_page(recorded, store, churn_spec)
+    serving = re.search(r'<p id="serving"[^>]*>(.*?)</p>', store.read_text(url), re.S).group(1)
+    assert "champion v2" in serving and "bob" in serving
+
+    # A page that cannot be written never fails the rollback: logged, None.
+    def broken(*_, **__):
+        raise RuntimeError("injected: pipeline_runs unreadable")
+
+    monkeypatch.setattr("include.nightshift.health.read_history", broken)
+    with caplog.at_level("ERROR"):
+        assert refresh_health_page(recorded, store, churn_spec) is None
+    assert "could not be written after the rollback" in caplog.text and "injected" in caplog.text
+
+
+def test_read_history_new_columns_and_no_table(pg_conn, churn_spec):
     assert read_history(pg_conn, churn_spec, days=7) == []  # no table yet: no history
     assert read_events(pg_conn, churn_spec) == []
+    assert read_outputs(pg_conn, churn_spec, [DAY0]) == {}
     with pytest.raises(ValueError, match="days"):
         read_history(pg_conn, churn_spec, days=0)
 
     wh.ensure_warehouse(pg_conn, churn_spec)
     assert read_history(pg_conn, churn_spec, days=7) == []
-    record_nights(pg_conn, churn_spec, list(enumerate(NIGHTS)), 0, dt.datetime.now(dt.timezone.utc))
-    last = DAY0 + dt.timedelta(days=len(NIGHTS) - 1)
-    assert [r["logical_date"] for r in read_history(pg_conn, churn_spec, days=3)] == [
-        last - dt.timedelta(days=2), last - dt.timedelta(days=1), last]
-    assert [r["logical_date"] for r in read_history(pg_conn, churn_spec, days=2, until=DAY0 + dt.timedelta(days=1))] \
-        == [DAY0, DAY0 + dt.timedelta(days=1)]
+    record_nights(pg_conn, churn_spec, range(len(NIGHTS)), dt.datetime.now(dt.timezone.utc))
 
     # A column added later (realised_metric) comes back and wins over the details where it is set;
     # nights recorded before it existed keep the decision's copy.
@@ -233,9 +403,9 @@ def test_read_history_window_new_columns_and_no_table(pg_conn, churn_spec):
     with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN realised_metric double precision").format(runs_table))
         cur.execute(sql.SQL("UPDATE {} SET realised_metric = 0.5 WHERE logical_date > %s").format(runs_table),
-                    (DAY0 + dt.timedelta(days=3),))
+                    (day(3),))
     realised = [r["realised_metric"] for r in read_history(pg_conn, churn_spec, days=30)]
-    assert realised == [n[6] for n in NIGHTS[:4]] + [0.5] * (len(NIGHTS) - 4)
+    assert realised == [n[7] for n in NIGHTS[:4]] + [0.5] * (len(NIGHTS) - 4)
 
 
 def test_empty_history_says_no_runs_yet(churn_spec):
@@ -243,6 +413,7 @@ def test_empty_history_says_no_runs_yet(churn_spec):
 
     assert 'id="no-runs"' in text and "No runs yet" in text and "churn.pipeline_runs" in text
     assert "<svg" not in text and "<img" not in text and "No promotion or rollback recorded" in text
+    assert "Serving now: champion –" in text
 
 
 def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):
@@ -252,7 +423,8 @@ def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):
              "challenger_version": 1, "rows_published": 10}]
     text = health_page_html(churn_spec, runs, [{"event": "promote", "version": 1, "at": "2026-01-01T05:00:00+00:00",
                                                 "by": "nightshift", "reason": "gate passed"}])
-    assert "No realised metric recorded yet" in text
+    assert "No realised metric recorded yet" in text and "No per-feature drift score recorded yet" in text
+    assert "No published rows in the predictions table" in text
     assert [n["night"] for _, n in Tables(text)["runs"]] == ["2026-01-02", "2026-01-01"]  # sorted, newest first
 
     with pytest.raises(ValueError, match=r"event 0: event must be one of .*'demote'"):
@@ -261,16 +433,45 @@ def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):
         health_page_html(churn_spec, [{"decision": "skipped"}])
 
 
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_output_of_other_tasks(task):
+    """Multiclass: each predicted class's share per night; regression: the mean predicted value."""
+    from pathlib import Path
+
+    from include.nightshift.spec import load_spec
+
+    name = {"multiclass": "flights_status", "regression": "flights_delay"}[task]
+    spec = load_spec(Path(__file__).parents[2] / "examples" / name / f"{name}.yaml")
+    runs = [{"logical_date": DAY0 + dt.timedelta(days=i), "decision": "skipped", "champion_version": 1,
+             "rows_published": 10} for i in range(2)]
+    outputs = {DAY0: {"rows": 10, "mean": 3.0, "quantiles": [1, 2, 3, 4, 5],
+                      "class_shares": {"on_time": 0.7, "late": 0.3}},
+               DAY0 + dt.timedelta(days=1): {"rows": 10, "mean": 5.0, "quantiles": [2, 3, 4, 5, 6],
+                                             "class_shares": {"on_time": 0.4, "late": 0.5, "cancelled": 0.1}}}
+    ax = health_charts(spec, runs, [], outputs)["rate"].axes[0]
+    text = health_page_html(spec, runs, [], outputs=outputs)
+    if task == "multiclass":
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == list(spec.label.classes)  # stacked in the spec's order
+        heights = {c: [round(r.get_height(), 9) for r in drawn(ax, f"class-share-{c}")] for c in legend}
+        assert heights == {"on_time": [0.7, 0.4], "late": [0.3, 0.5], "very_late": [0, 0], "cancelled": [0, 0.1]}
+        assert "cancelled 10.0%" in text
+    else:
+        (mean,) = drawn(ax, "mean-prediction")
+        assert list(mean.get_ydata()) == [3.0, 5.0]
+        assert "Mean predicted value" in text and "mean prediction" in text
+
+
 def test_markup_in_recorded_values_is_text_on_the_page(churn_spec):
     runs = [{"logical_date": "2026-01-01", "decision": EVIL, "retrain_reason": EVIL, "champion_version": 1,
-             "rows_published": 5}]
+             "rows_published": 5, "dag_run_id": EVIL, "details": {"reports": {EVIL: f"s3://b/reports/churn/{EVIL}"}}}]
     text = health_page_html(churn_spec, runs, [{"event": "promote", "version": 1, "at": "2026-01-01T01:00:00+00:00",
                                                 "by": EVIL, "reason": EVIL}])
     tables = Tables(text)
 
     assert EVIL not in text and "<script" not in text
     (_, night), = tables["runs"]
-    assert (night["decision"], night["retrain reason"]) == (EVIL, EVIL)  # read back as written: text, not markup
+    assert (night["decision"], night["retrain reason"], night["Airflow run"], night["reports"]) == (EVIL,) * 4
     (_, change), = tables["events"]
     assert (change["by"], change["why"]) == (EVIL, EVIL)
-    assert f"Last night: {EVIL.replace('<', '&lt;').replace('>', '&gt;')};" in text
+    assert f"Last night: {EVIL.replace('<', '&lt;').replace('>', '&gt;')}. Generated" in text
