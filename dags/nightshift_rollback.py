@@ -18,11 +18,12 @@ from nightshift_airflow.notifiers import TaskFailureNotifier
 
 log = logging.getLogger(__name__)
 
+VERSION_TEXT = ("A registered version that passed the promotion gate once. Empty: the previous champion (the most "
+                "recent earlier champion that served, by the audit table, and was not itself rolled back from).")
+MODELS_PAGE = "nightshift/models/{dag_id}"  # plugins/nightshift_airflow/models_page.py (the "Model versions" tab)
+
 PARAMS = {
-    "version": Param(None, type=["null", "integer"], minimum=1, title="Version to restore",
-                     description="A registered version that passed the promotion gate once. Empty: the previous "
-                                 "champion (the most recent earlier champion that served, by the audit table, and was not "
-                                 "itself rolled back from)."),
+    "version": Param(None, type=["null", "integer"], minimum=1, title="Version to restore", description=VERSION_TEXT),
     "reason": Param(type="string", minLength=3, maxLength=500, title="Reason",
                     description="Why the champion is rolled back; recorded in the audit table and on the model "
                                 "version, with who triggered it and when."),
@@ -31,6 +32,22 @@ PARAMS = {
                        description="Re-score the latest published night with the restored model and replace its "
                                    "partition of the predictions table."),
 }
+
+
+def version_param(dag_id: str) -> Param:
+    """PARAMS' version, its text in markdown with a link to the page of the versions serving and restorable.
+
+    The form is built when the DAG file is parsed, which must not ask MLflow (ARCHITECTURE.md): the page
+    asks it when opened. Only description_md (no plain description): Airflow's form renders description_md
+    as markdown, with the link, only when description is unset.
+    """
+    from airflow.sdk.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    page = f"{base}/{MODELS_PAGE.format(dag_id=dag_id)}"
+    return Param(None, type=["null", "integer"], minimum=1, title="Version to restore",
+                 description_md=f"{VERSION_TEXT} Which version serves and which ones may be restored: "
+                                f"[model versions]({page}) (also this DAG's *Model versions* tab).")
 
 
 def rollback_dag(spec: DatasetSpec) -> DAG:
@@ -42,7 +59,7 @@ def rollback_dag(spec: DatasetSpec) -> DAG:
         max_active_runs=1,
         default_args={"owner": "nightshift", "retries": 1, "retry_delay": runtime.retry_delay(),
                       "on_failure_callback": TaskFailureNotifier()},
-        params=PARAMS,
+        params={**PARAMS, "version": version_param(f"{spec.dag_id}_rollback")},
         tags=["nightshift", "rollback", spec.name],
         doc_md=f"""\
 ### Roll back `{spec.model_name}`

@@ -101,3 +101,25 @@ def registry_row(registry: Registry, spec: DatasetSpec, version: int) -> dict[st
             # passed_gate: blessed, once champion through Nightshift, or a verdict that passed; False only
             # when a verdict refused it; never judged (made champion by hand): unknown
             "blessed": True if info.passed_gate else (False if info.tags.get(BLESSED_TAG) == "false" else None)}
+
+
+def version_choices(registry: Registry, model_name: str) -> dict[str, Any]:
+    """What the rollback form's "Version to restore" may name: the version serving, and every other version
+    with whether a rollback may restore it (the rule Registry.rollback applies: ModelVersionInfo.passed_gate),
+    newest first. From the registry alone, at the moment it is asked (the rollback DAG's form is built when
+    the DAG file is parsed, which must not call MLflow: the form links here instead)."""
+    from include.nightshift.registry import FAMILY_TAG
+
+    champion = registry.champion(model_name)
+    serving = None if champion is None else champion.version
+    rows = []
+    for info in reversed(registry.versions(model_name)):
+        restorable = info.passed_gate and info.version != serving
+        why = ("serving now" if info.version == serving else
+               "passed the promotion gate once" if restorable else "never passed the promotion gate")
+        rows.append({"version": info.version, "serving": info.version == serving, "restorable": restorable,
+                     "why": why, "trained_for": info.trained_for, "family": info.tags.get(FAMILY_TAG) or "",
+                     "registered": info.created_at, "champion_since": info.champion_since,
+                     "rolled_back_from": info.rolled_back_from, "run_id": info.run_id})
+    return {"model_name": model_name, "serving": serving, "champion": champion, "versions": rows,
+            "restorable": [r["version"] for r in rows if r["restorable"]]}

@@ -6,8 +6,9 @@ importing it would register it twice). Check it is loaded with `airflow plugins`
 shows it under Admin > Plugins.
 
 - `fastapi_apps`: web.app under /nightshift (Airflow 3.1+ keys: app, url_prefix, name).
-- `external_views` (Airflow 3.1+): "Nightshift reports" under Browse, and a "Model health" tab
-  on each DAG. Both have a `url_route`, so the UI shows them inside its own page (an iframe)
+- `external_views` (Airflow 3.1+): "Nightshift reports" under Browse, and a "Model health" and a
+  "Model versions" tab on each DAG (models_page.router, added to web.app here). All have a `url_route`,
+  so the UI shows them inside its own page (an iframe)
   instead of a new tab; `href` has no leading slash, so it resolves against the UI's base URL;
   `{DAG_ID}` is filled in by the UI for views on a DAG.
 - `operator_extra_links`: listed so that `airflow plugins` shows them. Airflow 3 does not need
@@ -21,7 +22,11 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from nightshift_airflow.links import ALL_LINKS, URL_PREFIX
+from nightshift_airflow.models_page import router as models_router
 from nightshift_airflow.web import app
+
+if not any(getattr(route, "path", None) == "/models/" for route in app.routes):  # once, even if imported twice
+    app.include_router(models_router)  # /nightshift/models/...: the "Model versions" tab and the rollback form's link
 
 HREF = URL_PREFIX.strip("/")
 
@@ -34,5 +39,7 @@ class NightshiftPlugin(AirflowPlugin):
          "url_route": "nightshift-reports"},
         {"name": "Model health", "href": f"{HREF}/health/{{DAG_ID}}", "destination": "dag",
          "url_route": "nightshift-health"},
+        {"name": "Model versions", "href": f"{HREF}/models/{{DAG_ID}}", "destination": "dag",
+         "url_route": "nightshift-models"},  # serving and restorable versions (models_page.py)
     ]
     operator_extra_links = [link() for link in ALL_LINKS]

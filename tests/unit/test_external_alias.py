@@ -10,6 +10,11 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +23,7 @@ from include.nightshift import audit, warehouse
 from include.nightshift.external import ACTOR, check_external_move, external_alert
 from include.nightshift.promotion import repair_pending
 
+ROOT = Path(__file__).resolve().parents[2]
 _names = itertools.count(1)
 NIGHT = dt.date(2026, 3, 4)
 
@@ -132,3 +138,43 @@ def test_an_existing_warehouse_accepts_external_rows_after_the_migration(registr
     _move_in_mlflow(registry, spec, 3)
     assert check_external_move(pg_conn, registry, spec, dag_run_id="night_3", night=NIGHT) is not None
     assert _rows(pg_conn, spec)[-1][0] == "external"
+
+
+# --- what the rollback form may restore (the "Model versions" page) ---------------------------------------
+
+
+def test_version_choices_name_the_serving_version_and_those_a_rollback_accepts(registry, spec, pg_conn):
+    from include.nightshift.reports import render
+    from include.nightshift.versions import version_choices
+
+    _move_in_mlflow(registry, spec, 3)  # v3 never passed the gate, yet serves: the page says both
+    choices = version_choices(registry, spec.model_name)
+
+    assert choices["serving"] == 3 and choices["restorable"] == [2, 1]
+    assert [(r["version"], r["serving"], r["restorable"], r["why"]) for r in choices["versions"]] == [
+        (3, True, False, "serving now"), (2, False, True, "passed the promotion gate once"),
+        (1, False, True, "passed the promotion gate once")]
+    page = render("models.html", title="Model versions", when="now", **choices)
+    assert "Serving: v3" in page and "May be restored: v2, v1" in page
+
+    registry.client.set_registered_model_alias(spec.model_name, "champion", "2")
+    registry.client.set_model_version_tag(spec.model_name, "3", "nightshift.blessed", "false")
+    registry.client.delete_registered_model_alias(spec.model_name, "champion")
+    choices = version_choices(registry, spec.model_name)
+    assert choices["serving"] is None and choices["restorable"] == [2, 1]
+    assert "No version is serving" in render("models.html", title="Model versions", when="now", **choices)
+    assert version_choices(registry, "nightshift_no_such_model")["versions"] == []
+
+
+def test_the_rollback_form_links_to_the_page_and_never_asks_mlflow_when_parsed():
+    """The version field's markdown links to the DAG's page; the DAG file imports no MLflow (parse time)."""
+    code = ("import sys, json; import dags.nightshift_rollback as d; "
+            "p = d.nightshift_churn_rollback.params.get_param('version'); "
+            "print(json.dumps([p.description, p.schema['description_md'], 'mlflow' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    description, markdown, mlflow_imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert description is None  # Airflow's form renders description_md only when description is unset
+    assert "/nightshift/models/nightshift_churn_rollback)" in markdown
+    assert mlflow_imported is False

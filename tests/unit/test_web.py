@@ -155,7 +155,8 @@ def test_airflow_loads_the_plugin_with_its_app_and_ui_entries(server):
     assert nightshift["fastapi_apps"] == [
         {"app": "fastapi.applications.FastAPI", "url_prefix": "/nightshift", "name": "Nightshift reports"}]
     assert {(v["name"], v["destination"], v["href"]) for v in nightshift["external_views"]} == {
-        ("Nightshift reports", "nav", "nightshift/"), ("Model health", "dag", "nightshift/health/{DAG_ID}")}
+        ("Nightshift reports", "nav", "nightshift/"), ("Model health", "dag", "nightshift/health/{DAG_ID}"),
+        ("Model versions", "dag", "nightshift/models/{DAG_ID}")}
 
 
 def test_report_page_is_streamed_as_html_in_a_sandbox(server):
