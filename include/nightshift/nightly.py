@@ -706,14 +706,17 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
 
 
 def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
-    """Regenerate reports/<dataset>/health.html from the warehouse's history; its address."""
+    """Regenerate reports/<dataset>/health.html from the warehouse's history (the newest `days` recorded
+    nights, their champion changes and published output); its address. Called after every nightly run
+    and every rollback."""
     from include.nightshift import health
 
     url = store.url("reports", spec.name, "health.html")
     runs = health.read_history(conn, spec, days)
     events = health.read_events(conn, spec)
+    outputs = health.read_outputs(conn, spec, [run["logical_date"] for run in runs])
     with store.staging_dir() as tmp:
-        health.write_health_page(tmp / "health.html", spec, runs, events)
+        health.write_health_page(tmp / "health.html", spec, runs, events, outputs=outputs)
         store.put_file(tmp / "health.html", url)
     return url
 

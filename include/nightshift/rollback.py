@@ -17,6 +17,7 @@ side (run_rollback):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from psycopg import Connection, sql
@@ -27,7 +28,9 @@ from include.nightshift.registry import Registry, RollbackRefused, RollbackResul
 from include.nightshift.spec import DatasetSpec
 
 __all__ = ["ModelUnavailable", "RollbackRefused", "RollbackResult", "check_serves", "latest_night", "latest_published",
-           "republish_latest", "rollback", "rollback_change", "run_rollback"]
+           "refresh_health_page", "republish_latest", "rollback", "rollback_change", "run_rollback"]
+
+log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 50  # rows of the reference sample a target scores before the alias moves
 
@@ -101,6 +104,20 @@ def run_rollback(conn: Connection, registry: Registry, spec: DatasetSpec, *, to_
 
     sync_serving(conn, registry, spec)  # model_versions.champion_from/to follow the audit table
     return result, change
+
+
+def refresh_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec) -> str | None:
+    """Regenerate the model-health page after a rollback (its header names the serving version, and a
+    re-published night its output); the page's address, None if it failed: a page problem is logged, it
+    never fails a rollback that moved the alias."""
+    from include.nightshift.health import NIGHTS
+    from include.nightshift.nightly import write_health_page
+
+    try:
+        return write_health_page(conn, store, spec, NIGHTS)
+    except Exception:
+        log.exception("the model-health page of %s could not be written after the rollback", spec.name)
+        return None
 
 
 def rollback(registry: Registry, model_name: str, *, to_version: int | None, actor: str, reason: str,

@@ -35,6 +35,7 @@ class RollbackOperator(NightshiftOperator):
 
     def execute(self, context: Any) -> dict:
         from include.nightshift.rollback import RollbackRefused, latest_night, run_rollback
+        from include.nightshift.rollback import refresh_health_page
 
         self.refuse_unknown_conf(context)  # a typo'd "versoin" must not roll back to the previous champion
         spec, registry = self.spec, runtime.registry()
@@ -47,6 +48,7 @@ class RollbackOperator(NightshiftOperator):
                                               else None, actor=who, reason=reason, rollback_id=context["run_id"])
             except RollbackRefused as exc:  # a refusal is an answer, not a transient error: no retry
                 raise AirflowFailException(f"rollback of {spec.model_name} refused: {exc}") from exc
+            refresh_health_page(conn, runtime.artifact_store(), spec)  # the header names the restored version
         left = f"v{result.from_version}" if result.from_version is not None else "no champion"
         message = (f"{spec.model_name}: champion rolled back {left} -> v{result.to_version} "
                    f"by {who}: {reason}" if result.changed else
@@ -67,13 +69,15 @@ class RepublishOperator(NightshiftOperator):
     ui_color = "#fed7aa"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.rollback import republish_latest
+        from include.nightshift.rollback import refresh_health_page, republish_latest
 
         if self.param(context, "republish") is False:  # null (the form left it unset) = on, as the default
             raise AirflowSkipException("republish=false: the published predictions are left as they are")
         spec, store, registry = self.spec, runtime.artifact_store(), runtime.registry()
         with self.connect() as conn:
             done = republish_latest(conn, store, registry, spec, self.rolled_back["to_version"], context["run_id"])
+            if done is not None:
+                refresh_health_page(conn, store, spec)  # the night's output is now the restored model's
         if done is None:
             raise AirflowSkipException(f"nothing published yet in {spec.warehouse.schema}.predictions")
         log.info("re-published %s rows of %s with v%s", done["rows"], done["score_date"], done["model_version"])
