@@ -10,7 +10,9 @@ the report matters most) as long as the operator pushed the report's address bef
 
 The contract with the operators: a reporting task pushes XCom `report_url` (validation also
 `labelled_report_url`; the task that writes the model-health page `health_url`) holding the
-artifact-store address of the page, as `ArtifactStore.url()` returns it. The link turns it into
+artifact-store address of the page, as `ArtifactStore.url()` returns it: a page of that run's own
+folder (reports/<dataset>/<night>/<run>/, include/nightshift/artifacts.run_folder), so the button of an
+older run still opens that run's report after a rerun or a dry run of the night. The link turns it into
 `<[api] base_url>/nightshift/reports/<path under the store root>`, served by the web app in
 web.py: a browser on the Airflow UI cannot open file:// or s3:// addresses. Without
 `[api] base_url` the link is root-relative (`/nightshift/reports/...`), which the browser
@@ -46,7 +48,8 @@ class NotAReport(ValueError):
 def report_http_url(store_url: str, store_root: str, base_url: str | None) -> str:
     """The web app's address for an artifact-store address under `<store_root>/reports/`.
 
-    :param store_url: what the operator pushed, e.g. `s3://bucket/nightshift/reports/churn/2026-02-01/drift.html`.
+    :param store_url: what the operator pushed, e.g.
+        `s3://bucket/nightshift/reports/churn/2026-02-01/scheduled__2026-02-01T00_00_00_00_00/drift.html`.
     :param store_root: the artifact store's root (Variable `nightshift_artifact_root`).
     :param base_url: Airflow's `[api] base_url` (may carry a path), or None for a root-relative link.
     """

@@ -5,9 +5,18 @@ folder or s3://...), which a browser on the Airflow UI cannot open; this small a
 from the store so that the task buttons (links.py) and the UI's "Nightshift reports" menu entry
 have an http address:
 
-    GET /nightshift/                       the datasets, each with its model-health page and latest reports
+    GET /nightshift/                       the per-night index: each dataset's newest nights, their status
+                                           and the reports of the run that published each (others under it)
+    GET /nightshift/nights/<dataset>       the same for every night the dataset's index holds
     GET /nightshift/reports/<path>         a file under `reports/` of the store (a folder gives a listing)
     GET /nightshift/health/<dag_id>        the DAG's model-health page (the "Model health" tab on a DAG)
+
+Reports are kept per DAG run (reports/<dataset>/<night>/<run>/, include/nightshift/artifacts.run_folder).
+Which run speaks for a night comes from the warehouse through reports/<dataset>/nights.json, which the
+record task writes from pipeline_runs and run_attempts (include/nightshift/report_index.py): the app
+itself never connects to the warehouse. A run folder the index does not know yet (a run still going,
+or whose record is pending) is listed as not recorded; pages a night kept in its own folder (written
+before reports were kept per run) are listed as such.
 
 Only `reports/` is served: a path with `..`, `.`, an empty segment, a backslash or a leading
 slash is refused (400) before the store is touched; a missing file is 404.
@@ -36,6 +45,8 @@ Airflow's server modules are imported inside the functions that need them, not h
 
 from __future__ import annotations
 
+import json
+import logging
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -46,6 +57,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
 from nightshift_airflow.links import REPORTS_FOLDER
+
+log = logging.getLogger(__name__)
 
 DAG_PREFIX = "nightshift_"  # DatasetSpec.dag_id is f"nightshift_{name}"
 CHUNK = 1 << 20
@@ -59,6 +72,11 @@ NIGHT_PAGES = (
     ("evaluation", ("evaluation.html", "evaluation.json")),
 )
 HEALTH_PAGE = "health.html"
+RUN_INDEX = "nights.json"  # include/nightshift/artifacts.RUN_INDEX (not imported: this module loads in every process)
+FRONT_NIGHTS = 14  # nights per dataset on the front page; /nightshift/nights/<dataset> shows them all
+LEGACY = "(night folder, before reports were kept per run)"
+STATUS_CLASS = {"published": "pass", "failed": "fail", "no model": "fail", "dry run": "skip",
+                "dry run only": "skip", "replaced": "skip", "not recorded": "skip"}
 ROLLBACK_SUFFIX = "_rollback"  # dags/nightshift_rollback.py: f"{spec.dag_id}_rollback"
 
 app = FastAPI(title="Nightshift reports", docs_url=None, redoc_url=None, openapi_url=None)
@@ -165,35 +183,97 @@ def _newest_first(names: list[str]) -> list[str]:
 
 @app.get("/", response_class=HTMLResponse)
 def index(user: Any = Depends(airflow_user)) -> HTMLResponse:
-    """Each dataset the user may read: its model-health page, its latest night's reports, all nights."""
+    """Each dataset the user may read: its model-health page and its newest nights (status, run, reports)."""
     store = artifact_store()
     datasets = sorted(e["name"] for e in _listing(store, store.url(REPORTS_FOLDER)) if e["type"] == "directory")
-    rows = [_dataset_row(store, dataset) for dataset in datasets if may_read(user, dataset)]
+    rows = [_dataset(store, dataset, FRONT_NIGHTS, "") for dataset in datasets if may_read(user, dataset)]
     if not rows:
         return _notice("Nightshift reports", "No reports yet: they appear after the first nightly run.")
     return _page("reports_index.html", title="Nightshift reports", datasets=rows)
 
 
-def _dataset_row(store, dataset: str) -> dict[str, Any]:
-    """What the index shows of one dataset: its health page, its newest night's pages, all nights."""
-    nights = _newest_first([e["name"] for e in _listing(store, store.url(REPORTS_FOLDER, dataset))
-                            if e["type"] == "directory" and DATE.match(e["name"])])
-    night = nights[0] if nights else None
-    folder = f"{REPORTS_FOLDER}/{quote(dataset)}"  # a folder name is data: quoted into the address
-    return {"name": dataset, "night": night, "nights": len(nights),
+@app.get("/nights/{dataset}", response_class=HTMLResponse)
+def nights(dataset: str, user: Any = Depends(airflow_user)) -> HTMLResponse:
+    """Every night of one dataset's index, as the front page shows its newest."""
+    if len(report_parts(dataset)) != 1:
+        raise HTTPException(status_code=400, detail=f"not a dataset: {dataset!r}")
+    if not may_read(user, dataset):
+        raise HTTPException(status_code=403, detail=f"no access to the reports of {DAG_PREFIX + dataset}")
+    store = artifact_store()
+    if not _exists(store, dataset):
+        raise HTTPException(status_code=404, detail=f"no reports of {dataset}")
+    return _page("reports_index.html", title=f"Nightshift reports: {dataset}",
+                 datasets=[_dataset(store, dataset, None, "../")])
+
+
+def _dataset(store, dataset: str, limit: int | None, base: str) -> dict[str, Any]:
+    """What the index shows of one dataset: its health page, and each night (newest first, at most `limit`)
+    with its status, the run that speaks for it and the dataset's other runs of that night.
+    `base`: the way from the page to /nightshift/ (every address on the page is relative)."""
+    folder = f"{base}{REPORTS_FOLDER}/{quote(dataset)}"  # a folder name is data: quoted into the address
+    recorded = {n["night"]: n for n in _read_index(store, dataset)}
+    days = sorted(set(recorded) | {e["name"] for e in _listing(store, store.url(REPORTS_FOLDER, dataset))
+                                   if e["type"] == "directory" and DATE.match(e["name"])}, reverse=True)
+    shown = days[:limit] if limit else days
+    return {"name": dataset, "folder": f"{folder}/", "total": len(days),
             "health": f"{folder}/{HEALTH_PAGE}" if _exists(store, dataset, HEALTH_PAGE) else None,
-            "pages": [(label, f"{folder}/{night}/{page}")
-                      for label, page in (_night_pages(store, dataset, night) if night else [])],
-            "history": f"{folder}/"}
+            "all": f"{base}nights/{quote(dataset)}" if len(shown) < len(days) else None,
+            "nights": [_night(store, folder, dataset, day, recorded.get(day)) for day in shown]}
 
 
-def _night_pages(store, dataset: str, night: str) -> list[tuple[str, str]]:
-    """(label, page) for each report the night has, the first existing candidate per label."""
+def _read_index(store, dataset: str) -> list[dict[str, Any]]:
+    """The nights of reports/<dataset>/nights.json ([] when there is none yet, or it cannot be read)."""
+    url = store.url(REPORTS_FOLDER, dataset, RUN_INDEX)
+    if not store.exists(url):
+        return []
+    try:
+        return list(json.loads(store.read_text(url))["nights"])
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        log.warning("%s: the report index cannot be read (%s); nights are shown from the folders only", url, error)
+        return []
+
+
+def _night(store, folder: str, dataset: str, day: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """One night: its status, its run of record with that run's pages, then its other runs with theirs."""
+    files = _night_files(store, dataset, day)
+    recorded = recorded or {"status": "not recorded", "run": None, "runs": []}
+    here = f"{folder}/{day}"
+    known = [r for r in [recorded.get("run"), *recorded.get("runs", [])] if r]
+    named = {r["folder"] for r in known}  # a run the index does not know yet is likely the newest: first
+    others = [_run(here, {"run": name, "folder": name, "status": "not recorded"}, files)
+              for name in sorted({p.split("/", 1)[0] for p in files if "/" in p} - named - {"validation"})]
+    others += [_run(here, r, files) for r in recorded.get("runs", [])]
+    legacy = _pages(here, "", files)
+    if legacy:
+        others.append({"run": LEGACY, "status": "", "css": "", "note": None, "pages": legacy})
+    run = _run(here, recorded["run"], files) if recorded.get("run") else None
+    return {"night": day, "status": recorded["status"], "css": STATUS_CLASS.get(recorded["status"], ""),
+            "run": run, "others": others}
+
+
+def _run(here: str, run: dict[str, Any], files: set[str]) -> dict[str, Any]:
+    return {"run": run["run"], "status": run.get("status", ""), "css": STATUS_CLASS.get(run.get("status"), ""),
+            "note": run.get("note"), "pages": _pages(f"{here}/{quote(run['folder'])}", f"{run['folder']}/", files)}
+
+
+def _night_files(store, dataset: str, day: str) -> set[str]:
+    """Every file under the night's folder, relative to it: one recursive listing per night (one request
+    on object storage), not one per page."""
+    root = store.fs._strip_protocol(store.url(REPORTS_FOLDER, dataset, day)).rstrip("/")
+    try:
+        found = store.fs.find(root)
+    except FileNotFoundError:
+        return set()
+    return {path[len(root):].lstrip("/") for path in found if path.startswith(root)}
+
+
+def _pages(href: str, prefix: str, files: set[str]) -> list[tuple[str, str]]:
+    """(label, address) of each report among `files` under `prefix`, the first existing candidate per label."""
     found = []
     for label, candidates in NIGHT_PAGES:
-        page = next((c for c in candidates if _exists(store, dataset, night, c)), None)
+        page = next((c for c in candidates if prefix + c in files), None)
         if page:
-            found.append((label, page))
+            found.append((label, f"{href}/{page}"))
     return found
 
 
@@ -242,6 +322,18 @@ def _folder(store, url: str, parts: list[str], user: Any) -> HTMLResponse:
     entries = {e["name"]: e for e in _listing(store, url) if parts or may_read(user, e["name"])}
     folders = _newest_first([n for n, e in entries.items() if e["type"] == "directory"])
     files = sorted(n for n, e in entries.items() if e["type"] != "directory")
+    runs = _run_notes(store, parts)
     return _page("folder.html", title="/".join([REPORTS_FOLDER, *parts]),
-                 folders=[{"href": f"{quote(n)}/", "name": n} for n in folders],
+                 folders=[{"href": f"{quote(n)}/", "name": n, "note": runs.get(n)} for n in folders],
                  files=[{"href": quote(n), "name": n, "size": f"{entries[n].get('size') or 0:,}"} for n in files])
+
+
+def _run_notes(store, parts: list[str]) -> dict[str, str]:
+    """In a night's folder: each run folder's run id and status from the index (what the folder name,
+    made safe for a path, no longer says exactly); {} anywhere else."""
+    if len(parts) != 2 or not DATE.match(parts[1]):
+        return {}
+    night = next((n for n in _read_index(store, parts[0]) if n.get("night") == parts[1]), None)
+    if night is None:
+        return {}
+    return {r["folder"]: f"{r['status']}: run {r['run']}" for r in [night.get("run"), *night.get("runs", [])] if r}

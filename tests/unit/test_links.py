@@ -40,6 +40,19 @@ def test_object_store_address_and_odd_characters_are_quoted():
         "http://h:8080/nightshift/reports/churn/2026-02-01/validation/current/validations/run%201%23x.html")
 
 
+def test_each_run_of_a_night_links_its_own_report():
+    """Reports are kept per DAG run: a rerun's or a dry run's button never opens another run's page."""
+    from include.nightshift.artifacts import ArtifactStore, run_folder
+
+    store = ArtifactStore("/data/store")
+    links = {run: report_http_url(store.url(*run_folder("churn", "2026-02-01", run), "evaluation.html"), store.root,
+                                  "http://h:8080")
+             for run in ("scheduled__2026-02-01T00:00:00+00:00", "manual__2026-02-03T09:00:00+00:00")}
+    assert list(links.values()) == [
+        "http://h:8080/nightshift/reports/churn/2026-02-01/scheduled__2026-02-01T00_00_00_00_00/evaluation.html",
+        "http://h:8080/nightshift/reports/churn/2026-02-01/manual__2026-02-03T09_00_00_00_00/evaluation.html"]
+
+
 @pytest.mark.parametrize("url", [
     "/elsewhere/reports/churn/drift.html",        # another root
     "/data/storeX/reports/churn/drift.html",      # a root that only shares a prefix

@@ -25,12 +25,20 @@ import httpx
 import pytest
 
 import local_stack  # scripts/, on the path by tests/conftest.py
-from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.artifacts import ArtifactStore, safe_name
+from include.nightshift.report_index import build_index
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.dagrun  # every test talks to a real Airflow api-server started in a subprocess
 BINARY = bytes(range(256)) * 4
-NIGHT = "reports/churn/2026-02-02"
+# Night 2026-02-02 of churn: published by a scheduled run, republished by a rerun (the night's publisher),
+# then a dry run, and a run whose record is not written yet. Night 2026-02-03 failed; 2026-02-01 keeps its
+# pages in the night's own folder (before reports were kept per run) and is in no index.
+SCHEDULED, RERUN, DRY = ("scheduled__2026-02-02T00:00:00+00:00", "manual__2026-02-03T09:00:00+00:00",
+                         "manual__2026-02-03T10:00:00+00:00")
+UNRECORDED, FAILED = "manual__2026-02-03T11:00:00+00:00", "scheduled__2026-02-03T00:00:00+00:00"
+NIGHT_DIR = "reports/churn/2026-02-02"
+NIGHT = f"{NIGHT_DIR}/{safe_name(RERUN)}"  # the folder of the run that published the night
 DOCS_PAGE = f"{NIGHT}/validation/current/validations/churn/2026-02-02/20260202T000000.000000Z/churn-snapshot.html"
 FILES = {
     "reports/churn/2026-02-01/validation/current/validation.html": "<h1>churn validation 2026-02-01</h1>",
@@ -43,7 +51,12 @@ FILES = {
     f"{NIGHT}/drift.html": "<script>document.title = 'drift'</script><h1>churn drift 2026-02-02</h1>",
     f"{NIGHT}/evaluation.html": "<h1>churn evaluation 2026-02-02</h1>",
     "reports/churn/health.html": "<h1>churn model health</h1>",
-    "reports/fraud/2026-01-15/drift.html": "<h1>fraud drift</h1>",
+    **{f"reports/fraud/2026-01-{d:02}/drift.html": "<h1>fraud drift</h1>" for d in range(1, 16)},  # 15 nights
+    f"{NIGHT_DIR}/{safe_name(SCHEDULED)}/drift.html": "<h1>the first run's drift</h1>",
+    f"{NIGHT_DIR}/{safe_name(DRY)}/drift.html": "<h1>the dry run's drift</h1>",
+    f"{NIGHT_DIR}/{safe_name(DRY)}/evaluation.html": "<h1>the dry run's challenger</h1>",
+    f"{NIGHT_DIR}/{safe_name(UNRECORDED)}/drift.html": "<h1>a run still going</h1>",
+    f"reports/churn/2026-02-03/{safe_name(FAILED)}/validation/current/validation.html": "<h1>failed</h1>",
     "snapshots/churn/2026-02-02/abc.parquet": "SECRET-SNAPSHOT",
 }
 FAVICON = f"{NIGHT}/validation/current/static/images/favicon.ico"
@@ -86,8 +99,22 @@ def _health_sample() -> str:
     return health_page_html(spec, runs, [])
 
 
+def _index() -> str:
+    """reports/churn/nights.json as the record task writes it (report_index.write_index) for these runs."""
+    def row(run_id: str, day: str, decision: str, rows: int, hour: int, **more) -> dict:
+        return {"dag_run_id": run_id, "logical_date": day, "decision": decision, "rows_published": rows,
+                "finished_at": f"2026-02-03T{hour:02}:00:00+00:00", "note": None, **more}
+
+    nights = [row(RERUN, "2026-02-02", "skipped", 100, 9, note="rerun"), row(FAILED, "2026-02-03", "failed", 0, 12)]
+    attempts = [{**nights[0], "dry_run": False}, {**nights[1], "dry_run": False},
+                row(SCHEDULED, "2026-02-02", "skipped", 100, 1, dry_run=False),
+                row(DRY, "2026-02-02", "rejected", 0, 10, dry_run=True, note="dry")]
+    return json.dumps({"dataset": "churn", "nights": build_index(nights, attempts)})
+
+
 def _write_store(store: ArtifactStore, tmp: Path) -> None:
-    for key, text in {**FILES, EVIL_REPORT: "<h1>evil drift</h1>", SAMPLE: _health_sample()}.items():
+    for key, text in {**FILES, EVIL_REPORT: "<h1>evil drift</h1>", SAMPLE: _health_sample(),
+                      "reports/churn/nights.json": _index()}.items():
         store.put_text(text, store.url(key))
     (tmp / "favicon.ico").write_bytes(BINARY)
     store.put_file(tmp / "favicon.ico", store.url(FAVICON))
@@ -211,22 +238,68 @@ def test_a_folder_redirects_to_its_slash_form_then_lists_its_entries(server):
     assert (answer.status_code, answer.headers["location"]) == (307, "churn/")
     listing = server.get("/nightshift/reports/churn/")
     assert listing.status_code == 200
-    assert re.findall(r'href="([^"]+)"', listing.text) == ["../", "2026-02-02/", "2026-02-01/", "health.html"]
+    assert re.findall(r'href="([^"]+)"', listing.text) == [
+        "../", "2026-02-03/", "2026-02-02/", "2026-02-01/", "health.html", "nights.json"]
     assert "<style>" in listing.text  # the app's pages share the reports' stylesheet
 
 
-def test_index_lists_each_dataset_with_its_health_page_and_latest_night(server):
+def _sections(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<section class="dataset" data-dataset="([^"]*)">(.*?)</section>', page, re.S))
+
+
+def _rows(section: str) -> list[tuple[str, str, list[str]]]:
+    """(row class, its cells' text, its links) per row of a dataset's nights table."""
+    found = []
+    for kind, cells in re.findall(r'<tr class="(night|other-run)"[^>]*>(.*?)</tr>', section, re.S):
+        text = " | ".join(re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", cells, re.S))
+        found.append((kind, text, re.findall(r'href="([^"]+)"', cells)))
+    return found
+
+
+def test_index_shows_each_night_with_its_status_and_the_publishing_run_s_reports(server):
     answer = server.get("/nightshift/")
     assert answer.status_code == 200
-    rows = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", answer.text)}
-    assert set(rows) == {"churn", "fraud"}
-    assert re.findall(r'href="([^"]+)"', rows["churn"]) == [
-        "reports/churn/health.html", f"{NIGHT}/validation/current/validation.html", f"{NIGHT}/drift.html",
-        f"{NIGHT}/evaluation.html", "reports/churn/"]
-    assert "2026-02-02:" in rows["churn"] and "all nights (2)" in rows["churn"]
-    assert "no health page yet" in rows["fraud"]
+    churn = _sections(answer.text)["churn"]
+    assert re.findall(r'<p>(.*?)</p>', churn)[0].count("href") == 2  # model health, all folders
+    rows = _rows(churn)
+    assert [r[:2] for r in rows] == [
+        ("night", f"2026-02-03 | failed | {FAILED} | validation"),
+        ("night", f"2026-02-02 | published | {RERUN} (rerun) | validation, drift, evaluation"),
+        ("other-run", f" | ↳ not recorded | {safe_name(UNRECORDED)} | drift"),
+        ("other-run", f" | ↳ dry run | {DRY} (dry) | drift, evaluation"),
+        ("other-run", f" | ↳ replaced | {SCHEDULED} | drift"),
+        ("night", "2026-02-01 | not recorded | – | –"),
+        ("other-run", " | ↳ older | (night folder, before reports were kept per run) | validation, drift")]
+    assert rows[1][2] == [f"{NIGHT}/validation/current/validation.html", f"{NIGHT}/drift.html",
+                          f"{NIGHT}/evaluation.html"]  # the publisher's pages, not the dry run's
+    assert rows[3][2] == [f"{NIGHT_DIR}/{safe_name(DRY)}/drift.html", f"{NIGHT_DIR}/{safe_name(DRY)}/evaluation.html"]
     for href in re.findall(r'href="([^"]+)"', answer.text):  # every link on the page works from where it is
         assert server.get(urljoin(f"{server.base}/nightshift/", href)[len(server.base):]).status_code == 200, href
+    assert server.get(f"/nightshift/{rows[3][2][1]}").text == "<h1>the dry run's challenger</h1>"
+
+
+def test_a_dataset_with_many_nights_shows_its_newest_and_links_them_all(server):
+    fraud = _sections(server.get("/nightshift/").text)["fraud"]
+    assert "no health page yet" in fraud and 'href="nights/fraud"' in fraud and "all 15 nights" in fraud
+    assert [r[1].split(" | ")[0] for r in _rows(fraud) if r[0] == "night"] == [
+        f"2026-01-{d:02}" for d in range(15, 1, -1)]  # the newest 14
+    every = server.get("/nightshift/nights/fraud")
+    assert every.status_code == 200 and "Nightshift reports: fraud" in every.text
+    nights = [r for r in _rows(_sections(every.text)["fraud"]) if r[0] == "night"]
+    assert len(nights) == 15 and nights[-1][1].startswith("2026-01-01")
+    oldest = _rows(_sections(every.text)["fraud"])[-1]  # its pages, from the night's own folder
+    assert oldest[2] == ["../reports/fraud/2026-01-01/drift.html"]
+    assert server.get(urljoin(f"{server.base}/nightshift/nights/fraud", oldest[2][0])[len(server.base):]).text == (
+        "<h1>fraud drift</h1>")
+    assert server.get("/nightshift/nights/nothing").status_code == 404
+    assert server.get("/nightshift/nights/fraud", token="nobody").status_code == 403
+
+
+def test_a_night_s_folder_names_each_run_with_its_status(server):
+    listing = server.get(f"/nightshift/{NIGHT_DIR}/").text
+    assert f"{safe_name(RERUN)}/</a> <span class=\"note\">(published: run {RERUN})</span>" in listing
+    assert f"(dry run: run {DRY})" in listing and f"(replaced: run {SCHEDULED})" in listing
+    assert f'{safe_name(UNRECORDED)}/</a></li>' in listing  # no record yet: nothing said of it
 
 
 def test_model_health_tab_of_a_dag_opens_its_datasets_page(server):
@@ -276,7 +349,7 @@ def test_a_nightshift_page_gets_what_it_needs_from_the_sandbox_policy(server):
     policy = answer.headers["content-security-policy"]
     assert policy.startswith("sandbox")
     charts = re.findall(r'<img class="chart" src="(data:image/png;base64,[^"]+)" alt="([^"]+)"', answer.text)
-    assert len(charts) == 4 and "<style>" in answer.text  # what the page uses ...
+    assert len(charts) >= 4 and "<style>" in answer.text  # what the page uses ...
     assert _csp_allows(policy, "img-src", "data:") and _csp_allows(policy, "style-src", "'unsafe-inline'")  # ... allowed
     assert not re.search(r'(src|href)="(?!data:)[^"]*//', answer.text)  # and nothing fetched from elsewhere
 
