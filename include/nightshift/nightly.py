@@ -226,7 +226,7 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     champion = registry.champion(spec.model_name)
     if champion is None:
         return MonitorStep(realised_metric=None, rows=0, champion_version=None)
-    holdout = champion.tags.get("verdict.challenger")  # its holdout metric when it was promoted
+    holdout = registry.holdout_metric(champion, spec.promotion.metric)  # its holdout metric when it was judged
     newest = dt.date.fromisoformat(snapshot.labelled.day)
     holdout_end = training_days(spec, champion.trained_for)[0] if champion.trained_for else None
     days = [newest - dt.timedelta(days=i) for i in range(spec.promotion.realised_window_days)]
@@ -372,7 +372,7 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
                          dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str) -> Any:
     """Log the chosen candidate's run (every candidate's holdout metric on it) and register it."""
     from include.nightshift.drift import reference_sample
-    from include.nightshift.registry import FAMILY_TAG, TRAINING_KEY_TAG
+    from include.nightshift.registry import DAG_RUN_TAG, FAMILY_TAG, TRAINING_KEY_TAG, run_name
 
     metric = spec.promotion.metric
     metrics: dict[str, float] = {"train_rows": len(train_df), "holdout_rows": int(len(chosen.holdout_scores))}
@@ -381,16 +381,16 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
         if f.metric is not None:
             metrics[f"candidate_{f.family}_{metric}"] = f.metric
     baseline = _fitted_baseline(spec, train_df, fits)
+    reason = str(decision.reason) if decision and decision.reason else "retrain"
     return registry.log_challenger(
         chosen.model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
                 "holdout_days": spec.training.holdout_days, "family": chosen.family,
-                "calibration": spec.training.calibration, **chosen.params},
+                "calibration": spec.training.calibration, "retrain_reason": reason, **chosen.params},
         metrics=metrics,
-        tags={"nightshift.dag_run_id": dag_run_id, RUN_DATE_TAG: day.isoformat(),
-              "nightshift.retrain_reason": str(decision.reason if decision else None),
-              FAMILY_TAG: chosen.family, TRAINING_KEY_TAG: key},
-        snapshots=refs,
+        tags={DAG_RUN_TAG: dag_run_id, RUN_DATE_TAG: day.isoformat(), FAMILY_TAG: chosen.family,
+              TRAINING_KEY_TAG: key},
+        snapshots=refs, run_name=run_name(spec.name, day, reason),
     )
 
 
@@ -464,6 +464,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
 
     from include.nightshift import training
     from include.nightshift.evaluation import evaluate, gate
+    from include.nightshift.plots import evaluation_plots
     from include.nightshift.promotion import apply_policy
     from include.nightshift.snapshot import SnapshotRef, read_snapshots
 
@@ -490,10 +491,8 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                          challenger_version=trained.version, promoted=promote, policy_note=why,
                          evaluation=evaluation, family=trained.family, candidates=trained.candidates,
                          reused=trained.reused)
-    if trained.run_id:  # a dry run's challenger has no MLflow run: MLflow is left as it was
-        registry.log_holdout_metrics(trained.run_id, spec.promotion.metric, {
-            "challenger": verdict.challenger, "champion": verdict.champion, "baseline": verdict.baseline})
-    url = write_evaluation_report(store, registry, spec, day, trained, judged, reports)
+    plots = evaluation_plots(y, scores, spec, evaluation=evaluation)  # for the report and the MLflow run
+    url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
              why, verdict.message())
     return dataclasses.replace(judged, report_url=url)
@@ -505,9 +504,11 @@ MLFLOW_REPORT_FOLDERS = {"drift": "reports", "validation": "reports/validation",
 
 
 def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
-                            trained: TrainingStep, judged: VerdictStep, reports: dict[str, str]) -> str:
-    """evaluation.html (+ .json) in the artifact store; it and the night's other reports on the
-    challenger's MLflow run, so the run in MLflow holds every page its promotion was decided on."""
+                            trained: TrainingStep, judged: VerdictStep, reports: dict[str, str], *,
+                            plots: list | tuple = ()) -> str:
+    """evaluation.html (+ .json, with `plots` embedded) in the artifact store; it and the night's other
+    reports on the challenger's MLflow run, so the run in MLflow holds every page its promotion was decided
+    on, with the holdout numbers as run metrics and the plots and evaluation.json under evaluation/."""
     from include.nightshift.reports import evaluation_report_html
 
     title = f"{spec.name} {day.isoformat()}: challenger " + (
@@ -518,11 +519,13 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     store.put_text(json.dumps({"evaluation": judged.evaluation, "verdict": record}, indent=2, default=str),
                    store.url(*here, "evaluation.json"))
     with store.staging_dir() as tmp:
-        (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec))
+        (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec,
+                                                                    plots=plots))
         store.put_file(tmp / "evaluation.html", url)
         if not trained.run_id:  # a dry run's challenger: no MLflow run to attach the pages to
             return url
         registry.log_artifact(trained.run_id, tmp / "evaluation.html", "reports")
+    registry.log_evaluation(trained.run_id, judged.evaluation, plots=plots, record=record)
     for name, folder in MLFLOW_REPORT_FOLDERS.items():
         found = reports.get(name)
         if found and store.exists(found):

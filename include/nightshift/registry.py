@@ -5,6 +5,11 @@ plain values (ModelVersionInfo, DataFrames, fitted pipelines) and MLflow's quirk
 
 - aliases, not stages (stages are deprecated in MLflow 3); the production model is the
   version behind the alias `champion`, and a version is blessed by tags that say why;
+- MLflow is where models are compared: a run is named "<dataset> <night> <retrain reason>", the
+  holdout numbers of challenger, champion and baseline (overall, per slice, per class) are metrics
+  of the challenger's run, with the evaluation plots and the whole verdict (evaluation.json) under
+  its artifacts' evaluation/; a version carries the verdict in words in its description and a
+  handful of short tags (VERSION_TAGS: each read back by the code or searched by), never a JSON blob;
 - the alias moves in two ways only, promote() and rollback(), both tags first, alias last; a
   rollback's who/why/when is written on the version restored and on the version left, and
   "previous champion" is read from those tags (see previous_champion);
@@ -24,8 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
+import math
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -71,7 +79,8 @@ ROLLED_BACK_BY_TAG = "nightshift.rolled_back.by"
 ROLLED_BACK_REASON_TAG = "nightshift.rolled_back.reason"
 ROLLED_BACK_TO_TAG = "nightshift.rolled_back.to"
 ROLLED_BACK_ID_TAG = "nightshift.rolled_back.id"
-VERDICT_AT_TAG = "nightshift.verdict_at"
+# On a version: the gate's answer ("passed" / "failed"), whatever the run's policy then did with it.
+GATE_TAG = "nightshift.gate"
 # On a version: "false" from registration until evaluate writes its verdict ("true"). A version that
 # keeps "false" was never judged (its evaluate failed or never ran): never promoted, never restorable.
 JUDGED_TAG = "nightshift.judged"
@@ -80,8 +89,16 @@ FAMILY_TAG = "nightshift.family"  # on a run and its version: the model family t
 # On a run and its version: training.training_key, the hash of its data, spec, libraries and code.
 # A retrain with the same key reuses that version (find_reusable) instead of registering a duplicate.
 TRAINING_KEY_TAG = "nightshift.training_key"
+DAG_RUN_TAG = "nightshift.dag_run_id"  # on a run and its version: the Airflow run that trained it (search by it)
+# Every tag a version gets outside a rollback (whose who/why/when adds its own, ROLLBACK_* and ROLLED_BACK_*).
+VERSION_TAGS = (RUN_DATE_TAG, DAG_RUN_TAG, FAMILY_TAG, TRAINING_KEY_TAG, JUDGED_TAG, GATE_TAG, BLESSED_TAG,
+                PROMOTED_AT_TAG, REPLACED_VERSION_TAG)
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
-VERDICT_PREFIX = "verdict."
+VERDICT_PREFIX = "verdict."  # the verdict as tags, on versions judged before issue 13 (read, never written)
+EVALUATION_FOLDER = "evaluation"  # on the challenger's run: the plots and evaluation.json
+MAX_DESCRIPTION = 4900  # MLflow stores a version's description in 5000 characters
+MAX_METRIC_KEY = 250  # MLflow's limit on a metric name
+ROLES = ("challenger", "champion", "baseline")  # the models evaluated on one holdout (evaluation.evaluate)
 INPUT_EXAMPLE_ROWS = 5
 # Declared, not inferred: MLflow's inference starts a subprocess that imports the model (about
 # 10 s per model here). The pipelines hold only scikit-learn and XGBoost objects.
@@ -144,13 +161,13 @@ class ModelVersionInfo:
         """Whether this version may be made champion by a rollback: it passed the gate once.
 
         True when it was blessed (nightshift.blessed=true, written only by promote()), was
-        champion at least once, or its verdict says the gate passed (verdict.promote=true: a
-        version the gate passed but a run's policy held back, e.g. promotion_policy=never or a
-        dry run). A rejected challenger (blessed=false, gate failed, never champion) and a
-        version never judged do not qualify.
+        champion at least once, or its verdict says the gate passed (nightshift.gate=passed, or
+        verdict.promote=true on a version judged before issue 13: a version the gate passed but a
+        run's policy held back, e.g. promotion_policy=never). A rejected challenger (blessed=false,
+        gate failed, never champion) and a version never judged do not qualify.
         """
         return (self.tags.get(BLESSED_TAG) == "true" or self.champion_since is not None
-                or self.tags.get(f"{VERDICT_PREFIX}promote") == "true")
+                or self.tags.get(GATE_TAG) == "passed" or self.tags.get(f"{VERDICT_PREFIX}promote") == "true")
 
 
 class RollbackRefused(ValueError):
@@ -200,7 +217,8 @@ class Registry:
 
     def log_challenger(self, model, baseline, *, spec: DatasetSpec, train_df: pd.DataFrame,
                        reference: pd.DataFrame, params: dict[str, Any], metrics: dict[str, float],
-                       tags: dict[str, str], snapshots: Sequence[SnapshotRef] = ()) -> ModelVersionInfo:
+                       tags: dict[str, str], snapshots: Sequence[SnapshotRef] = (),
+                       run_name: str | None = None) -> ModelVersionInfo:
         """Log one training run and register its model as a new version of spec.model_name.
 
         The run holds everything needed to judge and reproduce the model later: params,
@@ -208,13 +226,14 @@ class Registry:
         example, the baseline it was compared with (logged, not registered) and the reference
         data that drift is measured against. The version carries the same tags, so the
         registry UI alone tells where a version came from. The snapshots it was trained and held
-        out on are the run's dataset inputs (MLflow's lineage view), by address and hash.
+        out on are the run's dataset inputs (MLflow's lineage view), by address and hash. `run_name`
+        says what happened (run_name(): "churn 2026-02-12 drift"); None lets MLflow make one up.
         """
         experiment_id = self._experiment_id(spec.dag_id)
         example = features_frame(train_df.head(INPUT_EXAMPLE_ROWS), spec)
         output = model.predict(example) if spec.task == "regression" else model.predict_proba(example)
         signature = _signature(spec, output)
-        with self._fluent(), mlflow.start_run(experiment_id=experiment_id):
+        with self._fluent(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name):
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
             mlflow.set_tags(tags)
@@ -229,18 +248,33 @@ class Registry:
             registered = mlflow.register_model(logged.model_uri, spec.model_name, tags={**tags, JUDGED_TAG: "false"})
         return self.version(spec.model_name, int(registered.version))
 
-    def log_holdout_metrics(self, run_id: str, metric: str, values: dict[str, float | None]) -> None:
-        """The holdout metric of each role (challenger, champion, baseline) as metrics of the
-        challenger's run, e.g. `holdout_roc_auc_champion`, so MLflow's UI can chart and compare them.
-        A role that was not measured (no champion yet) is left out, never logged as NaN."""
-        for role, value in values.items():
-            if value is not None:
-                self.client.log_metric(run_id, f"holdout_{metric}_{role}", float(value))
+    def log_evaluation(self, run_id: str, evaluation: dict[str, Any], *, plots: Sequence[Any] = (),
+                       record: dict[str, Any] | None = None) -> None:
+        """The holdout comparison on the challenger's run, where MLflow's compare view finds it: every
+        number of evaluation.evaluate() as a metric (holdout_metric_names), the plots as PNGs and the
+        evaluation with its verdict `record` as evaluation.json, both under evaluation/; the verdict in
+        one line as the run's tag nightshift.verdict. A role that was not measured is left out, never NaN."""
+        from mlflow.entities import Metric
+
+        stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0)
+                                               for key, value in holdout_metric_names(evaluation).items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            for plot in plots:
+                (folder / plot.file_name).write_bytes(plot.png)
+            if record is not None:
+                (folder / "evaluation.json").write_text(json.dumps({"evaluation": evaluation, "verdict": record},
+                                                                   indent=2, default=str))
+            if any(folder.iterdir()):
+                self.client.log_artifacts(run_id, tmp, EVALUATION_FOLDER)
+        if record is not None:
+            self.client.set_tag(run_id, "nightshift.verdict", verdict_line(record))
 
     def promote(self, model_name: str, version: int, verdict: dict[str, Any]) -> int | None:
         """Bless a version and point `champion` at it; returns the version it replaced (None if none).
 
-        The reasons first (verdict.* tags), then the alias, then the serving tags (blessed=true,
+        The reasons first (the description and nightshift.gate), then the alias, then the serving tags (blessed=true,
         promoted_at, replaced_version): the alias never names a version without its reasons, and
         a version whose alias write failed never carries the marks of having served (issue 11:
         a rollback once read those marks and restored a version that had never served). The
@@ -396,7 +430,7 @@ class Registry:
         return f"{base}/{artifact_path.strip('/')}/{local.name}" if artifact_path else f"{base}/{local.name}"
 
     def record_verdict(self, model_name: str, version: int, verdict: dict[str, Any]) -> None:
-        """Record why a version was not promoted (tags only; the alias does not move).
+        """Record why a version was not promoted (description and tags; the alias does not move).
 
         Rejected challengers keep their numbers so that every decision can be audited.
         """
@@ -407,10 +441,14 @@ class Registry:
 
     def _write_verdict(self, model_name: str, version: int, verdict: dict[str, Any], *,
                        blessed: bool | None, at: str) -> None:
-        """The verdict's tags; blessed None leaves nightshift.blessed to mark_promoted (after the alias moved)."""
-        for key, value in verdict.items():
-            self.client.set_model_version_tag(model_name, str(version), f"{VERDICT_PREFIX}{key}", _tag_value(value))
-        self.client.set_model_version_tag(model_name, str(version), VERDICT_AT_TAG, at)
+        """The verdict in words as the version's description (verdict_description), the gate's answer as
+        nightshift.gate, then judged=true; blessed None leaves nightshift.blessed to mark_promoted (after
+        the alias moved). The whole record is evaluation.json on the run (log_evaluation), not tags."""
+        description = verdict_description(verdict, at, promoted=blessed is None)  # None: promote() is moving the alias
+        self.client.update_model_version(model_name, str(version), description=description)
+        if "promote" in verdict:
+            self.client.set_model_version_tag(model_name, str(version), GATE_TAG,
+                                              "passed" if verdict["promote"] else "failed")
         self.client.set_model_version_tag(model_name, str(version), JUDGED_TAG, "true")
         if blessed is not None:
             self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true" if blessed else "false")
@@ -461,6 +499,18 @@ class Registry:
                       if v.champion_since is not None and not v.rolled_back_from
                       and (current is None or v.version != current.version)]
         return max(candidates, key=lambda v: (v.champion_since, v.version), default=None)
+
+    def holdout_metric(self, info: ModelVersionInfo, metric: str) -> float | None:
+        """A version's holdout `metric` as its evaluation measured it (the run metric holdout_<metric>_challenger;
+        for a version judged before issue 13, its verdict.challenger tag if it was of the same metric); None
+        when it was never evaluated on that metric."""
+        name = f"holdout_{_metric_part(metric)}_challenger"
+        found = self.client.get_run(info.run_id).data.metrics.get(name) if info.run_id else None  # by hand: no run
+        if found is not None:
+            return float(found)
+        legacy = info.tags.get(f"{VERDICT_PREFIX}challenger")
+        same = info.tags.get(f"{VERDICT_PREFIX}metric") == metric
+        return float(legacy) if legacy not in (None, "", "null") and same else None
 
     def _rolled_back_by_id(self, model_name: str, rollback_id: str) -> ModelVersionInfo | None:
         """The version a rollback with this id restored (its first tag), or None."""
@@ -606,8 +656,116 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
     raise ValueError(f"{tracking_uri!r}: give an explicit artifact_location for this tracking store")
 
 
-def _tag_value(value: Any) -> str:
-    """Tags are strings: keep strings as they are, JSON for numbers, booleans, lists and dicts."""
+def run_name(dataset: str, night: dt.date, reason: str | None) -> str:
+    """What a training run is called in MLflow: "<dataset> <night> <retrain reason>", e.g. "churn 2026-02-12 drift"."""
+    return f"{dataset} {night.isoformat()} {reason or 'retrain'}"
+
+
+def _metric_part(text: Any) -> str:
+    """A piece of a metric name in the characters MLflow accepts everywhere (letters, digits, _ - .; no
+    colon: refused on Windows); a piece that had to change gets a short hash of the original, so that two
+    values never share a name ("a b" and "a_b")."""
+    raw = "null" if text is None else str(text)
+    safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", raw)
+    return safe if safe == raw else f"{safe}_{hashlib.sha1(raw.encode()).hexdigest()[:6]}"
+
+
+def holdout_metric_names(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The numbers of evaluation.evaluate() by metric name, grouped by metric then role so that MLflow
+    lists challenger, champion and baseline side by side:
+    holdout_<metric>_<role>, slice_<column>.<value>_<metric>_<role> (slices too small to judge are left
+    out) and, for task multiclass, holdout_recall_<class>_<role>. Undefined numbers (None) are left out."""
+    metric = _metric_part(evaluation.get("metric"))
+    found: dict[str, Any] = {f"holdout_{metric}_{role}": v for role, v in (evaluation.get("overall") or {}).items()}
+    found.update(_slice_metrics(evaluation.get("slices") or [], metric))
+    for role, recalls in (evaluation.get("per_class_recall") or {}).items():
+        found.update({f"holdout_recall_{_metric_part(c)}_{role}": v for c, v in recalls.items()})
+    return {_short_key(k): float(v) for k, v in found.items() if v is not None and math.isfinite(float(v))}
+
+
+def _slice_metrics(slices: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """slice_<column>.<value>_<metric>_<role> of every slice large enough to be judged."""
+    found = {}
+    for s in slices:
+        if not s.get("skipped"):
+            where = f"slice_{_metric_part(s.get('column'))}.{_metric_part(s.get('value'))}"
+            found.update({f"{where}_{metric}_{role}": s.get(role) for role in ROLES})
+    return found
+
+
+def _short_key(key: str) -> str:
+    """A metric name within MLflow's 250 characters (a long slice value cut, with a hash of the whole)."""
+    if len(key) <= MAX_METRIC_KEY:
+        return key
+    return f"{key[:MAX_METRIC_KEY - 9]}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def verdict_line(verdict: dict[str, Any]) -> str:
+    """The verdict in one line (a run tag): what happened, and which checks failed."""
+    failed = [str(c.get("name")) for c in verdict.get("checks") or [] if not c.get("passed")]
+    done = "promoted" if verdict.get("promoted", verdict.get("promote")) else "not promoted"
+    why = f"failed {', '.join(failed)}" if failed else verdict.get("policy_note") or "every check passed"
+    return f"{done}: {why}"
+
+
+def verdict_description(verdict: dict[str, Any], at: str, *, promoted: bool | None = None) -> str:
+    """A model version's description (MLflow renders Markdown): promoted or not and why, with the numbers.
+
+    From the evaluate step's record (steps.VerdictStep.tags()); keys it lacks are left out and keys it does
+    not know are listed as they are, so any dict of facts still reads. Cut to MAX_DESCRIPTION characters.
+    `promoted` None: as the record says."""
+    if promoted is None:
+        promoted = bool(verdict.get("promoted", verdict.get("promote")))
+    run = f", Airflow run `{verdict['dag_run_id']}`" if verdict.get("dag_run_id") else ""
+    head = [f"**{'PROMOTED' if promoted else 'NOT PROMOTED'}** (verdict of {at}{run}).", *_described_head(verdict)]
+    bullets = [f"- {'passed' if c.get('passed') else '**FAILED**'} {c.get('name')}: {c.get('detail')}"
+               for c in verdict.get("checks") or [] if isinstance(c, dict)]
+    bullets += [f"- {line}" for line in _described_extras(verdict)]
+    text = "\n\n".join([*head, "\n".join(bullets),
+                         "Full record: evaluation/evaluation.json and reports/evaluation.html on this version's run."])
+    return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION - 1] + "…"
+
+
+def _described_head(verdict: dict[str, Any]) -> list[str]:
+    """The gate's answer with the run's policy, and the holdout numbers of the three models."""
+    head = []
+    if "promote" in verdict:
+        why = verdict.get("policy_note")
+        head.append(f"Gate {'passed' if verdict['promote'] else 'failed'}; policy {verdict.get('policy', 'auto')}"
+                    + (f": {why}." if why else "."))
+    if verdict.get("metric"):
+        numbers = ", ".join(f"{role} {_described(verdict.get(role))}" for role in ROLES)
+        champion = verdict.get("champion_version")
+        head.append(f"Holdout {verdict['metric']}: {numbers}" + (f" (champion v{champion})." if champion else "."))
+    return head
+
+
+_DESCRIBED = {"promote", "promoted", "policy", "policy_note", "metric", "challenger", "champion", "baseline",
+              "champion_version", "challenger_version", "checks", "dag_run_id", "message"}
+
+
+def _described_extras(verdict: dict[str, Any]) -> list[str]:
+    """The record's other facts in words: family, every candidate's holdout metric, reuse, and any key not known."""
+    out = []
+    if verdict.get("family"):
+        out.append(f"model family: {verdict['family']}")
+    candidates = verdict.get("candidates")
+    if isinstance(candidates, dict) and candidates:
+        out.append("candidates on the holdout: " + ", ".join(
+            f"{family} {_described((c or {}).get('metric') if isinstance(c, dict) else c)}"
+            for family, c in candidates.items()))
+    if verdict.get("reused"):
+        out.append("a version reused by training key (same snapshots, spec, libraries and code)")
+    out += [f"{key}: {_described(value)}" for key, value in verdict.items()
+            if key not in _DESCRIBED | {"family", "candidates", "reused"}]
+    return out
+
+
+def _described(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else "n/a"
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ def message_page(title: str, paragraphs: list[str] = (), items: list[str] = ()) 
 
 def png_data_uri(fig: Any, dpi: int = 100) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI for an <img>: nothing to fetch,
-    allowed by the reports app's CSP, and no SVG markup (ids, namespaces) to fix up in the page.
-    Metadata dropped so that the same figure gives the same bytes on another matplotlib version."""
+    allowed by the reports app's CSP, and no SVG markup (ids, namespaces) to fix up in the page."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
+
+
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (for a data URI, or a file logged to MLflow). Metadata dropped
+    so that the same figure gives the same bytes on another matplotlib version."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def num(value: Any, missing: str = MISSING) -> str:
@@ -227,13 +233,14 @@ def _candidates(verdict: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
-                           spec: DatasetSpec | None = None) -> str:
+                           spec: DatasetSpec | None = None, plots: Sequence[Any] = ()) -> str:
     """The evaluation report as one self-contained HTML page.
 
     `evaluation` as evaluation.evaluate() returns it; `verdict` as the evaluate task records it
     (Verdict.to_dict() plus policy, champion_version, challenger_version, promoted,
     policy_note). Each slice shows the gate's record of it (numbers, tolerance, outcome);
     with `spec`, the overall rules show their thresholds and the thresholds are listed.
+    `plots` (plots.evaluation_plots) are embedded as PNG data URIs, each with its alt text.
     """
     gib = bool(evaluation.get("greater_is_better", True))
     return render(
@@ -243,13 +250,14 @@ def evaluation_report_html(evaluation: dict[str, Any], verdict: dict[str, Any], 
         checks=[{"name": c.get("name"), "passed": bool(c.get("passed")), "detail": c.get("detail")}
                 for c in verdict.get("checks") or []],
         slices=_slices(evaluation, verdict), slice_rule=_slice_rule(verdict), thresholds=_thresholds(spec),
-        candidates=_candidates(verdict), reused=bool(verdict.get("reused")))
+        candidates=_candidates(verdict), reused=bool(verdict.get("reused")),
+        plots=[{"id": p.id, "title": p.title, "alt": p.alt, "src": p.data_uri} for p in plots])
 
 
 def write_evaluation_report(path: str | Path, evaluation: dict[str, Any], verdict: dict[str, Any], title: str, *,
-                            spec: DatasetSpec | None = None) -> str:
+                            spec: DatasetSpec | None = None, plots: Sequence[Any] = ()) -> str:
     """Write the report to a local file (folders created); returns the path as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(evaluation_report_html(evaluation, verdict, title, spec=spec), encoding="utf-8")
+    path.write_text(evaluation_report_html(evaluation, verdict, title, spec=spec, plots=plots), encoding="utf-8")
     return str(path)

@@ -110,9 +110,11 @@ def test_champion_is_none_until_promoted_then_the_alias_moves(registry, spec, mo
     champion = registry.champion(spec.model_name)
     assert champion.version == 1 and champion.aliases == ["champion"]
     assert champion.tags["nightshift.blessed"] == "true"
-    assert champion.tags["verdict.decision"] == "promote"
-    assert champion.tags["verdict.roc_auc"] == "0.81"
-    assert champion.tags["verdict.reasons"] == '["first model"]'
+    # the verdict is the version's description, in words; any fact it is given is listed there, not as a tag
+    description = registry.client.get_model_version(spec.model_name, "1").description
+    assert description.startswith("**PROMOTED**")
+    assert "- decision: promote\n- roc_auc: 0.8100\n- reasons: [\"first model\"]" in description
+    assert not [k for k in champion.tags if k.startswith("verdict.")]
     assert before <= champion.champion_since <= after
 
     registry.promote(spec.model_name, 2, {"decision": "promote"})
@@ -133,8 +135,9 @@ def test_record_verdict_on_a_rejected_version_leaves_the_alias(registry, spec, m
     rejected = registry.version(spec.model_name, 2)
     assert rejected.aliases == []
     assert rejected.tags["nightshift.blessed"] == "false"
-    assert rejected.tags["verdict.reason"] == "below the champion"
-    assert rejected.tags["verdict.roc_auc"] == "0.7"
+    description = registry.client.get_model_version(spec.model_name, "2").description
+    assert description.startswith("**NOT PROMOTED**")
+    assert "- reason: below the champion" in description and "- roc_auc: 0.7000" in description
     with pytest.raises(ValueError, match="champion"):
         registry.record_verdict(spec.model_name, 1, {"decision": "reject"})
     # judged: the promoted and the rejected one; v3 (its evaluate never ran) says it never was
@@ -230,11 +233,6 @@ def test_training_snapshots_are_dataset_inputs_and_holdout_metrics_are_run_metri
     assert {t.key: t.value for t in inputs[1].tags}["rows"] == "200"
     assert "/store/snapshots/churn/2026-02-02/" in inputs[1].dataset.source
 
-    registry.log_holdout_metrics(info.run_id, "roc_auc", {"challenger": 0.8, "champion": None, "baseline": 0.7})
-    metrics = registry.client.get_run(info.run_id).data.metrics
-    assert metrics["holdout_roc_auc_challenger"] == 0.8 and metrics["holdout_roc_auc_baseline"] == 0.7
-    assert "holdout_roc_auc_champion" not in metrics  # not measured: absent, never NaN
-
     # the model's age is counted from the night it was trained for, not from the wall clock
     assert registry.version(spec.model_name, info.version).trained_for == dt.date(2026, 2, 3)
 
@@ -281,3 +279,141 @@ def test_find_reusable_returns_the_newest_loadable_version_with_the_key(registry
     assert registry.find_reusable(spec.model_name, "k1")[0].version == first.version
     _delete_model_artifacts(registry, spec.model_name, first.version)
     assert registry.find_reusable(spec.model_name, "k1") is None
+
+
+# --- MLflow as the place to compare models (issue 13) -------------------------------------
+
+NIGHT = dt.date(2026, 2, 12)
+
+
+def _judged(registry: Registry, spec, models, data, *, challenger: str, version_tags: dict, promoted: bool,
+            champion_version: int | None):
+    """A version logged as the train step logs it, then evaluated and gated for real on `data` (challenger:
+    "model" or "baseline", the other one as champion), its evaluation logged and its verdict written as the
+    evaluate step does; (info, evaluation, plots, VerdictStep)."""
+    from include.nightshift.evaluation import evaluate, gate
+    from include.nightshift.plots import evaluation_plots
+    from include.nightshift.registry import run_name
+    from include.nightshift.steps import VerdictStep
+
+    model, baseline = models
+    info = registry.log_challenger(model, baseline, spec=spec, train_df=data, reference=data.head(50),
+                                   params={"retrain_reason": "drift"}, metrics={}, tags=version_tags,
+                                   run_name=run_name(spec.name, NIGHT, "drift"))
+    fitted = {"model": model, "baseline": baseline}
+    scores = {"challenger": training.predict_scores(fitted[challenger], data, spec),
+              "baseline": training.predict_scores(baseline, data, spec)}
+    if champion_version is not None:
+        scores["champion"] = training.predict_scores(fitted["baseline" if challenger == "model" else "model"], data,
+                                                     spec)
+    y = training.labels(data, spec)
+    evaluation = evaluate(data, y, scores, spec)
+    verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"], roundtrip_equal=True,
+                   challenger_family="xgboost")
+    step = VerdictStep(**verdict.to_dict(), policy="auto", dag_run_id="scheduled__2026-02-12T00:00:00+00:00",
+                       champion_version=champion_version, challenger_version=info.version, promoted=promoted,
+                       policy_note="gate passed" if promoted else "gate failed", evaluation=evaluation,
+                       family="xgboost", candidates={"xgboost": {"metric": verdict.challenger, "fit_seconds": 1.0}})
+    plots = evaluation_plots(y, scores, spec, evaluation=evaluation)
+    registry.log_evaluation(info.run_id, evaluation, plots=plots, record=step.record())
+    if promoted:
+        registry.promote(spec.model_name, info.version, step.tags())
+    else:
+        registry.record_verdict(spec.model_name, info.version, step.tags())
+    return info, evaluation, plots, step
+
+
+def test_a_judged_challenger_reads_in_mlflow_run_name_metrics_plots_description_and_few_tags(
+        registry, spec, models, data):
+    """What a person finds in MLflow after a night: a run named for what happened, the holdout numbers of the
+    three models (overall and per slice) as metrics to chart, the plots and the whole record under
+    evaluation/, the verdict in words on the version, and a handful of short tags that the code reads."""
+    from include.nightshift.registry import (DAG_RUN_TAG, GATE_TAG, RUN_DATE_TAG, VERSION_TAGS,
+                                             holdout_metric_names)
+
+    tags = {DAG_RUN_TAG: "scheduled__2026-02-12T00:00:00+00:00", RUN_DATE_TAG: NIGHT.isoformat(),
+            FAMILY_TAG: "xgboost", TRAINING_KEY_TAG: "f" * 64}
+    first, *_ = _judged(registry, spec, models, data, challenger="baseline", version_tags=tags, promoted=True,
+                        champion_version=None)
+    info, evaluation, plots, step = _judged(registry, spec, models, data, challenger="baseline",
+                                            version_tags=tags, promoted=False, champion_version=first.version)
+    run = registry.client.get_run(info.run_id)
+
+    assert run.info.run_name == f"{spec.name} 2026-02-12 drift"
+    metrics = run.data.metrics
+    for role in ("challenger", "champion", "baseline"):
+        assert metrics[f"holdout_roc_auc_{role}"] == pytest.approx(evaluation["overall"][role])
+        assert metrics[f"slice_plan.basic_roc_auc_{role}"] == pytest.approx(
+            next(s[role] for s in evaluation["slices"] if (s["column"], s["value"]) == ("plan", "basic")))
+    judged_slices = [s for s in evaluation["slices"] if not s["skipped"]]
+    assert len([k for k in metrics if k.startswith("slice_")]) == 3 * len(judged_slices) > 0
+    assert set(holdout_metric_names(evaluation)) <= set(metrics)
+    assert run.data.tags["nightshift.verdict"].startswith("not promoted: failed champion")
+
+    logged = {a.path for a in registry.client.list_artifacts(info.run_id, "evaluation")}
+    assert logged == {f"evaluation/{p.file_name}" for p in plots} | {"evaluation/evaluation.json"}
+    assert {p.id for p in plots} == {"roc", "precision_recall", "calibration", "score_histogram",
+                                     "confusion_matrix", "lift"}
+    back = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="evaluation/roc.png",
+                                               tracking_uri=registry.tracking_uri)
+    assert Path(back).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    version = registry.client.get_model_version(spec.model_name, str(info.version))
+    description = version.description
+    assert description.startswith("**NOT PROMOTED**") and "Gate failed; policy auto: gate failed." in description
+    assert (f"Holdout roc_auc: challenger {step.challenger:.4f}, champion {step.champion:.4f}, "
+            f"baseline {step.baseline:.4f} (champion v{first.version}).") in description
+    failed = [c for c in step.checks if not c["passed"]]
+    assert failed and all(f"- **FAILED** {c['name']}: {c['detail']}" in description for c in failed)
+
+    assert set(version.tags) == {DAG_RUN_TAG, RUN_DATE_TAG, FAMILY_TAG, TRAINING_KEY_TAG, "nightshift.judged",
+                                 GATE_TAG, "nightshift.blessed"}
+    assert version.tags[GATE_TAG] == "failed" and version.tags["nightshift.blessed"] == "false"
+    promoted = registry.client.get_model_version(spec.model_name, str(first.version))
+    assert set(promoted.tags) <= set(VERSION_TAGS) and len(promoted.tags) == 8  # no predecessor to name
+    assert promoted.description.startswith("**PROMOTED**")
+    for tag in (*version.tags.values(), *promoted.tags.values()):
+        assert len(tag) <= 64 and not tag.startswith(("{", "[")), tag  # short, readable: no JSON blob
+
+    # what the code reads back still reads: the gate's answer, and the holdout metric the monitor compares
+    assert registry.version(spec.model_name, first.version).passed_gate
+    assert not registry.version(spec.model_name, info.version).passed_gate
+    assert registry.holdout_metric(registry.version(spec.model_name, first.version), "roc_auc") == pytest.approx(
+        evaluation["overall"]["challenger"])
+    assert registry.holdout_metric(registry.version(spec.model_name, first.version), "log_loss") is None
+
+
+def test_metric_names_keep_to_mlflow_s_characters_and_never_collide(registry, spec, models, data):
+    """Slice values with characters MLflow refuses in a metric name (=, :, spaces, markup, accents) and values
+    that become alike once cleaned are all logged, each under its own name."""
+    from include.nightshift.registry import holdout_metric_names
+
+    info = _log(registry, spec, models, data)
+    values = ["a b", "a_b", "x=1", "weird:<script>", "é", None, "v" * 300]
+    evaluation = {"metric": "roc_auc", "overall": {"challenger": 0.8, "champion": None, "baseline": 0.7},
+                  "slices": [{"column": "region", "value": v, "rows": 100, "skipped": False,
+                              "challenger": 0.5 + i / 100} for i, v in enumerate(values)]
+                  + [{"column": "region", "value": "tiny", "rows": 3, "skipped": True}],
+                  "per_class_recall": {"challenger": {"on time": 0.9, "late": None}}}
+    registry.log_evaluation(info.run_id, evaluation)
+
+    metrics = registry.client.get_run(info.run_id).data.metrics
+    assert metrics["holdout_roc_auc_challenger"] == 0.8 and metrics["holdout_roc_auc_baseline"] == 0.7
+    assert "holdout_roc_auc_champion" not in metrics  # not measured: absent, never NaN
+    slices = sorted(v for k, v in metrics.items() if k.startswith("slice_region"))
+    assert slices == [pytest.approx(0.5 + i / 100) for i in range(len(values))]  # one name each, none lost
+    assert all(len(k) <= 250 for k in metrics) and "slice_region.tiny_roc_auc_challenger" not in metrics
+    assert [k for k in metrics if k.startswith("holdout_recall_on_time")]
+    assert len(holdout_metric_names(evaluation)) == 10  # 2 overall, 7 slices, 1 class (None left out)
+    assert registry.client.list_artifacts(info.run_id, "evaluation") == []  # no plot, no record: nothing else
+
+
+def test_versions_judged_before_issue_13_still_read(registry, spec, models, data):
+    """A registry written by the earlier code (the verdict as verdict.* tags) keeps working: a version its gate
+    passed may be restored, and its holdout metric is still found for the monitor (of the same metric only)."""
+    info = _log(registry, spec, models, data)
+    for key, value in {"verdict.promote": "true", "verdict.metric": "roc_auc", "verdict.challenger": "0.8123"}.items():
+        registry.client.set_model_version_tag(spec.model_name, str(info.version), key, value)
+    old = registry.version(spec.model_name, info.version)
+    assert old.passed_gate
+    assert registry.holdout_metric(old, "roc_auc") == 0.8123 and registry.holdout_metric(old, "log_loss") is None

@@ -7,6 +7,7 @@ numbers in the right cells, mark what failed, escape data, and load nothing from
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import re
@@ -81,11 +82,30 @@ class Page(HTMLParser):
         return out
 
 
+PNG_URI = "data:image/png;base64,"
+
+
 def loads_nothing(text: str, page: Page) -> None:
-    """No address anywhere, no script, no stylesheet link, no attribute pointing elsewhere."""
+    """No address anywhere, no script, no stylesheet link, no attribute pointing elsewhere: an image is
+    a PNG inside the page (a data URI), never fetched."""
     assert "://" not in text
-    assert not [t for t, _ in page.tags if t in ("script", "link", "img", "iframe")]
-    assert not [(t, a) for t, a in page.tags for k, v in a.items() if k in ("src", "href") and v]
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
+    assert not [(t, a) for t, a in page.tags for k, v in a.items()
+                if k in ("src", "href") and v and not (t == "img" and k == "src" and v.startswith(PNG_URI))]
+
+
+def plots_on(page: Page) -> dict[str, dict[str, str]]:
+    """The page's plot images by figure id (plot-<id>), each with its src decoded to bytes and its alt text."""
+    figures = [a["id"] for t, a in page.tags if t == "figure"]
+    images = [a for t, a in page.tags if t == "img"]
+    assert len(figures) == len(images)
+    out = {}
+    for figure, img in zip(figures, images):
+        assert img["src"].startswith(PNG_URI)
+        png = base64.b64decode(img["src"][len(PNG_URI):])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        out[figure.removeprefix("plot-")] = {"alt": img["alt"], "png": png}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +308,107 @@ def test_no_page_is_built_from_strings_in_python():
              for folder in ("include", "plugins", "dags", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if scaffold.search(line)]
     assert found == []
+
+
+# --------------------------------------------------------------------------- plots (issue 13)
+
+
+def test_binary_report_embeds_each_plot_with_the_numbers_in_its_alt_text(spec, holdout, models):
+    """ROC, precision-recall, calibration, score histograms, the confusion matrix at the decision threshold
+    and the lift: each an <img> inside the page, its alt text naming it with the models' numbers."""
+    from sklearn.metrics import average_precision_score, confusion_matrix
+
+    from include.nightshift.plots import evaluation_plots
+
+    roles = {"challenger": "strong", "champion": "weak", "baseline": "baseline"}
+    scores = {role: training.predict_scores(models[name], holdout, spec) for role, name in roles.items()}
+    y = training.labels(holdout, spec)
+    evaluation, verdict = run(spec, holdout, models, roles, champion_version=3, promoted=True, policy_note="ok")
+    plots = evaluation_plots(y, scores, spec, evaluation=evaluation)
+    text = evaluation_report_html(evaluation, verdict, "with plots", spec=spec, plots=plots)
+    page = Page(text)
+
+    shown = plots_on(page)
+    assert list(shown) == ["roc", "precision_recall", "calibration", "score_histogram", "confusion_matrix", "lift"]
+    alts = {key: shown[key]["alt"] for key in shown}
+    assert alts["roc"].startswith("ROC curve: ") and all(
+        f"{role} AUC {evaluation['overall'][role]:.4f}" in alts["roc"] for role in roles)
+    ap = average_precision_score(y, scores["challenger"])
+    assert alts["precision_recall"].startswith("Precision-recall curve: challenger average precision "
+                                               f"{ap:.4f}")
+    assert alts["calibration"].startswith("Calibration curve: ") and "Brier" in alts["calibration"]
+    assert alts["score_histogram"].startswith("Score histograms, champion vs challenger: challenger and champion")
+    (tn, fp), (fn, tp) = confusion_matrix(y, (scores["challenger"] >= spec.scoring.decision_threshold).astype(int))
+    assert (f"at scoring.decision_threshold {spec.scoring.decision_threshold:g}: challenger: {tp} true positives, "
+            f"{fp} false positives, {fn} false negatives, {tn} true negatives") in alts["confusion_matrix"]
+    top = int(round(0.1 * len(y)))
+    lift = y[np.argsort(-scores["challenger"], kind="stable")][:top].mean() / y.mean()
+    assert alts["lift"].startswith(f"Lift: challenger lift {lift:.2f} in the top 10%")
+    assert all(f"on {len(y)} holdout rows" in alt for alt in alts.values())
+    assert all(p.png == shown[p.id]["png"] for p in plots)  # the same bytes that go to the MLflow run
+    assert EVIL not in text
+    loads_nothing(text, page)
+
+
+def _gated(spec, frame: pd.DataFrame, y: np.ndarray, scores: dict) -> tuple[dict, dict]:
+    evaluation = evaluate(frame, y, scores, spec)
+    verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"], roundtrip_equal=True)
+    return evaluation, {**verdict.to_dict(), "policy": "auto", "challenger_version": 2, "champion_version": 1,
+                        "promoted": verdict.promote, "policy_note": "gate"}
+
+
+def test_multiclass_report_shows_recall_per_class_and_the_confusion_matrix():
+    """Each class's recall as evaluate() recorded it, for the three models, and the confusion matrix."""
+    from include.nightshift.plots import evaluation_plots
+
+    spec = load_spec(ROOT / "examples" / "flights_status" / "flights_status.yaml")
+    classes = list(spec.label.classes)
+    rng = np.random.default_rng(7)
+    n = 3000
+    y = rng.integers(0, len(classes), n)
+
+    def probabilities(skill: float) -> np.ndarray:
+        p = rng.dirichlet(np.ones(len(classes)), n)
+        p[np.arange(n), y] += skill
+        return p / p.sum(axis=1, keepdims=True)
+
+    scores = {"challenger": probabilities(1.0), "champion": probabilities(0.4), "baseline": probabilities(0.1)}
+    frame = pd.DataFrame({"origin": rng.choice(["EWR", "JFK", "LGA"], n)})
+    evaluation, verdict = _gated(spec, frame, y, scores)
+    page = Page(evaluation_report_html(evaluation, verdict, "status", spec=spec,
+                                       plots=evaluation_plots(y, scores, spec, evaluation=evaluation)))
+
+    shown = plots_on(page)
+    assert list(shown) == ["per_class_recall", "confusion_matrix"]
+    recall = shown["per_class_recall"]["alt"]
+    assert recall.startswith("Recall per class: challenger: ")
+    for role in scores:
+        said = ", ".join(f"{c} {evaluation['per_class_recall'][role][c]:.2f}" for c in classes)
+        assert f"{role}: {said}" in recall
+    matrix = shown["confusion_matrix"]["alt"]
+    right = int((scores["challenger"].argmax(axis=1) == y).sum())
+    assert matrix.startswith("Confusion matrix: ")
+    assert f"challenger: {right} of {n} rows predicted as their class" in matrix
+
+
+def test_regression_report_shows_predicted_against_actual_and_the_residuals():
+    from include.nightshift.plots import evaluation_plots
+
+    spec = load_spec(ROOT / "examples" / "flights_delay" / "flights_delay.yaml")
+    rng = np.random.default_rng(3)
+    n = 2000
+    y = rng.normal(10, 30, n)
+    scores = {"challenger": y + rng.normal(0, 5, n), "champion": y + rng.normal(3, 20, n), "baseline": np.full(n, 10.0)}
+    frame = pd.DataFrame({"origin": rng.choice(["EWR", "JFK", "LGA"], n)})
+    evaluation, verdict = _gated(spec, frame, y, scores)
+    page = Page(evaluation_report_html(evaluation, verdict, "delay", spec=spec,
+                                       plots=evaluation_plots(y, scores, spec, evaluation=evaluation)))
+
+    shown = plots_on(page)
+    assert list(shown) == ["predicted_vs_actual", "residuals"]
+    scatter = shown["predicted_vs_actual"]["alt"]
+    assert scatter.startswith("Predicted vs actual: challenger correlation ")
+    assert f"champion correlation {np.corrcoef(y, scores['champion'])[0, 1]:.3f}" in scatter
+    residuals = shown["residuals"]["alt"]
+    for role, s in scores.items():
+        assert f"{role}: mean {np.mean(s - y):+.3f}, standard deviation {np.std(s - y):.3f}" in residuals

@@ -115,7 +115,7 @@ def test_rollback_tags_both_versions_then_moves_the_alias(registry, model):
         "nightshift.rolled_back.at": result.at.isoformat()}
     assert before <= result.at <= dt.datetime.now(dt.UTC)
     # the promotion's own record is left as it was
-    assert restored.tags["nightshift.blessed"] == "true" and restored.tags["verdict.promote"] == "true"
+    assert restored.tags["nightshift.blessed"] == "true" and restored.tags["nightshift.gate"] == "passed"
     assert result.to_dict()["at"] == result.at.isoformat() and result.resumed is False
 
 
