@@ -601,3 +601,18 @@ def test_a_prediction_joins_its_model_version(pg_conn, spec, tmp_path):
         rows = cur.fetchall()
     assert [(r[0], r[2], r[3], r[4], r[6]) for r in rows] == [
         (k, "run3", DAY1 - dt.timedelta(days=14), DAY1 - dt.timedelta(days=3), True) for k in (1, 2)]
+
+
+def test_the_readme_s_model_versions_queries_run_on_the_warehouse(pg_conn, spec):
+    """Every example query of the README that reads model_versions or external changes is valid SQL here."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    statements = [s.strip() for b in blocks for s in b.split(";") if "model_versions" in s or "'external'" in s]
+    assert len(statements) >= 4, statements
+    wh.upsert_model_version(pg_conn, spec, _judged(3, True))
+    for statement in statements:
+        with pg_conn.transaction(), pg_conn.cursor() as cur:
+            cur.execute(statement)
+            cur.fetchall()
