@@ -14,10 +14,12 @@ ever printed: a failed connection is named by its id, host, port and database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -26,7 +28,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from include.nightshift import onboarding
+from include.nightshift import onboarding, source_check
 
 APPLICATION = "nightshift-onboarding"
 
@@ -103,6 +105,28 @@ def connect(conn_id: str | None, uri: str | None) -> psycopg.Connection:
         raise ConnectionProblem(f"{name} ({where(conninfo)}) failed: {reason}") from None
 
 
+@contextlib.contextmanager
+def _reader(spec: Any, args: argparse.Namespace) -> Iterator[Any]:
+    """The reader the nightly run would use (a query on PostgreSQL: this module's connection, so --uri
+    works; any other kind: runtime.source_reader, with plugins/ on the path as Airflow puts it)."""
+    from include.nightshift.sources import PostgresReader
+
+    if spec.source.kind == "postgres":
+        with connect(args.connection or spec.source.connection_id, args.uri) as conn:
+            yield PostgresReader(conn)
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+    from nightshift_airflow import runtime
+
+    with contextlib.ExitStack() as stack:
+        try:
+            reader = stack.enter_context(runtime.source_reader(spec))
+        except Exception as exc:  # noqa: BLE001  (Airflow's own "not defined", a provider missing: named)
+            raise ConnectionProblem(f"{spec.source.described} (connection {spec.source.connection_id!r}): "
+                                    f"{type(exc).__name__}: {exc}") from None
+        yield reader
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -132,14 +156,15 @@ def check(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"{args.file}: the spec does not load:\n{exc}")
         return 1
-    if (problem := onboarding.unchecked(spec)) is not None:  # before connecting: it may not be PostgreSQL
-        print(f"{args.file}: 1 problem(s)\n  - {problem}")
-        return 1
-    with connect(args.connection or spec.source.connection_id, args.uri) as conn:
-        report = onboarding.check_spec(conn, spec, args.nights)
+    if onboarding.reads_catalog(spec):
+        with connect(args.connection or spec.source.connection_id, args.uri) as conn:
+            report = onboarding.check_spec(conn, spec, args.nights)
+    else:
+        with _reader(spec, args) as reader:
+            report = source_check.check_by_reading(reader, spec, args.nights)
     took = time.monotonic() - started
     span = f"{report.nights[0].day}..{report.nights[-1].day}" if report.nights else "no night"
-    head = (f"{args.file}: {report.table or 'source.query'}, nights {span}, {report.sample_rows} rows sampled, "
+    head = (f"{args.file}: {report.table}, nights {span}, {report.sample_rows} rows sampled, "
             f"checked in {took:.1f} s")
     if not report.problems:
         print(f"{head}: OK, no problem")

@@ -633,13 +633,13 @@ def _maps_timestamp(spec: Any) -> bool:
     return any(f.name in ("columns", "timezone") for f in dataclasses.fields(spec.source))
 
 
-def _row_problems(spec: Any, nights: list[Night]) -> list[Problem]:
+def row_problems(spec: Any, nights: list[Night]) -> list[Problem]:
     low = spec.validation.min_rows
     return [Problem("validation.min_rows", "", f"night {n.day} has {n.rows} rows, below {low}")
             for n in nights if n.rows < low]
 
 
-def _null_problems(spec: Any, nights: list[Night]) -> list[Problem]:
+def null_problems(spec: Any, nights: list[Night]) -> list[Problem]:
     problems = []
     for i, f in enumerate(spec.features):
         worst = max((n for n in nights if n.rows and f.name in n.non_null), key=lambda n: n.null_share(f.name),
@@ -651,7 +651,7 @@ def _null_problems(spec: Any, nights: list[Night]) -> list[Problem]:
     return problems
 
 
-def _label_problems(spec: Any, nights: list[Night], newest: dt.date) -> list[Problem]:
+def label_problems(spec: Any, nights: list[Night], newest: dt.date) -> list[Problem]:
     name, delay = spec.label.name, spec.label.delay_days
     if not any(n.non_null.get(name) for n in nights):
         return [Problem("label.delay_days", name, f"no labelled row in the last {len(nights)} nights "
@@ -739,23 +739,18 @@ def check_nights(spec: Any) -> int:
     return max(7, spec.validation.row_norm_days, spec.label.delay_days + 3)
 
 
-def unchecked(spec: Any) -> Problem | None:
-    """Why spec check cannot read this spec's source (None: it can): it reads PostgreSQL tables only."""
-    if spec.source.kind != "postgres":
-        return Problem("source.kind", "", f"spec check reads PostgreSQL sources; a {spec.source.kind} source is not "
-                       "checked (run one night of the DAG instead: its validation names every problem)")
-    if not spec.source.table:
-        return Problem("source.query", "", "spec check reads a source.table; a query source is not checked (run "
-                       "one night of the DAG instead)")
-    return None
+def reads_catalog(spec: Any) -> bool:
+    """Whether check_spec can check this spec in SQL (a PostgreSQL table); source_check.check_by_reading
+    checks any other source by reading its nights."""
+    return spec.source.kind == "postgres" and bool(spec.source.table)
 
 
 def check_spec(conn: Connection, spec: Any, nights: int | None = None) -> CheckReport:
     """Every problem of a spec against its live source, at once (an empty list: the spec fits)."""
-    report = CheckReport(spec.source.table or "")
-    if (problem := unchecked(spec)) is not None:
-        report.problems.append(problem)
-        return report
+    if not reads_catalog(spec):
+        raise ValueError(f"check_spec reads a PostgreSQL table; {spec.source.described} is read by "
+                         "source_check.check_by_reading")
+    report = CheckReport(spec.source.table)
     try:
         found = catalog(conn, spec.source.table)
     except SourceError as exc:
@@ -780,8 +775,8 @@ def _window_problems(conn: Connection, spec: Any, source: Relation, columns: dic
         return [Problem("source.table", spec.timestamp, f"{spec.source.table} has no rows")]
     first = newest - dt.timedelta(days=(nights or check_nights(spec)) - 1)
     report.nights = nightly_counts(conn, source, ts, zone, list(columns), first, newest)
-    problems = _row_problems(spec, report.nights) + _null_problems(spec, report.nights)
+    problems = row_problems(spec, report.nights) + null_problems(spec, report.nights)
     if spec.label.name in columns:
-        problems += _label_problems(spec, report.nights, newest)
+        problems += label_problems(spec, report.nights, newest)
     report.sample_rows, found = _value_problems(conn, spec, source, columns, ts, first, report.nights)
     return problems + found

@@ -277,13 +277,90 @@ def test_postgresql_by_either_reader_gives_the_files_snapshot(tmp_path, pg_order
     assert (ref.rows, ref.sha256) == (3, take_snapshot(FilesReader(), store, files, NIGHT).sha256)
 
 
-def test_spec_check_says_it_reads_postgresql_sources_only(tmp_path):
-    from include.nightshift.onboarding import check_spec
+# --- spec check of a source that is not a PostgreSQL table: its nights read as the pipeline reads them ---
 
-    report = check_spec(None, files_spec(tmp_path, str(tmp_path / "{date}" / "*.parquet")))
+CHECKED = dt.date(2026, 3, 10)  # the newest night of the checked source
+
+
+def week_of_rows(last: dt.date = CHECKED, *, change: Any = None) -> list[tuple]:
+    """Three orders on each of the 8 nights up to `last` (local time), labelled up to the night before it
+    (label.delay_days 1); `change(day, row)` may alter a row."""
+    rows = []
+    for back in range(8):
+        day = last - dt.timedelta(days=back)
+        for n, hour in enumerate((1, 12, 22)):
+            row = (f"{day:%m%d}{n}", f"{day} {hour:02d}:00:00", f"{10 + n}.5", ("NO", "SE")[n % 2],
+                   None if day == last else n % 2)
+            rows.append(change(day, row) if change else row)
+    return rows
+
+
+def check_files(tmp_path: Path, rows: list[tuple]):
+    from include.nightshift.source_check import check_by_reading
+
+    spec = files_spec(tmp_path, write_partitions(str(tmp_path / "orders"), "{date:%Y-%m-%d}", "parquet", rows))
+    return check_by_reading(FilesReader(), spec, today=CHECKED + dt.timedelta(days=3))
+
+
+def test_spec_check_reads_a_files_source_night_by_night_and_finds_it_fits(tmp_path):
+    report = check_files(tmp_path, week_of_rows())
+
+    assert report.problems == []
+    assert [n.day for n in report.nights] == [CHECKED - dt.timedelta(days=6 - i) for i in range(7)]  # walked back
+    assert [n.rows for n in report.nights] == [3] * 7 and report.sample_rows == 21
+    assert report.nights[-1].non_null["churned"] == 0 and report.nights[-2].non_null["churned"] == 3
+
+
+def test_spec_check_of_a_files_source_lists_every_problem_at_once(tmp_path):
+    def change(day: dt.date, row: tuple) -> tuple:
+        if day == CHECKED - dt.timedelta(days=1):
+            return row[:2] + ("5000",) + ("DK",) + (None,)  # out of range, undeclared, and its label late
+        return row
+
+    problems = {(p.key, p.column): p.message for p in check_files(tmp_path, week_of_rows(change=change)).problems}
+
+    assert set(problems) == {("features[0].max", "amount"), ("features[1].categories", "country"),
+                             ("label.delay_days", "churned")}, problems
+    assert problems[("features[0].max", "amount")] == "3 sampled rows outside [0, 1000]: values seen from 10.5 to 5000"
+    assert problems[("features[1].categories", "country")].startswith("values not declared: 'DK' (3 rows); 14.3%")
+    assert "2026-03-09 have no label" in problems[("label.delay_days", "churned")]
+
+
+def test_spec_check_names_a_value_the_cast_cannot_read_as_the_nightly_run_would(tmp_path):
+    def change(day: dt.date, row: tuple) -> tuple:
+        return row[:2] + ("ten",) + row[3:] if day == CHECKED - dt.timedelta(days=2) else row
+
+    mapping = {**MAPPING, "columns": {**MAPPING["columns"], "amount": {"from": "amount_txt", "cast": "float"}}}
+    path = write_partitions(str(tmp_path / "orders"), "{date:%Y-%m-%d}", "parquet", week_of_rows(change=change))
+    spec = load_spec(spec_file(tmp_path, {"kind": "files", "path": path, **mapping}))
+    from include.nightshift.source_check import check_by_reading
+
+    report = check_by_reading(FilesReader(), spec, today=CHECKED)
     assert [(p.key, p.message) for p in report.problems] == [
-        ("source.kind", "spec check reads PostgreSQL sources; a files source is not checked (run one night of the "
-                        "DAG instead: its validation names every problem)")]
+        ("source.columns", "source column of 'amount': cannot cast string to float: Failed to parse string: 'ten' "
+                           "as a scalar of type double")], report.problems
+
+
+def test_spec_check_on_the_command_line_reads_a_sqlite_table_through_its_airflow_hook(tmp_path, monkeypatch,
+                                                                                      capsys):
+    from include.nightshift import cli
+
+    last = dt.date.today() - dt.timedelta(days=1)
+    db = tmp_path / "orders.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute('CREATE TABLE "order" (order_no INTEGER, cust_ref TEXT, placed_at TEXT, amount_txt TEXT, '
+                     '"group" TEXT, churn_flag INTEGER, internal_note TEXT)')
+        conn.executemany('INSERT INTO "order" VALUES (?, ?, ?, ?, ?, ?, ?)',
+                         [(i, *row, "x") for i, row in enumerate(week_of_rows(last))])
+    monkeypatch.setenv("AIRFLOW_CONN_ORDERS_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    spec = spec_file(tmp_path, {"kind": "sql", "connection_id": "orders_sqlite", "table": "order", **MAPPING})
+
+    assert cli.main(["spec", "check", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert f"table order, nights {last - dt.timedelta(days=6)}..{last}, 21 rows sampled" in out and "OK" in out, out
+    monkeypatch.delenv("AIRFLOW_CONN_ORDERS_SQLITE")
+    assert cli.main(["spec", "check", str(spec)]) == 2  # a connection nobody defined: named, not a traceback
+    assert "connection 'orders_sqlite'" in capsys.readouterr().err
 
 
 def test_a_value_the_cast_cannot_read_is_a_schema_error_naming_the_column(tmp_path):
