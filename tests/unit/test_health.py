@@ -421,8 +421,18 @@ def test_plain_dicts_without_realised_metric_and_bad_events(churn_spec):
              "rows_published": 10},
             {"logical_date": dt.datetime(2026, 1, 1, 3, tzinfo=dt.timezone.utc), "decision": "promoted",
              "challenger_version": 1, "rows_published": 10}]
-    text = health_page_html(churn_spec, runs, [{"event": "promote", "version": 1, "at": "2026-01-01T05:00:00+00:00",
-                                                "by": "nightshift", "reason": "gate passed"}])
+    events = [{"event": "promote", "version": 1, "at": "2026-01-01T05:00:00+00:00", "by": "nightshift",
+               "reason": "gate passed"},
+              # The alias moved in the MLflow UI, found by the second night's run (alias watch).
+              {"event": "external", "version": 2, "from_version": 1, "at": "2026-01-02T01:00:00+00:00",
+               "by": "mlflow", "reason": "moved outside Nightshift", "dag_run_id": "second"}]
+    runs[0]["dag_run_id"] = "second"
+    text = health_page_html(churn_spec, runs, events)
+    assert "Serving now: champion v2" in text and Tables(text)["events"][0] == ("fail", {
+        "when": "2026-01-02 01:00 UTC", "event": "external", "from": "v1", "to": "v2", "by": "mlflow",
+        "why": "moved outside Nightshift"})
+    (externals,) = drawn(health_charts(churn_spec, runs, events)["versions"].axes[0], "externals")
+    assert [tuple(o) for o in externals.get_offsets()] == [(1, 2)]  # on the night whose run found it
     assert "No realised metric recorded yet" in text and "No per-feature drift score recorded yet" in text
     assert "No published rows in the predictions table" in text
     assert [n["night"] for _, n in Tables(text)["runs"]] == ["2026-01-02", "2026-01-01"]  # sorted, newest first
