@@ -90,9 +90,9 @@ def check_external_move(conn: Connection, registry: Registry, spec: DatasetSpec,
                                  modified_at=_last_updated(registry, spec.model_name))
         if record:
             audit.record_change(conn, spec, change)
-    log.error("%s: the champion alias names v%s, but %s.%s last recorded %s: it was moved outside Nightshift%s",
-              spec.model_name, champion.version, spec.warehouse.schema, audit.CHANGES,
-              "no champion" if last is None else f"v{last}", "" if record else " (dry run: not recorded)")
+    log.warning("%s: the champion alias names v%s, but %s.%s last recorded %s: it was moved outside Nightshift%s",
+                spec.model_name, champion.version, spec.warehouse.schema, audit.CHANGES,
+                "no champion" if last is None else f"v{last}", "" if record else " (dry run: not recorded)")
     return change
 
 
