@@ -178,3 +178,38 @@ def test_the_rollback_form_links_to_the_page_and_never_asks_mlflow_when_parsed()
     assert description is None  # Airflow's form renders description_md only when description is unset
     assert "/nightshift/models/nightshift_churn_rollback)" in markdown
     assert mlflow_imported is False
+
+
+# --- the model_versions row of a judged version -----------------------------------------------------------
+
+
+def test_a_judged_version_s_window_is_the_days_training_cut(churn_spec):
+    """versions.windows names exactly the days training.split_train_holdout puts in training and holdout."""
+    import pandas as pd
+
+    from include.nightshift import training
+    from include.nightshift.demo_data import generate_day
+    from include.nightshift.steps import TrainingStep, VerdictStep
+    from include.nightshift.versions import judged_row, windows
+
+    end, days = training.training_days(churn_spec, NIGHT)
+    data = pd.concat([generate_day(d, 20) for d in sorted(days + [end + dt.timedelta(days=1)])], ignore_index=True)
+    train, holdout = training.split_train_holdout(data, churn_spec, end)
+    got = windows(churn_spec, end)
+
+    def day(frame: pd.DataFrame) -> pd.Series:
+        return frame[churn_spec.timestamp].dt.tz_convert(churn_spec.source.timezone).dt.date
+
+    assert (got["train_from"], got["train_to"]) == (day(train).min(), day(train).max())
+    assert (got["holdout_from"], got["holdout_to"]) == (day(holdout).min(), day(holdout).max())
+
+    trained = TrainingStep(version=4, run_id="r4", train_rows=len(train), holdout_rows=len(holdout), holdout_end=end,
+                           holdout_scores_url="x", snapshots_url="y", family="xgboost")
+    verdict = VerdictStep(promote=False, metric="roc_auc", challenger=0.71, champion=0.74, baseline=0.69,
+                          message="REJECT", checks=[], policy="force", dag_run_id="manual__4", champion_version=2,
+                          challenger_version=4, promoted=True, policy_note="promotion_policy=force",
+                          evaluation={"overall": {"challenger": {"roc_auc": 0.71}}})
+    row = judged_row(churn_spec, trained, verdict, night=NIGHT, snapshot_hashes=["a", "b"])
+    assert (row["blessed"], row["verdict"], row["holdout_metric"], row["champion_metric"]) == (
+        False, "promotion_policy=force", 0.71, 0.74)  # forced through: served, yet never blessed by the gate
+    assert row["holdout_metrics"] == {"challenger": {"roc_auc": 0.71}} and row["trained_for"] == NIGHT
