@@ -450,12 +450,13 @@ def ensure_warehouse(conn: Connection, spec: DatasetSpec) -> None:
     with conn.transaction(), conn.cursor() as cur:
         ready = all(_exists(cur, spec, name) for name in RELATIONS) and _version(cur, spec) >= latest
         if ready and (reader is None or _reader_can_read(cur, spec, reader)):
-            _check_key_column(cur, spec, key_name, key_type)
+            _check_contract(cur, spec, key_name, key_type)
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (_DDL_LOCK,))
         if _exists(cur, spec, PREDICTIONS):
             _check_key_column(cur, spec, key_name, key_type)
         _migrate(cur, spec, key_name, key_type)
+        _check_contract(cur, spec, key_name, key_type)  # after the migrations: they may add columns
         if reader is not None:
             _grant_read(cur, spec, reader)
 
@@ -519,6 +520,32 @@ def _grant_read(cur: Cursor, spec: DatasetSpec, reader: str) -> None:
         raise ValueError(
             f"warehouse.reader_role of spec {spec.name!r}: could not grant {reader!r} read access to schema "
             f"{spec.warehouse.schema!r}: the pipeline's role must own its schema and tables")
+
+
+def _check_contract(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """Refuse a warehouse schema made for another spec: another entity key, or another task (its
+    predictions columns, or the metric its nights were judged by). A spec switched between tasks over
+    the same schema would otherwise publish regression values beside last week's probabilities."""
+    from include.nightshift.spec import TASK_METRICS
+
+    _check_key_column(cur, spec, key_name, key_type)
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
+                "AND attnum > 0 AND NOT attisdropped", (spec.warehouse.schema, PREDICTIONS))
+    found = {row[0] for row in cur.fetchall()} - {"score_date", key_name}
+    wanted = {name for name, _, _, _ in prediction_columns(spec)}
+    where = f"warehouse.schema {spec.warehouse.schema!r}"
+    if found != wanted:
+        raise ValueError(f"{where} was made for another task: its {PREDICTIONS} table has {sorted(found - wanted)} "
+                         f"and lacks {sorted(wanted - found)} for task {spec.task}; point warehouse.schema at a new "
+                         "schema (the old one keeps its history)")
+    if _exists(cur, spec, PIPELINE_RUNS):
+        cur.execute(sql.SQL("SELECT metric_name FROM {} WHERE metric_name IS NOT NULL ORDER BY logical_date DESC "
+                            "LIMIT 1").format(table(spec, PIPELINE_RUNS)))
+        row = cur.fetchone()
+        if row is not None and row[0] not in TASK_METRICS[spec.task]:
+            raise ValueError(f"{where} holds nights judged by {row[0]}, a metric of another task than {spec.task} "
+                             "(the spec's task); point warehouse.schema at a new schema (the old one keeps its "
+                             "history)")
 
 
 def _check_key_column(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:

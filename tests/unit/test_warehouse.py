@@ -616,3 +616,21 @@ def test_the_readme_s_model_versions_queries_run_on_the_warehouse(pg_conn, spec)
         with pg_conn.transaction(), pg_conn.cursor() as cur:
             cur.execute(statement)
             cur.fetchall()
+
+
+def test_a_schema_made_for_another_task_is_refused_naming_the_setting(pg_conn, churn_spec):
+    """A spec switched between tasks over the same warehouse.schema: by the predictions columns
+    (multiclass has its own), or by the metric its nights were judged by (binary and regression share them)."""
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    multiclass = dataclasses.replace(churn_spec, task="multiclass")
+    with pytest.raises(ValueError, match=r"warehouse.schema 'churn' was made for another task: .* lacks "
+                                         r"\['class_probabilities', 'predicted_class'\] for task multiclass"):
+        wh.ensure_warehouse(pg_conn, multiclass)
+    regression = dataclasses.replace(churn_spec, task="regression")
+    wh.ensure_warehouse(pg_conn, regression)  # no night recorded yet: nothing says which task it served
+    wh.upsert_run(pg_conn, churn_spec, {"logical_date": dt.date(2026, 1, 5), "dag_run_id": "r1",
+                                        "metric_name": "roc_auc", "decision": "skipped"})
+    pg_conn.commit()
+    with pytest.raises(ValueError, match="holds nights judged by roc_auc, a metric of another task than regression"):
+        wh.ensure_warehouse(pg_conn, regression)
+    wh.ensure_warehouse(pg_conn, churn_spec)  # the spec it was made for still passes
