@@ -32,11 +32,11 @@ test-fast: $(STAMP)
 stop:
 	@if test -x $(PY); then $(PY) scripts/demo.py stop; else echo "nothing to stop"; fi
 
-## ui: the Airflow UI on the demo's state (http://localhost:8080, login disabled for local use)
+## ui: the Airflow UI on the demo's state (http://127.0.0.1:8080, login disabled for local use; every
+## server on 127.0.0.1, no log server: scripts/local_stack.py serve_ui). Another port: make ui PORT=8081
+PORT ?= 8080
 ui: $(STAMP)
-	eval "$$($(PY) scripts/demo.py env)" && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True AIRFLOW__API__HOST=127.0.0.1 \
-	  AIRFLOW__CORE__EXECUTOR=LocalExecutor AIRFLOW__CORE__PARALLELISM=2 $(VENV)/bin/airflow standalone
+	$(PY) scripts/demo.py ui --port $(PORT)
 
 ## mlflow-ui: the MLflow UI on the demo's registry (http://localhost:5000)
 mlflow-ui: $(STAMP)

@@ -2,11 +2,17 @@
 
     python scripts/demo.py run [--nights 12] [--rows 5000]   # what `make demo` runs
     python scripts/demo.py stop                              # what `make stop` runs
-    python scripts/demo.py env                               # shell exports for the Airflow / MLflow UIs
+    python scripts/demo.py env                               # shell exports for the Airflow CLI on the demo's state
+    python scripts/demo.py ui [--port 8080]                  # what `make ui` runs: the Airflow UI on 127.0.0.1
+
+NIGHTSHIFT_HOME moves the demo's state (default .nightshift/), e.g. for a second, private demo.
 
 Each night: the day's rows land in the source table (labels withheld), the previous day's
 labels are revealed, and the nightly DAG runs for that date through Airflow (`dag.test`,
 the same code path as `airflow dags test`). Covariate drift starts part way through.
+Each task's log is written to Airflow's log folder too, the run's start date is when it ran
+and its note names the night and conf (local_stack.NightRunner), so `make ui` shows the
+demo's runs as it shows runs the scheduler made.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def print_where_to_look(server: str, spec) -> None:
 Where to look (the PostgreSQL server keeps running until `make stop`):
   warehouse:  psql "{local_stack.database_uri(server, 'warehouse')}"
               SELECT * FROM {spec.warehouse.schema}.pipeline_runs ORDER BY logical_date;
-{reader}  Airflow UI: make ui        then http://localhost:8080 (the demo's runs, logs and reports)
+{reader}  Airflow UI: make ui        then http://127.0.0.1:8080 (the demo's runs, each task's log, the reports)
   MLflow UI:  make mlflow-ui then http://localhost:5000 (model {spec.model_name}, alias champion)
   reports:    {home / 'artifacts' / 'reports' / spec.name}""")
 
@@ -135,9 +141,13 @@ def main() -> int:
     run_p.add_argument("--drift-night", type=int, default=7, help="first night with covariate drift")
     sub.add_parser("stop")
     sub.add_parser("env")
+    ui_p = sub.add_parser("ui")
+    ui_p.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
     if args.command == "run":
         return run(args.nights, args.rows, args.drift_night)
+    if args.command == "ui":
+        return local_stack.serve_ui(args.port)
     return stop() if args.command == "stop" else env()
 
 

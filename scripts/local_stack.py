@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("NIGHTSHIFT_HOME", ROOT / ".nightshift")).resolve()
 PG_DIR = HOME / "pg"
 DATABASES = ("source", "warehouse")
+QUIET_WARNINGS = "ignore:Could not import graphviz:UserWarning"  # PYTHONWARNINGS form
+UI_COMPONENTS = ("api-server", "scheduler --skip-serve-logs", "dag-processor", "triggerer --skip-serve-logs")
 
 
 def start_postgres() -> str:
@@ -250,6 +253,9 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         # OpenMP threads sleep when idle instead of spinning: on 2 shared cores the spinning default made
         # XGBoost 5-8x and HistGradientBoosting ~10x slower (training.py sets it too, if nothing loaded OpenMP first).
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        # Airflow's CLI logs warnings to stdout: the graphviz one (an optional package for `airflow dags
+        # show`) came before the JSON of `airflow dags list-runs -o json` and made it unreadable.
+        "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS])),
     }
     config = (yaml.safe_load(settings.read_text()) or {}).get("airflow", {})
     local = {
@@ -388,10 +394,201 @@ class NightRunner:
 
     def run(self, day: dt.date, conf: dict[str, Any] | None = None) -> Night:
         """Run the DAG for `day` (logical date at midnight UTC, param run_date = day) with `conf` on top
-        of every param's default; its output goes to logs/<dag_id>-<day>.log under HOME."""
+        of every param's default; its output goes to logs/<dag_id>-<day>.log under HOME, and each task's
+        also to its log in Airflow's log folder (task_logs_for_the_ui), where the UI reads it."""
         log_file = HOME / "logs" / f"{self.dag.dag_id}-{day}.log"
-        started = time.monotonic()
-        with output_to(log_file):
+        started, began = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+        with output_to(log_file), task_logs_for_the_ui():
             dag_run = self.dag.test(logical_date=dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc),
                                     run_conf={**self.defaults, **self._run_date(day), **(conf or {})})
+        record_as_run(dag_run, began, self.defaults)
         return Night(day, dag_run, log_file, time.monotonic() - started)
+
+
+def record_as_run(dag_run: Any, began: dt.datetime, defaults: dict[str, Any]) -> None:
+    """Make a `dag.test` run look in the UI like the run it was: `dag.test` sets its start date to the
+    logical date (months before it ran: "Total: 293d 14h" in the grid), and no scheduler wrote its note
+    (the night it processed and its conf: nightshift_airflow.run_note)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from nightshift_airflow.run_note import note_for
+    from sqlalchemy.orm import Session
+
+    # A session of its own: Airflow's scoped session is the one dag.test used, and closing it would
+    # detach the DagRun handed back to the caller.
+    with Session(bind=settings.engine, expire_on_commit=False) as session, session.begin():
+        run = session.query(DagRun).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
+        run.start_date = began
+        if run.end_date is not None and run.end_date < began:  # a clock step back: keep the duration >= 0
+            run.end_date = began
+        run.note = note_for(run, defaults)
+
+
+# structlog's console line: `2026-02-01T23:09:26.409491Z [info     ] event   [logger] key=value`
+_CONSOLE = re.compile(r"^(?P<timestamp>\d{4}-\d\d-\d\dT[\d:.]+Z) \[(?P<level>[a-z]+) *\] (?P<event>.*)$")
+_LOGGER = re.compile(r"^(?P<event>.*) +\[(?P<logger>[\w.]+)\](?P<rest>( \w+=.*)?)$")  # the last [name]
+_LOC = re.compile(r" loc=\S+")  # the source line of the log call: noise for an operator
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def airflow_log_records(text: str) -> list[dict[str, str]]:
+    """Console output turned into the JSON records of Airflow 3's task logs (timestamp, level, event,
+    logger), so that the UI shows levels and times as for a task a worker ran. A line that is not a log
+    line (a traceback, a print) is a record of its own, with the time and level of the line before."""
+    records: list[dict[str, str]] = []
+    for raw in text.splitlines():
+        line = _ANSI.sub("", raw)
+        head = _CONSOLE.match(line)
+        if head is None:
+            last = records[-1] if records else {}
+            records.append({**{k: last[k] for k in ("timestamp", "level") if k in last}, "event": line})
+            continue
+        record = head.groupdict()
+        tail = _LOGGER.match(record["event"])
+        if tail is not None:
+            record["event"], record["logger"] = tail["event"].rstrip() + _LOC.sub("", tail["rest"]), tail["logger"]
+        records.append(record)
+    return records
+
+
+def airflow_log_path(ti: Any) -> Path:
+    """Where Airflow's UI looks for a task instance's log: the base log folder and the run's log
+    filename template (dag_id=.../run_id=.../task_id=.../attempt=N.log), as Airflow renders them."""
+    from airflow import settings
+    from airflow.configuration import conf
+    from airflow.utils.log.file_task_handler import FileTaskHandler
+    from sqlalchemy.orm import Session
+
+    folder = conf.get("logging", "base_log_folder")
+    # A session of its own: Airflow's default one is the scoped session dag.test runs in, closed at the end.
+    # The run's DAG is put back: rendering sets it from the task, which dag.test replaced by one without.
+    dag_run = ti.dag_run
+    kept = dag_run.dag
+    try:
+        with Session(bind=settings.engine, expire_on_commit=False) as session:
+            name = FileTaskHandler(base_log_folder=folder)._render_filename(ti, ti.try_number, session=session)
+    finally:
+        dag_run.dag = kept
+    return Path(folder) / name
+
+
+@contextlib.contextmanager
+def task_logs_for_the_ui() -> Iterator[None]:
+    """While `dag.test` runs, write each task's output to its log in Airflow's log folder too.
+
+    `dag.test` runs every task in this process and its output goes to stdout: the UI, which reads a
+    task's log from the log folder, showed nothing. Airflow runs the tasks of `dag.test` one at a time
+    through `airflow.sdk.definitions.dag._run_task`; it is wrapped here so that each try's output is
+    caught, written to the night's log as before, and to the task's own log as Airflow's JSON lines.
+    A change of that private function's name fails here, loudly, rather than leaving the UI empty."""
+    from airflow.sdk.definitions import dag as dag_module
+
+    original = dag_module._run_task
+    scratch = HOME / "logs" / ".task-output"
+    failed: list[str] = []
+
+    def run_task(*, ti: Any, task: Any, **kwargs: Any) -> Any:
+        scratch.unlink(missing_ok=True)
+        try:
+            with output_to(scratch):
+                return original(ti=ti, task=task, **kwargs)
+        finally:
+            caught = scratch.read_bytes() if scratch.exists() else b""
+            sys.stdout.buffer.write(caught), sys.stdout.flush()  # the night's log keeps everything
+            try:
+                write_task_log(airflow_log_path(ti), caught.decode(errors="replace"))
+            except Exception as exc:  # noqa: BLE001 - dag.test would swallow it: raised after the run
+                failed.append(f"{ti.task_id} try {ti.try_number}: {type(exc).__name__}: {exc}")
+
+    dag_module._run_task = run_task
+    try:
+        yield
+    finally:
+        dag_module._run_task = original
+        scratch.unlink(missing_ok=True)
+    if failed:
+        raise RuntimeError("task logs not written to Airflow's log folder (the UI shows none): " + "; ".join(failed))
+
+
+def write_task_log(path: Path, output: str) -> None:
+    """Append a task try's console output to its Airflow log file as Airflow's JSON lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in airflow_log_records(output))
+
+
+def ui_env(server_uri: str, port: int) -> dict[str, str]:
+    """Airflow's environment for `make ui`: the demo's, every server on loopback, login disabled (local use
+    only), LocalExecutor; the components share one API secret and one JWT secret, made for this start."""
+    import secrets
+
+    env = airflow_env(server_uri)
+    env.update({
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    return env
+
+
+def serve_ui(port: int = 8080, ready_timeout: float = 180) -> int:
+    """`make ui`: Airflow's api-server, scheduler, dag-processor and triggerer on the demo's state, until
+    Ctrl-C. Not `airflow standalone`: its scheduler and triggerer start log servers on every interface
+    (0.0.0.0:8793 and :8794, not configurable); here they are skipped (--skip-serve-logs: the tasks run
+    on this machine and the api-server reads their logs from the log folder) and the api-server listens
+    on 127.0.0.1 only. Each component logs to logs/ui-<component>.log under HOME."""
+    import requests
+
+    server = start_postgres()
+    create_databases(server)
+    init_mlflow_store()
+    env = {**os.environ, **ui_env(server, port)}
+    for folder in ("airflow", "artifacts", "mlflow", "logs"):
+        (HOME / folder).mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=env, stdout=subprocess.DEVNULL)
+    procs = []
+    for component in UI_COMPONENTS:
+        with open(HOME / "logs" / f"ui-{component.split()[0]}.log", "ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "airflow", *component.split()], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+    url = f"http://127.0.0.1:{port}"
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started in the background
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the components too, not this process alone
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not _answers(requests, f"{url}/api/v2/version"):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                print(f"Airflow did not come up; see {HOME / 'logs'}/ui-*.log", file=sys.stderr)
+                return 1
+            time.sleep(1)
+        print(f"Airflow UI: {url}  (login disabled: local use only; Ctrl-C stops it; logs: {HOME / 'logs'}/ui-*.log)",
+              flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        print("an Airflow component stopped; stopping the others", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_processes(procs)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _answers(requests: Any, url: str) -> bool:
+    session = requests.Session()
+    session.trust_env = False  # loopback: never through a proxy from the environment
+    try:
+        return session.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False

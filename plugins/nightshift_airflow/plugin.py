@@ -15,12 +15,15 @@ shows it under Admin > Plugins.
   this: the buttons come from each operator's own `operator_extra_links`. Their `operators`
   stay empty on purpose: a plugin link attached to an operator would be evaluated in the API
   server, where the task SDK's XCom access they use is not available.
+- `listeners`: run_note writes each Nightshift run's note (its night and conf) when the scheduler
+  starts the run.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from nightshift_airflow import run_note
 from nightshift_airflow.links import ALL_LINKS, URL_PREFIX
 from nightshift_airflow.models_page import router as models_router
 from nightshift_airflow.web import app
@@ -43,3 +46,4 @@ class NightshiftPlugin(AirflowPlugin):
          "url_route": "nightshift-models"},  # serving and restorable versions (models_page.py)
     ]
     operator_extra_links = [link() for link in ALL_LINKS]
+    listeners = [run_note]  # the run's note: the night it processed and its conf (run_note.py)
