@@ -44,6 +44,29 @@ EVENTS = warehouse.CHANGE_EVENTS
 COLUMNS = tuple(warehouse.CHANGE_COLUMNS)
 KEY = warehouse.CHANGE_KEY
 _REQUIRED = ("event", "model_name", "to_version", "actor", "reason", "dag_run_id")
+ANONYMOUS = "Anonymous"  # the user Airflow's simple auth manager names everyone when login is disabled
+DAG_TEST = "dag_test"  # the user Airflow records for `airflow dags test` and dag.test() (the local demo)
+
+
+def actor_of(user: str | None, *, run_type: str | None = None, login_disabled: bool = False) -> str:
+    """Who asked for a change, as the audit row's `actor`: what Airflow knows of the run's caller.
+
+    Airflow records one name per run (`triggering_user_name`), and it means different things: a
+    logged-in Airflow user (UI, REST API); everyone who could reach the UI or API, as "Anonymous",
+    when login is disabled (`make ui`); the operating-system account that ran `airflow dags trigger`
+    (the CLI does not log in, e.g. "root"); "dag_test" for `airflow dags test` and the demo. The
+    cases Airflow lets us tell apart are spelled out; a run that is not manual says its kind.
+    """
+    name = (user or "").strip()
+    if not name:
+        said = "unknown (Airflow recorded no user)"
+    elif name == ANONYMOUS and login_disabled:
+        said = f"{ANONYMOUS} (login disabled: anyone who could reach the Airflow UI or API)"
+    elif name == DAG_TEST:
+        said = f"{DAG_TEST} (airflow dags test / the local demo, run on the Airflow machine)"
+    else:
+        said = name
+    return said if run_type in (None, "", "manual") else f"{said} ({run_type} run)"
 
 
 def ensure_audit(conn: Connection, spec: DatasetSpec) -> None:

@@ -23,9 +23,17 @@ ROLLBACK, REPUBLISH = "rollback", "republish_latest"
 
 
 def actor(context: Any) -> str:
-    """Who asked: the Airflow user who triggered the run (the API and UI record it)."""
+    """Who asked, as far as Airflow knows (audit.actor_of): the run's triggering user, and whether login is
+    disabled in this Airflow (then every caller is "Anonymous")."""
+    from airflow.sdk.configuration import conf
+
+    from include.nightshift.audit import actor_of
+
     dag_run = context.get("dag_run")
-    return getattr(dag_run, "triggering_user_name", None) or "unknown"
+    run_type = getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", None))
+    login_disabled = "SimpleAuthManager" in conf.get("core", "auth_manager", fallback="") and conf.getboolean(
+        "core", "simple_auth_manager_all_admins", fallback=False)
+    return actor_of(getattr(dag_run, "triggering_user_name", None), run_type=run_type, login_disabled=login_disabled)
 
 
 class RollbackOperator(NightshiftOperator):

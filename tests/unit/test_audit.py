@@ -291,3 +291,19 @@ def test_an_evaluate_cleared_after_its_alias_moved_completes_the_promotion_not_r
     assert settle_verdict(registry, pg_conn, spec, again) == 1  # the predecessor, from the first attempt's intent
     assert run_outcome([], again) == "promoted"
     assert _rows(pg_conn, spec) == [("promote", None, 1, "done"), ("promote", 1, 2, "done")]
+
+
+def test_the_actor_says_what_airflow_knows_of_the_caller():
+    """Issue 13 item 9: "Anonymous" and "root" said nothing. Airflow records one name per run; the cases
+    it lets us tell apart are spelled out in the audit row (README "Who changed the champion")."""
+    from include.nightshift.audit import actor_of
+
+    assert actor_of("ana") == "ana"  # a logged-in Airflow user (UI or REST API)
+    assert actor_of("Anonymous", login_disabled=True) == (
+        "Anonymous (login disabled: anyone who could reach the Airflow UI or API)")
+    assert actor_of("Anonymous", login_disabled=False) == "Anonymous"  # a real account of that name
+    assert actor_of("root") == "root"  # `airflow dags trigger`: the OS account (README)
+    assert actor_of("dag_test").startswith("dag_test (airflow dags test")
+    assert actor_of(None) == actor_of("  ") == "unknown (Airflow recorded no user)"
+    assert actor_of("ana", run_type="backfill") == "ana (backfill run)"
+    assert actor_of("ana", run_type="manual") == "ana"
