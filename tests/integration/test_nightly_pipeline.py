@@ -13,7 +13,9 @@ and the registry afterwards:
   night 5 again (rerun)          -> still exactly one row per entity, one pipeline_runs row
   night 5, a dry run forcing a retrain and a promotion
                                  -> a challenger is trained and evaluated, but nothing is
-                                    promoted, published or written to pipeline_runs
+                                    promoted, published, registered in MLflow or written to
+                                    pipeline_runs; its reports sit in its own run folder, beside
+                                    those of the run that published the night
 Every night with a champion records the realised metric of the labelled days it never saw, with
 its bootstrap interval and calibration, and the drift of the champion's scores.
 """
@@ -21,6 +23,8 @@ its bootstrap interval and calibration, and the drift of the champion's scores.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +76,13 @@ def nights(run_plan, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightshift")
     runs, warehouse = run_plan(PLAN, home)
     return {"runs": runs, "home": home, "warehouse": warehouse}
+
+
+def run_reports(nights, run: dict, top: str = "reports") -> Path:
+    """The folder of one DAG run's reports of its night (artifacts.run_folder)."""
+    from include.nightshift.artifacts import run_folder
+
+    return nights["home"] / "artifacts" / Path(*run_folder("churn", run["day"], run["run_id"], top=top))
 
 
 def read_log(run: dict) -> str:
@@ -134,9 +145,17 @@ def test_worse_challenger_is_not_promoted(nights):
                        "reports/validation_labelled/validation.html"}  # every page the decision was made on
     metrics = client.get_run(run_id).data.metrics  # the holdout numbers are run metrics MLflow can chart
     assert {"holdout_roc_auc_challenger", "holdout_roc_auc_champion", "holdout_roc_auc_baseline"} <= set(metrics)
+    assert {"slice_plan.basic_roc_auc_challenger", "slice_plan.basic_roc_auc_champion"} <= set(metrics)  # per slice
+    assert client.get_run(run_id).info.run_name == f"churn {d(N[2])} forced"  # what happened, in MLflow's list
+    plotted = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/lift.png", "evaluation/evaluation.json"} <= plotted
+    version = client.get_model_version("nightshift_churn", "2")
+    assert version.description.startswith("**NOT PROMOTED**") and "**FAILED**" in version.description
+    assert len(version.tags) <= 8 and not any(k.startswith("verdict.") for k in version.tags)  # a handful, no blob
     assert len(client.get_run(run_id).inputs.dataset_inputs) == 17  # 14 training + 3 holdout snapshots
-    page = (nights["home"] / "artifacts" / "reports" / "churn" / d(N[2]) / "evaluation.html").read_text()
+    page = (run_reports(nights, nights["runs"][2]) / "evaluation.html").read_text()  # the run's own folder
     assert "plan" in page and "not recorded by the gate" not in page  # each slice as the gate recorded it
+    assert page.count('src="data:image/png;base64,') == 6 and 'alt="ROC curve: challenger AUC ' in page  # plots
 
 
 def test_corrupt_source_fails_validation_and_publishes_nothing(nights):
@@ -228,6 +247,26 @@ def test_dry_run_trains_and_evaluates_but_changes_nothing_a_consumer_sees(nights
 
     uri = f"sqlite:///{nights['home'] / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    (trained,) = client.search_model_versions(
-        f"name = 'nightshift_churn' and tag.`nightshift.dag_run_id` = '{dry['run_id']}'")
-    assert trained.tags.get("nightshift.blessed") == "false"
+    # MLflow as it was: the dry run registered no version and started no run (its challenger was kept in the
+    # artifact store and judged there); every version was registered by a run that was not a dry run
+    versions = client.search_model_versions("name = 'nightshift_churn'")
+    assert {v.tags.get("nightshift.dag_run_id") for v in versions} <= {r["run_id"] for r in nights["runs"][:-1]}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments, f"tags.`nightshift.dag_run_id` = '{dry['run_id']}'") == []
+    assert (run_reports(nights, dry, top="dry_runs") / "challenger.zip").is_file()
+
+
+def test_reports_are_kept_per_run_and_the_index_names_the_run_that_published_each_night(nights):
+    first, *_, rerun, dry = [r for r in nights["runs"] if r["day"] == d(N[4])]
+    published, dried = run_reports(nights, rerun), run_reports(nights, dry)
+    assert (published / "drift.html").is_file() and (run_reports(nights, first) / "drift.html").is_file()
+    assert (dried / "evaluation.html").is_file() and not (published / "evaluation.html").exists()  # no retrain
+    kept = [p.stat().st_mtime for p in published.rglob("*") if p.is_file()]
+    assert kept and max(kept) < min(p.stat().st_mtime for p in dried.rglob("*") if p.is_file())  # left as it was
+    index = json.loads((nights["home"] / "artifacts" / "reports" / "churn" / "nights.json").read_text())
+    night = next(n for n in index["nights"] if n["night"] == d(N[4]))
+    assert (night["status"], night["run"]["run"]) == ("published", rerun["run_id"])
+    assert [(r["run"], r["status"]) for r in night["runs"]] == [(dry["run_id"], "dry run"),
+                                                                (first["run_id"], "replaced")]
+    failed = next(n for n in index["nights"] if n["night"] == d(N[3]))
+    assert (failed["status"], failed["run"]["run"]) == ("failed", nights["runs"][3]["run_id"])
