@@ -484,7 +484,7 @@ def task_logs_for_the_ui() -> Iterator[None]:
     from airflow.sdk.definitions import dag as dag_module
 
     original = dag_module._run_task
-    scratch = HOME / "logs" / ".task-output"
+    scratch = HOME / "logs" / f".task-output-{os.getpid()}"  # night runners may share HOME
     failed: list[str] = []
 
     def run_task(*, ti: Any, task: Any, **kwargs: Any) -> Any:
