@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,9 +85,18 @@ def _nights(conn: psycopg.Connection, schema: str) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def regression(pg_server_uri: str, tmp_path_factory: pytest.TempPathFactory):
-    runs = _replay(pg_server_uri, tmp_path_factory.mktemp("flights_delay"),
-                   ROOT / "examples" / "flights_delay" / "flights_delay.yaml", NIGHTS)
-    yield from _connected(pg_server_uri, runs)
+    home = tmp_path_factory.mktemp("flights_delay")
+    runs = _replay(pg_server_uri, home, ROOT / "examples" / "flights_delay" / "flights_delay.yaml", NIGHTS)
+    for connected in _connected(pg_server_uri, runs):
+        yield {**connected, "home": home}
+
+
+def _plotted(home: Path, dataset: str) -> list[set[str]]:
+    """The plots (figure ids) on each evaluation report the nights wrote."""
+    pages = sorted((home / "artifacts" / "reports" / dataset).rglob("evaluation.html"))
+    assert pages, f"no evaluation report under {home}"
+    figure = re.compile(r'<figure id="plot-([a-z_]+)"><img class="chart" src="data:image/png;base64,')
+    return [set(figure.findall(p.read_text())) for p in pages]
 
 
 def test_regression_nights_run_drift_retrain_gate_and_publish(regression):
@@ -112,6 +122,7 @@ def test_regression_nights_run_drift_retrain_gate_and_publish(regression):
     checks = {c["name"]: c for c in last["verdict"]}
     assert set(checks) >= {"floor", "champion", "slices", "baseline", "roundtrip"}
     assert "ceiling" in checks["floor"]["detail"] and "champion" in checks["champion"]["detail"]
+    assert all(p == {"predicted_vs_actual", "residuals"} for p in _plotted(regression["home"], "flights_delay"))
 
 
 def test_regression_publishes_the_predicted_value(regression):
@@ -147,9 +158,10 @@ def _trailing_mean(conn: psycopg.Connection, day: dt.date, cache: dict = {}) -> 
 
 @pytest.fixture(scope="module")
 def multiclass(pg_server_uri: str, tmp_path_factory: pytest.TempPathFactory):
-    runs = _replay(pg_server_uri, tmp_path_factory.mktemp("flights_status"),
-                   ROOT / "examples" / "flights_status" / "flights_status.yaml", NIGHTS)
-    yield from _connected(pg_server_uri, runs)
+    home = tmp_path_factory.mktemp("flights_status")
+    runs = _replay(pg_server_uri, home, ROOT / "examples" / "flights_status" / "flights_status.yaml", NIGHTS)
+    for connected in _connected(pg_server_uri, runs):
+        yield {**connected, "home": home}
 
 
 CLASSES = ["on_time", "late", "very_late", "cancelled"]
@@ -178,6 +190,7 @@ def test_multiclass_nights_run_drift_retrain_gate_and_publish(multiclass):
     checks = {c["name"]: c for c in nights[-1][-1]["verdict"]}
     assert set(checks) >= {"finite", "floor", "champion", "slices", "baseline", "roundtrip"}
     assert "over 4 classes" in checks["finite"]["detail"] and "ceiling" in checks["floor"]["detail"]
+    assert all(p == {"per_class_recall", "confusion_matrix"} for p in _plotted(multiclass["home"], "flights_status"))
 
 
 def test_multiclass_publishes_the_class_and_every_probability(multiclass):
