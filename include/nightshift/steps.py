@@ -206,8 +206,8 @@ class VerdictStep(StepOutput):
         return {k: v for k, v in self.to_xcom().items() if k not in ("evaluation", "report_url")}
 
     def tags(self) -> dict[str, Any]:
-        """What goes on the model version as verdict.* tags: the record without each check's per-slice
-        rows, which stay in the report (MLflow caps a tag's length, and a spec may have many slices)."""
+        """What goes on the model version (registry.verdict_description: its description, and nightshift.gate):
+        the record without each check's per-slice rows, which stay in the report and evaluation.json."""
         return {**self.record(), "checks": [{k: v for k, v in c.items() if k != "slices"} for c in self.checks]}
 
 
