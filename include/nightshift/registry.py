@@ -98,6 +98,9 @@ VERDICT_PREFIX = "verdict."  # the verdict as tags, on versions judged before is
 EVALUATION_FOLDER = "evaluation"  # on the challenger's run: the plots and evaluation.json
 MAX_DESCRIPTION = 4900  # MLflow stores a version's description in 5000 characters
 MAX_METRIC_KEY = 250  # MLflow's limit on a metric name
+# A version's description starts with one of these. promote() writes PROMOTION_PENDING before the alias moves
+# and mark_promoted() turns it into PROMOTED once it has: a version whose alias write failed never reads promoted.
+PROMOTED, NOT_PROMOTED, PROMOTION_PENDING = "**PROMOTED**", "**NOT PROMOTED**", "**PROMOTION PENDING**"
 ROLES = ("challenger", "champion", "baseline")  # the models evaluated on one holdout (evaluation.evaluate)
 INPUT_EXAMPLE_ROWS = 5
 # Declared, not inferred: MLflow's inference starts a subprocess that imports the model (about
@@ -296,11 +299,16 @@ class Registry:
 
     def mark_promoted(self, model_name: str, version: int, *, replaced: int | None, at: str) -> None:
         """The serving tags of a promotion, written once the alias has moved (promote(), or the repair of a
-        promotion interrupted between the alias and these tags: promotion.repair_pending)."""
+        promotion interrupted between the alias and these tags: promotion.repair_pending), then the description's
+        headline PROMOTED."""
         if replaced is not None:
             self.client.set_model_version_tag(model_name, str(version), REPLACED_VERSION_TAG, str(replaced))
         self.client.set_model_version_tag(model_name, str(version), PROMOTED_AT_TAG, at)
         self.client.set_model_version_tag(model_name, str(version), BLESSED_TAG, "true")
+        description = self.client.get_model_version(model_name, str(version)).description or ""
+        if description.startswith(PROMOTION_PENDING):  # the verdict's headline, now that the alias has moved
+            self.client.update_model_version(model_name, str(version),
+                                             description=PROMOTED + description[len(PROMOTION_PENDING):])
 
     def rollback(self, model_name: str, *, to_version: int | None, actor: str, reason: str,
                  rollback_id: str, previous: Callable[[int], int | None] | None = None,
@@ -444,7 +452,8 @@ class Registry:
         """The verdict in words as the version's description (verdict_description), the gate's answer as
         nightshift.gate, then judged=true; blessed None leaves nightshift.blessed to mark_promoted (after
         the alias moved). The whole record is evaluation.json on the run (log_evaluation), not tags."""
-        description = verdict_description(verdict, at, promoted=blessed is None)  # None: promote() is moving the alias
+        headline = PROMOTION_PENDING if blessed is None else NOT_PROMOTED  # None: promote() moves the alias next
+        description = verdict_description(verdict, at, headline=headline)
         self.client.update_model_version(model_name, str(version), description=description)
         if "promote" in verdict:
             self.client.set_model_version_tag(model_name, str(version), GATE_TAG,
@@ -708,16 +717,16 @@ def verdict_line(verdict: dict[str, Any]) -> str:
     return f"{done}: {why}"
 
 
-def verdict_description(verdict: dict[str, Any], at: str, *, promoted: bool | None = None) -> str:
+def verdict_description(verdict: dict[str, Any], at: str, *, headline: str | None = None) -> str:
     """A model version's description (MLflow renders Markdown): promoted or not and why, with the numbers.
 
     From the evaluate step's record (steps.VerdictStep.tags()); keys it lacks are left out and keys it does
     not know are listed as they are, so any dict of facts still reads. Cut to MAX_DESCRIPTION characters.
-    `promoted` None: as the record says."""
-    if promoted is None:
-        promoted = bool(verdict.get("promoted", verdict.get("promote")))
+    `headline` None: PROMOTED or NOT PROMOTED, as the record says."""
+    if headline is None:
+        headline = PROMOTED if verdict.get("promoted", verdict.get("promote")) else NOT_PROMOTED
     run = f", Airflow run `{verdict['dag_run_id']}`" if verdict.get("dag_run_id") else ""
-    head = [f"**{'PROMOTED' if promoted else 'NOT PROMOTED'}** (verdict of {at}{run}).", *_described_head(verdict)]
+    head = [f"{headline} (verdict of {at}{run}).", *_described_head(verdict)]
     bullets = [f"- {'passed' if c.get('passed') else '**FAILED**'} {c.get('name')}: {c.get('detail')}"
                for c in verdict.get("checks") or [] if isinstance(c, dict)]
     bullets += [f"- {line}" for line in _described_extras(verdict)]

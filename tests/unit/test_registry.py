@@ -417,3 +417,27 @@ def test_versions_judged_before_issue_13_still_read(registry, spec, models, data
     old = registry.version(spec.model_name, info.version)
     assert old.passed_gate
     assert registry.holdout_metric(old, "roc_auc") == 0.8123 and registry.holdout_metric(old, "log_loss") is None
+
+
+def test_a_promotion_whose_alias_write_failed_never_reads_promoted(registry, spec, models, data, monkeypatch):
+    """The description is written before the alias moves (the reasons first): it says the promotion is pending
+    until the alias has moved, as the serving tags do; the retry that moves it makes it read PROMOTED."""
+    info = _log(registry, spec, models, data)
+    real = registry.client.set_registered_model_alias
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("registry refused the alias")
+
+    monkeypatch.setattr(registry.client, "set_registered_model_alias", refused)
+    with pytest.raises(ConnectionError):
+        registry.promote(spec.model_name, info.version, {"promote": True, "promoted": True, "metric": "roc_auc",
+                                                         "challenger": 0.8})
+    pending = registry.client.get_model_version(spec.model_name, str(info.version))
+    assert pending.description.startswith("**PROMOTION PENDING**") and "Holdout roc_auc: challenger 0.8000" in (
+        pending.description)
+    assert "nightshift.blessed" not in pending.tags and registry.champion(spec.model_name) is None
+
+    monkeypatch.setattr(registry.client, "set_registered_model_alias", real)
+    registry.promote(spec.model_name, info.version, {"promote": True, "promoted": True})
+    done = registry.client.get_model_version(spec.model_name, str(info.version))
+    assert done.description.startswith("**PROMOTED** (verdict of ") and done.tags["nightshift.blessed"] == "true"
