@@ -53,7 +53,8 @@ PARAMS = {
                                           "force: promote even if it does not beat the champion (the absolute floor and "
                                           "sanity checks still apply)."),
     "dry_run": switch(False, title="Dry run",
-                     description="Run every step but publish nothing and promote nothing."),
+                     description="Run every step but publish, promote and register nothing (the challenger is judged "
+                                 "from the artifact store; MLflow is left as it was)."),
     "note": Param(None, type=["null", "string"], maxLength=500, title="Note",
                   description="Why this run was triggered; kept in the run history (pipeline_runs.note)."),
     # A text field, not format="date": the form would render a date picker in the browser's locale

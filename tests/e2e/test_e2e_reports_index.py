@@ -1,0 +1,71 @@
+"""Browse > Nightshift reports in a real browser: the per-night index, on the story's state after the twin
+runs of D3 and the dry run of D2 (issue 13 defect 2).
+
+Each published night shows the run that published it (pipeline_runs) and links to that run's own
+reports; the first twin of D3, whose night the second twin published again, is listed under it as
+replaced; D2 had a dry run only, listed with its own evaluation report, and the dry run registered
+nothing in MLflow. Screenshots: 13-reports-index (inside the Airflow UI), 14-reports-index-page,
+15-reports-index-dry-run-evaluation.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from include.nightshift.artifacts import safe_name
+
+from .airflow_stack import AirflowStack, Api
+from .scenario import D2, D3, NIGHTLY, REPORTED_RUN, screenshot
+from .test_e2e_ui import MODEL, log_in
+
+pytestmark = pytest.mark.e2e
+CHURN = 'section[data-dataset="churn"]'
+
+
+def _rows(frame, kind: str, night: str) -> list[dict]:
+    """Text and link addresses of each row of one kind (night / other-run) of one night of churn's table."""
+    rows = frame.locator(f'{CHURN} tr.{kind}[data-night="{night}"]')
+    return [{"text": rows.nth(i).inner_text(),
+             "hrefs": [a.get_attribute("href") for a in rows.nth(i).locator("a").all()]} for i in range(rows.count())]
+
+
+def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_reports(
+        browser_page, stack: AirflowStack, api: Api, twin_runs, reported_night, registry, warehouse):
+    assert reported_night["state"] == "success", api.task_states(NIGHTLY, REPORTED_RUN)
+    with warehouse.cursor() as cur:
+        cur.execute("SELECT logical_date, dag_run_id FROM churn.pipeline_runs WHERE rows_published > 0")
+        published = {day.isoformat(): run for day, run in cur.fetchall()}
+    assert D3.isoformat() in published
+
+    page = browser_page
+    log_in(page, stack, "/plugin/nightshift-reports")  # Browse > Nightshift reports, inside the Airflow UI
+    frame = page.frame_locator("iframe")
+    frame.locator(f"{CHURN} table.nights").wait_for()
+    screenshot(page, "13-reports-index")
+
+    for night, run in published.items():
+        (row,) = _rows(frame, "night", night)
+        assert "published" in row["text"] and run in row["text"], row
+        assert row["hrefs"] and all(f"/{night}/{safe_name(run)}/" in href for href in row["hrefs"]), row
+    replaced = [r["text"] for r in _rows(frame, "other-run", D3.isoformat()) if "replaced" in r["text"]]
+    for twin in (r["dag_run_id"] for r in twin_runs if r["dag_run_id"] != published[D3.isoformat()]):
+        assert [text for text in replaced if twin in text], (twin, replaced)  # it published, then a rerun did
+
+    if D2.isoformat() not in published:  # in this module's story D2 had only the dry run
+        (dry_night,) = _rows(frame, "night", D2.isoformat())
+        assert "dry run only" in dry_night["text"] and not dry_night["hrefs"], dry_night
+    (dry,) = [r for r in _rows(frame, "other-run", D2.isoformat()) if REPORTED_RUN in r["text"]]
+    assert "dry run" in dry["text"], dry
+    assert [href.rsplit("/", 1)[-1] for href in dry["hrefs"]][-2:] == ["drift.html", "evaluation.html"], dry
+
+    page.goto(f"{stack.base_url}/nightshift/")  # the index on its own, as the iframe shows it
+    page.locator(f"{CHURN} table.nights").wait_for()
+    screenshot(page, "14-reports-index-page")
+    answer = page.goto(urllib.parse.urljoin(f"{stack.base_url}/nightshift/", dry["hrefs"][-1]))
+    assert answer.ok and "challenger of a dry run (not registered)" in page.content()
+    screenshot(page, "15-reports-index-dry-run-evaluation")
+    # the dry run trained and judged a challenger, and MLflow has no version or run of it
+    assert not [v for v in registry.client.search_model_versions(f"name = '{MODEL}'")
+                if v.tags.get("nightshift.dag_run_id") == REPORTED_RUN]
