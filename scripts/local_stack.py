@@ -255,7 +255,7 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         # Airflow's CLI logs warnings to stdout: the graphviz one (an optional package for `airflow dags
         # show`) came before the JSON of `airflow dags list-runs -o json` and made it unreadable.
-        "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS])),
+        "PYTHONWARNINGS": _warning_filters(),
     }
     config = (yaml.safe_load(settings.read_text()) or {}).get("airflow", {})
     local = {
@@ -275,6 +275,11 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
             connection_json(server_uri, conn.get("conn_schema") or conn["conn_id"])
             if conn.get("conn_type", "postgres") == "postgres" else as_is_json(conn))
     return env
+
+
+def _warning_filters() -> str:
+    """PYTHONWARNINGS: the environment's own filters, then QUIET_WARNINGS."""
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
 
 
 def as_is_json(conn: dict) -> str:
