@@ -86,7 +86,7 @@ def sync_serving(conn: Connection, registry: Registry, spec: DatasetSpec) -> lis
 
 def registry_row(registry: Registry, spec: DatasetSpec, version: int) -> dict[str, Any]:
     """What the registry says of a version Nightshift did not judge (None-safe: it may have been deleted)."""
-    from include.nightshift.registry import BLESSED_TAG, FAMILY_TAG, RUN_DATE_TAG
+    from include.nightshift.registry import BLESSED_TAG, DAG_RUN_TAG, FAMILY_TAG, GATE_TAG, RUN_DATE_TAG
 
     try:
         info = registry.version(spec.model_name, version)
@@ -97,10 +97,11 @@ def registry_row(registry: Registry, spec: DatasetSpec, version: int) -> dict[st
     night = info.tags.get(RUN_DATE_TAG)
     return {"model_name": spec.model_name, "version": version, "run_id": info.run_id,
             "family": info.tags.get(FAMILY_TAG), "trained_for": dt.date.fromisoformat(night) if night else None,
-            "dag_run_id": info.tags.get("nightshift.dag_run_id"),
+            "dag_run_id": info.tags.get(DAG_RUN_TAG),
             # passed_gate: blessed, once champion through Nightshift, or a verdict that passed; False only
             # when a verdict refused it; never judged (made champion by hand): unknown
-            "blessed": True if info.passed_gate else (False if info.tags.get(BLESSED_TAG) == "false" else None)}
+            "blessed": True if info.passed_gate else (
+                False if info.tags.get(BLESSED_TAG) == "false" or info.tags.get(GATE_TAG) == "failed" else None)}
 
 
 def version_choices(registry: Registry, model_name: str) -> dict[str, Any]:
