@@ -78,7 +78,7 @@ def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotSt
             message = result.message().replace(str(result.report_path), str(url))
             return ValidationStep(passed=False, rows=snapshot.current.rows, results=results, report_urls=urls,
                                   failure={"snapshot": kind, "day": ref.day, "message": message,
-                                           "failures": [f"{f.column}: {f.details}" for f in result.failures][:20]})
+                                           "failures": [f"[{f.expectation}] {f.details}" for f in result.failures][:20]})
     return ValidationStep(passed=True, rows=snapshot.current.rows, results=results, report_urls=urls)
 
 

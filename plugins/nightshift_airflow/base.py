@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import (AirflowFailException, AirflowNotFoundException, AirflowRescheduleException,
                                     AirflowSkipException, DagRunTriggerException, DownstreamTasksSkipped)
 
+from include.nightshift import quiet
 from include.nightshift.errors import Diagnosis, classify, describe
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import NotifierSettingError, notify
@@ -47,6 +48,7 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(execute)
     def run(self: NightshiftOperator, *args: Any, **kwargs: Any) -> Any:
         context = kwargs.get("context", args[0] if args else None)
+        quiet.install()  # library noise out of the task log (include/nightshift/quiet.py)
         try:
             return execute(self, *args, **kwargs)
         except CONTROL:
@@ -137,6 +139,18 @@ class NightshiftOperator(BaseOperator):
         from include.nightshift.spec import load_spec
 
         return load_spec(self.spec_path)
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Airflow resolves the inputs (XComArgs) here; those of steps that did not succeed are read
+        first without its "XCom not found" ERROR line (runtime.unsettled_outputs)."""
+        every_upstream_succeeded = self.trigger_rule == "all_success"  # inputs are upstream: nothing to read
+        settled = {} if every_upstream_succeeded else runtime.unsettled_outputs(
+            context, {name: getattr(self, name) for name in self.inputs})
+        for name in settled:
+            setattr(self, name, None)  # rendered as nothing, then given the value read
+        super().render_template_fields(context, jinja_env)
+        for name, value in settled.items():
+            setattr(self, name, value)
 
     def received(self) -> dict[str, Any]:
         """The upstream steps' outputs, typed (None for a step that did not run)."""

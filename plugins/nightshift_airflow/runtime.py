@@ -69,6 +69,47 @@ def task_states(context: Any) -> dict[str, str]:
         return {}
 
 
+# States after which a step may have pushed its output (validate pushes its result, then fails).
+MAY_HAVE_PUSHED = {"success", "failed"}
+
+
+def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
+    """The outputs, among `refs` (name -> XComArg), of upstream steps that did not succeed, read
+    without Airflow's "XCom not found" ERROR line.
+
+    Why: Airflow resolves an XComArg with a GET that logs "XCom not found" at ERROR level when the
+    step pushed nothing (skipped, upstream failed, or failed before returning), which put error
+    lines into successful tasks' logs (record_run, score). A skipped or never-run step has no
+    output: None without asking. A failed step may have pushed one (validate does, then fails):
+    it is read as a list of every pushed value, which answers empty instead of 404. A step that
+    succeeded is left out (Airflow resolves it), and so is everything when the states are unknown.
+    """
+    from airflow.sdk import XComArg
+
+    plain = {name: ref for name, ref in refs.items()
+             if isinstance(ref, XComArg) and hasattr(ref, "operator") and hasattr(ref, "key")}
+    if not plain or "ti" not in context:
+        return {}
+    states = task_states(context)
+    if not states:
+        return {}
+    out: dict[str, Any] = {}
+    for name, ref in plain.items():
+        state = states.get(ref.operator.task_id, "")
+        if state != "success":
+            out[name] = pushed_value(context, ref.operator.task_id, ref.key) if state in MAY_HAVE_PUSHED else None
+    return out
+
+
+def pushed_value(context: Any, task_id: str, key: str) -> Any:
+    """What `task_id` pushed under `key` in this run, or None; never logs a missing XCom as an error."""
+    from airflow.sdk.bases.xcom import BaseXCom
+
+    ti = context["ti"]
+    values = BaseXCom.get_all(key=key, dag_id=ti.dag_id, task_id=task_id, run_id=context["run_id"])
+    return values[0] if values else None
+
+
 def variable(name: str, default: str | None = None) -> str:
     from airflow.sdk import Variable
 
@@ -87,8 +128,10 @@ def artifact_store():
 
 
 def registry():
+    from include.nightshift import quiet
     from include.nightshift.registry import Registry
 
+    quiet.adopt_mlflow_loggers()  # mlflow is imported now: its messages go to the task log, not stderr
     artifacts = None
     try:
         artifacts = variable(MLFLOW_ARTIFACTS_VARIABLE)
