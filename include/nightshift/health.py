@@ -600,7 +600,8 @@ def _rate_words(spec: DatasetSpec) -> str:
 
 def _rate_value(spec: DatasetSpec, output: dict) -> str:
     if spec.task == "multiclass":
-        return ", ".join(f"{name} {share:.1%}" for name, share in sorted((output.get("class_shares") or {}).items()))
+        shares = sorted((output.get("class_shares") or {}).items(), key=lambda item: str(item[0]))
+        return ", ".join(f"{name} {share:.1%}" for name, share in shares)
     return num(output.get("mean") if spec.task == "regression" else output.get("positive_rate"))
 
 
