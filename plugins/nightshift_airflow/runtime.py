@@ -69,8 +69,7 @@ def task_states(context: Any) -> dict[str, str]:
         return {}
 
 
-# States after which a step may have pushed its output (validate pushes its result, then fails).
-MAY_HAVE_PUSHED = {"success", "failed"}
+NEVER_RAN = {"upstream_failed", "removed"}  # states of a step that pushed nothing
 
 
 def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +78,11 @@ def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
 
     Why: Airflow resolves an XComArg with a GET that logs "XCom not found" at ERROR level when the
     step pushed nothing (skipped, upstream failed, or failed before returning), which put error
-    lines into successful tasks' logs (record_run, score). A skipped or never-run step has no
-    output: None without asking. A failed step may have pushed one (validate does, then fails):
-    it is read as a list of every pushed value, which answers empty instead of 404. A step that
-    succeeded is left out (Airflow resolves it), and so is everything when the states are unknown.
+    lines into successful tasks' logs (record_run, score). A step that never ran (upstream failed)
+    has no output: None without asking. A failed or skipped step may have pushed one (validate
+    pushes its result then fails; score pushes a no-model record then skips): it is read as the
+    list of every value pushed, which answers empty instead of 404. A step that succeeded is left
+    out (Airflow resolves it), and so is everything when the states are unknown.
     """
     from airflow.sdk import XComArg
 
@@ -97,7 +97,7 @@ def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
     for name, ref in plain.items():
         state = states.get(ref.operator.task_id, "")
         if state != "success":
-            out[name] = pushed_value(context, ref.operator.task_id, ref.key) if state in MAY_HAVE_PUSHED else None
+            out[name] = None if state in NEVER_RAN else pushed_value(context, ref.operator.task_id, ref.key)
     return out
 
 
