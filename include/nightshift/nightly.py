@@ -206,6 +206,11 @@ def drift_alert(spec: DatasetSpec, day: dt.date, decision: Decision) -> Alert | 
              "prediction_drift": d["prediction_drift"], "summary": d["summary"], "report": d["drift_report"]})
 
 
+def _num(value: Any) -> str:
+    """A measured number as the task log shows it: 4 significant digits (n/a when not measured)."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
 def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
     """The alert of a failed validation: which snapshot, which rules, where the report is."""
     failure = result.failure or {}
@@ -239,8 +244,9 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
                  champion.version, holdout_end, spec.promotion.metric)
         return base
     log.info("champion v%s realised %s on %d rows of %s: %s [%s, %s] (%.0f%%), brier %s, ECE %s (holdout %s)",
-             champion.version, spec.promotion.metric, quality.rows, ", ".join(used), quality.value, quality.low,
-             quality.high, 100 * quality.confidence, quality.brier, quality.ece, holdout)
+             champion.version, spec.promotion.metric, quality.rows, ", ".join(used), *map(_num, (
+                 quality.value, quality.low, quality.high)), 100 * quality.confidence,
+             *map(_num, (quality.brier, quality.ece, holdout)))
     log.info("target drift: %s", target.get("summary") or target)
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
@@ -342,7 +348,7 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
                                               refs)
     log.info("challenger %s (%s) on %d rows (%d held out, days %s..%s); candidates' holdout %s: %s", what,
              chosen.family, len(train_df), len(holdout_df), days[-1], end, spec.promotion.metric,
-             {f.family: f.metric for f in fits})
+             ", ".join(f"{f.family} {_num(f.metric)}" for f in fits))
     return TrainingStep(version=version, run_id=run_id, train_rows=len(train_df),
                         holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
                         snapshots_url=refs_url, family=chosen.family,
