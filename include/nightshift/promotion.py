@@ -130,5 +130,6 @@ def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | 
 
 def promotion_alert(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None) -> tuple[str, dict[str, Any]]:
     """The alert of a promotion: which version serves now, which it replaced, and why."""
-    return (f"{spec.model_name}: v{verdict.challenger_version} promoted to champion (was v{replaced}; "
+    was = "no champion before" if replaced is None else f"was v{replaced}"
+    return (f"{spec.model_name}: v{verdict.challenger_version} promoted to champion ({was}; "
             f"{verdict.policy_note})", promotion_change(spec, verdict, replaced))
