@@ -183,6 +183,7 @@ def _evidence(spec: DatasetSpec, drift: DriftStep | None, monitor: MonitorStep |
         "realised_brier": _measured(monitor.brier),
         "realised_ece": _measured(monitor.ece),
         "target_drift": dict(monitor.target_drift),
+        "staleness": dict(monitor.staleness),
         "champion_holdout_metric": quality.holdout,
         "realised_decay": quality.decay,
         "quality_drop": quality.drop,

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +291,86 @@ def _target_drift(registry: Registry, spec: DatasetSpec, champion: Any, labelled
                          f"{result['score']} vs {result['threshold']}): {result['current']} now, "
                          f"{result['reference']} in training")
     return result
+
+
+def monitor_night(source: SourceReader, conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                  snapshot: SnapshotStep, dag_run_id: str, *, dry_run: bool) -> MonitorStep:
+    """The monitor step: the champion's realised quality (monitor_champion) and how fast models go stale
+    (measure_staleness)."""
+    monitored = monitor_champion(source, store, registry, spec, snapshot)
+    staleness = measure_staleness(conn, store, registry, spec, snapshot, dag_run_id, dry_run=dry_run)
+    return dataclasses.replace(monitored, staleness=staleness)
+
+
+def measure_staleness(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                      snapshot: SnapshotStep, dag_run_id: str, *, dry_run: bool = False) -> dict:
+    """Tonight's newest labelled day scored by the champion and the newest blessed versions before it (up to
+    staleness.versions, each only on a day it never saw), kept in model_staleness (not by a dry run: it
+    only reads); and the cadence the history recommends (staleness.recommend), judged against
+    promotion.max_model_age_days. {} without a labelled row or a version to score it."""
+    from include.nightshift import warehouse
+    from include.nightshift.snapshot import read_snapshot
+
+    day = dt.date.fromisoformat(snapshot.labelled.day)
+    versions = _unseen_versions(registry, spec, day)
+    if not snapshot.labelled.rows or not versions:
+        return {}
+    df = read_snapshot(store, snapshot.labelled)
+    tonight = [_age_point(registry, spec, info, df, day) for info in versions]
+    warehouse.ensure_warehouse(conn, spec)
+    if not dry_run:
+        warehouse.record_staleness(conn, spec, [
+            {"day": p.day, "model_name": spec.model_name, "version": p.version, "age_days": p.age_days,
+             "metric_name": spec.promotion.metric, "metric": _finite(p.metric), "rows": p.rows,
+             "measured_by": dag_run_id} for p in tonight])
+    cadence, setting = _cadence(conn, spec, day, tonight)
+    log.info("staleness on %s: %s; cadence: %s%s", day,
+             ", ".join(f"v{p.version} at {p.age_days:g} nights {_num(p.metric)}" for p in tonight),
+             cadence.reason or f"at most {cadence.recommended_max_age:.1f} nights", f" ({setting})" if setting else "")
+    return {"day": day.isoformat(), "cadence": cadence.to_dict(), "setting": setting,
+            "tonight": [{"version": p.version, "age_days": p.age_days, "metric": _finite(p.metric)} for p in tonight]}
+
+
+def _cadence(conn: Connection, spec: DatasetSpec, day: dt.date, tonight: list[Any]) -> tuple[Any, str | None]:
+    """The cadence fitted on model_staleness's history with tonight's points, and the judgement of the setting."""
+    from include.nightshift import warehouse
+    from include.nightshift.staleness import AgePoint, judge_setting, recommend
+
+    history = {(r["day"], r["version"]): AgePoint(r["day"], r["version"], r["age_days"], r["metric"], r["rows"])
+               for r in warehouse.staleness_history(conn, spec, day, spec.staleness.history_days)
+               if r["metric"] is not None}
+    history.update({(p.day, p.version): p for p in tonight if math.isfinite(p.metric)})
+    pro = spec.promotion
+    cadence = recommend(list(history.values()), greater_is_better=bool(pro.greater_is_better),
+                        tolerance=float(pro.realised_tolerance), min_days=spec.staleness.min_days,
+                        seed=spec.training.seed)
+    return cadence, judge_setting(cadence, pro.max_model_age_days)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _unseen_versions(registry: Registry, spec: DatasetSpec, day: dt.date) -> list[Any]:
+    """The champion and the newest blessed versions (at most staleness.versions) whose training never saw `day`."""
+    from include.nightshift.training import training_days
+
+    champion = registry.champion(spec.model_name)
+    others = sorted((v for v in registry.versions(spec.model_name) if v.passed_gate), key=lambda v: -v.version)
+    chosen = [v for v in ([champion] if champion else []) + others
+              if v.trained_for is not None and training_days(spec, v.trained_for)[0] < day]
+    return list({v.version: v for v in chosen}.values())[:spec.staleness.versions]
+
+
+def _age_point(registry: Registry, spec: DatasetSpec, info: Any, df: Any, day: dt.date) -> Any:
+    from include.nightshift.evaluation import metric_value
+    from include.nightshift.staleness import AgePoint, serving_age
+    from include.nightshift.training import labels, predict_scores
+
+    scores = predict_scores(registry.load_model(spec.model_name, info.version), df, spec)
+    metric = metric_value(spec.promotion.metric, labels(df, spec), scores, spec.scoring.decision_threshold)
+    return AgePoint(day, info.version, serving_age(day, info.trained_for, spec.scoring.horizon_days), float(metric),
+                    len(df))
 
 
 def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: DriftStep | None,

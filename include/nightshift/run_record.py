@@ -116,9 +116,11 @@ class RunRecord(StepOutput):
         return f"{failure_story(failed, self.details.get('root_failure') or [])}; {where}"
 
     def summary(self) -> str:
+        """One line for the task log; the staleness judgement of max_model_age_days when it has one."""
+        setting = ((self.details.get("decision") or {}).get("details") or {}).get("staleness", {}).get("setting")
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
                 f"{self.retrain_reason}, decision {self.decision}, champion v{self.champion_version}, "
-                f"published {self.rows_published}")
+                f"published {self.rows_published}" + (f"; {setting}" if setting else ""))
 
 
 def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states: dict[str, str],

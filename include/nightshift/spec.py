@@ -593,6 +593,18 @@ class Scoring(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Staleness(_Section):
+    """How fast the model goes stale: each labelled day scored by the champion and older blessed versions."""
+
+    versions: Annotated[Positive, Field(description=(
+        "Versions that score each new labelled day: the champion and the newest blessed ones before it, "
+        "up to this many in all."))] = 5
+    min_days: Annotated[Positive, Field(description=(
+        "Labelled days scored by versions of different ages before a retraining cadence is recommended."))] = 7
+    history_days: Annotated[Positive, Field(description="Labelled days the recommendation is fitted on, newest first.")] = 90
+
+
+@dataclass(frozen=True, kw_only=True)
 class Warehouse(_Section):
     """Where predictions and the run history are published."""
 
@@ -637,6 +649,9 @@ class DatasetSpec(_Section):
     promotion: Promotion
     scoring: Scoring
     warehouse: Warehouse
+    staleness: Annotated[Staleness, Field(description=(
+        "The age-vs-quality curve and the recommended retraining cadence (include/nightshift/staleness.py)."))] = \
+        dataclasses.field(default_factory=Staleness)
     # The file the spec was read from: set by load_spec, never a key of the file.
     path: SkipJsonSchema[str] = ""
 

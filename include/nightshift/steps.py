@@ -146,6 +146,7 @@ class MonitorStep(StepOutput):
     ece: float | None = None
     holdout_end: dt.date | None = None
     target_drift: dict = field(default_factory=dict)  # drift.measure_target_drift's record; {} when not measured
+    staleness: dict = field(default_factory=dict)  # nightly.measure_staleness: tonight's points and the cadence
 
 
 @dataclass(frozen=True)

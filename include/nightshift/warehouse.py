@@ -77,6 +77,7 @@ _CHANGE_EVENT_TEXT = ("promote (the nightly gate moved the champion), rollback (
                       "rollback DAG) or external (found moved outside Nightshift, e.g. in the MLflow UI: recorded by "
                       "the first run that saw it).")
 MODEL_VERSIONS = "model_versions"
+MODEL_STALENESS = "model_staleness"
 BATCH_ROWS = 65_536  # rows per Arrow batch: about 12 MB of CSV; a publish holds at most three
 
 KEY_TYPES: dict[str, pa.DataType] = {"bigint": pa.int64(), "integer": pa.int32(), "text": pa.string()}
@@ -182,6 +183,20 @@ MODEL_VERSION_COLUMNS: dict[str, tuple[str, str]] = {
     "updated_at": ("timestamptz NOT NULL DEFAULT now()", "When this row was last written."),
 }
 MODEL_VERSION_KEY = ("model_name", "version")
+
+# model_staleness: one labelled day scored by one version (staleness.py fits the decay with age on them).
+STALENESS_COLUMNS: dict[str, tuple[str, str]] = {
+    "day": ("date NOT NULL", "The labelled day whose rows were scored (in source.timezone)."),
+    "model_name": ("text NOT NULL", "The registered model."),
+    "version": ("integer NOT NULL", "The version that scored them."),
+    "age_days": ("double precision NOT NULL", "Nights between the night the version was trained for and the night "
+                                              "that served the day's rows (the clock of max_model_age_days)."),
+    "metric_name": ("text NOT NULL", "promotion.metric."),
+    "metric": ("double precision", "The version's metric on the day's labelled rows (null: undefined there)."),
+    "rows": ("bigint NOT NULL", "Labelled rows of the day."),
+    "measured_by": ("text", "The DAG run that scored them (a rerun of the night replaces its rows)."),
+}
+STALENESS_KEY = ("day", "model_name", "version")
 
 # run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
 # pipeline_runs columns where they mean the same, plus what only an attempt has (dry_run, conf, failed_tasks).
@@ -383,6 +398,18 @@ def _create_model_versions(cur: Cursor, spec: DatasetSpec, key_name: str, key_ty
         _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), text)
 
 
+def _create_staleness(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """model_staleness: each labelled day scored by the champion and older blessed versions."""
+    target = table(spec, MODEL_STALENESS)
+    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in STALENESS_COLUMNS.items()]
+    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, STALENESS_KEY))))
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(columns)))
+    _comment(cur, "TABLE", target, f"How {spec.model_name}'s quality decays with age: each labelled day scored by "
+                                   "the champion and the newest blessed versions before it.")
+    for name, (_, text) in STALENESS_COLUMNS.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), text)
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -400,9 +427,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (7, "champion_changes.state (intent, done, abandoned)", _add_change_state),
     (8, "champion_changes.event allows external", _allow_external),
     (9, "model_versions (what made each version, and when it served)", _create_model_versions),
+    (10, "model_staleness (each labelled day scored by versions of several ages)", _create_staleness),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
-RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS)
+RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,
+             MODEL_STALENESS)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -888,4 +917,26 @@ def model_versions(conn: Connection, spec: DatasetSpec, model_name: str | None =
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql.SQL("SELECT * FROM {} {} ORDER BY model_name, version DESC").format(
             table(spec, MODEL_VERSIONS), where), (model_name,) if model_name else ())
+        return cur.fetchall()
+
+
+# ---------------------------------------------------------------- model_staleness
+
+
+def record_staleness(conn: Connection, spec: DatasetSpec, rows: list[Mapping[str, Any]]) -> None:
+    """Insert or replace the (day, model, version) rows given: a rerun of a night measures them again."""
+    with conn.transaction():
+        for row in rows:
+            unknown = [k for k in row if k not in STALENESS_COLUMNS]
+            if unknown:
+                raise ValueError(f"record_staleness: unknown key {unknown[0]!r} (allowed: {', '.join(STALENESS_COLUMNS)})")
+            insert_row(conn, table(spec, MODEL_STALENESS), row, STALENESS_KEY, update=True)
+
+
+def staleness_history(conn: Connection, spec: DatasetSpec, until: dt.date, days: int) -> list[dict[str, Any]]:
+    """The model_staleness rows of the `days` labelled days up to `until`, of the spec's model and metric."""
+    query = sql.SQL("SELECT day, version, age_days, metric, rows FROM {} WHERE model_name = %s AND metric_name = %s "
+                    "AND day <= %s AND day > %s ORDER BY day, version").format(table(spec, MODEL_STALENESS))
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, (spec.model_name, spec.promotion.metric, until, until - dt.timedelta(days=days)))
         return cur.fetchall()

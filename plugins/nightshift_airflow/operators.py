@@ -112,11 +112,12 @@ class MonitorOperator(NightshiftOperator):
     ui_color = "#fbcfe8"
 
     def execute(self, context: Any) -> dict:
-        from include.nightshift.nightly import monitor_champion
+        from include.nightshift.nightly import monitor_night
 
-        with runtime.source_reader(self.spec) as source:
-            return monitor_champion(source, runtime.artifact_store(), runtime.registry(), self.spec,
-                                    self.received()["snapshot"]).to_xcom()
+        with runtime.source_reader(self.spec) as source, self.connect() as conn:
+            return monitor_night(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
+                                 self.received()["snapshot"], context["run_id"],
+                                 dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
 
 
 class DecideOperator(NightshiftOperator, BaseBranchOperator):

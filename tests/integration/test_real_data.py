@@ -100,3 +100,23 @@ def test_it_retrains_only_on_evidence_and_never_for_drift_it_was_told_to_ignore(
     for night, _, d in nights:
         if d and d.get("drift_windows"):
             assert "day_of_week" not in (d.get("drifted") or []), night  # excluded by the spec
+
+
+def test_each_labelled_day_is_scored_by_versions_of_several_ages_and_a_cadence_follows(replay):
+    """Staleness: every night after the first scores its labelled day with each blessed version that never saw
+    it (model_staleness grows nightly); once versions of different ages have scored staleness.min_days days,
+    the decay is fitted and a maximum age is recommended, or the record says why not."""
+    with replay["warehouse"].cursor() as cur:
+        cur.execute("SELECT day, count(*), min(age_days), max(age_days) FROM flights.model_staleness "
+                    "GROUP BY day ORDER BY day")
+        days = cur.fetchall()
+        cur.execute("SELECT details -> 'decision' -> 'details' -> 'staleness' FROM flights.pipeline_runs "
+                    "ORDER BY logical_date DESC LIMIT 1")
+        last = cur.fetchone()[0]
+    assert [d for d, *_ in days] == [FIRST + dt.timedelta(days=i) for i in range(1, NIGHTS)]  # one per night
+    paired = [d for d, versions, low, high in days if versions >= 2 and high > low]
+    assert len(paired) >= 7, days  # after the first weekly retrain, two versions of different ages
+    cadence = last["cadence"]
+    assert cadence["days"] == len(paired), (cadence, days)
+    assert (cadence["recommended_max_age"] is not None and cadence["interval"][0] <= cadence["recommended_max_age"]
+            <= cadence["interval"][1]) or cadence["reason"].startswith("no decay seen"), cadence
