@@ -109,7 +109,7 @@ def version_choices(registry: Registry, model_name: str) -> dict[str, Any]:
     with whether a rollback may restore it (the rule Registry.rollback applies: ModelVersionInfo.passed_gate),
     newest first. From the registry alone, at the moment it is asked (the rollback DAG's form is built when
     the DAG file is parsed, which must not call MLflow: the form links here instead)."""
-    from include.nightshift.registry import FAMILY_TAG
+    from include.nightshift.registry import FAMILY_TAG, RUN_DATE_TAG
 
     champion = registry.champion(model_name)
     serving = None if champion is None else champion.version
@@ -119,7 +119,8 @@ def version_choices(registry: Registry, model_name: str) -> dict[str, Any]:
         why = ("serving now" if info.version == serving else
                "passed the promotion gate once" if restorable else "never passed the promotion gate")
         rows.append({"version": info.version, "serving": info.version == serving, "restorable": restorable,
-                     "why": why, "trained_for": info.trained_for, "family": info.tags.get(FAMILY_TAG) or "",
+                     "why": why, "trained_for": info.tags.get(RUN_DATE_TAG) or "–",  # – : not trained by a night
+                     "family": info.tags.get(FAMILY_TAG) or "",
                      "registered": info.created_at, "champion_since": info.champion_since,
                      "rolled_back_from": info.rolled_back_from, "run_id": info.run_id})
     return {"model_name": model_name, "serving": serving, "champion": champion, "versions": rows,
