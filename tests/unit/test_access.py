@@ -173,6 +173,8 @@ def test_grants_are_usage_and_select_to_the_reader_and_nobody_else(roles, publis
         ("pipeline_runs", roles.reader, "SELECT"),
         ("champion_changes", roles.reader, "SELECT"),
         ("run_attempts", roles.reader, "SELECT"),
+        ("model_versions", roles.reader, "SELECT"),
+        ("model_staleness", roles.reader, "SELECT"),
         ("schema_version", roles.reader, "SELECT"),
         ("default r", roles.reader, "SELECT"),
     }

@@ -75,7 +75,8 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
     wh.ensure_warehouse(pg_conn, churn_spec)
     with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
-        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("model_versions", "BASE TABLE"),
+        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("model_staleness", "BASE TABLE"),
+                                  ("model_versions", "BASE TABLE"),
                                   ("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
                                   ("predictions_latest", "VIEW"), ("run_attempts", "BASE TABLE"),
                                   ("schema_version", "BASE TABLE")]
@@ -392,7 +393,7 @@ def test_a_version_1_warehouse_made_before_versioning_is_upgraded_in_place(pg_co
 
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [v for v, _ in _versions(pg_conn)] == [m[0] for m in wh.MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert [(k, run) for _, k, _, run in _rows(pg_conn, churn_spec)] == [(1, "v1"), (2, "v1"), (3, "v1")]
     assert wh.recent_row_counts(pg_conn, churn_spec, DAY2, 7) == [3]
     assert wh.table_exists(pg_conn, churn_spec, wh.CHANGES)
@@ -473,7 +474,8 @@ def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night
     from include.nightshift import audit
 
     monkeypatch.setattr(wh, "MIGRATIONS", wh.MIGRATIONS[:2])
-    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r not in (wh.RUN_ATTEMPTS, wh.MODEL_VERSIONS)))
+    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS
+                                               if r not in (wh.RUN_ATTEMPTS, wh.MODEL_VERSIONS, wh.MODEL_STALENESS)))
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY1, "dag_run_id": "night_1", "decision": "promoted"})
     wh.insert_row(pg_conn, wh.table(churn_spec, wh.CHANGES), {
@@ -486,7 +488,7 @@ def test_a_warehouse_at_version_2_with_rows_gets_no_model_run_attempts_and_night
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.ensure_warehouse(pg_conn, churn_spec)
 
-    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [v for v, _ in _versions(pg_conn)] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "no_model"})
     with pytest.raises(psycopg.errors.CheckViolation):
         wh.upsert_run(pg_conn, churn_spec, {"logical_date": DAY2, "decision": "maybe"})
