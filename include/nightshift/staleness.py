@@ -55,7 +55,11 @@ class Cadence:
     reason: str | None = None
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """JSON-safe: an unbounded end of the interval (some resampled days show no decay) is null."""
+        data = asdict(self)
+        if self.interval is not None:
+            data["interval"] = [b if math.isfinite(b) else None for b in self.interval]
+        return data
 
 
 def serving_age(day: dt.date, trained_for: dt.date, horizon_days: int) -> float:
@@ -112,7 +116,8 @@ def recommend(points: Sequence[AgePoint], *, greater_is_better: bool, tolerance:
         drawn = [pair for i in rng.integers(0, len(days), len(days)) for pair in days[i]]
         ages.append(_age_for(_slope(drawn), tolerance))
     tail = (1 - confidence) / 2
-    low, high = (float(np.quantile(ages, q)) for q in (tail, 1 - tail))
+    # inverted_cdf picks resampled values themselves: an infinite one (no decay in that draw) stays infinite
+    low, high = (float(np.quantile(ages, q, method="inverted_cdf")) for q in (tail, 1 - tail))
     return Cadence(len(pairs), len(by_day), slope, tolerance / slope, (low, high), seen)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from functools import cached_property
@@ -50,7 +51,9 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
         context = kwargs.get("context", args[0] if args else None)
         quiet.install()  # library noise out of the task log (include/nightshift/quiet.py)
         try:
-            return execute(self, *args, **kwargs)
+            result = execute(self, *args, **kwargs)
+            refuse_non_finite(result, type(self).__name__)
+            return result
         except CONTROL:
             raise
         except AirflowFailException as exc:  # the step's own verdict (a failed check, a refusal): already final
@@ -70,6 +73,21 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
 
     run.nightshift_reporting = True
     return run
+
+
+def refuse_non_finite(value: Any, where: str) -> None:
+    """A NaN or infinity in a step's output would fail Airflow's XCom push after the step, outside this
+    wrapper, with a message naming no key ("Out of range float values are not JSON compliant"): name it
+    here, where the failure is reported."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}, which XCom (JSON) cannot store: a step must record an "
+                         "unmeasured or unbounded number as null")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_non_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            refuse_non_finite(item, f"{where}[{i}]")
 
 
 def _step_verdict(exc: AirflowFailException) -> str:

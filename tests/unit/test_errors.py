@@ -345,3 +345,11 @@ def test_the_run_record_names_the_root_task_and_its_error_first():
                            errors={"train": {"message": "NotEnoughRows: one class"}})
     assert two.error(SPEC).startswith("run failed at drift: no error recorded (see the task log); and at train: "
                                       "NotEnoughRows: one class; could not run because of them: decide, validate")
+
+
+def test_a_non_finite_number_in_a_step_s_output_is_named_by_its_key_before_xcom_refuses_it():
+    from nightshift_airflow.base import refuse_non_finite
+
+    refuse_non_finite({"cadence": {"interval": [1.0, None]}, "rows": 3}, "MonitorOperator")  # JSON-safe: passes
+    with pytest.raises(ValueError, match=r"MonitorOperator.staleness.cadence.interval\[1\] is inf, which XCom"):
+        refuse_non_finite({"staleness": {"cadence": {"interval": [1.0, float("inf")]}}}, "MonitorOperator")

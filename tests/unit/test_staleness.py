@@ -70,3 +70,13 @@ def test_the_setting_is_judged_against_the_interval():
 
 def test_age_is_counted_in_nights_from_training_to_the_night_that_served_the_rows():
     assert serving_age(dt.date(2026, 3, 10), trained_for=dt.date(2026, 3, 1), horizon_days=1) == 8.0
+
+
+def test_an_interval_without_an_upper_end_is_recorded_as_null():
+    """Resampled days that show no decay give an unbounded age: JSON (XCom, jsonb) stores it as null."""
+    import json
+
+    noisy = recommend(points(7, decay=0.0005, day_effect=0.0, noise=0.01, seed=3), greater_is_better=True,
+                      tolerance=0.01, min_days=7)
+    assert noisy.interval is not None and noisy.interval[1] == float("inf"), noisy
+    assert json.loads(json.dumps(noisy.to_dict(), allow_nan=False))["interval"][1] is None
