@@ -18,15 +18,12 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from include.nightshift.spec import METRICS, DatasetSpec, Promotion
+from include.nightshift.spec import LINEAR_FAMILY, METRICS, DatasetSpec, Promotion
 
 # Floating-point slack for ">= threshold" comparisons: 0.812 - 0.810 must count as an
 # improvement of 0.002, not 0.0019999999999999.
 EPS = 1e-12
 THRESHOLDS = ("floor", "min_improvement", "slice_tolerance", "baseline_margin")
-# The family of the simple baseline (training.build_baseline). A challenger of this family is a
-# simple model itself: see _check_baseline for what the baseline check asks of it.
-BASELINE_FAMILY = "logistic_regression"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -394,14 +391,14 @@ def _check_baseline(ctx: _Context) -> Check:
     """A challenger must beat the logistic-regression baseline by baseline_margin (strictly, at margin 0).
 
     The rule exists so that a complex model earns its complexity. A challenger that is itself a
-    logistic regression (the holdout chose the simple family) has nothing to earn: it must be no
+    linear model (the holdout chose the simple family) has nothing to earn: it must be no
     worse than the baseline (gain >= 0, whatever the margin), so the same model as the baseline
     passes with gain 0, and a worse-tuned one (e.g. a stronger penalty) still fails. It is still
     compared with the baseline model as evaluated, never waved through.
     """
     if "baseline" not in ctx.overall:
         return Check("baseline", False, "no baseline was evaluated (fail closed)")
-    if ctx.challenger_family != BASELINE_FAMILY:
+    if ctx.challenger_family not in LINEAR_FAMILY.values():  # the baseline's family is the task's linear model
         return _versus(ctx, "baseline", "baseline", "baseline_margin", strict_at_zero=True)
     ch, base = ctx.overall.get("challenger", math.nan), ctx.overall["baseline"]
     if math.isnan(ch) or math.isnan(base):
@@ -409,7 +406,7 @@ def _check_baseline(ctx: _Context) -> Check:
                                         f"{_fmt(base)} (fail closed)")
     gain = ctx.gain(ch, base)
     passed = gain >= -EPS
-    return Check("baseline", passed, f"challenger ({BASELINE_FAMILY}, the baseline's family) {ctx.metric} {ch:.4f} "
+    return Check("baseline", passed, f"challenger ({ctx.challenger_family}, the baseline's family) {ctx.metric} {ch:.4f} "
                                      f"vs baseline {base:.4f}: gain {gain:+.4f} {'meets' if passed else 'fails'} "
                                      f">= 0 (no worse; baseline_margin applies to other families)")
 

@@ -485,11 +485,11 @@ def _fitted_baseline(spec: DatasetSpec, train_df: Any, fits: list) -> Any:
     """The baseline, fitted on the training rows: the logistic-regression candidate itself when it is the
     baseline's exact recipe (default params, no calibration), else fitted here."""
     from include.nightshift import training
-    from include.nightshift.evaluation import BASELINE_FAMILY
+    from include.nightshift.spec import LINEAR_FAMILY
 
     if spec.training.calibration == "none":
         for f in fits:
-            if f.family == BASELINE_FAMILY and not f.params:
+            if f.family == LINEAR_FAMILY[spec.task] and not f.params:
                 return f.model
     return training.fit(training.build_baseline(spec), train_df, spec)
 

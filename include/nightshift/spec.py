@@ -395,8 +395,10 @@ class Validation(_Section):
         return self
 
 
-FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression")
-Family = Literal["xgboost", "hist_gradient_boosting", "logistic_regression"]
+FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression", "ridge")
+Family = Literal["xgboost", "hist_gradient_boosting", "logistic_regression", "ridge"]
+# The task's linear model: the simple baseline's family, and the one linear candidate the task accepts.
+LINEAR_FAMILY = {"binary": "logistic_regression", "multiclass": "logistic_regression", "regression": "ridge"}
 Calibration = Literal["none", "sigmoid", "isotonic"]
 
 
@@ -405,8 +407,9 @@ class Candidate(_Section):
     """One model family that competes for the challenger's place on the holdout."""
 
     family: Annotated[Family, Field(description=(
-        "xgboost (XGBClassifier, hist), hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier) "
-        "or logistic_regression (scaled numerics, one-hot categoricals)."))]
+        "xgboost (XGBoost, hist), hist_gradient_boosting (scikit-learn's HistGradientBoosting) or the task's "
+        "linear model on scaled numerics and one-hot categoricals: logistic_regression (task binary or "
+        "multiclass) or ridge (task regression)."))]
     params: Annotated[dict[str, Any], Field(description=(
         "The estimator's parameters, passed as given; the seed comes from training.seed."))] = \
         dataclasses.field(default_factory=dict)
@@ -434,12 +437,6 @@ class Training(_Section):
         "Days at the end of the training window that calibrate instead of train (with calibration only); "
         "fewer than window_days."))] = 2
 
-    @property
-    def models(self) -> tuple[Candidate, ...]:
-        """The candidates that compete: as listed, or by default every family, xgboost with `params`."""
-        if self.candidates:
-            return self.candidates
-        return tuple(Candidate(family=f, params=dict(self.params) if f == "xgboost" else {}) for f in FAMILIES)
 
     @model_validator(mode="after")
     def _candidates_fit_together(self) -> Training:
@@ -760,6 +757,12 @@ class DatasetSpec(_Section):
                 {"metric": repr(self.promotion.metric), "task": self.task,
                  "allowed": ", ".join(TASK_METRICS[self.task])}), self.promotion.metric))
         problems += _label_problems(self.task, self.label)
+        linear = LINEAR_FAMILY[self.task]
+        for i, candidate in enumerate(self.training.candidates):
+            if candidate.family in LINEAR_FAMILY.values() and candidate.family != linear:
+                problems.append((("training", "candidates", i, "family"), PydanticCustomError(
+                    "task_family", "{family} is not task {task}'s linear model; use {linear}",
+                    {"family": repr(candidate.family), "task": self.task, "linear": linear}), candidate.family))
         if self.task == "regression" and self.training.calibration != "none":
             problems.append((("training", "calibration"), PydanticCustomError(
                 "task_calibration", "calibrates probabilities: task regression has none, use none", {}),
@@ -776,6 +779,16 @@ class DatasetSpec(_Section):
                 "horizon", "must be at least 1 when label.delay_days is 0: the night's own rows already have "
                 "their labels, and that day closes the holdout that chose the model", {}), 0)])
         return self
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """The candidates that compete: training.candidates as listed, or by default xgboost (with
+        training.params), hist_gradient_boosting and the task's linear model."""
+        if self.training.candidates:
+            return self.training.candidates
+        families = ("xgboost", "hist_gradient_boosting", LINEAR_FAMILY[self.task])
+        return tuple(Candidate(family=f, params=dict(self.training.params) if f == "xgboost" else {})
+                     for f in families)
 
     @property
     def scored_day_offset(self) -> dt.timedelta:

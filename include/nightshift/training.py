@@ -52,8 +52,8 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler,
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier, XGBRegressor
 
-from include.nightshift.evaluation import BASELINE_FAMILY, metric_value
-from include.nightshift.spec import METRICS, Candidate, CategoricalFeature, DatasetSpec
+from include.nightshift.evaluation import metric_value
+from include.nightshift.spec import LINEAR_FAMILY, METRICS, Candidate, CategoricalFeature, DatasetSpec
 
 # Fixed, not "all cores": a model must not depend on the machine that trained it.
 N_JOBS = 2
@@ -300,9 +300,9 @@ def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
         return _xgboost(spec, params)
     if candidate.family == "hist_gradient_boosting":
         return _hist_gradient_boosting(spec, params)
-    if candidate.family == BASELINE_FAMILY and spec.task == "regression":  # the task's linear model
+    if candidate.family == "ridge":
         return Pipeline([("prep", _linear_prep(spec)), ("model", Ridge(**{**params, "random_state": seed}))])
-    if candidate.family == BASELINE_FAMILY:
+    if candidate.family == "logistic_regression":
         model = LogisticRegression(**{"max_iter": BASELINE_MAX_ITER, **params, "random_state": seed})
         return Pipeline([("prep", _linear_prep(spec)), ("model", model)])
     raise ValueError(f"training.candidates: unknown family {candidate.family!r}")
@@ -310,15 +310,15 @@ def build_candidate(spec: DatasetSpec, candidate: Candidate) -> Pipeline:
 
 def build_model(spec: DatasetSpec) -> Pipeline:
     """The XGBoost candidate (with its params from the spec): a hist XGBoost classifier."""
-    xgb = next((c for c in spec.training.models if c.family == "xgboost"),
+    xgb = next((c for c in spec.candidates if c.family == "xgboost"),
                Candidate(family="xgboost", params=dict(spec.training.params)))
     return build_candidate(spec, xgb)
 
 
 def build_baseline(spec: DatasetSpec) -> Pipeline:
     """The simple baseline a challenger must beat: median-imputed, scaled numerics and one-hot
-    categoricals into a logistic regression with its defaults (never the spec's params)."""
-    return build_candidate(spec, Candidate(family=BASELINE_FAMILY))
+    categoricals into the task's linear model with its defaults (never the spec's params)."""
+    return build_candidate(spec, Candidate(family=LINEAR_FAMILY[spec.task]))
 
 
 def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
@@ -394,7 +394,7 @@ def fit_candidates(spec: DatasetSpec, train_df: pd.DataFrame, holdout_df: pd.Dat
     """Every candidate of the spec fitted on the same rows and scored on the same holdout, in spec order."""
     y = labels(holdout_df, spec)
     fits = []
-    for candidate in spec.training.models:
+    for candidate in spec.candidates:
         started = time.perf_counter()
         model = fit_candidate(spec, candidate, train_df)
         seconds = time.perf_counter() - started

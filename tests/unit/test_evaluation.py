@@ -17,7 +17,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
 
 from include.nightshift.demo_data import generate_day
-from include.nightshift.evaluation import BASELINE_FAMILY, Check, Verdict, evaluate, gate, metric_value
+from include.nightshift.evaluation import Check, Verdict, evaluate, gate, metric_value
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_a_logistic_challenger_equal_to_the_baseline_passes_the_baseline_check(h
     scores = roles(y)
     scores["baseline"] = scores["challenger"].copy()
     for spec in (churn_spec, with_promotion(churn_spec, baseline_margin=0.05)):
-        verdict = _gate_as(holdout, y, scores, spec, BASELINE_FAMILY)
+        verdict = _gate_as(holdout, y, scores, spec, "logistic_regression")
         assert verdict.promote and check(verdict, "baseline").passed
         assert "gain +0.0000 meets >= 0" in check(verdict, "baseline").detail
         assert "logistic_regression" in check(verdict, "baseline").detail
@@ -262,11 +262,11 @@ def test_a_logistic_challenger_equal_to_the_baseline_passes_the_baseline_check(h
 
 def test_a_logistic_challenger_worse_than_the_baseline_still_fails(holdout, y, churn_spec):
     scores = roles(y, challenger=0.8, baseline=1.2)  # the default baseline beats a worse-tuned logistic one
-    verdict = _gate_as(holdout, y, scores, churn_spec, BASELINE_FAMILY)
+    verdict = _gate_as(holdout, y, scores, churn_spec, "logistic_regression")
     assert failed(verdict) == ["baseline"]
     assert "fails >= 0" in check(verdict, "baseline").detail
     flat_baseline = {**roles(y), "baseline": np.full(len(y), 0.5)}  # one score for all: roc_auc 0.5
-    assert _gate_as(holdout, y, flat_baseline, churn_spec, BASELINE_FAMILY).promote
+    assert _gate_as(holdout, y, flat_baseline, churn_spec, "logistic_regression").promote
 
 
 @pytest.mark.parametrize("roundtrip, text", [(False, "differ"), (None, "not checked"), (np.False_, "differ"),

@@ -50,7 +50,7 @@ def high_cardinality_spec(families: list[str] | None = None):
                 CategoricalFeature(name="merchant", type="categorical",
                                    categories=tuple(f"m{i:04d}" for i in range(CATEGORIES))),
                 CategoricalFeature(name="plan", type="categorical", categories=("a", "b", "c")))
-    models = tuple(c for c in base.training.models if families is None or c.family in families)
+    models = tuple(c for c in base.candidates if families is None or c.family in families)
     return dataclasses.replace(
         base, features=features, label=dataclasses.replace(base.label, name="y"),
         promotion=dataclasses.replace(base.promotion, slice_columns=()),

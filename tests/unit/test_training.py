@@ -180,9 +180,26 @@ FAMILIES = ("xgboost", "hist_gradient_boosting", "logistic_regression")
 
 
 def test_default_candidates_are_every_family_with_xgboost_taking_params(spec):
-    models = spec.training.models
+    models = spec.candidates
     assert [c.family for c in models] == list(FAMILIES)
     assert models[0].params == spec.training.params and models[1].params == {} == models[2].params
+
+
+def test_regression_s_linear_family_is_ridge_and_a_spec_naming_the_other_task_s_is_refused(spec, tmp_path):
+    import yaml
+
+    from include.nightshift.spec import SpecError, load_spec
+
+    regression = dataclasses.replace(spec, task="regression")
+    assert [c.family for c in regression.candidates] == ["xgboost", "hist_gradient_boosting", "ridge"]
+    assert type(training.build_baseline(regression)[-1]).__name__ == "Ridge"
+    data = yaml.safe_load(open(spec.path))
+    data["training"] = {**data["training"], "params": {}, "candidates": [{"family": "xgboost"}, {"family": "ridge"}]}
+    path = tmp_path / "binary_ridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"training.candidates\[1\].family: 'ridge' is not task binary's linear model; "
+                                        r"use logistic_regression"):
+        load_spec(path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
