@@ -59,14 +59,19 @@ def test_no_simple_auth_manager_setting_is_left_in_the_deployed_stack():
 
 
 def test_login_is_disabled_only_by_make_ui():
-    """ALL_ADMINS=True makes everyone an admin without a login: only the `ui` target may set it."""
+    """ALL_ADMINS=True makes everyone an admin without a login: only `make ui`'s environment (local_stack.ui_env,
+    which `make ui` runs through scripts/demo.py ui) may set it, and then with every server on loopback."""
     setting = re.compile(r"SIMPLE_AUTH_MANAGER_ALL_ADMINS\W+true", re.IGNORECASE)
     found = [path.relative_to(ROOT).as_posix() for path in _tracked_files()
              if path.suffix not in (".md",) and setting.search(path.read_text(errors="replace"))]
-    assert found == ["Makefile"]
+    assert found == ["scripts/local_stack.py"]
+    ui_env = re.search(r"^def ui_env\(.*?(?=^def )", (ROOT / "scripts" / "local_stack.py").read_text(),
+                       re.MULTILINE | re.DOTALL)
+    assert ui_env and setting.search(ui_env.group())
+    assert '"AIRFLOW__API__HOST": "127.0.0.1"' in ui_env.group()  # and then only on this machine's loopback
     ui_target = re.search(r"^ui:.*?(?=^\S)", (ROOT / "Makefile").read_text(), re.MULTILINE | re.DOTALL)
-    assert ui_target and setting.search(ui_target.group())
-    assert "127.0.0.1" in ui_target.group()  # and then only on this machine's loopback
+    assert ui_target and "scripts/demo.py ui" in ui_target.group()
+    assert "ui_env(" in (ROOT / "scripts" / "local_stack.py").read_text().split("def serve_ui", 1)[1]
 
 
 def test_the_admin_comes_from_env_and_its_password_is_required():
