@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from .airflow_stack import AirflowStack, Api
-from .scenario import D1, FIRST_RUN, HISTORY_DAYS, NIGHTLY, REPORTED_RUN
+from .scenario import D1, FIRST_RUN, HISTORY_DAYS, NIGHTLY, REPORTED_RUN, screenshot
+from .test_e2e_ui import log_in
 
 pytestmark = pytest.mark.e2e
 
@@ -104,3 +105,21 @@ def test_a_failed_validation_ends_its_log_with_the_failing_rule(stack, api, empt
     alert = next(r for r in records if "validation_failed" in str(r.get("event")))  # the alert names the rule
     assert "[expect_table_row_count_to_be_between] the snapshot has 0 rows" in alert["event"], alert["event"]
     assert not [r for r in records if str(r.get("logger", "")).startswith("great_expectations")], _show(records)
+
+
+def test_the_failed_night_s_validation_report_shows_what_each_rule_observed(browser_page, stack, api, empty_night):
+    """The Validation report link of the stopped night, in the browser: the failing row-count rule
+    with the 0 rows it saw, and next to every other rule what it observed (screenshot kept)."""
+    links = api.get(f"/dags/{NIGHTLY}/dagRuns/{EMPTY_NIGHT_RUN}/taskInstances/validate/links")["extra_links"]
+    url = links["Validation report"]
+    assert url and url.startswith(stack.base_url + "/nightshift/reports/churn/"), links
+    page = browser_page
+    log_in(page, stack, f"/dags/{NIGHTLY}/runs/{EMPTY_NIGHT_RUN}/tasks/validate/details")
+    assert page.goto(url).ok
+    checks = page.locator("#checks")
+    assert "observed" in checks.locator("thead").inner_text()
+    row_count = checks.locator("tr", has_text="expect_table_row_count_to_be_between")
+    assert "FAILED" in row_count.inner_text() and "0 rows" in row_count.locator("td.observed").inner_text()
+    observed = [text.strip() for text in checks.locator("td.observed").all_inner_texts()]
+    assert observed and all(observed), "a rule without its observed value"
+    screenshot(page, "task-logs-validation-report-observed")
