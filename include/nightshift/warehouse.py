@@ -386,28 +386,29 @@ def _allow_external(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str
     _comment(cur, "COLUMN", sql.SQL("{}.event").format(changes), _CHANGE_EVENT_TEXT)
 
 
+def _create_commented(cur: Cursor, target: sql.Composed, columns: Mapping[str, tuple[str, str]],
+                      key: tuple[str, ...], text: str) -> None:
+    """CREATE TABLE IF NOT EXISTS from {name: (SQL type, comment)} with its primary key, every column commented."""
+    parts = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in columns.items()]
+    parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(parts)))
+    _comment(cur, "TABLE", target, text)
+    for name, (_, comment) in columns.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), comment)
+
+
 def _create_model_versions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """model_versions: what made each version, and when it served; a prediction joins it on (model_name, version)."""
-    target = table(spec, MODEL_VERSIONS)
-    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in MODEL_VERSION_COLUMNS.items()]
-    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, MODEL_VERSION_KEY))))
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(columns)))
-    _comment(cur, "TABLE", target, f"Every version of {spec.model_name} Nightshift judged or saw serving: its run, "
-                                   "data, holdout metrics, gate and serving period.")
-    for name, (_, text) in MODEL_VERSION_COLUMNS.items():
-        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), text)
+    _create_commented(cur, table(spec, MODEL_VERSIONS), MODEL_VERSION_COLUMNS, MODEL_VERSION_KEY,
+                      f"Every version of {spec.model_name} Nightshift judged or saw serving: its run, data, holdout "
+                      "metrics, gate and serving period.")
 
 
 def _create_staleness(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """model_staleness: each labelled day scored by the champion and older blessed versions."""
-    target = table(spec, MODEL_STALENESS)
-    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in STALENESS_COLUMNS.items()]
-    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, STALENESS_KEY))))
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(columns)))
-    _comment(cur, "TABLE", target, f"How {spec.model_name}'s quality decays with age: each labelled day scored by "
-                                   "the champion and the newest blessed versions before it.")
-    for name, (_, text) in STALENESS_COLUMNS.items():
-        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(target, sql.Identifier(name)), text)
+    _create_commented(cur, table(spec, MODEL_STALENESS), STALENESS_COLUMNS, STALENESS_KEY,
+                      f"How {spec.model_name}'s quality decays with age: each labelled day scored by the champion "
+                      "and the newest blessed versions before it.")
 
 
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
