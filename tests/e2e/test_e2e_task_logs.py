@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from nightshift_airflow.operators import SKIP_TRAINING  # plugins/ is on the path (tests/conftest.py)
 
 from .airflow_stack import AirflowStack, Api
 from .scenario import D1, FIRST_RUN, HISTORY_DAYS, NIGHTLY, REPORTED_RUN, screenshot
@@ -62,7 +63,9 @@ def test_a_night_s_task_logs_fit_on_a_screen_with_no_library_noise(stack, first_
     deprecated modules while MLflow loads a model) and validate about 225 (GX start-up)."""
     states = api.task_states(NIGHTLY, run_id)
     logs = task_logs(stack, run_id)
-    ran = {task for task, state in states.items() if state in ("success", "failed")}
+    # The EmptyOperator branch (taken when a rerun finds no reason to retrain) is marked success by the
+    # scheduler without running, so it has no log.
+    ran = {task for task, state in states.items() if state in ("success", "failed")} - {SKIP_TRAINING}
     assert ran <= set(logs) and {"validate", "train", "score", "record_run"} <= ran, (states, sorted(logs))
     sizes = {task: len(records) for task, records in logs.items()}
     print(f"\n{run_id}: task log lines {sizes}")
