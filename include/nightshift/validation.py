@@ -514,6 +514,8 @@ def _observed(kind: str, m: dict[str, Any]) -> str:
     """The measure in words, next to the rule on the page: '3 of 2000 (0.15%) null', 'min 18, max 99; ...'."""
     if "error" in m:
         return f"could not run: {m['error']}"
+    if "unexpected" not in m and "min" not in m and not ({"columns", "rows", "dtype", "nulls"} & set(m)):
+        return "not reported by Great Expectations"  # e.g. a range check on a column of text
     if "columns" in m:
         off = [f"missing {', '.join(m['missing'])}" if m["missing"] else "",
                f"extra {', '.join(m['extra'])}" if m["extra"] else ""]

@@ -66,7 +66,8 @@ def test_a_night_s_task_logs_fit_on_a_screen_with_no_library_noise(stack, first_
     # The EmptyOperator branch (taken when a rerun finds no reason to retrain) is marked success by the
     # scheduler without running, so it has no log.
     ran = {task for task, state in states.items() if state in ("success", "failed")} - {SKIP_TRAINING}
-    assert ran <= set(logs) and {"validate", "train", "score", "record_run"} <= ran, (states, sorted(logs))
+    assert ran <= set(logs) and {"validate", "score", "record_run"} <= ran, (states, sorted(logs))
+    # (train ran on the first try of the first night; the backfill's rerun of that run found no reason to)
     sizes = {task: len(records) for task, records in logs.items()}
     print(f"\n{run_id}: task log lines {sizes}")
     for task, records in logs.items():

@@ -242,3 +242,15 @@ def test_report_shows_what_each_check_observed(churn_spec, day_df, tmp_path: Pat
         f"{len(churn_spec.columns)} columns, as in the spec"
     page = Path(result.report_path).read_text()
     assert "<th>observed</th>" in page and age["observed"] in page and "e.g. &#39;platinum-x&#39;" in page
+
+
+def test_a_numeric_feature_stored_as_text_fails_with_its_report_written(churn_spec, day_df, tmp_path: Path):
+    """The range check on a text column reports no counts: the page says so instead of the report crashing
+    (a KeyError in the report once hid the validation failure behind a failed task)."""
+    day_df["age"] = day_df["age"].astype(str)
+    report = tmp_path / "report"
+    result = _failed(day_df, churn_spec, report_dir=report)
+    assert "age" in result.message() and "found str" in result.message()
+    checks = json.loads((report / "validation.json").read_text())["checks"]
+    assert any(c["column"] == "age" and not c["success"] for c in checks)
+    assert all(c["observed"] for c in checks)
