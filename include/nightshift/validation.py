@@ -512,10 +512,22 @@ WORDS = {"expect_column_values_to_be_in_set": "not in the set (unseen)",
 
 def _observed(kind: str, m: dict[str, Any]) -> str:
     """The measure in words, next to the rule on the page: '3 of 2000 (0.15%) null', 'min 18, max 99; ...'."""
+    whole = _observed_whole(m)
+    if whole is not None:
+        return whole
+    if "unexpected" not in m:  # e.g. a range check on a column of text: GX gives no counts
+        return "not reported by Great Expectations"
+    words = WORDS.get(kind, "break the rule")
+    text = f"{_share(m['unexpected'], m['checked'])} {words}{_examples(m['examples'])}"
+    if "min" in m:
+        text = f"min {_example(m['min'])}, max {_example(m['max'])}; {text}"
+    return text
+
+
+def _observed_whole(m: dict[str, Any]) -> str | None:
+    """The words of a measure that is one fact (an error, the columns, the rows, a dtype, the nulls); None otherwise."""
     if "error" in m:
         return f"could not run: {m['error']}"
-    if "unexpected" not in m and "min" not in m and not ({"columns", "rows", "dtype", "nulls"} & set(m)):
-        return "not reported by Great Expectations"  # e.g. a range check on a column of text
     if "columns" in m:
         off = [f"missing {', '.join(m['missing'])}" if m["missing"] else "",
                f"extra {', '.join(m['extra'])}" if m["extra"] else ""]
@@ -526,11 +538,7 @@ def _observed(kind: str, m: dict[str, Any]) -> str:
         return f"dtype {m['dtype']}"
     if "nulls" in m:
         return f"{_share(m['nulls'], m['of'])} null"
-    words = WORDS.get(kind, "break the rule")
-    text = f"{_share(m['unexpected'], m['checked'])} {words}{_examples(m['examples'])}"
-    if "min" in m:
-        text = f"min {_example(m['min'])}, max {_example(m['max'])}; {text}"
-    return text
+    return None
 
 
 def _checks(gx_result: Any, columns: list[str], df: pd.DataFrame) -> list[dict[str, Any]]:
