@@ -602,6 +602,26 @@ class Staleness(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Costs(_Section):
+    """When a step's cost (task_costs: wall seconds, peak memory) is alerted: a jump tonight or a slow leak."""
+
+    slower_factor: Annotated[float, Strict(), Field(gt=1, allow_inf_nan=False, description=(
+        "A step whose wall seconds tonight exceed this many times the median of its last history_nights nights "
+        "is alerted as slower; a steady rise by this factor over those nights, as a slow leak."))] = 2.0
+    bigger_factor: Annotated[float, Strict(), Field(gt=1, allow_inf_nan=False, description=(
+        "The same for the step's peak resident memory (bigger, or a memory leak)."))] = 1.5
+    history_nights: Annotated[Positive, Field(ge=3, description=(
+        "Recorded nights (not dry runs) a step is compared with, and the leak is fitted on, tonight included."))] = 14
+    min_nights: Annotated[Positive, Field(ge=3, description=(
+        "Nights of a step's history needed before any of its costs is judged."))] = 5
+    min_seconds: Annotated[NonNegative, Field(description=(
+        "A step is called slower only when it also took this many seconds more than its median: "
+        "short steps jitter."))] = 5.0
+    min_megabytes: Annotated[NonNegative, Field(description=(
+        "A step is called bigger only when its peak memory also grew by this many MB over its median."))] = 100.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Warehouse(_Section):
     """Where predictions and the run history are published."""
 
@@ -649,6 +669,9 @@ class DatasetSpec(_Section):
     staleness: Annotated[Staleness, Field(description=(
         "The age-vs-quality curve and the recommended retraining cadence (include/nightshift/staleness.py)."))] = \
         dataclasses.field(default_factory=Staleness)
+    costs: Annotated[Costs, Field(description=(
+        "When a step's wall time or peak memory is alerted (include/nightshift/task_costs.py)."))] = \
+        dataclasses.field(default_factory=Costs)
     # The file the spec was read from: set by load_spec, never a key of the file.
     path: SkipJsonSchema[str] = ""
 

@@ -198,6 +198,26 @@ STALENESS_COLUMNS: dict[str, tuple[str, str]] = {
 }
 STALENESS_KEY = ("day", "model_name", "version")
 
+# task_costs (migration 11): what each step cost, per night, run and try (task_costs.py measures and reads them).
+TASK_COSTS = "task_costs"
+TASK_COST_COLUMNS: dict[str, tuple[str, str]] = {
+    "night": ("date NOT NULL", "The night the run processed (its logical date)."),
+    "dag_run_id": ("text NOT NULL", "The Airflow DAG run."),
+    "task_id": ("text NOT NULL", "The step (snapshot, validate, train, score, ...)."),
+    "try_number": ("integer NOT NULL", "The task's try (a retry or a cleared task measures again)."),
+    "dry_run": ("boolean NOT NULL DEFAULT false", "A dry run's costs: real, but left out of the alert baselines."),
+    "outcome": ("text", "How the step ended: success, skipped or failed (its cost up to the failure)."),
+    "started_at": ("timestamptz", "When the step's execute began."),
+    "wall_seconds": ("double precision NOT NULL", "Elapsed seconds of the step's execute."),
+    "cpu_seconds": ("double precision", "CPU seconds (user + system) of the task's process during the step."),
+    "rss_start_bytes": ("bigint", "Resident memory of the task's process when the step began."),
+    "rss_peak_bytes": ("bigint", "Peak resident memory of the task's process during the step."),
+    "rows": ("bigint", "Rows the step processed (from its output; NULL: a step that processes no rows)."),
+    "rows_per_second": ("double precision", "rows / wall_seconds (NULL without rows)."),
+    "recorded_at": ("timestamptz NOT NULL DEFAULT now()", "When record_run wrote the row."),
+}
+TASK_COST_KEY = ("night", "dag_run_id", "task_id", "try_number")
+
 # run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
 # pipeline_runs columns where they mean the same, plus what only an attempt has (dry_run, conf, failed_tasks).
 ATTEMPT_COLUMNS: dict[str, tuple[str, str]] = {
@@ -404,6 +424,13 @@ def _create_model_versions(cur: Cursor, spec: DatasetSpec, key_name: str, key_ty
                       "metrics, gate and serving period.")
 
 
+def _create_task_costs(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """task_costs: wall, CPU, memory and rows of each step, per night, run and try."""
+    _create_commented(cur, table(spec, TASK_COSTS), TASK_COST_COLUMNS, TASK_COST_KEY,
+                      f"What each step of {spec.dag_id} cost: wall and CPU seconds, peak memory and rows, "
+                      "per night, DAG run and try (dry runs flagged).")
+
+
 def _create_staleness(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """model_staleness: each labelled day scored by the champion and older blessed versions."""
     _create_commented(cur, table(spec, MODEL_STALENESS), STALENESS_COLUMNS, STALENESS_KEY,
@@ -429,10 +456,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (8, "champion_changes.event allows external", _allow_external),
     (9, "model_versions (what made each version, and when it served)", _create_model_versions),
     (10, "model_staleness (each labelled day scored by versions of several ages)", _create_staleness),
+    (11, "task_costs (wall, CPU, memory and rows of each step)", _create_task_costs),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,
-             MODEL_STALENESS)
+             MODEL_STALENESS, TASK_COSTS)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
