@@ -262,6 +262,7 @@ def airflow_env(server_uri: str, settings: Path = ROOT / "airflow_settings.yaml"
         "nightshift_artifact_root": str(HOME / "artifacts"),
         "nightshift_mlflow_tracking_uri": f"sqlite:///{HOME / 'mlflow' / 'mlflow.db'}",
         "nightshift_mlflow_artifact_root": str(HOME / "mlflow" / "artifacts"),
+        "nightshift_mlflow_ui_url": "http://127.0.0.1:5000",  # make mlflow-ui
     }
     for var in config.get("variables") or []:
         name = var["variable_name"]

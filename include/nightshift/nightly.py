@@ -21,6 +21,7 @@ from psycopg import Connection
 from include.nightshift.artifacts import DRY_RUNS, ArtifactStore, run_folder, safe_name
 from include.nightshift.decide import Decision, decide, model_age_days
 from include.nightshift.registry import RUN_DATE_TAG, Registry
+from include.nightshift.reports import Origin, stamp_origin
 from include.nightshift.run_record import RunRecord
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
@@ -49,7 +50,7 @@ def take_night(source: SourceReader, store: ArtifactStore, spec: DatasetSpec, da
 
 
 def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotStep,
-                   recent_row_counts: list[int], *, dag_run_id: str) -> ValidationStep:
+                   recent_row_counts: list[int], *, origin: Origin) -> ValidationStep:
     """The spec's suite on the night's snapshot and on the newly labelled one; stops at the first failure.
 
     The row-count norm applies to the night only (a labelled day is the night before, already
@@ -68,8 +69,10 @@ def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotSt
             result = validate_snapshot(
                 read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
                 recent_row_counts=() if labelled else recent_row_counts, report_dir=tmp / kind)
+            if result.report_path:
+                stamp_origin(result.report_path, origin)
             url = keep_report_folder(store, tmp / kind, result.report_path,
-                                     (*run_folder(spec.name, snapshot.day, dag_run_id), "validation", kind))
+                                     (*run_folder(spec.name, snapshot.day, origin.dag_run_id), "validation", kind))
         results[kind] = {**result.to_dict(), "report_path": url}
         if url:
             urls[kind] = url
@@ -93,7 +96,7 @@ def keep_report_folder(store: ArtifactStore, folder: Path, entry: str | None, ba
 
 
 def measure_night_drift(source: SourceReader, conn: Connection, store: ArtifactStore, registry: Registry,
-                        spec: DatasetSpec, snapshot: SnapshotStep, *, dag_run_id: str) -> DriftStep:
+                        spec: DatasetSpec, snapshot: SnapshotStep, *, origin: Origin) -> DriftStep:
     """The current window's features (and the champion's scores) against the reference, and how many
     nights in a row the drift has lasted (from `conn`'s pipeline_runs).
 
@@ -118,9 +121,10 @@ def measure_night_drift(source: SourceReader, conn: Connection, store: ArtifactS
         log.info("drift not measured: %d current and %d reference rows", len(current), len(reference))
         return DriftStep(share=None, champion_version=version, details={"windows": windows})
     score = _champion_scorer(registry, spec, champion)
-    url = store.url(*run_folder(spec.name, snapshot.day, dag_run_id), "drift.html")  # this run's, not the night's
+    url = store.url(*run_folder(spec.name, snapshot.day, origin.dag_run_id), "drift.html")  # this run's, not the night's
     with store.staging_dir() as tmp:
         result = measure_drift(current, reference, spec, html_path=tmp / "drift.html", score=score)
+        stamp_origin(tmp / "drift.html", origin)
         store.put_file(tmp / "drift.html", url)
     detected = result.share >= spec.drift.share_threshold
     history = drift_history(conn, spec, snapshot.day, version)
@@ -540,7 +544,7 @@ def _challenger_models(store: ArtifactStore, registry: Registry, spec: DatasetSp
 
 
 def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
-                     day: dt.date, policy: str, dry_run: bool, dag_run_id: str,
+                     day: dt.date, policy: str, dry_run: bool, origin: Origin,
                      reports: dict[str, str], conn: Connection | None = None) -> VerdictStep:
     """Champion, challenger (loaded back from the registry) and baseline on the same holdout; the gate;
     the run's policy. The evaluation report is written and logged before anything moves.
@@ -573,13 +577,13 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                    roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
                    challenger_family=trained.family, lost_champion=lost)
     promote, why = already_champion(champion, trained) or apply_policy(verdict, policy, dry_run=dry_run)
-    judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=dag_run_id,
+    judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=origin.dag_run_id,
                          champion_version=champion.version if champion else None,
                          challenger_version=trained.version, promoted=promote, policy_note=why,
                          evaluation=evaluation, family=trained.family, candidates=trained.candidates,
                          reused=trained.reused)
     plots = evaluation_plots(y, scores, spec, evaluation=evaluation)  # for the report and the MLflow run
-    url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots)
+    url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots, origin=origin)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
              why, verdict.message())
     return dataclasses.replace(judged, report_url=url)
@@ -592,7 +596,7 @@ MLFLOW_REPORT_FOLDERS = {"drift": "reports", "validation": "reports/validation",
 
 def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
                             trained: TrainingStep, judged: VerdictStep, reports: dict[str, str], *,
-                            plots: list | tuple = ()) -> str:
+                            plots: list | tuple = (), origin: Origin | None = None) -> str:
     """evaluation.html (+ .json, with `plots` embedded) in the artifact store; it and the night's other
     reports on the challenger's MLflow run, so the run in MLflow holds every page its promotion was decided
     on, with the holdout numbers as run metrics and the plots and evaluation.json under evaluation/."""
@@ -608,6 +612,8 @@ def write_evaluation_report(store: ArtifactStore, registry: Registry, spec: Data
     with store.staging_dir() as tmp:
         (tmp / "evaluation.html").write_text(evaluation_report_html(judged.evaluation, record, title, spec=spec,
                                                                     plots=plots))
+        stamp_origin(tmp / "evaluation.html", origin,
+                     mlflow_run=(registry.experiment_of(trained.run_id), trained.run_id) if trained.run_id else None)
         store.put_file(tmp / "evaluation.html", url)
         if not trained.run_id:  # a dry run's challenger: no MLflow run to attach the pages to
             return url

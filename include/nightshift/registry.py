@@ -438,6 +438,10 @@ class Registry:
         return f"{base}/{artifact_path.strip('/')}/{local.name}" if artifact_path else f"{base}/{local.name}"
 
     def record_verdict(self, model_name: str, version: int, verdict: dict[str, Any]) -> None:
+    def experiment_of(self, run_id: str) -> str:
+        """The experiment id of a run (for a link to the run in the MLflow UI)."""
+        return self.client.get_run(run_id).info.experiment_id
+
         """Record why a version was not promoted (description and tags; the alias does not move).
 
         Rejected challengers keep their numbers so that every decision can be audited.

@@ -20,10 +20,13 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urljoin
 
 from include.nightshift.spec import DatasetSpec
 
@@ -55,6 +58,56 @@ def _environment() -> Environment:
 def render(template: str, **context: Any) -> str:
     """A whole page from `template` (under templates/); every value in `context` is escaped."""
     return _environment().get_template(template).render(**context)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The run a page belongs to, for the line at the top of the page: a report opened from the index, a task's
+    button, MLflow's artifact view or a colleague's message says which DAG run wrote it and links back to
+    that run in the Airflow UI (and, for a page about a trained model, to its MLflow run).
+
+    :param dag_run_id: the Airflow DAG run that wrote the page.
+    :param airflow_url: that run's page in the Airflow UI (root-relative without `[api] base_url`).
+    :param mlflow_ui: the MLflow UI's address (Variable `nightshift_mlflow_ui_url`); None: shown as text.
+    """
+
+    dag_run_id: str
+    airflow_url: str | None = None
+    mlflow_ui: str | None = None
+
+    def mlflow_run_url(self, experiment_id: str | None, run_id: str) -> str | None:
+        """The MLflow UI's page of a run, when the UI's address is known."""
+        if not self.mlflow_ui or not experiment_id:
+            return None
+        run = f"#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
+        return f"{self.mlflow_ui.rstrip('/')}/{run}"
+
+
+def airflow_run_url(base_url: str | None, dag_id: str, dag_run_id: str) -> str:
+    """A DAG run's page in the Airflow 3 UI; root-relative without a base URL (the reports app shares its origin)."""
+    base = (base_url or "/").rstrip("/") + "/"
+    return urljoin(base, f"dags/{quote(dag_id, safe='')}/runs/{quote(dag_run_id, safe='')}")
+
+
+_BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
+
+
+def stamp_origin(path: str | Path, origin: Origin | None, *, mlflow_run: tuple[str | None, str] | None = None) -> None:
+    """Put the origin line at the top of a page already written, whoever made it (Evidently's report as well
+    as Nightshift's templates): one mechanism for every page a run writes. A page without <body> is left as it is.
+
+    :param mlflow_run: (experiment id, run id) of the MLflow run the page is about, if any.
+    """
+    if origin is None:
+        return
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    body = _BODY.search(text)
+    if body is None:
+        return
+    mlflow = None if mlflow_run is None else {"run_id": mlflow_run[1], "url": origin.mlflow_run_url(*mlflow_run)}
+    line = _environment().get_template("origin.html").render(origin=origin, mlflow=mlflow)
+    path.write_text(text[:body.end()] + line + text[body.end():], encoding="utf-8")
 
 
 def message_page(title: str, paragraphs: list[str] = (), items: list[str] = ()) -> str:

@@ -75,7 +75,7 @@ class ValidateOperator(NightshiftOperator):
         with self.connect() as conn:
             warehouse.ensure_warehouse(conn, self.spec)
             recent = warehouse.recent_row_counts(conn, self.spec, snap.day, self.spec.validation.row_norm_days)
-        result = validate_night(runtime.artifact_store(), self.spec, snap, recent, dag_run_id=context["run_id"])
+        result = validate_night(runtime.artifact_store(), self.spec, snap, recent, origin=runtime.origin(context))
         for kind, url in result.report_urls.items():
             context["ti"].xcom_push(key=REPORT_KEYS[kind], value=url)
         if result.passed:
@@ -100,7 +100,7 @@ class DriftOperator(NightshiftOperator):
             watch_alias(context, conn, self.spec, night=runtime.run_date(context),  # moved in MLflow? (external.py)
                         dry_run=bool(self.param(context, "dry_run", False)))
             drift = measure_night_drift(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
-                                        self.received()["snapshot"], dag_run_id=context["run_id"])
+                                        self.received()["snapshot"], origin=runtime.origin(context))
         context["ti"].xcom_push(key=REPORT_URL, value=drift.report_url)  # None: no report, no button
         return drift.to_xcom()
 
@@ -177,7 +177,7 @@ class EvaluateOperator(NightshiftOperator):
             verdict = judge_challenger(
                 runtime.artifact_store(), registry, self.spec, got["trained"], day=runtime.run_date(context),
                 policy=policy, dry_run=bool(self.param(context, "dry_run", False)), conn=conn,
-                dag_run_id=context["run_id"], reports=run_reports(got["validation"], got["drift"]))
+                origin=runtime.origin(context), reports=run_reports(got["validation"], got["drift"]))
             context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
             replaced = settle_verdict(registry, conn, self.spec, verdict)
             if not self.param(context, "dry_run", False):  # the warehouse's model_versions row (versions.py)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 ARTIFACT_ROOT_VARIABLE = "nightshift_artifact_root"
 TRACKING_URI_VARIABLE = "nightshift_mlflow_tracking_uri"
 MLFLOW_ARTIFACTS_VARIABLE = "nightshift_mlflow_artifact_root"
+MLFLOW_UI_VARIABLE = "nightshift_mlflow_ui_url"  # optional: where a person opens MLflow (for links in reports)
 
 
 class SettingMissing(RuntimeError):
@@ -138,6 +139,23 @@ def registry():
     except SettingMissing:
         pass
     return Registry(variable(TRACKING_URI_VARIABLE), artifact_location=artifacts)
+
+
+def origin(context: Any):
+    """The run's Origin for the pages it writes: its page in the Airflow UI (`[api] base_url`, else
+    root-relative) and the MLflow UI's address (Variable nightshift_mlflow_ui_url, else the tracking URI
+    when it is http(s), else none: the MLflow run id is shown as text)."""
+    from airflow.sdk.configuration import conf
+
+    from include.nightshift.reports import Origin, airflow_run_url
+
+    try:
+        ui = variable(MLFLOW_UI_VARIABLE)
+    except SettingMissing:
+        tracking = variable(TRACKING_URI_VARIABLE)
+        ui = tracking if tracking.startswith(("http://", "https://")) else None
+    return Origin(context["run_id"], airflow_run_url(conf.get("api", "base_url", fallback=None),
+                                                     context["dag"].dag_id, context["run_id"]), ui)
 
 
 def postgres_connection(conn_id: str):

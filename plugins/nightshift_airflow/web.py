@@ -242,18 +242,25 @@ def _night(store, folder: str, dataset: str, day: str, recorded: dict[str, Any] 
     named = {r["folder"] for r in known}  # a run the index does not know yet is likely the newest: first
     others = [_run(here, {"run": name, "folder": name, "status": "not recorded"}, files)
               for name in sorted({p.split("/", 1)[0] for p in files if "/" in p} - named - {"validation"})]
-    others += [_run(here, r, files) for r in recorded.get("runs", [])]
+    others += [_run(here, r, files, DAG_PREFIX + dataset) for r in recorded.get("runs", [])]
     legacy = _pages(here, "", files)
     if legacy:
-        others.append({"run": LEGACY, "status": "", "css": "", "note": None, "pages": legacy})
-    run = _run(here, recorded["run"], files) if recorded.get("run") else None
+        others.append({"run": LEGACY, "href": None, "status": "", "css": "", "note": None, "pages": legacy})
+    run = _run(here, recorded["run"], files, DAG_PREFIX + dataset) if recorded.get("run") else None
     return {"night": day, "status": recorded["status"], "css": STATUS_CLASS.get(recorded["status"], ""),
             "run": run, "others": others}
 
 
-def _run(here: str, run: dict[str, Any], files: set[str]) -> dict[str, Any]:
-    return {"run": run["run"], "status": run.get("status", ""), "css": STATUS_CLASS.get(run.get("status"), ""),
-            "note": run.get("note"), "pages": _pages(f"{here}/{quote(run['folder'])}", f"{run['folder']}/", files)}
+def _run(here: str, run: dict[str, Any], files: set[str], dag_id: str | None = None) -> dict[str, Any]:
+    """One run's row; with `dag_id` (a run the index knows by its exact id) a link to its page in the Airflow UI."""
+    from airflow.configuration import conf
+
+    from include.nightshift.reports import airflow_run_url
+
+    href = airflow_run_url(conf.get("api", "base_url", fallback=None), dag_id, run["run"]) if dag_id else None
+    return {"run": run["run"], "href": href, "status": run.get("status", ""),
+            "css": STATUS_CLASS.get(run.get("status"), ""), "note": run.get("note"),
+            "pages": _pages(f"{here}/{quote(run['folder'])}", f"{run['folder']}/", files)}
 
 
 def _night_files(store, dataset: str, day: str) -> set[str]:

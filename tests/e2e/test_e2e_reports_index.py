@@ -25,10 +25,17 @@ CHURN = 'section[data-dataset="churn"]'
 
 
 def _rows(frame, kind: str, night: str) -> list[dict]:
-    """Text and link addresses of each row of one kind (night / other-run) of one night of churn's table."""
+    """Text, the run's link (to its page in the Airflow UI) and the report links of each row of one kind
+    (night / other-run) of one night of churn's table."""
     rows = frame.locator(f'{CHURN} tr.{kind}[data-night="{night}"]')
     return [{"text": rows.nth(i).inner_text(),
-             "hrefs": [a.get_attribute("href") for a in rows.nth(i).locator("a").all()]} for i in range(rows.count())]
+             "run": [a.get_attribute("href") for a in rows.nth(i).locator("td:nth-child(3) a").all()],
+             "hrefs": [a.get_attribute("href") for a in rows.nth(i).locator("td:nth-child(4) a").all()]}
+            for i in range(rows.count())]
+
+
+def _run_page(run_id: str) -> str:
+    return f"/dags/{NIGHTLY}/runs/{urllib.parse.quote(run_id, safe='')}"
 
 
 def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_reports(
@@ -49,6 +56,7 @@ def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_re
         (row,) = _rows(frame, "night", night)
         assert "published" in row["text"] and run in row["text"], row
         assert row["hrefs"] and all(f"/{night}/{safe_name(run)}/" in href for href in row["hrefs"]), row
+        assert row["run"] == [_run_page(run)], row  # the run id opens the run in the Airflow UI
     replaced = [r["text"] for r in _rows(frame, "other-run", D3.isoformat()) if "replaced" in r["text"]]
     for twin in (r["dag_run_id"] for r in twin_runs if r["dag_run_id"] != published[D3.isoformat()]):
         assert [text for text in replaced if twin in text], (twin, replaced)  # it published, then a rerun did
@@ -65,7 +73,15 @@ def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_re
     screenshot(page, "14-reports-index-page")
     answer = page.goto(urllib.parse.urljoin(f"{stack.base_url}/nightshift/", dry["hrefs"][-1]))
     assert answer.ok and "challenger of a dry run (not registered)" in page.content()
+    origin = page.locator("p.origin")  # which run wrote the page, a link back to it (no MLflow run: a dry run)
+    assert origin.inner_text() == f"Written by DAG run {REPORTED_RUN}", origin.inner_text()
+    assert origin.locator("a").get_attribute("href") == _run_page(REPORTED_RUN)
     screenshot(page, "15-reports-index-dry-run-evaluation")
+    origin.locator("a").click()  # from the report back to its run in the Airflow UI
+    page.wait_for_url(lambda url: urllib.parse.unquote(urllib.parse.urlparse(url).path)
+                      == urllib.parse.unquote(_run_page(REPORTED_RUN)))
+    page.get_by_text(REPORTED_RUN).first.wait_for()
+    screenshot(page, "15b-report-origin-opens-the-run")
     # the dry run trained and judged a challenger, and MLflow has no version or run of it
     assert not [v for v in registry.client.search_model_versions(f"name = '{MODEL}'")
                 if v.tags.get("nightshift.dag_run_id") == REPORTED_RUN]

@@ -95,6 +95,13 @@ def test_run_triggered_from_the_form_runs_with_what_was_typed(browser_page, stac
         cur.execute("SELECT count(*) FROM churn.predictions WHERE score_date = %s", (D2,))
         assert cur.fetchone() == before  # a dry run publishes nothing
 
+    # which night the run processed shows in the runs list too (its conf column), not only in its header
+    page.goto(f"{stack.base_url}/dags/{NIGHTLY}/runs")
+    row = page.locator("tbody tr", has=page.get_by_text(run_id, exact=True))
+    row.wait_for()
+    screenshot(page, "06b-runs-list-conf")
+    assert D2.isoformat() in row.inner_text(), row.inner_text()  # the run itself ran today: D2 is its conf
+
 
 # --- (g) report links of a task ------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ connections, variables) before it is imported, exactly as in the demo. Each plan
 changes the source for real (load a day, reveal labels, run SQL, drop and recreate the
 empty source table) or runs the nightly DAG for a date with a conf; after each run it prints
 one JSON line with the run's state, the registry's champion at that moment and its seconds.
+A "move_alias" step moves the champion alias in MLflow as a person would, outside Nightshift.
 A plan may name its own specs folder ("specs_dir", for NIGHTSHIFT_SPECS_DIR) and edit a spec
 file in it between nights ("edit_spec"): the tasks read their spec file when they run.
 
@@ -70,6 +71,8 @@ def main(plan_path: str) -> int:
             if text.count(old) != 1:
                 raise ValueError(f"edit_spec: {old!r} is not in {path} exactly once")
             path.write_text(text.replace(old, new))
+        elif kind == "move_alias":  # {}: a person points `champion` at another version in MLflow, outside Nightshift
+            move_alias(runtime.registry(), spec.model_name)
         elif kind == "run":  # {"day": date, "conf": {...}, "env": {NAME: value, set for this run only}, "dag": suffix}
             saved = {name: os.environ.get(name) for name in arg.get("env", {})}
             os.environ.update(arg.get("env", {}))  # e.g. AIRFLOW_CONN_<ID>: a connection pointed elsewhere
@@ -92,6 +95,14 @@ def main(plan_path: str) -> int:
             raise ValueError(f"unknown plan step {kind!r}")
     source.close()
     return 0
+
+
+def move_alias(registry, model_name: str) -> None:
+    """What the MLflow UI's alias editor does: `champion` onto another version (the first, else the newest other)."""
+    current = registry.champion(model_name).version
+    versions = sorted(int(v.version) for v in registry.client.search_model_versions(f"name = '{model_name}'"))
+    target = next(v for v in [versions[0], *reversed(versions)] if v != current)
+    registry.client.set_registered_model_alias(model_name, "champion", str(target))
 
 
 if __name__ == "__main__":

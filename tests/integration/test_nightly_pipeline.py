@@ -63,6 +63,8 @@ PLAN = {
         {"run": {"day": d(N[4])}},
         {"load_days": {"from": d(N[5]), "to": d(N[5])}}, {"reveal": d(N[4])},
         {"run": {"day": d(N[5])}},
+        # someone moves the champion alias in the MLflow UI; the next run finds it (and a dry run after records nothing)
+        {"move_alias": {}},
         # a published night, asked for again; night 6 may have promoted a model trained after it
         {"run": {"day": d(N[4]), "conf": {"note": "rerun", "rerun_published": True, "allow_later_model": True}}},
         {"run": {"day": d(N[4]), "conf": {"note": "dry", "dry_run": True, "force_retrain": True,
@@ -270,3 +272,19 @@ def test_reports_are_kept_per_run_and_the_index_names_the_run_that_published_eac
                                                                 (first["run_id"], "replaced")]
     failed = next(n for n in index["nights"] if n["night"] == d(N[3]))
     assert (failed["status"], failed["run"]["run"]) == ("failed", nights["runs"][3]["run_id"])
+
+
+def test_an_alias_moved_in_mlflow_is_found_by_the_next_nightly_run_recorded_once_and_alerted(nights):
+    """The nightly drift step compares the alias with the last audit row before anything reads the champion."""
+    from include.nightshift.external import ACTOR
+
+    *_, night6, rerun, dry = nights["runs"]
+    assert rerun["champion"] != night6["champion"]  # moved between them, and not moved back by Nightshift
+    rows = query(nights, "SELECT event, from_version, to_version, actor, state, night, dag_run_id "
+                         "FROM churn.champion_changes WHERE event = 'external'")
+    assert rows == [("external", night6["champion"], rerun["champion"], ACTOR, "done", N[4], rerun["run_id"])]
+    log = read_log(rerun)
+    moved = f"v{night6['champion']} -> v{rerun['champion']}"
+    assert f"nightshift external_change: nightshift_churn: champion moved outside Nightshift, {moved}" in log, log[-3000:]
+    served = query(nights, "SELECT DISTINCT model_version FROM churn.predictions WHERE score_date = %s", (N[4],))
+    assert served == [(rerun["champion"],)]  # the night rerun after the move is served by the version found

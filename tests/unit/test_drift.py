@@ -267,6 +267,7 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     from include.nightshift import demo_data, warehouse
     from include.nightshift.artifacts import ArtifactStore
     from include.nightshift.nightly import measure_night_drift, take_night
+    from include.nightshift.reports import Origin, airflow_run_url
 
     spec = with_drift(churn_spec, reference="recent", current_nights=2, reference_nights=3, persist_nights=2)
     night = dt.date(2026, 4, 10)
@@ -282,7 +283,8 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     store = ArtifactStore(tmp_path / "artifacts")
     snapshot = take_night(pg_conn, store, spec, night)
 
-    drift = measure_night_drift(pg_conn, pg_conn, store, registry, spec, snapshot, dag_run_id="r1")
+    origin = Origin("r1", airflow_run_url(None, spec.dag_id, "r1"))
+    drift = measure_night_drift(pg_conn, pg_conn, store, registry, spec, snapshot, origin=origin)
 
     windows = drift.details["windows"]
     assert windows["current_days"] == ["2026-04-10", "2026-04-09"]
@@ -291,10 +293,10 @@ def test_night_drift_pools_windows_from_the_source_and_counts_persistence(pg_con
     assert drift.detected and drift.share >= spec.drift.share_threshold and SHIFTED <= set(drift.drifted)
     assert drift.persisted_nights == 2 and drift.details["history"][0]["drifted"] is True
     assert drift.champion_version is None and drift.prediction_drift is None  # no champion: no output drift
-    assert store.exists(drift.report_url)
+    assert f'Written by DAG run <a href="/dags/{spec.dag_id}/runs/r1">r1</a>' in store.read_text(drift.report_url)
     calm = measure_night_drift(pg_conn, pg_conn, store, registry, with_drift(spec, current_nights=1,
                                                                                reference_nights=1), snapshot,
-                               dag_run_id="r2")
+                               origin=Origin("r2"))
     # against the night before (drifted too), a recent reference has caught up: nothing to act on
     assert calm.details["windows"]["reference_days"] == ["2026-04-09"]
     assert calm.detected is False and calm.persisted_nights == 0

@@ -17,6 +17,7 @@ from include.nightshift import demo_data, report_index, training
 from include.nightshift import warehouse as wh
 from include.nightshift.artifacts import ArtifactStore, run_folder, safe_name
 from include.nightshift.nightly import judge_challenger, settle_verdict, train_challenger
+from include.nightshift.reports import Origin
 from include.nightshift.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +52,14 @@ def test_a_dry_run_trains_and_judges_its_challenger_without_a_run_or_version_in_
     assert trained.holdout_scores_url == store.url(*kept, "challenger.npz") and store.exists(trained.model_url)
 
     verdict = judge_challenger(store, registry, SPEC, trained, day=NIGHT, policy="force", dry_run=True,
-                               dag_run_id=DRY, reports={}, conn=source)
+                               origin=Origin(DRY, "/dags/nightshift_churn/runs/x"), reports={}, conn=source)
     assert verdict.promoted is False and verdict.challenger_version is None and verdict.challenger is not None
     roundtrip = next(c for c in verdict.checks if c["name"] == "roundtrip")
     assert roundtrip["passed"], roundtrip  # the kept model scores the holdout exactly as the fresh fit did
     assert verdict.report_url == store.url(*run_folder(SPEC.name, NIGHT, DRY), "evaluation.html")
     page = store.read_text(verdict.report_url)
     assert "challenger of a dry run (not registered)" in page and "vNone" not in page
+    assert f'Written by DAG run <a href="/dags/nightshift_churn/runs/x">{DRY}</a></p>' in page  # no MLflow run
     assert settle_verdict(registry, source, SPEC, verdict) is None
 
     client = registry.client

@@ -412,3 +412,34 @@ def test_regression_report_shows_predicted_against_actual_and_the_residuals():
     residuals = shown["residuals"]["alt"]
     for role, s in scores.items():
         assert f"{role}: mean {np.mean(s - y):+.3f}, standard deviation {np.std(s - y):.3f}" in residuals
+
+
+def test_the_origin_line_links_the_airflow_run_and_the_mlflow_run_with_every_id_quoted_and_escaped(tmp_path):
+    """Stamped on any page, ours or Evidently's: a run id with `+`, `:` and a quote stays one path segment."""
+    from include.nightshift.reports import Origin, airflow_run_url, stamp_origin
+
+    run_id = "manual__2026-02-01T00:00:00+00:00\"<x>"
+    origin = Origin(run_id, airflow_run_url("https://airflow.example/ops/", "nightshift_churn", run_id),
+                    mlflow_ui="http://127.0.0.1:5000/")
+    ours = tmp_path / "evaluation.html"
+    ours.write_text(message_page("t", ["body text"]), encoding="utf-8")
+    stamp_origin(ours, origin, mlflow_run=("7", "abc123"))
+    text = ours.read_text(encoding="utf-8")
+    airflow = ("https://airflow.example/ops/dags/nightshift_churn/runs/"
+               "manual__2026-02-01T00%3A00%3A00%2B00%3A00%22%3Cx%3E")
+    assert f'<a href="{airflow}">manual__2026-02-01T00:00:00+00:00&#34;&lt;x&gt;</a>' in text
+    assert '· MLflow run <a href="http://127.0.0.1:5000/#/experiments/7/runs/abc123">abc123</a>' in text
+    assert text.index('class="origin"') < text.index("body text")  # at the top
+    assert not [t for t, _ in Page(text).tags if t in ("script", "link", "iframe")]  # links to follow, nothing loaded
+
+    theirs = tmp_path / "drift.html"  # a page we did not template, with attributes on <body>
+    theirs.write_text("<html><head></head><BODY class='x'><div id=app></div></BODY></html>", encoding="utf-8")
+    stamp_origin(theirs, Origin("r1"), mlflow_run=("7", "abc123"))  # no UI address: ids as text, no links
+    assert theirs.read_text().startswith("<html><head></head><BODY class='x'><p class=\"origin\"")
+    assert "Written by DAG run r1 · MLflow run abc123</p>\n<div id=app>" in theirs.read_text()
+
+    bare = tmp_path / "bare.txt"
+    bare.write_text("no body here")
+    stamp_origin(bare, origin)
+    stamp_origin(ours, None)
+    assert bare.read_text() == "no body here" and ours.read_text(encoding="utf-8") == text
