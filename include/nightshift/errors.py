@@ -36,6 +36,7 @@ PERMANENT_TYPES = {
     "include.nightshift.registry.RollbackRefused": "the rollback was refused",
     "include.nightshift.registry.ModelArtifactsMissing": "model files are missing from the artifact store",
     "include.nightshift.history.RunRefused": "the run would rewrite history without being asked to",
+    "include.nightshift.skew.ServingSkew": "the serving path does not reproduce training",
 }
 
 # SQLSTATE (PostgreSQL's error code, as psycopg and ADBC report it): an exact code or a class prefix.

@@ -719,10 +719,14 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     """The champion scores the night, chunk by chunk; NoModel when there is no champion (no_model).
 
     A champion trained on a night after this one is refused unless allowed (history.refuse_look_ahead):
-    rerunning a past night must not score it with what was learnt later.
+    rerunning a past night must not score it with what was learnt later. Before anything is written, the
+    champion must reproduce its logged training scores through the serving path on tonight's environment, and
+    the serving path must feed it the features the training path would (skew.py: ServingSkew otherwise); the
+    evidence, with tonight's environment against the champion's, is the step's `checks`.
     """
     from include.nightshift.history import refuse_look_ahead
     from include.nightshift.scoring import score_snapshot
+    from include.nightshift.skew import before_scoring
 
     champion = registry.champion(spec.model_name)
     if champion is None:
@@ -732,14 +736,14 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     refuse_look_ahead(spec, champion.version, trained_for and dt.date.fromisoformat(trained_for), snapshot.day,
                       allowed=allow_later_model or dry_run)  # a dry run publishes nothing
     url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
-    rows = score_snapshot(
-        store, snapshot.current.url, url, spec,
-        model=registry.load_model(spec.model_name, champion.version), model_version=champion.version,
-        snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id)
+    model = registry.load_model(spec.model_name, champion.version)
+    watch = before_scoring(store, registry, spec, snapshot.current, champion, model)  # the round trip, tonight
+    rows = score_snapshot(store, snapshot.current.url, url, spec, model=model, model_version=champion.version,
+                          snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id, watch=watch)
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
     # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
     return ScoringStep(url=url, rows=rows, model_version=champion.version,
-                       day=dt.date.fromisoformat(snapshot.current.day))
+                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks)
 
 
 def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,

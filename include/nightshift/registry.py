@@ -90,9 +90,12 @@ FAMILY_TAG = "nightshift.family"  # on a run and its version: the model family t
 # A retrain with the same key reuses that version (find_reusable) instead of registering a duplicate.
 TRAINING_KEY_TAG = "nightshift.training_key"
 DAG_RUN_TAG = "nightshift.dag_run_id"  # on a run and its version: the Airflow run that trained it (search by it)
+# On a run and its version: the fingerprint of Python's and the prediction path's library versions at training
+# (environment.digest; the versions are the run's serving_check/environment.json).
+ENVIRONMENT_TAG = "nightshift.environment"
 # Every tag a version gets outside a rollback (whose who/why/when adds its own, ROLLBACK_* and ROLLED_BACK_*).
 VERSION_TAGS = (RUN_DATE_TAG, DAG_RUN_TAG, FAMILY_TAG, TRAINING_KEY_TAG, JUDGED_TAG, GATE_TAG, BLESSED_TAG,
-                PROMOTED_AT_TAG, REPLACED_VERSION_TAG)
+                PROMOTED_AT_TAG, REPLACED_VERSION_TAG, ENVIRONMENT_TAG)
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
 VERDICT_PREFIX = "verdict."  # the verdict as tags, on versions judged before issue 13 (read, never written)
 EVALUATION_FOLDER = "evaluation"  # on the challenger's run: the plots and evaluation.json
@@ -227,11 +230,18 @@ class Registry:
         The run holds everything needed to judge and reproduce the model later: params,
         metrics, tags (data hashes, Airflow run id), the model with its signature and an input
         example, the baseline it was compared with (logged, not registered) and the reference
-        data that drift is measured against. The version carries the same tags, so the
+        data that drift is measured against, and what the nightly skew checks compare with (serving_check/:
+        a fixed training sample with the scores this model gave it, and the training rows' feature statistics;
+        environment.json: the library versions it was trained with, fingerprinted by the tag nightshift.environment). The version carries the same tags, so the
         registry UI alone tells where a version came from. The snapshots it was trained and held
         out on are the run's dataset inputs (MLflow's lineage view), by address and hash. `run_name`
         says what happened (run_name(): "churn 2026-02-12 drift"); None lets MLflow make one up.
         """
+        from include.nightshift.environment import current_environment, digest
+        from include.nightshift.skew import FOLDER, write_serving_check
+
+        environment = current_environment()  # the libraries it is trained with; the tag is their fingerprint
+        tags = {ENVIRONMENT_TAG: digest(environment), **tags}
         experiment_id = self._experiment_id(spec.dag_id)
         example = features_frame(train_df.head(INPUT_EXAMPLE_ROWS), spec)
         output = model.predict(example) if spec.task == "regression" else model.predict_proba(example)
@@ -248,6 +258,9 @@ class Registry:
                 path = Path(tmp) / REFERENCE_ARTIFACT
                 reference.to_parquet(path, index=False)
                 mlflow.log_artifact(str(path))
+                # the serving round trip's sample and scores, and the training rows' feature statistics (skew.py)
+                mlflow.log_artifacts(str(write_serving_check(Path(tmp) / FOLDER, model, train_df, spec,
+                                                                         environment)), FOLDER)
             registered = mlflow.register_model(logged.model_uri, spec.model_name, tags={**tags, JUDGED_TAG: "false"})
         return self.version(spec.model_name, int(registered.version))
 

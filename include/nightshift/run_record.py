@@ -156,7 +156,8 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                  "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
                  "drift_columns": _field(drift, "details", {}).get("columns"),  # per feature: the health heatmap
                  "reports": _report_urls(validation, drift, verdict),  # the health page links each night to them
-                 "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note")},
+                 "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note"),
+                 "serving": _field(scored, "checks")},  # environment, round trip and skew (skew.before_scoring)
         dry_run=bool(params.get("dry_run")),
         conf=params,
     )

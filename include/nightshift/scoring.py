@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.training import predict_scores
+from include.nightshift.training import features_frame, predict_scores
 from include.nightshift.warehouse import prediction_schema
 
 
@@ -39,18 +39,39 @@ def _multiclass_columns(probabilities: np.ndarray, spec: DatasetSpec) -> dict[st
                                              for row in probabilities], type=pa.string())}
 
 
+def serving_chunks(source, spec: DatasetSpec):
+    """The serving path's reader: a snapshot's rows as frames of at most scoring.chunk_rows rows, in file order."""
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=spec.scoring.chunk_rows):
+        yield batch.to_pandas()
+
+
+def serving_features(chunk, spec: DatasetSpec):
+    """The model inputs the serving path builds from a chunk of rows (what skew.SkewWatch compares with training's)."""
+    return features_frame(chunk, spec)
+
+
+def serving_scores(model, chunk, spec: DatasetSpec, watch=None, start: int = 0) -> np.ndarray:
+    """A chunk's scores through the serving path; `watch` (skew.SkewWatch) sees the inputs the model was fed."""
+    features = serving_features(chunk, spec)
+    if watch is not None:
+        watch.see(features, start)
+    return predict_scores(model, features, spec)
+
+
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,
-                   model_version: int, snapshot_sha256: str, dag_run_id: str) -> int:
-    """Score every row of a snapshot into a predictions Parquet file; returns the row count."""
+                   model_version: int, snapshot_sha256: str, dag_run_id: str, watch=None) -> int:
+    """Score every row of a snapshot into a predictions Parquet file; returns the row count.
+
+    `watch` (skew.SkewWatch): sees every chunk's model inputs, and verifies them before anything is written
+    (its ServingSkew leaves the predictions file unwritten)."""
     schema = prediction_schema(spec)
     scored_at = dt.datetime.now(dt.timezone.utc)
     rows = 0
     with store.staging_dir() as tmp, store.open(snapshot_url) as source:
         local = tmp / "predictions.parquet"
         with pq.ParquetWriter(local, schema, compression="zstd") as writer:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=spec.scoring.chunk_rows):
-                chunk = batch.to_pandas()
-                scores = predict_scores(model, chunk, spec)
+            for chunk in serving_chunks(source, spec):
+                scores = serving_scores(model, chunk, spec, watch, rows)
                 extra = _multiclass_columns(scores, spec)
                 scores = scores.max(axis=1) if scores.ndim == 2 else scores  # multiclass: the predicted class's
                 if not np.isfinite(scores).all():
@@ -69,5 +90,7 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
                     **extra,
                 }, schema=schema))
                 rows += n
+        if watch is not None:
+            watch.verify()
         store.put_file(local, output_url)
     return rows

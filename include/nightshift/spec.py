@@ -622,6 +622,27 @@ class Costs(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Skew(_Section):
+    """Training/serving skew: the serving path must feed the model what the training path would (skew.py)."""
+
+    tolerance: Annotated[NonNegative, Field(description=(
+        "How far a feature's statistic (count, nulls, min, max, mean, quantiles, category shares) on tonight's "
+        "sampled rows may differ between the serving path and the training path (relative to the larger value, "
+        "at least 1) before it is a skew finding, which fails the score task: nothing is published."))] = 1e-9
+    sample_rows: Annotated[Positive, Field(description=(
+        "Tonight's rows (a fixed, seeded sample of positions) whose model inputs are compared between the two "
+        "paths."))] = 20000
+    round_trip_rows: Annotated[Positive, Field(description=(
+        "Training rows logged with each model version with the scores it gave them; every night the champion "
+        "must reproduce them through the serving path within 1e-9."))] = 256
+    top_categories: Annotated[Positive, Field(description=(
+        "Most frequent values kept per categorical feature in the statistics (their shares are compared)."))] = 20
+    null_share_gap: Annotated[Share, Field(description=(
+        "Evidence only: a feature whose null share tonight is further than this from training's is flagged in "
+        "the score step's evidence (drift judges the data; skew judges the code)."))] = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
 class Warehouse(_Section):
     """Where predictions and the run history are published."""
 
@@ -669,6 +690,9 @@ class DatasetSpec(_Section):
     staleness: Annotated[Staleness, Field(description=(
         "The age-vs-quality curve and the recommended retraining cadence (include/nightshift/staleness.py)."))] = \
         dataclasses.field(default_factory=Staleness)
+    skew: Annotated[Skew, Field(description=(
+        "Training/serving skew and the serving round trip, checked before every publish (include/nightshift/skew.py)."))] = \
+        dataclasses.field(default_factory=Skew)
     costs: Annotated[Costs, Field(description=(
         "When a step's wall time or peak memory is alerted (include/nightshift/task_costs.py)."))] = \
         dataclasses.field(default_factory=Costs)

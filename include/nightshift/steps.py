@@ -224,6 +224,7 @@ class ScoringStep(StepOutput):
     rows: int
     model_version: int | None
     day: dt.date
+    checks: dict = field(default_factory=dict)  # skew.before_scoring's evidence: environment, round_trip, skew
 
     @property
     def no_model(self) -> bool:

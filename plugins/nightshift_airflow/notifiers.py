@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 NOTIFIERS_VARIABLE = "nightshift_notifiers"
 DEFAULT_NOTIFIERS = "log"
 EVENTS = ("task_failed", "validation_failed", "drift", "no_model", "promotion", "rollback",
-          "external_change")  # external_change: the champion alias moved outside Nightshift (external.py)
+          "external_change",  # external_change: the champion alias moved outside Nightshift (external.py)
+          "dependency_change")  # the prediction path's libraries differ from the champion's training (environment.py)
 TEXT_LIMIT = 500  # characters of the one-line text; the full error goes in details
 
 

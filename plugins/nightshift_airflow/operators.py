@@ -200,15 +200,22 @@ class ScoreOperator(NightshiftOperator):
     ui_color = "#fed7aa"
 
     def execute(self, context: Any) -> dict:
+        from include.nightshift.environment import environment_alert
         from include.nightshift.nightly import NoModel, score_night
+        from include.nightshift.skew import ServingSkew
 
         got = self.received()
         if got["validation"] is None or not got["validation"].passed:  # that step's failure fails the run
             raise AirflowSkipException("the night's rows did not pass validation: nothing is scored")
         try:
-            return score_night(runtime.artifact_store(), runtime.registry(), self.spec, got["snapshot"],
-                               context["run_id"], dry_run=bool(self.param(context, "dry_run", False)),
-                               allow_later_model=bool(self.param(context, LATER_MODEL_PARAM, False))).to_xcom()
+            scored = score_night(runtime.artifact_store(), runtime.registry(), self.spec, got["snapshot"],
+                                 context["run_id"], dry_run=bool(self.param(context, "dry_run", False)),
+                                 allow_later_model=bool(self.param(context, LATER_MODEL_PARAM, False)))
+            alert(context, "dependency_change", environment_alert(self.spec.name, scored.checks))  # libraries moved
+            return scored.to_xcom()
+        except ServingSkew as exc:  # the serving path does not reproduce training (skew.py): nothing is published
+            alert(context, "dependency_change", environment_alert(self.spec.name, exc.checks))
+            raise
         except NoModel as exc:  # no champion after the gate: alerted, recorded no_model, fails unless the spec allows
             context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=exc.scored.to_xcom())  # for the run record
             alert(context, "no_model", exc.alert)

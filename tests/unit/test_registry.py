@@ -367,10 +367,10 @@ def test_a_judged_challenger_reads_in_mlflow_run_name_metrics_plots_description_
     assert failed and all(f"- **FAILED** {c['name']}: {c['detail']}" in description for c in failed)
 
     assert set(version.tags) == {DAG_RUN_TAG, RUN_DATE_TAG, FAMILY_TAG, TRAINING_KEY_TAG, "nightshift.judged",
-                                 GATE_TAG, "nightshift.blessed"}
+                                 GATE_TAG, "nightshift.blessed", "nightshift.environment"}
     assert version.tags[GATE_TAG] == "failed" and version.tags["nightshift.blessed"] == "false"
     promoted = registry.client.get_model_version(spec.model_name, str(first.version))
-    assert set(promoted.tags) <= set(VERSION_TAGS) and len(promoted.tags) == 8  # no predecessor to name
+    assert set(promoted.tags) <= set(VERSION_TAGS) and len(promoted.tags) == 9  # no predecessor to name
     assert promoted.description.startswith("**PROMOTED**")
     for tag in (*version.tags.values(), *promoted.tags.values()):
         assert len(tag) <= 64 and not tag.startswith(("{", "[")), tag  # short, readable: no JSON blob
