@@ -717,12 +717,14 @@ def _runs_rows(spec: DatasetSpec, runs: list[dict]) -> list[dict[str, Any]]:
 
 
 def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
-                     outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None) -> str:
+                     outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None,
+                     test_score: list[dict[str, Any]] | None = None) -> str:
     """The health page of one data set: plots over the nights, champion changes, every night.
 
     `runs`: run dicts (see the module docstring; read_history gives them), any order.
     `events`: champion changes (read_events gives them). `outputs`: each night's published output
     (read_outputs). With no run, a page that says so (and which version serves, if one does).
+    `test_score`: the newest night's ml_test_score rows (read_test_score), shown with the section scores.
     """
     stamp = (generated_at or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     nights = _runs(list(runs), outputs)
@@ -741,16 +743,79 @@ def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list
                   last_failed=last["failed"], failed_nights=failed, gaps=gaps,
                   figures=_figures(spec, nights, changes), periods=_periods_rows(nights),
                   runs=_runs_rows(spec, nights), metric=spec.promotion.metric,
+                  test_score=_test_score_context(spec, nights, list(test_score or [])),
                   output_name={"regression": "prediction", "multiclass": "top probability"}.get(spec.task, "score"),
                   rate_name={"regression": "mean prediction", "multiclass": "class shares"}.get(spec.task,
                                                                                                 "share predicted 1"))
 
 
 def write_health_page(path: str | Path, spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
-                      outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None) -> str:
+                      outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None,
+                      test_score: list[dict[str, Any]] | None = None) -> str:
     """Write the page to a local file (folders created); returns the path as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(health_page_html(spec, runs, events, outputs=outputs, generated_at=generated_at),
-                    encoding="utf-8")
+    path.write_text(health_page_html(spec, runs, events, outputs=outputs, generated_at=generated_at,
+                                     test_score=test_score), encoding="utf-8")
     return str(path)
+
+
+# --------------------------------------------------------------------------- the ML Test Score (test_score.py)
+
+
+def read_test_score(conn: Connection, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """The newest recorded night's rows of ``<schema>.ml_test_score`` in the rubric's order ([]: none yet)."""
+    if not warehouse.table_exists(conn, spec, warehouse.ML_TEST_SCORE):
+        return []
+    query = sql.SQL("SELECT max(night) FROM {}").format(warehouse.table(spec, warehouse.ML_TEST_SCORE))
+    with conn.transaction(), conn.cursor() as cur:
+        newest = cur.execute(query).fetchone()[0]
+    return warehouse.ml_test_scores(conn, spec, newest) if newest else []
+
+
+def _section_sums(run: dict) -> dict[str, Any]:
+    return ((run.get("details") or {}).get("ml_test_score") or {}).get("sections") or {}
+
+
+def ml_test_score_chart(runs: list[dict[str, Any]]) -> Any:
+    """The four section scores per night (and the final score, their minimum), against the rubric's 5
+    ("exceptional") and its most, 7. Lines carry gids section-<name>, final, exceptional. Needs one run."""
+    from include.nightshift.test_score import SECTIONS
+
+    nights = _runs(list(runs))
+    x = list(range(len(nights)))
+    fig, ax = _axes("ML Test Score per night: each section's points (7 tests, 1 each), final = the lowest", nights,
+                    (-0.5, len(nights) - 0.5), height=3.0)
+    for section, color in zip(SECTIONS, ("#1f4e9c", "#137333", "#b45309", "#7c3aed")):
+        ax.plot(x, _nan([_float(_section_sums(r).get(section)) for r in nights]), marker="o", color=color,
+                gid=f"section-{section}", label=section)
+    finals = [((r.get("details") or {}).get("ml_test_score") or {}).get("final") for r in nights]
+    ax.plot(x, _nan([_float(v) for v in finals]), linestyle="--", color="#111827", gid="final", label="final")
+    ax.axhline(5, color=COLORS["holdout"], linestyle=":", linewidth=1, gid="exceptional", label="5: exceptional")
+    ax.set_ylim(-0.3, 7.3)
+    _legend(ax)
+    return fig
+
+
+def _test_score_context(spec: DatasetSpec, nights: list[dict], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The page's ML Test Score section: the chart over the nights and the newest night's 28 rows with evidence."""
+    if not rows and not any(_section_sums(r) for r in nights):
+        return None
+    newest = next((r for r in reversed(nights) if _section_sums(r)), {})
+    summary = (newest.get("details") or {}).get("ml_test_score") or {}
+    figure = {"id": "ml-test-score", "src": png_data_uri(ml_test_score_chart(nights)),
+              "alt": f"ML Test Score per night, {len(nights)} night(s): the data, model, infrastructure and monitoring "
+                     f"sections' points and the final score; last night final {num(summary.get('final'))} ("
+                     + ", ".join(f"{name} {num(value)}" for name, value in _section_sums(newest).items()) + ")."}
+    return {"figure": figure, "rows": [_test_row(r) for r in rows],
+            "night": rows[0]["night"].isoformat() if rows else None, "schema": spec.warehouse.schema}
+
+
+def _test_row(row: dict[str, Any]) -> dict[str, str]:
+    """One test of the table: a failed check marked, its evidence as compact JSON."""
+    import json
+
+    passed = row["passed"]
+    return {"test": row["test"], "title": row["title"], "score": f"{float(row['score']):g}",
+            "cls": "fail" if passed is False else "", "passed": MISSING if passed is None else ("yes" if passed else "no"),
+            "evidence": json.dumps(row["evidence"], default=str, sort_keys=True)[:600]}

@@ -743,7 +743,7 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
     # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
     return ScoringStep(url=url, rows=rows, model_version=champion.version,
-                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks)
+                       day=dt.date.fromisoformat(snapshot.current.day))
 
 
 def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
@@ -785,11 +785,14 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
     First the records of earlier runs that could not reach the warehouse (pending_records.py), oldest
     first, each removed from the artifact store once its transaction committed."""
     from include.nightshift import report_index, warehouse
+    from include.nightshift import task_costs
     from include.nightshift.pending_records import write_pending
 
     warehouse.ensure_warehouse(conn, spec)
     write_pending(conn, store, spec)
+    task_costs.judge_night(conn, spec, record)  # tonight's step costs against their nights (details.costs)
     warehouse.record_attempt(conn, spec, record.attempt_row())
+    task_costs.record_costs(conn, spec, record)  # every run's, dry runs flagged
     if record.dry_run:
         log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
     else:

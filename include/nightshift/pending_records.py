@@ -95,10 +95,11 @@ def write_pending(conn: Connection, store: ArtifactStore, spec: DatasetSpec) -> 
 def write_record(conn: Connection, spec: DatasetSpec, record: RunRecord) -> bool:
     """Write one record in one transaction: its run_attempts row, and its pipeline_runs row unless it
     was a dry run or the night already holds a later run's row; whether pipeline_runs was written."""
-    from include.nightshift import warehouse
+    from include.nightshift import task_costs, warehouse
 
     with conn.transaction():
         warehouse.record_attempt(conn, spec, record.attempt_row())
+        task_costs.record_costs(conn, spec, record)  # its steps' costs too
         if record.dry_run:
             return False
         later = later_run(conn, spec, record)

@@ -15,6 +15,7 @@ from include.nightshift.decide import Decision
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, SnapshotStep, StepOutput, TrainingStep,
                                       ValidationStep, VerdictStep)
+from include.nightshift.task_costs import findings_clause
 from include.nightshift.warehouse import ATTEMPT_COLUMNS
 
 FAILED_STATES = ("failed", "upstream_failed")
@@ -118,6 +119,7 @@ class RunRecord(StepOutput):
     def summary(self) -> str:
         """One line for the task log; the staleness judgement of max_model_age_days when it has one."""
         setting = ((self.details.get("decision") or {}).get("details") or {}).get("staleness", {}).get("setting")
+        setting = "; ".join(x for x in (setting, findings_clause(self.details)) if x)  # a step's cost finding
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
                 f"{self.retrain_reason}, decision {self.decision}, champion v{self.champion_version}, "
                 f"published {self.rows_published}" + (f"; {setting}" if setting else ""))

@@ -218,6 +218,22 @@ TASK_COST_COLUMNS: dict[str, tuple[str, str]] = {
 }
 TASK_COST_KEY = ("night", "dag_run_id", "task_id", "try_number")
 
+# ml_test_score (migration 12): the ML Test Score's 28 tests, per night (test_score.py judges them).
+ML_TEST_SCORE = "ml_test_score"
+TEST_SCORE_COLUMNS: dict[str, tuple[str, str]] = {
+    "night": ("date NOT NULL", "The night the run processed (pipeline_runs.logical_date)."),
+    "test": ("text NOT NULL", "The rubric's test: section.number (data.1 .. monitoring.7)."),
+    "section": ("text NOT NULL", "data, model, infrastructure or monitoring (Breck et al. 2017)."),
+    "number": ("smallint NOT NULL", "The test's number in its section, 1 to 7."),
+    "title": ("text NOT NULL", "The test as the rubric names it."),
+    "score": ("double precision NOT NULL", "1: run automatically tonight; 0.5: done by hand and documented; "
+                                           "0: not run tonight (the evidence says why)."),
+    "passed": ("boolean", "What tonight's check found (NULL: no pass/fail tonight, or not run)."),
+    "evidence": ("jsonb", "The number and threshold tonight, or why the test could not run."),
+    "dag_run_id": ("text", "The DAG run that judged it (the night's pipeline_runs row's run)."),
+}
+TEST_SCORE_KEY = ("night", "test")
+
 # run_attempts (migration 4): name -> (SQL type, comment). One row per DAG run, keyed by dag_run_id; the
 # pipeline_runs columns where they mean the same, plus what only an attempt has (dry_run, conf, failed_tasks).
 ATTEMPT_COLUMNS: dict[str, tuple[str, str]] = {
@@ -431,6 +447,13 @@ def _create_task_costs(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: 
                       "per night, DAG run and try (dry runs flagged).")
 
 
+def _create_test_score(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """ml_test_score: each night's 28 tests of the ML Test Score, with their evidence."""
+    _create_commented(cur, table(spec, ML_TEST_SCORE), TEST_SCORE_COLUMNS, TEST_SCORE_KEY,
+                      f"The ML Test Score (Breck et al. 2017) of {spec.dag_id}, computed by each night about itself: "
+                      "one row per night and test; a section's score is the sum, the final score the minimum.")
+
+
 def _create_staleness(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
     """model_staleness: each labelled day scored by the champion and older blessed versions."""
     _create_commented(cur, table(spec, MODEL_STALENESS), STALENESS_COLUMNS, STALENESS_KEY,
@@ -457,10 +480,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (9, "model_versions (what made each version, and when it served)", _create_model_versions),
     (10, "model_staleness (each labelled day scored by versions of several ages)", _create_staleness),
     (11, "task_costs (wall, CPU, memory and rows of each step)", _create_task_costs),
+    (12, "ml_test_score (the ML Test Score's 28 tests per night)", _create_test_score),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,
-             MODEL_STALENESS, TASK_COSTS)
+             MODEL_STALENESS, TASK_COSTS, ML_TEST_SCORE)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -968,4 +992,36 @@ def staleness_history(conn: Connection, spec: DatasetSpec, until: dt.date, days:
                     "AND day <= %s AND day > %s ORDER BY day, version").format(table(spec, MODEL_STALENESS))
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, (spec.model_name, spec.promotion.metric, until, until - dt.timedelta(days=days)))
+        return cur.fetchall()
+
+
+# ---------------------------------------------------------------- ml_test_score
+
+
+def record_test_score(conn: Connection, spec: DatasetSpec, night: dt.date, rows: list[Mapping[str, Any]]) -> None:
+    """Replace the night's rows of ml_test_score with `rows` (one transaction): the night's latest recorded run
+    speaks for it, as in pipeline_runs."""
+    target = table(spec, ML_TEST_SCORE)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE night = %s").format(target), (night,))
+        for row in rows:
+            unknown = [k for k in row if k not in TEST_SCORE_COLUMNS]
+            if unknown:
+                raise ValueError(f"record_test_score: unknown key {unknown[0]!r} (allowed: "
+                                 f"{', '.join(TEST_SCORE_COLUMNS)})")
+            names = list(row)
+            columns = sql.SQL(", ").join(map(sql.Identifier, names))
+            cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                target, columns, sql.SQL(", ").join(sql.Placeholder() * len(names))),
+                [Jsonb(v) if k == "evidence" else v for k, v in row.items()])
+
+
+def ml_test_scores(conn: Connection, spec: DatasetSpec, night: dt.date | None = None) -> list[dict[str, Any]]:
+    """ml_test_score's rows (of `night`, or every night), by night and the rubric's order."""
+    where = sql.SQL("WHERE night = %s") if night else sql.SQL("")
+    order = sql.SQL("ORDER BY night, array_position(ARRAY['data', 'model', 'infrastructure', 'monitoring'], section), "
+                    "number")
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} {} {}").format(table(spec, ML_TEST_SCORE), where, order),
+                    (night,) if night else ())
         return cur.fetchall()

@@ -18,7 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import (AirflowFailException, AirflowNotFoundException, AirflowRescheduleException,
                                     AirflowSkipException, DagRunTriggerException, DownstreamTasksSkipped)
 
-from include.nightshift import quiet
+from include.nightshift import quiet, task_costs
 from include.nightshift.errors import Diagnosis, classify, describe
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import NotifierSettingError, notify
@@ -50,11 +50,14 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: NightshiftOperator, *args: Any, **kwargs: Any) -> Any:
         context = kwargs.get("context", args[0] if args else None)
         quiet.install()  # library noise out of the task log (include/nightshift/quiet.py)
+        meter, outcome, result = task_costs.start(), "failed", None  # the step's cost, pushed whatever happens
         try:
             result = execute(self, *args, **kwargs)
             refuse_non_finite(result, type(self).__name__)
+            outcome = "success"
             return result
-        except CONTROL:
+        except CONTROL as exc:
+            outcome = "skipped" if isinstance(exc, AirflowSkipException) else "success"  # a branch, a deferral
             raise
         except AirflowFailException as exc:  # the step's own verdict (a failed check, a refusal): already final
             if not getattr(exc, "nightshift_reported", False):
@@ -70,6 +73,8 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
             final = AirflowFailException(text)
             final.nightshift_reported = True  # an outer wrapper (super().execute) does not report it again
             raise final from exc
+        finally:
+            _push_cost(context, meter, result, outcome)
 
     run.nightshift_reporting = True
     return run
@@ -104,6 +109,33 @@ def _report(context: Any, message: str, permanent: bool) -> None:
                                            "try_number": getattr(ti, "try_number", None)})
     except Exception as exc:  # noqa: BLE001 - the original error is what must surface
         log.warning("could not push the step's error to XCom (%s): %s", exc, message)
+
+
+def _push_cost(context: Any, meter: task_costs.Meter | None, result: Any, outcome: str) -> None:
+    """Push the step's measures (task_costs.COST_KEY) for record_run; measuring never fails a step."""
+    if meter is None:
+        return
+    try:
+        ti = context["ti"]
+        cost = meter.stop(result, outcome, try_number=getattr(ti, "try_number", None))
+        ti.xcom_push(key=task_costs.COST_KEY, value=cost)
+        log.info("cost of the step: %s", task_costs.describe(cost))
+    except Exception as exc:  # noqa: BLE001 - the step's own result or error is what must surface
+        log.warning("could not measure or push the step's cost (%s)", exc)
+
+
+def pushed_costs(context: Any, task_ids: Sequence[str]) -> dict[str, dict]:
+    """What each of `task_ids` pushed under task_costs.COST_KEY (tasks that pushed nothing are left out)."""
+    found: dict[str, dict] = {}
+    for task_id in task_ids:
+        try:
+            value = context["ti"].xcom_pull(task_ids=task_id, key=task_costs.COST_KEY)
+        except Exception as exc:  # noqa: BLE001 - the record is still written, without this task's cost
+            log.warning("could not read the cost of %s (%s)", task_id, exc)
+            continue
+        if isinstance(value, dict):
+            found[task_id] = value
+    return found
 
 
 def pushed_errors(context: Any, task_ids: Sequence[str]) -> dict[str, dict]:

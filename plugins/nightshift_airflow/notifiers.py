@@ -35,6 +35,7 @@ DEFAULT_NOTIFIERS = "log"
 EVENTS = ("task_failed", "validation_failed", "drift", "no_model", "promotion", "rollback",
           "external_change",  # external_change: the champion alias moved outside Nightshift (external.py)
           "dependency_change")  # the prediction path's libraries differ from the champion's training (environment.py)
+EVENTS = (*EVENTS, "task_costs")  # a step slower or bigger than its recent nights (task_costs.py)
 TEXT_LIMIT = 500  # characters of the one-line text; the full error goes in details
 
 

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from nightshift_airflow import runtime
 from nightshift_airflow.alias_watch import watch_alias
-from nightshift_airflow.base import NightshiftOperator, alert, pushed_errors
+from nightshift_airflow.base import NightshiftOperator, alert, pushed_costs, pushed_errors
 from nightshift_airflow.links import (DriftReportLink, EvaluationReportLink, HealthPageLink,
                                      LabelledValidationReportLink, ValidationReportLink)
 from nightshift_airflow.notifiers import configured_notifiers
@@ -253,6 +253,7 @@ class RecordRunOperator(NightshiftOperator):
         from include.nightshift.nightly import record_night, run_reports
         from include.nightshift.pending_records import keep_pending, unreachable_message
         from include.nightshift.run_record import build_run_record
+        from include.nightshift.task_costs import night_alert
 
         got, states = self.received(), runtime.task_states(context)
         record = build_run_record(
@@ -260,6 +261,7 @@ class RecordRunOperator(NightshiftOperator):
             **got, started_at=getattr(context.get("dag_run"), "start_date", None), params=context.get("params"),
             finished_at=dt.datetime.now(dt.timezone.utc), record_task=self.task_id,
             errors=pushed_errors(context, [t for t, s in states.items() if s == "failed"]))  # the root causes
+        record.details["costs"] = {"tasks": pushed_costs(context, list(states))}  # judged by record_night (task_costs)
         store = runtime.artifact_store()
         try:
             with self.connect() as conn:
@@ -267,6 +269,7 @@ class RecordRunOperator(NightshiftOperator):
         except (runtime.ConnectionFailed, psycopg.OperationalError) as exc:  # kept; the next run writes it
             raise AirflowFailException(unreachable_message(self.spec, record, keep_pending(store, self.spec, record),
                                                            exc)) from exc
+        alert(context, "task_costs", night_alert(self.spec, record))  # a step slower or bigger than its norm
         if health_url:
             context["ti"].xcom_push(key=HEALTH_URL, value=health_url)
         log.info("run summary: %s", record.summary())

@@ -211,4 +211,6 @@ def test_steps_receive_their_inputs_as_upstream_outputs_not_by_task_id_lookups()
     # The one pull by task id: record_run reads how a *failed* task failed (base.pushed_errors; a failed
     # task has no output to wire), never a step's output.
     plugins = plugins.replace("xcom_pull(task_ids=task_id, key=ERROR_KEY)", "", 1)
+    # and what each task cost (base.pushed_costs: measures, not a step's output)
+    plugins = plugins.replace("xcom_pull(task_ids=task_id, key=task_costs.COST_KEY)", "", 1)
     assert "xcom_pull(task_ids" not in plugins  # no step digs another's output out by its task id

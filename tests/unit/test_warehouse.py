@@ -75,7 +75,8 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
     wh.ensure_warehouse(pg_conn, churn_spec)
     with pg_conn.transaction(), pg_conn.cursor() as cur:
         cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'churn' ORDER BY 1")
-        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("model_staleness", "BASE TABLE"),
+        assert cur.fetchall() == [("champion_changes", "BASE TABLE"), ("ml_test_score", "BASE TABLE"),
+                                  ("model_staleness", "BASE TABLE"),
                                   ("model_versions", "BASE TABLE"),
                                   ("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
                                   ("predictions_latest", "VIEW"), ("run_attempts", "BASE TABLE"),
