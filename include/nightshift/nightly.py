@@ -743,7 +743,7 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
     # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
     return ScoringStep(url=url, rows=rows, model_version=champion.version,
-                       day=dt.date.fromisoformat(snapshot.current.day))
+                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks)
 
 
 def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
@@ -791,12 +791,13 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
     warehouse.ensure_warehouse(conn, spec)
     write_pending(conn, store, spec)
     task_costs.judge_night(conn, spec, record)  # tonight's step costs against their nights (details.costs)
+    test_rows = score_run(conn, spec, record)  # ML Test Score: before the rows, whose details keep its sums
     warehouse.record_attempt(conn, spec, record.attempt_row())
     task_costs.record_costs(conn, spec, record)  # every run's, dry runs flagged
     if record.dry_run:
-        log.info("dry run: %s.pipeline_runs left as it was", spec.warehouse.schema)
-    else:
-        warehouse.upsert_run(conn, spec, record.row())
+        log.info("dry run: %s.pipeline_runs and ml_test_score left as they were", spec.warehouse.schema)
+    elif warehouse.upsert_run(conn, spec, record.row()):  # ML Test Score: the night's row is this run's
+        warehouse.record_test_score(conn, spec, record.logical_date, test_rows)
     try:  # which run's reports speak for each night (Browse > Nightshift reports)
         report_index.write_index(conn, store, spec)
     except Exception:  # like the health page: an index problem never fails a good night
@@ -806,6 +807,19 @@ def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, reco
     except Exception:  # the row is written: a plotting problem never turns a good night into a failed one
         log.exception("the model-health page of %s could not be written", spec.name)
         return None
+
+
+def score_run(conn: Connection, spec: DatasetSpec, record: RunRecord) -> list[dict]:
+    """The ML Test Score of the run (test_score.py): its 28 rows, judged from the record and what model_versions
+    says a rollback could restore; the section sums and final score go into record.details['ml_test_score']
+    (the record is still being written: run_attempts and pipeline_runs keep them, its summary line says them)."""
+    from include.nightshift import test_score, warehouse
+
+    restorable = test_score.rollback_evidence(warehouse.model_versions(conn, spec, spec.model_name))
+    rows = test_score.score_night(test_score.night_evidence(record, rollback=restorable))
+    record.details["ml_test_score"] = test_score.summarise(rows)
+    log.info("%s", test_score.summary_text(record.details["ml_test_score"]))
+    return rows
 
 
 def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec, days: int) -> str:
@@ -819,7 +833,8 @@ def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec,
     events = health.read_events(conn, spec)
     outputs = health.read_outputs(conn, spec, [run["logical_date"] for run in runs])
     with store.staging_dir() as tmp:
-        health.write_health_page(tmp / "health.html", spec, runs, events, outputs=outputs)
+        health.write_health_page(tmp / "health.html", spec, runs, events, outputs=outputs,
+                                 test_score=health.read_test_score(conn, spec))  # ML Test Score: the newest night
         store.put_file(tmp / "health.html", url)
     return url
 

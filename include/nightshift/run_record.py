@@ -15,6 +15,7 @@ from include.nightshift.decide import Decision
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, SnapshotStep, StepOutput, TrainingStep,
                                       ValidationStep, VerdictStep)
+from include.nightshift.test_score import summary_text
 from include.nightshift.task_costs import findings_clause
 from include.nightshift.warehouse import ATTEMPT_COLUMNS
 
@@ -117,12 +118,15 @@ class RunRecord(StepOutput):
         return f"{failure_story(failed, self.details.get('root_failure') or [])}; {where}"
 
     def summary(self) -> str:
-        """One line for the task log; the staleness judgement of max_model_age_days when it has one."""
+        """One line for the task log; the staleness judgement of max_model_age_days when it has one, and the
+        night's ML Test Score once computed (ML Test Score)."""
         setting = ((self.details.get("decision") or {}).get("details") or {}).get("staleness", {}).get("setting")
         setting = "; ".join(x for x in (setting, findings_clause(self.details)) if x)  # a step's cost finding
+        score = summary_text(self.details.get("ml_test_score"))  # set by record_night (nightly.score_run)
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
                 f"{self.retrain_reason}, decision {self.decision}, champion v{self.champion_version}, "
-                f"published {self.rows_published}" + (f"; {setting}" if setting else ""))
+                f"published {self.rows_published}" + (f"; {setting}" if setting else "")
+                + (f"; {score}" if score else ""))
 
 
 def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states: dict[str, str],
@@ -157,12 +161,22 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                  "root_failure": root_failures(states, errors, besides=record_task),
                  "drifted": _field(drift, "drifted"), "decision": decision.to_dict() if decision else {},
                  "drift_columns": _field(drift, "details", {}).get("columns"),  # per feature: the health heatmap
+                 "training": _training(trained),  # tonight's challenger, as the ML Test Score judges it
                  "reports": _report_urls(validation, drift, verdict),  # the health page links each night to them
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note"),
                  "serving": _field(scored, "checks")},  # environment, round trip and skew (skew.before_scoring)
         dry_run=bool(params.get("dry_run")),
         conf=params,
     )
+
+
+def _training(trained: TrainingStep | None) -> dict[str, Any]:
+    """Tonight's challenger for the ML Test Score (test_score.py; {} when none was trained): its version, family,
+    training key and whether it was reused (tonight's fit reproduced an existing version's scores)."""
+    if trained is None:
+        return {}
+    return {"version": trained.version, "family": trained.family, "training_key": trained.training_key,
+            "reused": trained.reused, "train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows}
 
 
 def _champion(verdict: VerdictStep | None, drift: DriftStep | None, scored: ScoringStep | None) -> int | None:
