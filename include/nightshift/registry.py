@@ -441,6 +441,10 @@ class Registry:
             for key, value in tags.items():
                 self.client.set_model_version_tag(model_name, str(version), key, value)
 
+    def experiment_of(self, run_id: str) -> str:
+        """The experiment id of a run (for a link to the run in the MLflow UI)."""
+        return self.client.get_run(run_id).info.experiment_id
+
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str = "reports") -> str:
         """Attach a file (a report) to a run, e.g. a model version's training run; returns its artifact URI."""
         local = Path(local_path)
@@ -451,10 +455,6 @@ class Registry:
         return f"{base}/{artifact_path.strip('/')}/{local.name}" if artifact_path else f"{base}/{local.name}"
 
     def record_verdict(self, model_name: str, version: int, verdict: dict[str, Any]) -> None:
-    def experiment_of(self, run_id: str) -> str:
-        """The experiment id of a run (for a link to the run in the MLflow UI)."""
-        return self.client.get_run(run_id).info.experiment_id
-
         """Record why a version was not promoted (description and tags; the alias does not move).
 
         Rejected challengers keep their numbers so that every decision can be audited.
