@@ -816,7 +816,7 @@ def score_run(conn: Connection, spec: DatasetSpec, record: RunRecord) -> list[di
     from include.nightshift import test_score, warehouse
 
     restorable = test_score.rollback_evidence(warehouse.model_versions(conn, spec, spec.model_name))
-    rows = test_score.score_night(test_score.night_evidence(record, rollback=restorable))
+    rows = test_score.score_night(test_score.night_evidence(record, rollback=restorable, spec=spec))
     record.details["ml_test_score"] = test_score.summarise(rows)
     log.info("%s", test_score.summary_text(record.details["ml_test_score"]))
     return rows

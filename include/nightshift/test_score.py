@@ -285,8 +285,18 @@ def numerically_stable(ev: Evidence) -> Judgement:
 
 
 def performance(ev: Evidence) -> Judgement:
-    """Monitoring 6: every task's wall time and memory against the median of its last nights (details.costs)."""
-    return _reported(ev, "costs", "task costs")
+    """Monitoring 6: every step's wall time, CPU and memory against its recent nights (task_costs.judge_night:
+    details.costs), once a step has the spec's costs.min_nights of history."""
+    costs = _details(ev).get("costs") or {}
+    measured = costs.get("tasks") or {}
+    if not measured or "findings" not in costs:
+        return _not_run(f"task costs {NOT_MEASURED} (details.costs absent or not judged)")
+    least = int((ev.get("settings") or {}).get("costs_min_nights") or 1)
+    compared = sorted(t for t, n in (costs.get("baseline_nights") or {}).items() if n >= least)
+    if not compared:
+        return _not_run(f"no step has {least} earlier nights of costs to compare with yet", tasks=len(measured))
+    findings = list(costs.get("findings") or [])
+    return _ran(not findings, tasks=len(measured), compared=compared, min_nights=least, findings=findings[:5])
 
 
 def served_quality(ev: Evidence) -> Judgement:
@@ -430,11 +440,15 @@ def _g(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):g}"
 
 
-def night_evidence(record: Any, *, rollback: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The evidence the judges read: the run record's columns and details (run_record.RunRecord), and what the
-    warehouse says about rolling back (`rollback`: serving and restorable versions; None: not read)."""
+def night_evidence(record: Any, *, rollback: Mapping[str, Any] | None = None,
+                   spec: Any = None) -> dict[str, Any]:
+    """The evidence the judges read: the run record's columns and details (run_record.RunRecord), what the
+    warehouse says about rolling back (`rollback`: serving and restorable versions; None: not read), and the
+    spec's settings a judge needs (`spec`: the DatasetSpec)."""
     row = record.row()
-    return {**row, "night": row.get("logical_date"), "rollback": rollback}
+    costs = getattr(spec, "costs", None)
+    settings = {"costs_min_nights": getattr(costs, "min_nights", None)}
+    return {**row, "night": row.get("logical_date"), "rollback": rollback, "settings": settings}
 
 
 def rollback_evidence(versions: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -139,6 +139,20 @@ def test_other_steps_evidence_scores_when_recorded_and_not_measured_when_absent(
     assert scores(night(serving=unrecorded))["monitoring.1"]["score"] == 0.0
 
 
+def test_task_costs_score_once_a_step_has_the_specs_nights_of_history():
+    def costs(baseline, findings=()):
+        record = night()
+        record.details["costs"] = {"tasks": {"score": {"wall_seconds": 2.0, "outcome": "success"}},
+                                   "findings": list(findings), "baseline_nights": {"score": baseline}}
+        return ts.score_night(ts.night_evidence(record, spec=SPEC))[26]
+
+    assert costs(SPEC.costs.min_nights - 1)["score"] == 0.0  # too little history: not compared tonight
+    steady = costs(SPEC.costs.min_nights)
+    assert (steady["test"], steady["score"], steady["passed"]) == ("monitoring.6", 1.0, True)
+    slower = costs(SPEC.costs.min_nights, [{"task": "score", "measure": "wall_seconds", "kind": "jump"}])
+    assert slower["passed"] is False and slower["evidence"]["findings"][0]["task"] == "score"
+
+
 def test_rollback_needs_a_blessed_version_besides_the_serving_one():
     versions = [{"version": 3, "blessed": True, "champion_from": NOW, "champion_to": None},
                 {"version": 2, "blessed": True, "champion_from": NOW, "champion_to": NOW},
