@@ -213,6 +213,17 @@ def test_the_night_is_written_replaced_by_its_next_recorded_run_and_never_by_a_d
     assert len(again) == 28 and {r["dag_run_id"] for r in again} == {"run-2"}
     assert {r["test"]: r["score"] for r in again}["model.5"] == 0.0  # tonight's rerun trained nothing
 
+    import re  # the README's example queries on ml_test_score run here, and find the night
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    statements = [s.strip() for b in re.findall(r"```sql\n(.*?)```", readme, re.S) for s in b.split(";")
+                  if "ml_test_score" in s]
+    assert len(statements) >= 3, statements
+    for statement in statements:
+        with pg_conn.transaction(), pg_conn.cursor() as cur:
+            cur.execute(statement)
+            assert cur.fetchall(), statement
+
 
 def test_the_health_page_charts_the_sections_and_lists_the_newest_nights_28_tests(pg_conn, tmp_path):
     from include.nightshift import health
