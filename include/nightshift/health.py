@@ -744,6 +744,7 @@ def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list
                   figures=_figures(spec, nights, changes), periods=_periods_rows(nights),
                   runs=_runs_rows(spec, nights), metric=spec.promotion.metric,
                   test_score=_test_score_context(spec, nights, list(test_score or [])),
+                  costs=_costs_context(spec, nights),  # each step's cost per night (task_costs.py)
                   output_name={"regression": "prediction", "multiclass": "top probability"}.get(spec.task, "score"),
                   rate_name={"regression": "mean prediction", "multiclass": "class shares"}.get(spec.task,
                                                                                                 "share predicted 1"))
@@ -758,6 +759,64 @@ def write_health_page(path: str | Path, spec: DatasetSpec, runs: list[dict[str, 
     path.write_text(health_page_html(spec, runs, events, outputs=outputs, generated_at=generated_at,
                                      test_score=test_score), encoding="utf-8")
     return str(path)
+
+
+# --------------------------------------------------------------------------- task costs (task_costs.py)
+
+
+def task_costs_chart(runs: list[dict[str, Any]]) -> Any:
+    """Each step's wall seconds (log scale) and peak resident memory per night, from the run records'
+    details.costs (non-dry nights). Lines carry gids wall-<task> and rss-<task>. Needs one run."""
+    from matplotlib.figure import Figure
+
+    from include.nightshift.task_costs import MB, series
+
+    nights = _runs(list(runs))
+    x, x_range = list(range(len(nights))), (-0.5, len(nights) - 0.5)
+    fig = Figure(figsize=(8, 5.0))
+    wall, rss = fig.subplots(2, 1, sharex=True)
+    for ax, title in ((wall, "Wall seconds per step (log scale)"), (rss, "Peak resident memory per step (MB)")):
+        ax.set_title(title, loc="left", fontsize=11)
+        _night_axis(ax, nights, x_range)
+    for task, values in series(nights, "wall_seconds").items():
+        wall.plot(x, _nan(values), marker="o", markersize=3, gid=f"wall-{task}", label=task)
+    for task, values in series(nights, "rss_peak_bytes").items():
+        rss.plot(x, _nan([None if v is None else v / MB for v in values]), marker="o", markersize=3, gid=f"rss-{task}")
+    wall.set_yscale("log")
+    _legend(wall)
+    fig.tight_layout()
+    return fig
+
+
+def _fixed(value: Any, digits: int) -> str:
+    return MISSING if value is None else f"{float(value):.{digits}f}"
+
+
+def _cost_row(task: str, c: dict[str, Any]) -> dict[str, Any]:
+    """One step of the newest night's table."""
+    from include.nightshift.task_costs import MB
+
+    return {"task": task, "wall": _fixed(c.get("wall_seconds"), 2), "cpu": _fixed(c.get("cpu_seconds"), 2),
+            "peak": _fixed(c["rss_peak_bytes"] / MB, 0) if c.get("rss_peak_bytes") else MISSING,
+            "rows": MISSING if c.get("rows") is None else c["rows"], "rate": _fixed(c.get("rows_per_second"), 0),
+            "outcome": c.get("outcome") or MISSING}
+
+
+def _costs_context(spec: DatasetSpec, nights: list[dict]) -> dict[str, Any] | None:
+    """The page's task costs section: the chart over the nights and the newest measured night's steps."""
+    from include.nightshift.task_costs import finding_words
+
+    measured = [r for r in nights if ((r.get("details") or {}).get("costs") or {}).get("tasks")]
+    if not measured:
+        return None
+    newest = measured[-1]["details"]["costs"]
+    rows = [_cost_row(task, c) for task, c in sorted(newest["tasks"].items())]
+    findings = [finding_words(f) for f in newest.get("findings") or []]
+    return {"figure": {"id": "task-costs", "src": png_data_uri(task_costs_chart(nights)),
+                       "alt": f"Wall seconds and peak memory of each step per night, {len(measured)} measured night(s); "
+                              f"last night: " + ", ".join(f"{r['task']} {r['wall']} s" for r in rows) + "."},
+            "rows": rows, "night": measured[-1]["day"].isoformat(), "findings": findings,
+            "schema": spec.warehouse.schema}
 
 
 # --------------------------------------------------------------------------- the ML Test Score (test_score.py)

@@ -288,3 +288,32 @@ def test_an_alias_moved_in_mlflow_is_found_by_the_next_nightly_run_recorded_once
     assert f"nightshift external_change: nightshift_churn: champion moved outside Nightshift, {moved}" in log, log[-3000:]
     served = query(nights, "SELECT DISTINCT model_version FROM churn.predictions WHERE score_date = %s", (N[4],))
     assert served == [(rerun["champion"],)]  # the night rerun after the move is served by the version found
+
+
+def test_every_step_that_ran_has_its_cost_per_night_run_and_try(nights):
+    """task_costs (issue 14 part 5): each step that ran (not record_run, which writes them; not the no-retrain
+    EmptyOperator) has a row per run, a failed one too; snapshot's rows are the night's rows; dry runs flagged;
+    the night's record keeps the measures and the findings."""
+    attempts = query(nights, "SELECT dag_run_id, logical_date, rows_in, dry_run, details FROM churn.run_attempts")
+    assert len(attempts) == len(nights["runs"])
+    for run_id, night, rows_in, dry_run, details in attempts:
+        ran = {t for t, s in details["task_states"].items() if s in ("success", "failed", "skipped")} - {
+            "record_run", "no_retrain_needed"}
+        costs = {r[0]: r[1:] for r in query(nights, "SELECT task_id, wall_seconds, rss_peak_bytes, rss_start_bytes, "
+                                                   "cpu_seconds, rows, outcome, dry_run, try_number FROM churn.task_costs "
+                                                   "WHERE dag_run_id = %s AND night = %s", (run_id, night))}
+        executed = {t for t, s in details["task_states"].items() if s in ("success", "failed")} - {
+            "record_run", "no_retrain_needed"}
+        assert executed <= set(costs) <= ran, (run_id, sorted(executed), sorted(costs))
+        for task, (wall, peak, start, cpu, rows, outcome, dry, try_number) in costs.items():
+            assert wall > 0 and peak >= start > 0 and cpu >= 0 and try_number >= 1, (run_id, task)
+            assert dry is dry_run
+            assert outcome == "failed" if details["task_states"][task] == "failed" else outcome in ("success", "skipped")
+        assert rows_in and costs["snapshot"][4] == rows_in
+        assert set(details["costs"]["tasks"]) == set(costs) and isinstance(details["costs"]["findings"], list)
+    failed_night = query(nights, "SELECT outcome, rows FROM churn.task_costs WHERE night = %s AND task_id = 'validate'",
+                         (N[3],))
+    assert ("failed", None) in failed_night  # the corrupt night's validate: its cost up to the failure
+    scored = query(nights, "SELECT c.rows, c.rows_per_second, r.rows_published FROM churn.task_costs c JOIN "
+                           "churn.pipeline_runs r ON r.dag_run_id = c.dag_run_id WHERE c.task_id = 'publish'")
+    assert scored and all(rows == published and rate > 0 for rows, rate, published in scored)

@@ -192,3 +192,27 @@ def test_task_costs_columns_are_all_commented_and_a_bad_row_names_its_column(pg_
 
     with pytest.raises(psycopg.errors.NotNullViolation, match="wall_seconds"):
         tc.record_costs(pg_conn, spec, _record(NIGHT, "r", {"train": {**_cost(1.0, 1), "wall_seconds": None}}))
+
+
+# ------------------------------------------------------------------ the Model health page
+
+
+@pytest.mark.pure
+def test_the_health_page_charts_each_steps_wall_and_memory_and_lists_the_newest_night(churn_spec):
+    from include.nightshift import health
+
+    runs = [{"logical_date": night, "decision": "skipped", "champion_version": 1, "rows_published": 2000,
+             "details": {"costs": {"tasks": {"train": _cost(10.0 + i, 400 + 10 * i), "decide": _cost(0.2, 390, rows=None)},
+                                   "findings": [] if i < 5 else [{"task": "train", "kind": "slower",
+                                                                  "measure": "wall_seconds", "tonight": 30.0,
+                                                                  "median": 12.0, "ratio": 2.5, "nights": 5}]}}}
+            for i, night in enumerate(nights(6))]
+    runs.insert(0, {"logical_date": nights(7)[0], "decision": "skipped", "details": {}})  # before costs were kept
+    fig = health.task_costs_chart(runs)
+    wall = {line.get_gid(): line.get_ydata() for ax in fig.axes for line in ax.get_lines()}
+    assert list(wall["wall-train"][1:]) == [10.0, 11.0, 12.0, 13.0, 14.0, 15.0] and str(wall["wall-train"][0]) == "nan"
+    assert wall["rss-train"][-1] == pytest.approx(450.0)
+    page = health.health_page_html(churn_spec, runs)
+    assert 'id="task-costs"' in page and 'id="task-costs-tasks"' in page and "churn.task_costs" in page
+    assert "Cost alert: train 2.5x slower (30.0 s vs median 12.0 s over 5 nights)" in page
+    assert "<td>decide</td><td class=\"n\">0.20</td><td class=\"n\">0.10</td><td class=\"n\">390</td>" in page
