@@ -184,6 +184,7 @@ def _evidence(spec: DatasetSpec, drift: DriftStep | None, monitor: MonitorStep |
         "realised_ece": _measured(monitor.ece),
         "target_drift": dict(monitor.target_drift),
         "staleness": dict(monitor.staleness),
+        "prediction_bias": dict(monitor.prediction_bias),  # the ML Test Score's inclusion test (test_score.py)
         "champion_holdout_metric": quality.holdout,
         "realised_decay": quality.decay,
         "quality_drop": quality.drop,

@@ -243,7 +243,7 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     days = [d for d in days if holdout_end is None or d > holdout_end]
     base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
                        champion_holdout_metric=holdout, holdout_end=holdout_end)
-    quality, used, target = _realised(source, store, registry, spec, champion, snapshot, days)
+    quality, used, target, bias = _realised(source, store, registry, spec, champion, snapshot, days)
     if quality is None:
         log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
                  champion.version, holdout_end, spec.promotion.metric)
@@ -256,13 +256,14 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
                                confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece,
-                               target_drift=target)
+                               target_drift=target, prediction_bias=bias)
 
 
 def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
-              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str], dict]:
+              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str], dict, dict]:
     """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), the
-    days that had rows, and the drift of those rows' labels from the champion's training labels."""
+    days that had rows, the drift of those rows' labels from the champion's training labels, and its
+    prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion)."""
     from include.nightshift.quality import realised_quality
     from include.nightshift.snapshot import read_snapshots, take_snapshot
     from include.nightshift.training import labels, predict_scores, row_days
@@ -271,14 +272,25 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
             take_snapshot(source, store, spec, d, labelled=True) for d in days]
     refs = [ref for ref in refs if ref.rows]
     if not refs:
-        return None, [], {}
+        return None, [], {}, {}
     df = read_snapshots(store, refs)
     scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
     pro = spec.promotion
     quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
                                confidence=pro.realised_confidence, resamples=pro.realised_resamples,
                                seed=spec.training.seed, days=row_days(df, spec))
-    return quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df)
+    return (quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df),
+            _slice_bias(spec, df, scores))
+
+
+def _slice_bias(spec: DatasetSpec, df: Any, scores: Any) -> dict:
+    """The champion's prediction bias per slice value on the pooled labelled rows (bias.prediction_bias)."""
+    from include.nightshift.bias import prediction_bias
+    from include.nightshift.training import labels
+
+    pro = spec.promotion
+    return prediction_bias(df, labels(df, spec), scores, columns=list(pro.slice_columns), min_rows=pro.min_slice_rows,
+                           tolerance=float(pro.slice_tolerance), task=spec.task)
 
 
 def _target_drift(registry: Registry, spec: DatasetSpec, champion: Any, labelled: Any) -> dict:

@@ -147,6 +147,7 @@ class MonitorStep(StepOutput):
     holdout_end: dt.date | None = None
     target_drift: dict = field(default_factory=dict)  # drift.measure_target_drift's record; {} when not measured
     staleness: dict = field(default_factory=dict)  # nightly.measure_staleness: tonight's points and the cadence
+    prediction_bias: dict = field(default_factory=dict)  # bias.prediction_bias per slice value; {} when not measured
 
 
 @dataclass(frozen=True)

@@ -182,9 +182,15 @@ def slice_quality(ev: Evidence) -> Judgement:
 
 
 def inclusion(ev: Evidence) -> Judgement:
-    """Model 7: per slice value, the champion's mean score is near the realised label rate on labelled days
-    (details.prediction_bias)."""
-    return _reported(ev, "prediction_bias", "prediction bias per slice")
+    """Model 7: per slice value, the champion's mean score is near the realised label rate on the labelled days
+    the monitor pooled (bias.py; the decision's evidence prediction_bias)."""
+    found = _decided(ev).get("prediction_bias")
+    if not found:
+        return _not_run("no labelled day after the champion's holdout to measure prediction bias on"
+                        if _decided(ev).get("has_champion") else "no champion")
+    if found.get("not_measured"):
+        return _not_run(f"prediction bias per slice {NOT_MEASURED}: {found['not_measured']}")
+    return _ran(found.get("passed"), **{k: v for k, v in found.items() if k != "passed"})
 
 
 def reproducible(ev: Evidence) -> Judgement:

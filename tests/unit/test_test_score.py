@@ -69,7 +69,7 @@ def night(*, trained=None, judged=None, serving=None, dry_run=False, states=STAT
     return record
 
 
-def scores(record, rollback=None) -> dict[str, dict]:
+def scores_of(record, rollback=None) -> dict[str, dict]:
     return {r["test"]: r for r in ts.score_night(ts.night_evidence(record, rollback=rollback))}
 
 
@@ -87,8 +87,8 @@ def test_the_table_has_the_rubrics_28_tests_seven_per_section_each_with_a_meanin
 
 
 def test_a_night_with_a_challenger_scores_its_gate_checks_and_one_without_says_why_not():
-    with_challenger = scores(night(trained=TRAINED, judged=verdict()))
-    without = scores(night())
+    with_challenger = scores_of(night(trained=TRAINED, judged=verdict()))
+    without = scores_of(night())
 
     simpler = with_challenger["model.5"]
     assert (simpler["score"], simpler["passed"]) == (1.0, False)  # ran: the baseline check failed tonight
@@ -101,7 +101,7 @@ def test_a_night_with_a_challenger_scores_its_gate_checks_and_one_without_says_w
     assert with_challenger["infrastructure.4"]["passed"] is True  # judged, and nothing that failed was promoted
     # a new challenger is not a reproducibility test; a reused version is
     assert with_challenger["infrastructure.1"]["score"] == 0.0
-    reused = scores(night(trained=dataclasses.replace(TRAINED, reused=True), judged=verdict()))
+    reused = scores_of(night(trained=dataclasses.replace(TRAINED, reused=True), judged=verdict()))
     assert (reused["infrastructure.1"]["score"], reused["infrastructure.1"]["passed"]) == (1.0, True)
 
     s_with, s_without = (ts.section_sums(list(r.values())) for r in (with_challenger, without))
@@ -110,7 +110,7 @@ def test_a_night_with_a_challenger_scores_its_gate_checks_and_one_without_says_w
 
 
 def test_what_the_monitor_recorded_is_judged_every_night_whether_or_not_a_challenger_was_trained():
-    got = scores(night())
+    got = scores_of(night())
     offline = got["model.2"]
     assert (offline["score"], offline["passed"]) == (1.0, True)
     assert offline["evidence"]["gap"] == pytest.approx(-0.01)
@@ -125,18 +125,18 @@ def test_what_the_monitor_recorded_is_judged_every_night_whether_or_not_a_challe
 
 
 def test_other_steps_evidence_scores_when_recorded_and_not_measured_when_absent():
-    absent = scores(night())
-    for test in ("monitoring.1", "monitoring.3", "monitoring.6", "model.7"):
+    absent = scores_of(night())
+    for test in ("monitoring.1", "monitoring.3", "monitoring.6"):
         assert absent[test]["score"] == 0.0 and "not measured tonight" in absent[test]["evidence"]["not_run"], test
-    present = scores(night(serving=SERVING))
+    present = scores_of(night(serving=SERVING))
     assert (present["monitoring.1"]["score"], present["monitoring.1"]["passed"]) == (1.0, True)
     assert (present["monitoring.3"]["score"], present["monitoring.3"]["passed"]) == (1.0, True)
     assert "against_training" not in present["monitoring.3"]["evidence"]  # kept in details, not repeated
     assert present["infrastructure.6"]["evidence"]["max_difference"] == 0.0
     changed = {**SERVING, "environment": {**SERVING["environment"], "changes": [{"package": "xgboost"}]}}
-    assert scores(night(serving=changed))["monitoring.1"]["passed"] is False
+    assert scores_of(night(serving=changed))["monitoring.1"]["passed"] is False
     unrecorded = {**SERVING, "environment": {"recorded": False, "changes": [], "summary": "not recorded for v2"}}
-    assert scores(night(serving=unrecorded))["monitoring.1"]["score"] == 0.0
+    assert scores_of(night(serving=unrecorded))["monitoring.1"]["score"] == 0.0
 
 
 def test_task_costs_score_once_a_step_has_the_specs_nights_of_history():
@@ -153,16 +153,43 @@ def test_task_costs_score_once_a_step_has_the_specs_nights_of_history():
     assert slower["passed"] is False and slower["evidence"]["findings"][0]["task"] == "score"
 
 
+def test_prediction_bias_per_slice_flags_a_slice_whose_mean_score_misses_its_label_rate():
+    import numpy as np
+    import pandas as pd
+
+    from include.nightshift.bias import prediction_bias
+
+    rng = np.random.default_rng(7)
+    plan = np.array(["basic"] * 2000 + ["pro"] * 2000 + ["team"] * 20)
+    y = (rng.random(len(plan)) < 0.2).astype(int)
+    scores = np.where(plan == "pro", 0.45, 0.2)  # pro over-predicted by 0.25; basic calibrated
+    found = prediction_bias(pd.DataFrame({"plan": plan}), y, scores, columns=["plan", "absent"], min_rows=50,
+                            tolerance=0.03, task="binary")
+    assert (found["passed"], found["slices"], found["worst"]) == (False, 2, "plan=pro")  # team: too few rows
+    assert [f["value"] for f in found["flagged"]] == ["pro"] and found["worst_bias"] == pytest.approx(0.25, abs=0.03)
+    fair = prediction_bias(pd.DataFrame({"plan": plan}), y, np.full(len(y), 0.2), columns=["plan"], min_rows=50,
+                           tolerance=0.03, task="binary")
+    assert fair["passed"] is True and fair["flagged"] == []
+    assert "not_measured" in prediction_bias(pd.DataFrame({"plan": plan}), y, scores, columns=["plan"],
+                                             min_rows=5000, tolerance=0.03, task="binary")
+    assert "multiclass" in prediction_bias(pd.DataFrame(), y, scores, columns=[], min_rows=1, tolerance=0.03,
+                                           task="multiclass")["not_measured"]
+    record = night()  # as the monitor hands it to decide, which keeps it in the decision's evidence
+    record.details["decision"]["details"]["prediction_bias"] = found
+    row = scores_of(record)["model.7"]
+    assert (row["score"], row["passed"], row["evidence"]["worst"]) == (1.0, False, "plan=pro")
+
+
 def test_rollback_needs_a_blessed_version_besides_the_serving_one():
     versions = [{"version": 3, "blessed": True, "champion_from": NOW, "champion_to": None},
                 {"version": 2, "blessed": True, "champion_from": NOW, "champion_to": NOW},
                 {"version": 1, "blessed": False, "champion_from": None, "champion_to": None}]
     found = ts.rollback_evidence(versions)
     assert found == {"serving": 3, "restorable": [2]}
-    got = scores(night(), rollback=found)["infrastructure.7"]
+    got = scores_of(night(), rollback=found)["infrastructure.7"]
     assert (got["score"], got["passed"]) == (1.0, True)
-    assert scores(night(), rollback=ts.rollback_evidence(versions[:1]))["infrastructure.7"]["passed"] is False
-    assert scores(night())["infrastructure.7"]["score"] == 0.0  # not read
+    assert scores_of(night(), rollback=ts.rollback_evidence(versions[:1]))["infrastructure.7"]["passed"] is False
+    assert scores_of(night())["infrastructure.7"]["score"] == 0.0  # not read
 
 
 def test_final_is_the_minimum_of_the_section_sums_and_the_summary_line_says_them():
@@ -183,7 +210,7 @@ def test_a_judge_that_cannot_read_its_evidence_scores_zero_and_says_so():
     broken = night(trained=TRAINED, judged=verdict())
     broken.details["verdict"] = [{"name": "slices", "passed": True, "slices": [{"outcome": "passed",
                                                                                 "regression": "x"}, 5]}]
-    row = scores(broken)["model.6"]
+    row = scores_of(broken)["model.6"]
     assert row["score"] == 0.0 and row["evidence"]["not_run"].startswith("could not judge")
 
 
