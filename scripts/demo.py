@@ -63,13 +63,27 @@ def run(nights: int, rows: int, drift_night: int) -> int:
         done = runner.run(day, {"note": f"demo night {night + 1}"})
         state = getattr(done.dag_run, "state", "?")
         failures += state != "success"
-        print(f"night {night + 1:2d} {day}: DAG run {state} in {done.seconds:.0f} s  (log: {done.log})", flush=True)
+        print(f"night {night + 1:2d} {day}: DAG run {state} in {done.seconds:.0f} s; {night_score(server, spec, day)}  "
+              f"(log: {done.log})", flush=True)
     source.close()
 
     print_summary(server, spec)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s ({failures} failed runs)")
     print_where_to_look(server, spec)
     return 1 if failures else 0
+
+
+def night_score(server: str, spec, day: dt.date) -> str:
+    """The night's ML Test Score as its run recorded it (pipeline_runs.details.ml_test_score, test_score.py)."""
+    import psycopg
+    from psycopg import sql
+
+    from include.nightshift.test_score import summary_text
+
+    with psycopg.connect(local_stack.database_uri(server, "warehouse")) as conn:
+        row = conn.execute(sql.SQL("SELECT details -> 'ml_test_score' FROM {} WHERE logical_date = %s").format(
+            sql.Identifier(spec.warehouse.schema, "pipeline_runs")), (day,)).fetchone()
+    return summary_text(row[0] if row else None) or "ML Test Score not recorded"
 
 
 def print_summary(server: str, spec) -> None:
