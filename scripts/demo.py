@@ -68,6 +68,7 @@ def run(nights: int, rows: int, drift_night: int) -> int:
     source.close()
 
     print_summary(server, spec)
+    print_costs(server, spec)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s ({failures} failed runs)")
     print_where_to_look(server, spec)
     return 1 if failures else 0
@@ -109,6 +110,26 @@ def print_summary(server: str, spec) -> None:
         print(" | ".join(f"{str(c):>10}" for c in cells))
     print(f"\n{spec.warehouse.schema}.predictions: {total} rows, {distinct} distinct (score_date, "
           f"{spec.entity_key.name})")
+
+
+def print_costs(server: str, spec) -> None:
+    """What each night's steps cost (task_costs, written by record_run; task_costs.py): wall seconds of all
+    steps and of the slowest, the biggest peak memory, and the cost alerts of the night."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(local_stack.database_uri(server, "warehouse")) as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT c.night, round(sum(c.wall_seconds)::numeric, 1), "
+            "(array_agg(c.task_id || ' ' || round(c.wall_seconds::numeric, 1) || ' s' ORDER BY c.wall_seconds DESC))[1], "
+            "round(max(c.rss_peak_bytes) / 1048576.0), jsonb_array_length(coalesce(r.details -> 'costs' -> 'findings', "
+            "'[]')) FROM {} c JOIN {} r ON r.dag_run_id = c.dag_run_id GROUP BY c.night, r.details ORDER BY c.night"
+        ).format(sql.Identifier(spec.warehouse.schema, "task_costs"),
+                 sql.Identifier(spec.warehouse.schema, "pipeline_runs"))).fetchall()
+    print(f"\nstep costs ({spec.warehouse.schema}.task_costs):")
+    print(" | ".join(f"{h:>14}" for h in ("night", "wall s (all)", "slowest step", "peak MB", "cost alerts")))
+    for row in rows:
+        print(" | ".join(f"{str(c):>14}" for c in row))
 
 
 def print_where_to_look(server: str, spec) -> None:
