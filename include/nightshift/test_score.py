@@ -94,8 +94,8 @@ def _gate_check(ev: Evidence, name: str) -> Judgement:
 
 
 def _recorded(ev: Evidence, key: str) -> Any:
-    """Another step's evidence under `key`: details.serving[key] (the score step's checks: environment,
-    round_trip, skew) or details[key] (costs, prediction_bias)."""
+    """The score step's evidence under `key` (skew.before_scoring's checks: environment, round_trip, skew), kept
+    by run_record in details.serving; details[key] for a record that keeps it at the top."""
     details = _details(ev)
     serving = details.get("serving")
     found = serving.get(key) if isinstance(serving, Mapping) else None
@@ -103,13 +103,13 @@ def _recorded(ev: Evidence, key: str) -> Any:
 
 
 def _reported(ev: Evidence, key: str, what: str) -> Judgement:
-    """A test judged by another step's record (_recorded): {"passed": bool, ...} or {"alerts": [...], ...} (any
-    other keys are the evidence); 0 and NOT_MEASURED when the run did not record it, or recorded that it could
-    not measure it (passed None, or not_measured)."""
+    """A test judged by the score step's record (_recorded): {"passed": bool, ...}, any other keys the evidence;
+    0 and NOT_MEASURED when the run did not record it, or recorded that it could not measure it (passed None,
+    or not_measured)."""
     found = _recorded(ev, key)
     if not isinstance(found, Mapping) or not found:
-        return _not_run(f"{what} {NOT_MEASURED} (details.serving.{key} / details.{key} absent)")
-    passed = found.get("passed", not found["alerts"] if isinstance(found.get("alerts"), list) else None)
+        return _not_run(f"{what} {NOT_MEASURED} (details.serving.{key} absent)")
+    passed = found.get("passed")
     if found.get("not_measured") or passed is None:
         return _not_run(f"{what} {NOT_MEASURED}: {found.get('not_measured') or found.get('summary') or 'no outcome'}")
     return _ran(passed, **{k: v for k, v in found.items() if k not in ("passed", *BULKY)})
