@@ -566,6 +566,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     import numpy as np
 
     from include.nightshift import training
+    from include.nightshift.benefit import feature_benefit
     from include.nightshift.evaluation import evaluate, gate
     from include.nightshift.plots import evaluation_plots
     from include.nightshift.promotion import apply_policy
@@ -585,6 +586,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
         scores["champion"] = training.predict_scores(registry.load_model(spec.model_name, champion.version),
                                                      holdout, spec)
     evaluation = evaluate(holdout, y, scores, spec)
+    benefit = feature_benefit(challenger, holdout, y, spec)  # each feature's permutation importance (benefit.py)
     verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
                    roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
                    challenger_family=trained.family, lost_champion=lost)
@@ -593,7 +595,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                          champion_version=champion.version if champion else None,
                          challenger_version=trained.version, promoted=promote, policy_note=why,
                          evaluation=evaluation, family=trained.family, candidates=trained.candidates,
-                         reused=trained.reused)
+                         reused=trained.reused, feature_benefit=benefit)
     plots = evaluation_plots(y, scores, spec, evaluation=evaluation)  # for the report and the MLflow run
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots, origin=origin)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",

@@ -202,6 +202,7 @@ class VerdictStep(StepOutput):
     family: str | None = None  # the challenger's model family (TrainingStep.family)
     candidates: dict[str, dict] = field(default_factory=dict)  # every candidate's holdout metric, by family
     reused: bool = False  # the challenger is a version reused by training key, not one registered tonight
+    feature_benefit: dict = field(default_factory=dict)  # benefit.feature_benefit: each feature's permutation importance
 
     def record(self) -> dict[str, Any]:
         """The verdict as the evaluation report and evaluation.json show it (the evaluation apart)."""
@@ -210,7 +211,8 @@ class VerdictStep(StepOutput):
     def tags(self) -> dict[str, Any]:
         """What goes on the model version (registry.verdict_description: its description, and nightshift.gate):
         the record without each check's per-slice rows, which stay in the report and evaluation.json."""
-        return {**self.record(), "checks": [{k: v for k, v in c.items() if k != "slices"} for c in self.checks]}
+        return {**{k: v for k, v in self.record().items() if k != "feature_benefit"},  # in evaluation.json, not tags
+                "checks": [{k: v for k, v in c.items() if k != "slices"} for c in self.checks]}
 
 
 @dataclass(frozen=True)

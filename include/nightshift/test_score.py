@@ -127,6 +127,16 @@ def feature_schema(ev: Evidence) -> Judgement:
     return _ran(passed, rows=ev.get("rows_in"), failed=failure.get("message"))
 
 
+def features_beneficial(ev: Evidence) -> Judgement:
+    """Data 2: shuffling each feature on the challenger's holdout costs the metric something (benefit.py)."""
+    found = _details(ev).get("feature_benefit")
+    if not found:
+        return _not_run(NO_CHALLENGER if not _checks(ev) else f"feature benefit {NOT_MEASURED}")
+    if found.get("not_measured"):
+        return _not_run(f"feature benefit {NOT_MEASURED}: {found['not_measured']}")
+    return _ran(found.get("passed"), **{k: v for k, v in found.items() if k != "passed"})
+
+
 def spec_versioned(ev: Evidence) -> Judgement:
     """Model 1: tonight's challenger carries its training key (snapshots, spec, libraries, code)."""
     trained = _details(ev).get("training") or {}
@@ -325,8 +335,8 @@ TESTS: tuple[RubricTest, ...] = (
          "the night's snapshots pass the spec's Great Expectations suite (columns, types, nulls, ranges, categories, "
          "keys, row count)", feature_schema),
     RubricTest("data", 2, "All features are beneficial",
-         "every feature adds to the holdout metric", missing="no per-feature benefit (permutation importance or "
-         "leave-one-feature-out) is measured"),
+         "shuffling any one feature on tonight's challenger's holdout lowers its metric (permutation importance)",
+         features_beneficial),
     RubricTest("data", 3, "No feature's cost is too much",
          "every feature's inference latency and memory are known and worth it",
          missing="no per-feature cost is measured (task costs are per task, not per feature)"),

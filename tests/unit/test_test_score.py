@@ -180,6 +180,31 @@ def test_prediction_bias_per_slice_flags_a_slice_whose_mean_score_misses_its_lab
     assert (row["score"], row["passed"], row["evidence"]["worst"]) == (1.0, False, "plan=pro")
 
 
+def test_feature_benefit_shuffles_each_feature_on_the_holdout_and_flags_one_the_model_cannot_use():
+    import numpy as np
+
+    from include.nightshift.benefit import feature_benefit
+    from include.nightshift.demo_data import generate_day
+    from include.nightshift.training import build_baseline, fit, labels
+
+    train = generate_day(dt.date(2026, 2, 1), 3000, seed=3)
+    holdout = generate_day(dt.date(2026, 2, 2), 2000, seed=4)
+    noise = SPEC.feature_names[0]  # made pure noise in training: the model can learn nothing from it
+    train[noise] = train[noise].to_numpy()[np.random.default_rng(1).permutation(len(train))]
+    model = fit(build_baseline(SPEC), train, SPEC)
+    found = feature_benefit(model, holdout, labels(holdout, SPEC), SPEC)
+    assert found["features"] == len(SPEC.feature_names) and found["rows"] == 2000
+    assert max(found["benefit"].values()) > 0.01  # some feature carries the signal
+    assert found["benefit"][noise] < 0.005 and found["passed"] is (not found["adds_nothing"])
+    assert found == feature_benefit(model, holdout, labels(holdout, SPEC), SPEC) | {"seconds": found["seconds"]}
+    record = night(trained=TRAINED, judged=verdict())
+    record.details["feature_benefit"] = found
+    row = scores_of(record)["data.2"]
+    assert (row["score"], row["passed"], row["evidence"]["adds_nothing"]) == (1.0, found["passed"],
+                                                                              found["adds_nothing"])
+    assert scores_of(night())["data.2"]["evidence"]["not_run"] == ts.NO_CHALLENGER
+
+
 def test_rollback_needs_a_blessed_version_besides_the_serving_one():
     versions = [{"version": 3, "blessed": True, "champion_from": NOW, "champion_to": None},
                 {"version": 2, "blessed": True, "champion_from": NOW, "champion_to": NOW},
