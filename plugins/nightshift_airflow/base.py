@@ -42,7 +42,8 @@ def reporting(execute: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a step's `execute`: a failure is pushed to XCom (ERROR_KEY) so that record_run names the root
     cause, and a permanent one (errors.classify) fails the task at once, without the retries and their
     back-off, as AirflowFailException chained to the original. Transient and unknown errors are re-raised
-    unchanged (retried as the DAG says); skips, deferrals and reschedules pass through."""
+    unchanged (retried as the DAG says); skips, deferrals and reschedules pass through. Whatever happens, the
+    step's cost (wall and CPU seconds, peak memory, rows: task_costs.py) is pushed under task_costs.COST_KEY."""
     if getattr(execute, "nightshift_reporting", False):
         return execute
 
