@@ -227,11 +227,12 @@ def verify_round_trip(model: Any, check: ServingCheck | None, spec: DatasetSpec,
     started = time.perf_counter()
     with open(check.sample_path, "rb") as handle:
         scores = np.concatenate([serving_scores(model, chunk, spec) for chunk in serving_chunks(handle, spec)])
-    if scores.shape != check.scores.shape:
+    if scores.shape != check.scores.shape:  # e.g. another number of classes: as far apart as can be
         worst = math.inf
     else:
         worst = float(np.max(np.abs(scores - check.scores))) if scores.size else 0.0
-    evidence = {"passed": bool(worst <= ROUND_TRIP_TOLERANCE), "rows": int(len(scores)), "max_difference": worst,
+    evidence = {"passed": bool(worst <= ROUND_TRIP_TOLERANCE), "rows": int(len(scores)),
+                "max_difference": worst if math.isfinite(worst) else None,  # JSON (jsonb) has no infinity
                 "tolerance": ROUND_TRIP_TOLERANCE, "seconds": round(time.perf_counter() - started, 4)}
     evidence["summary"] = (f"v{version} reproduced its {len(scores)} logged training scores through the serving "
                            f"path (largest difference {worst:.3g})" if evidence["passed"] else

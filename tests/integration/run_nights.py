@@ -6,6 +6,7 @@ changes the source for real (load a day, reveal labels, run SQL, drop and recrea
 empty source table) or runs the nightly DAG for a date with a conf; after each run it prints
 one JSON line with the run's state, the registry's champion at that moment and its seconds.
 A "move_alias" step moves the champion alias in MLflow as a person would, outside Nightshift.
+A "skew_serving" step injects a preprocessing difference into the serving path (a test's fault; {} undoes it).
 A plan may name its own specs folder ("specs_dir", for NIGHTSHIFT_SPECS_DIR) and edit a spec
 file in it between nights ("edit_spec"): the tasks read their spec file when they run.
 
@@ -73,6 +74,8 @@ def main(plan_path: str) -> int:
             path.write_text(text.replace(old, new))
         elif kind == "move_alias":  # {}: a person points `champion` at another version in MLflow, outside Nightshift
             move_alias(runtime.registry(), spec.model_name)
+        elif kind == "skew_serving":  # {"feature": name, "factor": x}, or {} to undo: a serving-path difference
+            skew_serving(arg)
         elif kind == "run":  # {"day": date, "conf": {...}, "env": {NAME: value, set for this run only}, "dag": suffix}
             saved = {name: os.environ.get(name) for name in arg.get("env", {})}
             os.environ.update(arg.get("env", {}))  # e.g. AIRFLOW_CONN_<ID>: a connection pointed elsewhere
@@ -95,6 +98,24 @@ def main(plan_path: str) -> int:
             raise ValueError(f"unknown plan step {kind!r}")
     source.close()
     return 0
+
+
+def skew_serving(arg: dict) -> None:
+    """Inject (or, given {}, remove) a preprocessing difference in the serving path, as a serving-side transform
+    that drifted from training's would: scoring.serving_features scales one feature by a factor. The runs are
+    dag.test runs in this process, so the tasks see it (skew.py must catch it before anything is published)."""
+    from include.nightshift import scoring
+
+    original = scoring.__dict__.setdefault("_unskewed_features", scoring.serving_features)
+    if not arg:
+        scoring.serving_features = original
+        return
+
+    def skewed(chunk, spec):
+        features = original(chunk, spec)
+        features[arg["feature"]] = features[arg["feature"]] * arg["factor"]
+        return features
+    scoring.serving_features = skewed
 
 
 def move_alias(registry, model_name: str) -> None:

@@ -109,6 +109,9 @@ NIGHTS = {name: COLD_START + dt.timedelta(days=2 * (i + 1)) for i, name in enume
 # counted in nights up to the run date, and the bad nights span about 40 of them (more than the
 # spec's max_model_age_days), so a later date would rightly retrain instead of being a control.
 CLEAN_NIGHT = COLD_START + dt.timedelta(days=1)
+# Not bad input but a bad serving path (issue 14 part 4): the serving path builds monthly_charges its own way
+# (injected by run_nights.py's skew_serving step) on a free day between the cases; the source is clean.
+SKEW_NIGHT = COLD_START + dt.timedelta(days=3)
 
 
 def case_steps(name: str, case: Case) -> list[dict]:
@@ -131,6 +134,11 @@ PLAN = {
         {"run": {"day": iso(COLD_START)}},
         {"recreate_source": True},
         *(step for name, case in CASES.items() for step in case_steps(name, case)),
+        {"load_days": {"from": iso(SKEW_NIGHT), "to": iso(SKEW_NIGHT)}},
+        {"skew_serving": {"feature": "monthly_charges", "factor": 1.5}},
+        {"run": {"day": iso(SKEW_NIGHT), "conf": {"note": "skewed serving feature"}}},
+        {"skew_serving": {}},
+        {"recreate_source": True},
         {"load_days": {"from": iso(CLEAN_NIGHT, -1), "to": iso(CLEAN_NIGHT, -1), "labels": True}},
         {"load_days": {"from": iso(CLEAN_NIGHT), "to": iso(CLEAN_NIGHT)}},
         {"run": {"day": iso(CLEAN_NIGHT), "conf": {"note": "clean night after the bad ones"}}},
@@ -216,4 +224,22 @@ def test_clean_night_after_the_bad_ones_publishes_with_v1(nights):
     assert query(nights, "SELECT count(*), min(model_version), max(model_version) FROM churn.predictions "
                          "WHERE score_date = %s", (CLEAN_NIGHT,)) == [(ROWS, 1, 1)]
     assert sorted(query(nights, "SELECT logical_date FROM churn.pipeline_runs WHERE decision = 'failed'")) == \
-        sorted((d,) for d in NIGHTS.values())
+        sorted((d,) for d in [*NIGHTS.values(), SKEW_NIGHT])
+
+
+def test_a_skewed_serving_feature_fails_the_score_step_before_anything_is_published(nights):
+    """Training/serving skew (skew.py): v1 no longer reproduces the scores it gave its logged training sample
+    through tonight's serving path, so the score step fails, naming the version and the largest difference,
+    and publish never runs; the champion stays, and the clean night after it publishes again."""
+    run = nights["runs"][iso(SKEW_NIGHT)]
+    assert (run["state"], run["champion"]) == ("failed", 1), run
+    row = recorded(nights, SKEW_NIGHT)
+    assert (row["decision"], row["valid"], row["published"], row["note"]) == (
+        "failed", True, 0, "skewed serving feature"), row
+    states = row["details"]["task_states"]
+    assert (states["score"], states["publish"]) == ("failed", "upstream_failed"), states
+    [root] = row["details"]["root_failure"]
+    assert root["task"] == "score", root
+    assert "nightshift_churn v1 does not reproduce the scores it gave its fixed training sample" in root["message"]
+    assert "largest difference" in root["message"] and "nothing is published" in root["message"], root
+    assert query(nights, "SELECT count(*) FROM churn.predictions WHERE score_date = %s", (SKEW_NIGHT,)) == [(0,)]

@@ -257,6 +257,26 @@ def test_dry_run_trains_and_evaluates_but_changes_nothing_a_consumer_sees(nights
     assert client.search_runs(experiments, f"tags.`nightshift.dag_run_id` = '{dry['run_id']}'") == []
     assert (run_reports(nights, dry, top="dry_runs") / "challenger.zip").is_file()
 
+def test_every_served_night_re_verifies_its_champion_and_finds_no_skew(nights):
+    """Issue 14 parts 4 and 6, on every night that scored: the champion reproduced the scores it gave its logged
+    training sample through the serving path on tonight's environment (unchanged since training), and a sample of
+    tonight's rows fed the model the same features as the training path would; evidence in details.serving."""
+    from include.nightshift.spec import load_spec
+
+    features = set(load_spec(Path(__file__).resolve().parents[2] / "include/specs/churn.yaml").feature_names)
+    for day, night in history(nights).items():
+        serving = night["details"].get("serving")
+        if night["decision"] == "failed":  # validation failed: nothing scored, nothing checked
+            assert serving is None, day
+            continue
+        trip, env, skew = serving["round_trip"], serving["environment"], serving["skew"]
+        assert trip["passed"] is True and trip["max_difference"] <= 1e-9 and trip["rows"] == 256, (day, trip)
+        assert env["changes"] == [] and env["summary"].endswith("unchanged since training"), (day, env)
+        assert skew["passed"] is True and skew["findings"] == [] and skew["rows"] == ROWS, (day, skew)
+        assert skew["training_statistics"] == "recorded" and set(skew["against_training"]) == features, day
+    assert "reproduced its 256 logged training scores through the serving path" in read_log(nights["runs"][1])
+
+
 
 def test_reports_are_kept_per_run_and_the_index_names_the_run_that_published_each_night(nights):
     first, *_, rerun, dry = [r for r in nights["runs"] if r["day"] == d(N[4])]
