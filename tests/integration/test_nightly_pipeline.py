@@ -130,6 +130,36 @@ def test_quiet_night_skips_training(nights):
 
 def test_worse_challenger_is_not_promoted(nights):
     forced = history(nights)[d(N[2])]
+def test_every_recorded_night_has_its_28_ml_test_scores_and_the_final_is_the_lowest_section(nights):
+    """ML Test Score (issue 14 part 1): 28 rows per recorded night, written by the run whose pipeline_runs row
+    speaks for the night (the rerun of night 5, not the dry run after it), whose details keep the same section
+    sums; a test that did not run that night scores 0 (no challenger on the quiet night) and says why."""
+    from include.nightshift.test_score import NO_CHALLENGER, SECTIONS
+
+    runs = {night: row for night, row in history(nights).items()}
+    table = query(nights, "SELECT night, test, section, score, passed, evidence, dag_run_id FROM churn.ml_test_score")
+    recorded = dict(query(nights, "SELECT logical_date, dag_run_id FROM churn.pipeline_runs"))
+    for night, run in runs.items():
+        rows = [r for r in table if r[0].isoformat() == night]
+        assert len(rows) == 28 and {r[6] for r in rows} == {recorded[dt.date.fromisoformat(night)]}, night
+        kept = run["details"]["ml_test_score"]
+        sums = {s: sum(r[3] for r in rows if r[2] == s) for s in SECTIONS}
+        assert kept["sections"] == sums and kept["final"] == min(sums.values()), (night, kept, sums)
+    score = {(r[0].isoformat(), r[1]): r for r in table}
+    quiet, judged = score[(d(N[1]), "model.5")], score[(d(N[2]), "model.5")]
+    assert (quiet[3], quiet[5]["not_run"]) == (0.0, NO_CHALLENGER)
+    assert judged[3] == 1.0 and judged[4] in (True, False) and "baseline" in judged[5]["detail"]  # judged tonight
+    assert score[(d(N[3]), "data.1")][4] is False  # the corrupt night: the suite ran and failed
+    benefit = score[(d(N[2]), "data.2")]  # the night that trained: each feature shuffled on the holdout
+    assert benefit[3] == 1.0 and len(benefit[5]["benefit"]) == benefit[5]["features"] > 0, benefit
+    assert score[(d(N[1]), "data.2")][5]["not_run"] == NO_CHALLENGER
+    bias = score[(d(N[1]), "model.7")]  # the quiet night's champion, on the labelled days it never saw
+    assert bias[3] == 1.0 and bias[5]["slices"] >= 2 and bias[5]["tolerance"] == 0.03, bias
+    dry = nights["runs"][-1]
+    assert "ML Test Score" in read_log(dry)  # computed and said, never written for a dry run
+    assert "ML Test Score" in read_log(nights["runs"][1]).split("run summary:")[-1]
+
+
     assert (forced["decision"], forced["reason"]) == ("rejected", "forced")
     assert forced["challenger"] == 2
     assert nights["runs"][2]["champion"] == 1
