@@ -167,6 +167,9 @@ def staleness_known(ev: Evidence) -> Judgement:
         return _not_run("no labelled day scored by the champion and older versions tonight")
     cadence = staleness.get("cadence") or {}
     recommended = _number(cadence.get("recommended_max_age"))
+    if len(points) < 2 and recommended is None:
+        return _not_run("only the champion scored tonight's labelled day: no older version to draw the curve with",
+                        reason=cadence.get("reason"))
     age = _number(_decided(ev).get("champion_age_days"))
     passed = None if recommended is None or age is None else age <= recommended
     return _ran(passed, versions=len(points), recommended_max_age=recommended, interval=cadence.get("interval"),

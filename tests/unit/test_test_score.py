@@ -118,6 +118,10 @@ def test_what_the_monitor_recorded_is_judged_every_night_whether_or_not_a_challe
     stale = got["model.4"]
     assert (stale["score"], stale["passed"], stale["evidence"]["recommended_max_age"]) == (1.0, True, 12.5)
     assert (got["monitoring.4"]["score"], got["monitoring.4"]["passed"]) == (1.0, True)
+    alone = night()  # only the champion scored the day, and no recommendation yet: no curve to know staleness by
+    alone.details["decision"]["details"]["staleness"] = {**STALENESS, "tonight": STALENESS["tonight"][:1],
+                                                         "cadence": {"recommended_max_age": None, "reason": "few"}}
+    assert scores_of(alone)["model.4"]["score"] == 0.0
     assert got["monitoring.4"]["evidence"]["threshold"] == SPEC.promotion.max_model_age_days
     assert (got["monitoring.7"]["score"], got["monitoring.7"]["passed"]) == (1.0, True)
     assert (got["monitoring.5"]["score"], got["monitoring.5"]["passed"]) == (1.0, True)  # scored, finite
