@@ -6,7 +6,8 @@ changes the source for real (load a day, reveal labels, run SQL, drop and recrea
 empty source table) or runs the nightly DAG for a date with a conf; after each run it prints
 one JSON line with the run's state, the registry's champion at that moment and its seconds.
 A "move_alias" step moves the champion alias in MLflow as a person would, outside Nightshift.
-A "skew_serving" step injects a preprocessing difference into the serving path (a test's fault; {} undoes it).
+A "skew_serving" step injects a preprocessing difference into the serving path (a test's fault; {} undoes it);
+a "champion_environment" step records other library versions with the champion, as if it was trained with them.
 A plan may name its own specs folder ("specs_dir", for NIGHTSHIFT_SPECS_DIR) and edit a spec
 file in it between nights ("edit_spec"): the tasks read their spec file when they run.
 
@@ -74,6 +75,8 @@ def main(plan_path: str) -> int:
             path.write_text(text.replace(old, new))
         elif kind == "move_alias":  # {}: a person points `champion` at another version in MLflow, outside Nightshift
             move_alias(runtime.registry(), spec.model_name)
+        elif kind == "champion_environment":  # {library: version}, or {} for tonight's: what the champion was trained with
+            champion_environment(runtime.registry(), spec.model_name, arg)
         elif kind == "skew_serving":  # {"feature": name, "factor": x}, or {} to undo: a serving-path difference
             skew_serving(arg)
         elif kind == "run":  # {"day": date, "conf": {...}, "env": {NAME: value, set for this run only}, "dag": suffix}
@@ -98,6 +101,21 @@ def main(plan_path: str) -> int:
             raise ValueError(f"unknown plan step {kind!r}")
     source.close()
     return 0
+
+
+def champion_environment(registry, model_name: str, versions: dict) -> None:
+    """Record other library versions with the champion (its run's serving_check/environment.json), as if it had been
+    trained with them: no test can install another xgboost between two nights. {}: tonight's environment."""
+    import tempfile
+
+    from include.nightshift import environment, skew
+
+    champion = registry.champion(model_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / skew.ENVIRONMENT_FILE
+        path.write_text(json.dumps({**environment.current_environment(), **versions}, sort_keys=True))
+        registry.log_artifact(champion.run_id, path, skew.FOLDER)
+    skew._CACHE.clear()  # the nights run in this process: read the version's record again
 
 
 def skew_serving(arg: dict) -> None:

@@ -49,7 +49,9 @@ PLAN = {
         {"load_days": {"from": d(N[0]), "to": d(N[0])}},
         {"run": {"day": d(N[0])}},
         {"load_days": {"from": d(N[1]), "to": d(N[1])}}, {"reveal": d(N[0])},
+        {"champion_environment": {"xgboost": "1.7.0"}},  # v1 "was trained" with another xgboost than tonight's
         {"run": {"day": d(N[1])}},
+        {"champion_environment": {}},
         {"load_days": {"from": d(N[2]), "to": d(N[2])}}, {"reveal": d(N[1])},
         # Night 3 trains on N3-17 .. N3-4 and holds out N3-3 .. N3-1: scramble only the training part.
         {"sql": scramble_labels(d(N[2], -17), d(N[2], -3))},
@@ -128,8 +130,6 @@ def test_quiet_night_skips_training(nights):
     assert quiet["published"] == ROWS
 
 
-def test_worse_challenger_is_not_promoted(nights):
-    forced = history(nights)[d(N[2])]
 def test_every_recorded_night_has_its_28_ml_test_scores_and_the_final_is_the_lowest_section(nights):
     """ML Test Score (issue 14 part 1): 28 rows per recorded night, written by the run whose pipeline_runs row
     speaks for the night (the rerun of night 5, not the dry run after it), whose details keep the same section
@@ -160,6 +160,8 @@ def test_every_recorded_night_has_its_28_ml_test_scores_and_the_final_is_the_low
     assert "ML Test Score" in read_log(nights["runs"][1]).split("run summary:")[-1]
 
 
+def test_worse_challenger_is_not_promoted(nights):
+    forced = history(nights)[d(N[2])]
     assert (forced["decision"], forced["reason"]) == ("rejected", "forced")
     assert forced["challenger"] == 2
     assert nights["runs"][2]["champion"] == 1
@@ -255,6 +257,37 @@ def test_one_row_per_entity_per_night_and_one_history_row_per_date(nights):
     assert latest == [(N[5],)]
 
 
+def test_every_served_night_re_verifies_its_champion_and_finds_no_skew(nights):
+    """Issue 14 parts 4 and 6, on every night that scored: the champion reproduced the scores it gave its logged
+    training sample through the serving path on tonight's environment (unchanged since training), and a sample of
+    tonight's rows fed the model the same features as the training path would; evidence in details.serving. On night
+    2 v1's record says another xgboost (run_nights.py champion_environment): the change is reported and alerted."""
+    from importlib.metadata import version
+
+    from include.nightshift.spec import load_spec
+
+    features = set(load_spec(Path(__file__).resolve().parents[2] / "include/specs/churn.yaml").feature_names)
+    for day, night in history(nights).items():
+        serving = night["details"].get("serving")
+        if night["decision"] == "failed":  # validation failed: nothing scored, nothing checked
+            assert serving is None, day
+            continue
+        trip, env, skew = serving["round_trip"], serving["environment"], serving["skew"]
+        assert trip["passed"] is True and trip["max_difference"] <= 1e-9 and trip["rows"] == 256, (day, trip)
+        if day == d(N[1]):  # the night v1's recorded xgboost differs from tonight's: reported, and re-verified
+            assert env["changes"] == [{"name": "xgboost", "recorded": "1.7.0", "now": version("xgboost")}], env
+            continue
+        assert env["changes"] == [] and env["summary"].endswith("unchanged since training"), (day, env)
+        assert skew["passed"] is True and skew["findings"] == [] and skew["rows"] == ROWS, (day, skew)
+        assert skew["training_statistics"] == "recorded" and set(skew["against_training"]) == features, day
+    log = read_log(nights["runs"][1])
+    assert "reproduced its 256 logged training scores through the serving path" in log
+    assert (f"nightshift dependency_change: churn: the libraries on the prediction path changed since the champion "
+            f"was trained (v1: changed since training: xgboost 1.7.0 -> {version('xgboost')}); re-verified on "
+            "tonight's environment by the serving round trip") in log, log[-3000:]
+    assert "dependency_change" not in read_log(nights["runs"][2])  # v1's record restored: nothing to report
+
+
 def test_every_prediction_names_the_champion_of_its_run(nights):
     last_run_per_day = {r["day"]: r for r in nights["runs"] if r["state"] == "success" and not r["conf"].get("dry_run")}
     rows = query(nights, "SELECT score_date, model_version, dag_run_id, snapshot_sha256, count(*) "
@@ -286,26 +319,6 @@ def test_dry_run_trains_and_evaluates_but_changes_nothing_a_consumer_sees(nights
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments, f"tags.`nightshift.dag_run_id` = '{dry['run_id']}'") == []
     assert (run_reports(nights, dry, top="dry_runs") / "challenger.zip").is_file()
-
-def test_every_served_night_re_verifies_its_champion_and_finds_no_skew(nights):
-    """Issue 14 parts 4 and 6, on every night that scored: the champion reproduced the scores it gave its logged
-    training sample through the serving path on tonight's environment (unchanged since training), and a sample of
-    tonight's rows fed the model the same features as the training path would; evidence in details.serving."""
-    from include.nightshift.spec import load_spec
-
-    features = set(load_spec(Path(__file__).resolve().parents[2] / "include/specs/churn.yaml").feature_names)
-    for day, night in history(nights).items():
-        serving = night["details"].get("serving")
-        if night["decision"] == "failed":  # validation failed: nothing scored, nothing checked
-            assert serving is None, day
-            continue
-        trip, env, skew = serving["round_trip"], serving["environment"], serving["skew"]
-        assert trip["passed"] is True and trip["max_difference"] <= 1e-9 and trip["rows"] == 256, (day, trip)
-        assert env["changes"] == [] and env["summary"].endswith("unchanged since training"), (day, env)
-        assert skew["passed"] is True and skew["findings"] == [] and skew["rows"] == ROWS, (day, skew)
-        assert skew["training_statistics"] == "recorded" and set(skew["against_training"]) == features, day
-    assert "reproduced its 256 logged training scores through the serving path" in read_log(nights["runs"][1])
-
 
 
 def test_reports_are_kept_per_run_and_the_index_names_the_run_that_published_each_night(nights):
