@@ -250,7 +250,7 @@ class SkewWatch:
     the watch keeps only the rows of a seeded sample of positions (skew.sample_rows), so memory stays bounded."""
 
     spec: DatasetSpec
-    training_rows: Any  # () -> the snapshot's feature columns as the training path reads them (a DataFrame)
+    training_rows: Any  # (positions) -> those rows of the snapshot as the training path reads them (a DataFrame)
     total_rows: int
     trained: dict[str, dict] | None = None  # the version's training statistics, for the evidence
     version: int | None = None
@@ -277,7 +277,7 @@ class SkewWatch:
 
         began = time.perf_counter()
         served = pd.concat(self._seen, ignore_index=True) if self._seen else pd.DataFrame(columns=self.spec.feature_names)
-        trained_path = features_frame(self.training_rows().iloc[self.positions].reset_index(drop=True), self.spec)
+        trained_path = features_frame(self.training_rows(self.positions).reset_index(drop=True), self.spec)
         serving_stats = feature_statistics(served, self.spec)
         findings = compare_paths(feature_statistics(trained_path, self.spec), serving_stats, self.spec.skew.tolerance)
         self.seconds += time.perf_counter() - began
@@ -310,7 +310,6 @@ def before_scoring(store: Any, registry: Any, spec: DatasetSpec, snapshot: Any, 
     watch goes to scoring.score_snapshot, which compares the feature paths before writing; its `checks` are the
     score step's evidence."""
     from include.nightshift.environment import compare_with
-    from include.nightshift.snapshot import read_snapshot
 
     began = time.perf_counter()
     logged = load_serving_check(registry, champion.run_id)
@@ -320,5 +319,30 @@ def before_scoring(store: Any, registry: Any, spec: DatasetSpec, snapshot: Any, 
     log.info("environment: %s; round trip: %s", checks["environment"]["summary"], checks["round_trip"]["summary"])
     if checks["round_trip"]["passed"] is False:
         raise ServingSkew(checks["round_trip"]["summary"], checks)
-    return SkewWatch(spec, lambda: read_snapshot(store, snapshot, columns=spec.feature_names), snapshot.rows,
+    return SkewWatch(spec, lambda positions: training_path_rows(store, snapshot, spec, positions), snapshot.rows,
                      trained=logged.statistics if logged else None, version=champion.version, checks=checks)
+
+
+def training_path_rows(store: Any, snapshot: Any, spec: DatasetSpec, positions: np.ndarray) -> pd.DataFrame:
+    """The snapshot's rows at `positions` (sorted) as the training path reads them: the feature columns of those rows,
+    Arrow types untouched, through snapshot.read_snapshot (decimals through their text, then pandas). Taken a
+    batch at a time, so the score step's memory stays bounded by the sample, not by the night."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.nightshift.artifacts import ArtifactStore
+    from include.nightshift.snapshot import read_snapshot
+
+    taken, start = [], 0
+    with store.open(snapshot.url) as handle:
+        source = pq.ParquetFile(handle)
+        schema = source.schema_arrow
+        for batch in source.iter_batches(batch_size=spec.scoring.chunk_rows, columns=spec.feature_names):
+            lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
+            if hi > lo:
+                taken.append(batch.take(pa.array(positions[lo:hi] - start)))
+            start += batch.num_rows
+    table = pa.Table.from_batches(taken, schema=pa.schema([schema.field(n) for n in spec.feature_names]))
+    with store.staging_dir() as tmp:
+        pq.write_table(table, tmp / "sample.parquet")
+        return read_snapshot(ArtifactStore(tmp), str(tmp / "sample.parquet"))

@@ -227,3 +227,25 @@ def test_a_champion_trained_with_another_xgboost_is_reported_and_re_verified_ton
     assert checks["round_trip"]["passed"] is True  # re-verified on tonight's environment before it scored
     text, _ = environment.environment_alert(spec.name, checks)
     assert text.startswith(f"{spec.name}: the libraries on the prediction path changed") and f"v{version}" in text
+
+
+def test_the_training_path_reads_only_the_sampled_rows_exactly_as_read_snapshot_does(churn_spec, tmp_path):
+    """training_path_rows takes the sample a batch at a time (bounded memory) and still gives what the training
+    reader gives for those rows, a decimal column included (read_snapshot casts it through its text)."""
+    from decimal import Decimal
+
+    from include.nightshift.snapshot import read_snapshot
+
+    spec = dataclasses.replace(churn_spec, scoring=dataclasses.replace(churn_spec.scoring, chunk_rows=97))
+    table = pa.Table.from_pandas(generate_day(dt.date(2026, 1, 5), 500), preserve_index=False)
+    charges = [None if v is None else Decimal(f"{v:.6f}") for v in table.column("monthly_charges").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("monthly_charges"), "monthly_charges",
+                             pa.array(charges, type=pa.decimal128(12, 6)))
+    store = ArtifactStore(tmp_path / "artifacts")
+    ref = write_snapshot(table, store, spec, dt.date(2026, 1, 5), labelled=False)
+    positions = np.array([0, 5, 96, 97, 98, 250, 499])
+    got = skew.training_path_rows(store, ref, spec, positions)
+    expected = read_snapshot(store, ref, columns=spec.feature_names).iloc[positions].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["monthly_charges"].dtype == "float64"
+    assert skew.training_path_rows(store, ref, spec, np.array([], dtype=int)).empty
