@@ -567,6 +567,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
 
     from include.nightshift import training
     from include.nightshift.benefit import feature_benefit
+    from include.nightshift.trace import trace_example
     from include.nightshift.evaluation import evaluate, gate
     from include.nightshift.plots import evaluation_plots
     from include.nightshift.promotion import apply_policy
@@ -587,6 +588,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                                                      holdout, spec)
     evaluation = evaluate(holdout, y, scores, spec)
     benefit = feature_benefit(challenger, holdout, y, spec)  # each feature's permutation importance (benefit.py)
+    traced = trace_example(challenger, holdout, spec)  # one row through the model, stage by stage (trace.py)
     verdict = gate(evaluation, spec.promotion, challenger_scores=scores["challenger"],
                    roundtrip_equal=bool(np.array_equal(in_memory, scores["challenger"])),
                    challenger_family=trained.family, lost_champion=lost)
@@ -595,7 +597,7 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
                          champion_version=champion.version if champion else None,
                          challenger_version=trained.version, promoted=promote, policy_note=why,
                          evaluation=evaluation, family=trained.family, candidates=trained.candidates,
-                         reused=trained.reused, feature_benefit=benefit)
+                         reused=trained.reused, feature_benefit=benefit, example_trace=traced)
     plots = evaluation_plots(y, scores, spec, evaluation=evaluation)  # for the report and the MLflow run
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots, origin=origin)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",

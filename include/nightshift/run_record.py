@@ -163,6 +163,7 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                  "drift_columns": _field(drift, "details", {}).get("columns"),  # per feature: the health heatmap
                  "training": _training(trained),  # tonight's challenger, as the ML Test Score judges it
                  "feature_benefit": _field(verdict, "feature_benefit"),  # each feature's benefit (benefit.py)
+                 "example_trace": _field(verdict, "example_trace"),  # one row through the model (trace.py)
                  "reports": _report_urls(validation, drift, verdict),  # the health page links each night to them
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note"),
                  "serving": _field(scored, "checks")},  # environment, round trip and skew (skew.before_scoring)

@@ -203,6 +203,7 @@ class VerdictStep(StepOutput):
     candidates: dict[str, dict] = field(default_factory=dict)  # every candidate's holdout metric, by family
     reused: bool = False  # the challenger is a version reused by training key, not one registered tonight
     feature_benefit: dict = field(default_factory=dict)  # benefit.feature_benefit: each feature's permutation importance
+    example_trace: dict = field(default_factory=dict)  # trace.trace_example: one holdout row through the model's stages
 
     def record(self) -> dict[str, Any]:
         """The verdict as the evaluation report and evaluation.json show it (the evaluation apart)."""
@@ -211,7 +212,7 @@ class VerdictStep(StepOutput):
     def tags(self) -> dict[str, Any]:
         """What goes on the model version (registry.verdict_description: its description, and nightshift.gate):
         the record without each check's per-slice rows, which stay in the report and evaluation.json."""
-        return {**{k: v for k, v in self.record().items() if k != "feature_benefit"},  # in evaluation.json, not tags
+        return {**{k: v for k, v in self.record().items() if k not in ("feature_benefit", "example_trace")},  # not tags
                 "checks": [{k: v for k, v in c.items() if k != "slices"} for c in self.checks]}
 
 

@@ -229,6 +229,19 @@ def validated_before_serving(ev: Evidence) -> Judgement:
                 policy=_details(ev).get("policy"))
 
 
+def single_example(ev: Evidence) -> Judgement:
+    """Infrastructure 5: one holdout row observed through each stage of tonight's challenger, the stages adding
+    up to the model's score (trace.py; details.example_trace)."""
+    found = _details(ev).get("example_trace")
+    if not found:
+        return _not_run(NO_CHALLENGER if not _checks(ev) else f"single-example trace {NOT_MEASURED}")
+    if found.get("not_measured"):
+        return _not_run(f"single-example trace {NOT_MEASURED}: {found['not_measured']}")
+    stages = [s.get("stage") for s in found.get("stages") or []]
+    return _ran(found.get("passed"), row=found.get("row"), stages=stages, score=found.get("score"),
+                difference=found.get("difference"), threshold=found.get("tolerance"))
+
+
 def canaried(ev: Evidence) -> Judgement:
     """Infrastructure 6: the model about to serve scores a fixed training sample, loaded as scoring loads it,
     as it did in training (skew.verify_round_trip: details.serving.round_trip; else the gate's registry round
@@ -382,8 +395,8 @@ TESTS: tuple[RubricTest, ...] = (
     RubricTest("infrastructure", 4, "Model quality is validated before attempting to serve it",
          "the gate judged tonight's challenger and nothing that failed it was promoted", validated_before_serving),
     RubricTest("infrastructure", 5, "The model allows debugging by observing the step-by-step computation of a single "
-         "example", "one row's features and score can be traced through the model",
-         missing="no tool traces a single example through the model"),
+         "example", "one holdout row's values after each stage of tonight's challenger are recorded, and the "
+         "stages add up to the model's score", single_example),
     RubricTest("infrastructure", 6, "Models are canaried before serving",
          "the model about to serve gives, loaded as scoring loads it, the scores it gave in training",
          canaried),

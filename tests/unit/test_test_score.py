@@ -209,6 +209,25 @@ def test_feature_benefit_shuffles_each_feature_on_the_holdout_and_flags_one_the_
     assert scores_of(night())["data.2"]["evidence"]["not_run"] == ts.NO_CHALLENGER
 
 
+def test_one_example_is_traced_through_every_stage_of_the_model_and_adds_up_to_its_score():
+    from include.nightshift.demo_data import generate_day
+    from include.nightshift.trace import trace_example
+    from include.nightshift.training import build_baseline, fit, predict_scores
+
+    train, holdout = generate_day(dt.date(2026, 2, 1), 2000, seed=3), generate_day(dt.date(2026, 2, 2), 50, seed=4)
+    model = fit(build_baseline(SPEC), train, SPEC)
+    found = trace_example(model, holdout, SPEC)
+    assert [s["stage"] for s in found["stages"]] == ["input", "prep", "model"]
+    assert found["passed"] is True and found["score"] == pytest.approx(predict_scores(model, holdout, SPEC)[0], abs=0)
+    assert found["stages"][0]["values"]["plan"] == holdout["plan"].iloc[0]  # the raw row, then what prep made of it
+    assert any(k.startswith("categorical__plan_") for k in found["stages"][1]["values"])
+    assert "not_measured" in trace_example(object(), holdout, SPEC)
+    record = night(trained=TRAINED, judged=verdict())
+    record.details["example_trace"] = found
+    row = scores_of(record)["infrastructure.5"]
+    assert (row["score"], row["passed"], row["evidence"]["stages"]) == (1.0, True, ["input", "prep", "model"])
+
+
 def test_rollback_needs_a_blessed_version_besides_the_serving_one():
     versions = [{"version": 3, "blessed": True, "champion_from": NOW, "champion_to": None},
                 {"version": 2, "blessed": True, "champion_from": NOW, "champion_to": NOW},
