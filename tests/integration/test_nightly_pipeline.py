@@ -153,6 +153,8 @@ def test_every_recorded_night_has_its_28_ml_test_scores_and_the_final_is_the_low
     benefit = score[(d(N[2]), "data.2")]  # the night that trained: each feature shuffled on the holdout
     assert benefit[3] == 1.0 and len(benefit[5]["benefit"]) == benefit[5]["features"] > 0, benefit
     assert score[(d(N[1]), "data.2")][5]["not_run"] == NO_CHALLENGER
+    traced = score[(d(N[2]), "infrastructure.5")]  # one holdout row through each stage of the challenger
+    assert (traced[3], traced[4], traced[5]["stages"][0]) == (1.0, True, "input"), traced
     bias = score[(d(N[1]), "model.7")]  # the quiet night's champion, on the labelled days it never saw
     assert bias[3] == 1.0 and bias[5]["slices"] >= 2 and bias[5]["tolerance"] == 0.03, bias
     dry = nights["runs"][-1]
