@@ -20,10 +20,10 @@ from __future__ import annotations
 import base64
 import io
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -89,12 +89,40 @@ def airflow_run_url(base_url: str | None, dag_id: str, dag_run_id: str) -> str:
     return urljoin(base, f"dags/{quote(dag_id, safe='')}/runs/{quote(dag_run_id, safe='')}")
 
 
-_BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
+class _BodyStart(HTMLParser):
+    """Finds where a page's body starts, as a browser reads the markup (case, attributes, scripts before it)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.end: tuple[int, int, int] | None = None  # (line, column, length) of the body's start tag
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "body" and self.end is None:
+            self.end = (*self.getpos(), len(self.get_starttag_text() or ""))
+            raise _Found
+
+
+class _Found(Exception):
+    pass
+
+
+def _body_offset(text: str) -> int | None:
+    """The offset just after the body's start tag; None for a page that has none."""
+    finder = _BodyStart()
+    try:
+        finder.feed(text)
+    except _Found:
+        line, column, length = finder.end
+        start = 0
+        for _ in range(line - 1):  # the parser counts lines by "\n" alone
+            start = text.index("\n", start) + 1
+        return start + column + length
+    return None
 
 
 def stamp_origin(path: str | Path, origin: Origin | None, *, mlflow_run: tuple[str | None, str] | None = None) -> None:
     """Put the origin line at the top of a page already written, whoever made it (Evidently's report as well
-    as Nightshift's templates): one mechanism for every page a run writes. A page without <body> is left as it is.
+    as Nightshift's templates): one mechanism for every page a run writes. A page with no body is left as it is.
 
     :param mlflow_run: (experiment id, run id) of the MLflow run the page is about, if any.
     """
@@ -102,12 +130,12 @@ def stamp_origin(path: str | Path, origin: Origin | None, *, mlflow_run: tuple[s
         return
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    body = _BODY.search(text)
-    if body is None:
+    at = _body_offset(text)
+    if at is None:
         return
     mlflow = None if mlflow_run is None else {"run_id": mlflow_run[1], "url": origin.mlflow_run_url(*mlflow_run)}
     line = _environment().get_template("origin.html").render(origin=origin, mlflow=mlflow)
-    path.write_text(text[:body.end()] + line + text[body.end():], encoding="utf-8")
+    path.write_text(text[:at] + line + text[at:], encoding="utf-8")
 
 
 def message_page(title: str, paragraphs: list[str] = (), items: list[str] = ()) -> str:
