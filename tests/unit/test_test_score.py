@@ -201,6 +201,9 @@ def test_feature_benefit_shuffles_each_feature_on_the_holdout_and_flags_one_the_
     assert max(found["benefit"].values()) > 0.01  # some feature carries the signal
     assert found["benefit"][noise] < 0.005 and found["passed"] is (not found["adds_nothing"])
     assert found == feature_benefit(model, holdout, labels(holdout, SPEC), SPEC) | {"seconds": found["seconds"]}
+    capped = feature_benefit(model, holdout, labels(holdout, SPEC), SPEC, max_rows=500)  # a seeded sample above it
+    assert capped["rows"] == 500 and capped["benefit"] == feature_benefit(model, holdout, labels(holdout, SPEC), SPEC,
+                                                                          max_rows=500)["benefit"]
     record = night(trained=TRAINED, judged=verdict())
     record.details["feature_benefit"] = found
     row = scores_of(record)["data.2"]
