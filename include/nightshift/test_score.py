@@ -77,6 +77,20 @@ def _not_run(why: str, **evidence: Any) -> Judgement:
     return 0.0, None, {"not_run": why, **evidence}
 
 
+def _kept(found: dict | None, what: str, absent: str) -> Judgement | None:
+    """A check that keeps its own record: not run tonight (`absent` says why), ran but could not measure (its
+    record says why), or None: it measured, and the caller reads its verdict."""
+    if not found:
+        return _not_run(absent)
+    if found.get("not_measured"):
+        return _not_run(f"{what} {NOT_MEASURED}: {found['not_measured']}")
+    return None
+
+
+def _verdict(found: dict) -> Judgement:
+    return _ran(found.get("passed"), **{k: v for k, v in found.items() if k != "passed"})
+
+
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
@@ -130,11 +144,8 @@ def feature_schema(ev: Evidence) -> Judgement:
 def features_beneficial(ev: Evidence) -> Judgement:
     """Data 2: shuffling each feature on the challenger's holdout costs the metric something (benefit.py)."""
     found = _details(ev).get("feature_benefit")
-    if not found:
-        return _not_run(NO_CHALLENGER if not _checks(ev) else f"feature benefit {NOT_MEASURED}")
-    if found.get("not_measured"):
-        return _not_run(f"feature benefit {NOT_MEASURED}: {found['not_measured']}")
-    return _ran(found.get("passed"), **{k: v for k, v in found.items() if k != "passed"})
+    absent = NO_CHALLENGER if not _checks(ev) else f"feature benefit {NOT_MEASURED}"
+    return _kept(found, "feature benefit", absent) or _verdict(found)
 
 
 def spec_versioned(ev: Evidence) -> Judgement:
@@ -198,12 +209,9 @@ def inclusion(ev: Evidence) -> Judgement:
     """Model 7: per slice value, the champion's mean score is near the realised label rate on the labelled days
     the monitor pooled (bias.py; the decision's evidence prediction_bias)."""
     found = _decided(ev).get("prediction_bias")
-    if not found:
-        return _not_run("no labelled day after the champion's holdout to measure prediction bias on"
-                        if _decided(ev).get("has_champion") else "no champion")
-    if found.get("not_measured"):
-        return _not_run(f"prediction bias per slice {NOT_MEASURED}: {found['not_measured']}")
-    return _ran(found.get("passed"), **{k: v for k, v in found.items() if k != "passed"})
+    absent = ("no labelled day after the champion's holdout to measure prediction bias on"
+              if _decided(ev).get("has_champion") else "no champion")
+    return _kept(found, "prediction bias per slice", absent) or _verdict(found)
 
 
 def reproducible(ev: Evidence) -> Judgement:
@@ -233,10 +241,10 @@ def single_example(ev: Evidence) -> Judgement:
     """Infrastructure 5: one holdout row observed through each stage of tonight's challenger, the stages adding
     up to the model's score (trace.py; details.example_trace)."""
     found = _details(ev).get("example_trace")
-    if not found:
-        return _not_run(NO_CHALLENGER if not _checks(ev) else f"single-example trace {NOT_MEASURED}")
-    if found.get("not_measured"):
-        return _not_run(f"single-example trace {NOT_MEASURED}: {found['not_measured']}")
+    skipped = _kept(found, "single-example trace", NO_CHALLENGER if not _checks(ev) else
+                    f"single-example trace {NOT_MEASURED}")
+    if skipped:
+        return skipped
     stages = [s.get("stage") for s in found.get("stages") or []]
     return _ran(found.get("passed"), row=found.get("row"), stages=stages, score=found.get("score"),
                 difference=found.get("difference"), threshold=found.get("tolerance"))
