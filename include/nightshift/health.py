@@ -718,13 +718,15 @@ def _runs_rows(spec: DatasetSpec, runs: list[dict]) -> list[dict[str, Any]]:
 
 def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
                      outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None,
-                     test_score: list[dict[str, Any]] | None = None) -> str:
+                     test_score: list[dict[str, Any]] | None = None,
+                     staleness: list[dict[str, Any]] | None = None) -> str:
     """The health page of one data set: plots over the nights, champion changes, every night.
 
     `runs`: run dicts (see the module docstring; read_history gives them), any order.
     `events`: champion changes (read_events gives them). `outputs`: each night's published output
     (read_outputs). With no run, a page that says so (and which version serves, if one does).
     `test_score`: the newest night's ml_test_score rows (read_test_score), shown with the section scores.
+    `staleness`: model_staleness rows (read_staleness), drawn as the age-vs-quality curve.
     """
     stamp = (generated_at or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     nights = _runs(list(runs), outputs)
@@ -745,6 +747,7 @@ def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list
                   runs=_runs_rows(spec, nights), metric=spec.promotion.metric,
                   test_score=_test_score_context(spec, nights, list(test_score or [])),
                   costs=_costs_context(spec, nights),  # each step's cost per night (task_costs.py)
+                  staleness=_staleness_context(spec, list(staleness or [])),
                   output_name={"regression": "prediction", "multiclass": "top probability"}.get(spec.task, "score"),
                   rate_name={"regression": "mean prediction", "multiclass": "class shares"}.get(spec.task,
                                                                                                 "share predicted 1"))
@@ -752,13 +755,85 @@ def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list
 
 def write_health_page(path: str | Path, spec: DatasetSpec, runs: list[dict[str, Any]], events: list[dict[str, Any]] = (), *,
                       outputs: dict[Any, dict] | None = None, generated_at: dt.datetime | None = None,
-                      test_score: list[dict[str, Any]] | None = None) -> str:
+                      test_score: list[dict[str, Any]] | None = None,
+                      staleness: list[dict[str, Any]] | None = None) -> str:
     """Write the page to a local file (folders created); returns the path as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(health_page_html(spec, runs, events, outputs=outputs, generated_at=generated_at,
-                                     test_score=test_score), encoding="utf-8")
+                                     test_score=test_score, staleness=staleness), encoding="utf-8")
     return str(path)
+
+
+# --------------------------------------------------------------------------- staleness (staleness.py)
+
+
+def read_staleness(conn: Connection, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """model_staleness rows of the spec's staleness.history_days labelled days up to the newest ([]: none yet)."""
+    if not warehouse.table_exists(conn, spec, warehouse.MODEL_STALENESS):
+        return []
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT max(day) FROM {}").format(warehouse.table(spec, warehouse.MODEL_STALENESS)))
+        newest = cur.fetchone()[0]
+    return [] if newest is None else warehouse.staleness_history(conn, spec, newest, spec.staleness.history_days)
+
+
+def staleness_chart(spec: DatasetSpec, points: list[Any], cadence: Any) -> Any:
+    """Quality lost against the freshest version that scored the same labelled day, by how many nights older
+    the version was (a point per version and day), with the fitted decay (gid staleness-fit), the tolerance
+    (staleness-tolerance) and the recommended maximum age with its interval (staleness-recommended)."""
+    from matplotlib.figure import Figure
+
+    from include.nightshift.staleness import paired_losses
+
+    pairs = [pair for day in paired_losses(points, bool(spec.promotion.greater_is_better)).values() for pair in day]
+    tolerance = float(spec.promotion.realised_tolerance)
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.subplots()
+    ax.set_title("Quality lost with age: each older version against the freshest on the same day", loc="left",
+                 fontsize=11)
+    ax.scatter([a for a, _ in pairs], [loss for _, loss in pairs], s=14, alpha=0.7, gid="staleness-pairs")
+    reach = max([a for a, _ in pairs] + [cadence.recommended_max_age or 0, 1.0])
+    if cadence.slope is not None:
+        ax.plot([0, reach], [0, cadence.slope * reach], color="#d97706", gid="staleness-fit",
+                label=f"fit: {cadence.slope:+.4f} per night")
+    ax.axhline(tolerance, color="#b00020", linestyle="--", gid="staleness-tolerance",
+               label=f"realised_tolerance {tolerance:g}")
+    if cadence.recommended_max_age is not None:
+        ax.axvline(cadence.recommended_max_age, color="#137333", gid="staleness-recommended",
+                   label=f"recommended maximum age {cadence.recommended_max_age:.1f}")
+        low, high = cadence.interval
+        ax.axvspan(low, min(high, reach) if math.isfinite(high) else reach, color="#137333", alpha=0.1)
+    ax.set_xlabel("nights older than the freshest version that scored the day")
+    ax.set_ylabel(f"{spec.promotion.metric} lost")
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def _staleness_context(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The page's staleness section: the curve and what it recommends against promotion.max_model_age_days."""
+    from include.nightshift.staleness import AgePoint, judge_setting, recommend_for
+
+    points = [AgePoint(r["day"], r["version"], float(r["age_days"]), float(r["metric"]), r["rows"])
+              for r in rows if r.get("metric") is not None]
+    if not points:
+        return None
+    cadence = recommend_for(spec, points)
+    limit = spec.promotion.max_model_age_days
+    if cadence.recommended_max_age is None:
+        said = f"No recommendation yet: {cadence.reason}."
+    else:
+        low, high = cadence.interval
+        said = (f"Recommended maximum age {cadence.recommended_max_age:.1f} nights (90% interval {low:.1f} to "
+                f"{'unbounded' if not math.isfinite(high) else f'{high:.1f}'}), against "
+                f"promotion.max_model_age_days {limit:g}. " + (judge_setting(cadence, limit) or ""))
+    days = len({p.day for p in points})
+    return {"figure": {"id": "staleness", "src": png_data_uri(staleness_chart(spec, points, cadence)),
+                       "alt": f"Quality lost with age on {days} labelled day(s), {cadence.pairs} older-version "
+                              f"point(s). {said}"},
+            "said": said.strip(), "days": days, "versions": len({p.version for p in points}),
+            "schema": spec.warehouse.schema}
 
 
 # --------------------------------------------------------------------------- task costs (task_costs.py)

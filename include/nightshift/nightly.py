@@ -350,17 +350,14 @@ def measure_staleness(conn: Connection, store: ArtifactStore, registry: Registry
 def _cadence(conn: Connection, spec: DatasetSpec, day: dt.date, tonight: list[Any]) -> tuple[Any, str | None]:
     """The cadence fitted on model_staleness's history with tonight's points, and the judgement of the setting."""
     from include.nightshift import warehouse
-    from include.nightshift.staleness import AgePoint, judge_setting, recommend
+    from include.nightshift.staleness import AgePoint, judge_setting, recommend_for
 
     history = {(r["day"], r["version"]): AgePoint(r["day"], r["version"], r["age_days"], r["metric"], r["rows"])
                for r in warehouse.staleness_history(conn, spec, day, spec.staleness.history_days)
                if r["metric"] is not None}
     history.update({(p.day, p.version): p for p in tonight if math.isfinite(p.metric)})
-    pro = spec.promotion
-    cadence = recommend(list(history.values()), greater_is_better=bool(pro.greater_is_better),
-                        tolerance=float(pro.realised_tolerance), min_days=spec.staleness.min_days,
-                        seed=spec.training.seed)
-    return cadence, judge_setting(cadence, pro.max_model_age_days)
+    cadence = recommend_for(spec, list(history.values()))
+    return cadence, judge_setting(cadence, spec.promotion.max_model_age_days)
 
 
 def _finite(value: float) -> float | None:
@@ -850,7 +847,8 @@ def write_health_page(conn: Connection, store: ArtifactStore, spec: DatasetSpec,
     outputs = health.read_outputs(conn, spec, [run["logical_date"] for run in runs])
     with store.staging_dir() as tmp:
         health.write_health_page(tmp / "health.html", spec, runs, events, outputs=outputs,
-                                 test_score=health.read_test_score(conn, spec))  # ML Test Score: the newest night
+                                 test_score=health.read_test_score(conn, spec),  # ML Test Score: the newest night
+                                 staleness=health.read_staleness(conn, spec))  # the age-vs-quality curve
         store.put_file(tmp / "health.html", url)
     return url
 

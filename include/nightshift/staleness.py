@@ -27,6 +27,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +120,14 @@ def recommend(points: Sequence[AgePoint], *, greater_is_better: bool, tolerance:
     # inverted_cdf picks resampled values themselves: an infinite one (no decay in that draw) stays infinite
     low, high = (float(np.quantile(ages, q, method="inverted_cdf")) for q in (tail, 1 - tail))
     return Cadence(len(pairs), len(by_day), slope, tolerance / slope, (low, high), seen)
+
+
+def recommend_for(spec: Any, points: Sequence[AgePoint]) -> Cadence:
+    """recommend() with the spec's promotion metric direction and realised_tolerance, staleness.min_days and
+    seed: the nightly record and the Model health page fit the same curve."""
+    pro = spec.promotion
+    return recommend([p for p in points if math.isfinite(p.metric)], greater_is_better=bool(pro.greater_is_better),
+                     tolerance=float(pro.realised_tolerance), min_days=spec.staleness.min_days, seed=spec.training.seed)
 
 
 def judge_setting(cadence: Cadence, max_model_age_days: float, much: float = 2.0) -> str | None:

@@ -485,3 +485,46 @@ def test_markup_in_recorded_values_is_text_on_the_page(churn_spec):
     (_, change), = tables["events"]
     assert (change["by"], change["why"]) == (EVIL, EVIL)
     assert f"Last night: {EVIL.replace('<', '&lt;').replace('>', '&gt;')}. Generated" in text
+
+
+def test_the_staleness_curve_shows_the_decay_and_the_recommended_age_from_model_staleness(history, recorded,
+                                                                                         churn_spec):
+    """Issue 14 part 3 on the page: each labelled day scored by a fresh and an older version; the older one
+    loses 0.004 of roc_auc per night of age, so realised_tolerance 0.05 is reached at about 12.5 nights,
+    against max_model_age_days 30 (looser than the recommendation: the page says so)."""
+    from include.nightshift.health import read_staleness, staleness_chart
+    from include.nightshift.staleness import AgePoint, recommend_for
+
+    spec = churn_spec
+    assert read_staleness(recorded, spec) == []  # the table exists (migration 10), no day yet: no section
+    rows = []
+    for i in range(10):
+        labelled, older_by = dt.date(2026, 3, 1) + dt.timedelta(days=i), 3 + i
+        jitter = 0.001 * ((-1) ** i)
+        rows += [{"day": labelled, "model_name": spec.model_name, "version": 5, "age_days": 1.0, "rows": 500,
+                  "metric_name": spec.promotion.metric, "metric": 0.80, "measured_by": f"r{i}"},
+                 {"day": labelled, "model_name": spec.model_name, "version": 2, "age_days": 1.0 + older_by, "rows": 500,
+                  "metric_name": spec.promotion.metric, "metric": 0.80 - 0.004 * older_by + jitter,
+                  "measured_by": f"r{i}"}]
+    wh.record_staleness(recorded, spec, rows)
+    found = read_staleness(recorded, spec)
+    assert len(found) == 20 and {r["version"] for r in found} == {2, 5}
+
+    runs, events, outputs = history
+    text = health_page_html(spec, runs, events, outputs=outputs, staleness=found)
+    image = figure_image(text, "staleness")
+    assert image["src"].startswith("data:image/png;base64,")
+    cadence = recommend_for(spec, [AgePoint(r["day"], r["version"], r["age_days"], r["metric"], r["rows"])
+                                   for r in found])
+    assert 11 < cadence.recommended_max_age < 14, cadence
+    assert f"Recommended maximum age {cadence.recommended_max_age:.1f} nights" in image["alt"]
+    assert "promotion.max_model_age_days 30 is looser than" in text and "10 labelled day(s), 2 version(s)" in text
+
+    ax = staleness_chart(spec, [AgePoint(r["day"], r["version"], r["age_days"], r["metric"], r["rows"])
+                                for r in found], cadence).axes[0]
+    assert len(drawn(ax, "staleness-pairs")[0].get_offsets()) == 10  # one older-version point per day
+    assert drawn(ax, "staleness-fit") and drawn(ax, "staleness-tolerance") and drawn(ax, "staleness-recommended")
+
+    few = health_page_html(spec, runs, events, outputs=outputs, staleness=found[:8])  # 4 days: under min_days 7
+    assert "No recommendation yet: 4 labelled day(s) scored by two versions of different ages; 7 needed." in few
+    assert 'id="staleness"' not in health_page_html(spec, runs, events, outputs=outputs)
