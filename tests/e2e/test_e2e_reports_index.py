@@ -35,6 +35,7 @@ def _rows(frame, kind: str, night: str) -> list[dict]:
 
 
 def _run_page(run_id: str) -> str:
+    """A run's page in the Airflow UI, under the stack's [api] base_url."""
     return f"/dags/{NIGHTLY}/runs/{urllib.parse.quote(run_id, safe='')}"
 
 
@@ -56,7 +57,7 @@ def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_re
         (row,) = _rows(frame, "night", night)
         assert "published" in row["text"] and run in row["text"], row
         assert row["hrefs"] and all(f"/{night}/{safe_name(run)}/" in href for href in row["hrefs"]), row
-        assert row["run"] == [_run_page(run)], row  # the run id opens the run in the Airflow UI
+        assert row["run"] == [stack.base_url + _run_page(run)], row  # the run id opens the run in the Airflow UI
     replaced = [r["text"] for r in _rows(frame, "other-run", D3.isoformat()) if "replaced" in r["text"]]
     for twin in (r["dag_run_id"] for r in twin_runs if r["dag_run_id"] != published[D3.isoformat()]):
         assert [text for text in replaced if twin in text], (twin, replaced)  # it published, then a rerun did
@@ -75,7 +76,7 @@ def test_the_reports_index_shows_each_night_s_status_and_the_publishing_run_s_re
     assert answer.ok and "challenger of a dry run (not registered)" in page.content()
     origin = page.locator("p.origin")  # which run wrote the page, a link back to it (no MLflow run: a dry run)
     assert origin.inner_text() == f"Written by DAG run {REPORTED_RUN}", origin.inner_text()
-    assert origin.locator("a").get_attribute("href") == _run_page(REPORTED_RUN)
+    assert origin.locator("a").get_attribute("href") == stack.base_url + _run_page(REPORTED_RUN)
     screenshot(page, "15-reports-index-dry-run-evaluation")
     origin.locator("a").click()  # from the report back to its run in the Airflow UI
     page.wait_for_url(lambda url: urllib.parse.unquote(urllib.parse.urlparse(url).path)
