@@ -28,7 +28,7 @@ import local_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = dt.date(2013, 6, 1)  # summer: the disruption rate moves most
-NIGHTS = 16  # the suite's share of the 45-minute CI budget (two weekly retrains); make bench-flights replays 60
+NIGHTS = 18  # the suite's share of the 45-minute CI budget (two weekly retrains); make bench-flights replays 60
 
 
 @pytest.fixture(scope="module")
