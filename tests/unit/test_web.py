@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urljoin
+from urllib.parse import quote, unquote, urljoin
 
 import httpx
 import pytest
@@ -270,12 +270,17 @@ def test_index_shows_each_night_with_its_status_and_the_publishing_run_s_reports
         ("other-run", f" | ↳ replaced | {SCHEDULED} | drift"),
         ("night", "2026-02-01 | not recorded | – | –"),
         ("other-run", " | ↳ older | (night folder, before reports were kept per run) | validation, drift")]
-    assert rows[1][2] == [f"{NIGHT}/validation/current/validation.html", f"{NIGHT}/drift.html",
+    def run_page(run_id: str) -> str:  # a run the index knows links to its page in the Airflow UI
+        return f"{server.base}/dags/nightshift_churn/runs/{quote(run_id, safe='')}"
+
+    assert rows[1][2] == [run_page(RERUN), f"{NIGHT}/validation/current/validation.html", f"{NIGHT}/drift.html",
                           f"{NIGHT}/evaluation.html"]  # the publisher's pages, not the dry run's
-    assert rows[3][2] == [f"{NIGHT_DIR}/{safe_name(DRY)}/drift.html", f"{NIGHT_DIR}/{safe_name(DRY)}/evaluation.html"]
+    assert rows[3][2] == [run_page(DRY), f"{NIGHT_DIR}/{safe_name(DRY)}/drift.html",
+                          f"{NIGHT_DIR}/{safe_name(DRY)}/evaluation.html"]
+    assert rows[2][2] == [f"{NIGHT_DIR}/{safe_name(UNRECORDED)}/drift.html"]  # known only by its folder: no run link
     for href in re.findall(r'href="([^"]+)"', answer.text):  # every link on the page works from where it is
         assert server.get(urljoin(f"{server.base}/nightshift/", href)[len(server.base):]).status_code == 200, href
-    assert server.get(f"/nightshift/{rows[3][2][1]}").text == "<h1>the dry run's challenger</h1>"
+    assert server.get(f"/nightshift/{rows[3][2][2]}").text == "<h1>the dry run's challenger</h1>"
 
 
 def test_a_dataset_with_many_nights_shows_its_newest_and_links_them_all(server):
