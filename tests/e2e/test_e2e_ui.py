@@ -101,7 +101,8 @@ def test_run_triggered_from_the_form_runs_with_what_was_typed(browser_page, stac
     row.wait_for()
     page.get_by_role("button", name="Expand all extra JSON").click()  # the Conf column shows it collapsed
     row.get_by_text(D2.isoformat()).first.wait_for()
-    row.get_by_text(D2.isoformat()).first.scroll_into_view_if_needed()
+    page.locator("table").first.hover()  # the list re-renders as it polls: scrolled by the mouse, not an element handle
+    page.mouse.wheel(3000, 0)  # to the Conf column, for the screenshot
     screenshot(page, "06b-runs-list-conf")
     assert D2.isoformat() in row.inner_text(), row.inner_text()  # the run itself ran today: D2 is its conf
 
