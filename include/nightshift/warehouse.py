@@ -6,6 +6,8 @@ schema per spec (``spec.warehouse.schema``) holds:
 
 - ``predictions``: one row per entity per score date, primary key (score_date, entity key);
 - ``predictions_latest``: a view of the newest score date;
+- ``predictions_shadow``: the same columns plus ``role``, written by a shadow version (a challenger
+  scoring the same snapshot beside the champion, compared on realised labels): never served;
 - ``pipeline_runs``: one row per logical date (the latest run of that night that was not a
   dry run), the run's summary and decision;
 - ``run_attempts``: one row per DAG run (dry runs included, flagged), so a failed night that a
@@ -58,6 +60,12 @@ if TYPE_CHECKING:
 
 PREDICTIONS = "predictions"
 PREDICTIONS_LATEST = "predictions_latest"
+PREDICTIONS_SHADOW = "predictions_shadow"  # migration 13: a shadow version's predictions, never served
+PARTITIONED = (PREDICTIONS, PREDICTIONS_SHADOW)  # the tables replace_partition / clear_partition write
+SHADOW_ROLES = ("shadow",)
+_SHADOW_ROLE = ("text NOT NULL DEFAULT 'shadow' CHECK (role IN ({}))".format(", ".join(f"'{r}'" for r in SHADOW_ROLES)),
+                "Which kind of unserved model scored the row: 'shadow' (a challenger scoring beside the champion, "
+                "compared on realised labels; never in predictions)")
 PIPELINE_RUNS = "pipeline_runs"
 CHANGES = "champion_changes"
 RUN_ATTEMPTS = "run_attempts"
@@ -308,25 +316,37 @@ def table_exists(conn: Connection, spec: DatasetSpec, name: str) -> bool:
 # ---------------------------------------------------------------- DDL, versioned
 
 
-def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
-    predictions = table(spec, PREDICTIONS)
-    columns = [
+def _prediction_ddl(spec: DatasetSpec, key_name: str, key_type: str) -> list[sql.Composable]:
+    """The predictions columns (score_date, entity key, prediction_columns) with their NOT NULLs: shared by
+    predictions and predictions_shadow, so that the two tables cannot drift apart."""
+    return [
         sql.SQL("score_date date NOT NULL"),
         sql.SQL("{} {} NOT NULL").format(sql.Identifier(key_name), sql.SQL(key_type)),
         *(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in prediction_columns(spec)),
-        sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
     ]
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(predictions, sql.SQL(", ").join(columns)))
-    _check_key_column(cur, spec, key_name, key_type)
-    _comment(cur, "TABLE", predictions, f"Nightly batch predictions of dataset {spec.name}: one row per entity per score_date.")
-    comments = {
+
+
+def _prediction_comments(spec: DatasetSpec, key_name: str) -> dict[str, str]:
+    """The comment of every predictions column (predictions_shadow reuses them)."""
+    return {
         "score_date": ("The day of the rows scored: the DAG run's logical date plus the spec's scoring.horizon_days "
                        "(0 by default); one partition per date."),
         key_name: f"Entity key ({key_name}, from the dataset spec); unique within a score_date.",
         **{n: c for n, _, _, c in prediction_columns(spec)},
     }
-    for column, text in comments.items():
+
+
+def _create_predictions(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.warehouse.schema)))
+    predictions = table(spec, PREDICTIONS)
+    columns = [
+        *_prediction_ddl(spec, key_name, key_type),
+        sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
+    ]
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(predictions, sql.SQL(", ").join(columns)))
+    _check_key_column(cur, spec, key_name, key_type)
+    _comment(cur, "TABLE", predictions, f"Nightly batch predictions of dataset {spec.name}: one row per entity per score_date.")
+    for column, text in _prediction_comments(spec, key_name).items():
         _comment(cur, "COLUMN", sql.SQL("{}.{}").format(predictions, sql.Identifier(column)), text)
 
     view = table(spec, PREDICTIONS_LATEST)
@@ -461,6 +481,23 @@ def _create_staleness(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: s
                       "and the newest blessed versions before it.")
 
 
+def _create_predictions_shadow(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """predictions_shadow: the predictions columns plus role, for a version that scores beside the champion
+    and is compared with it on realised labels, but is never served (no view, never in predictions)."""
+    shadow = table(spec, PREDICTIONS_SHADOW)
+    columns = [
+        *_prediction_ddl(spec, key_name, key_type),
+        sql.SQL("role {}").format(sql.SQL(_SHADOW_ROLE[0])),
+        sql.SQL("PRIMARY KEY (score_date, {})").format(sql.Identifier(key_name)),
+    ]
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(shadow, sql.SQL(", ").join(columns)))
+    _comment(cur, "TABLE", shadow, f"Shadow predictions of dataset {spec.name}: a registered version other than the "
+                                   "champion scoring the same nightly snapshot, one row per entity per score_date; "
+                                   "kept to compare with the champion on realised labels, never served.")
+    for column, text in {**_prediction_comments(spec, key_name), "role": _SHADOW_ROLE[1]}.items():
+        _comment(cur, "COLUMN", sql.SQL("{}.{}").format(shadow, sql.Identifier(column)), text)
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -481,10 +518,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (10, "model_staleness (each labelled day scored by versions of several ages)", _create_staleness),
     (11, "task_costs (wall, CPU, memory and rows of each step)", _create_task_costs),
     (12, "ml_test_score (the ML Test Score's 28 tests per night)", _create_test_score),
+    (13, "predictions_shadow (a shadow version's predictions, never served)", _create_predictions_shadow),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,
-             MODEL_STALENESS, TASK_COSTS, ML_TEST_SCORE)
+             MODEL_STALENESS, TASK_COSTS, ML_TEST_SCORE, PREDICTIONS_SHADOW)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -648,16 +686,35 @@ def _check_key_column(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: s
 # ---------------------------------------------------------------- predictions
 
 
-def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, predictions_path: str | Path) -> int:
-    """Replace one score_date's rows with those of a Parquet file, all or nothing; returns rows written.
+def _partitioned(relation: str) -> str:
+    """`relation` if replace_partition / clear_partition may write it, else a ValueError naming it."""
+    if relation not in PARTITIONED:
+        raise ValueError(f"relation {relation!r} is not a predictions table (one of {', '.join(PARTITIONED)})")
+    return relation
+
+
+def _partition_lock(spec: DatasetSpec, relation: str, score_date: dt.date) -> tuple[int, int]:
+    """The two-key advisory lock of one score_date of one table: (schema, date) for predictions, as it always
+    was; a key of its own for the shadow table, so a shadow publish never waits on the champion's."""
+    schema = spec.warehouse.schema
+    first = _schema_lock_id(schema) if relation == PREDICTIONS else _schema_lock_id(f"{schema}\x00{relation}")
+    return first, score_date.toordinal()
+
+
+def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, predictions_path: str | Path, *,
+                      relation: str = PREDICTIONS) -> int:
+    """Replace one score_date's rows of `relation` (predictions, or predictions_shadow for a shadow version)
+    with those of a Parquet file, all or nothing; returns rows written.
 
     One transaction: an advisory lock on (schema, date) so two publishes of the same night
     queue instead of colliding on the primary key, DELETE of the date, then a single COPY fed
     batch by batch. Any error rolls back (the previous rows stay) and is re-raised as it
     was raised (an Arrow cast error stays that error: psycopg 3 ends the COPY with CopyFail).
     scored_at may be tz-aware (any zone) or naive UTC; the session's TimeZone does not matter.
+    The COPY names the predictions columns only: predictions_shadow.role takes its default.
     Needs ensure_warehouse() to have run.
     """
+    target = table(spec, _partitioned(relation))
     key_name, _ = _key(spec)
     parquet = pq.ParquetFile(predictions_path, pre_buffer=False)  # opened first: a missing file fails before any DELETE
     columns = (key_name, *(n for n, *_ in prediction_columns(spec)))
@@ -665,19 +722,32 @@ def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, 
     if missing:
         raise ValueError(f"{predictions_path}: missing column(s) {missing}")
     copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-        table(spec, PREDICTIONS), sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
+        target, sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
     )
     rows = 0
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
-                    (_schema_lock_id(spec.warehouse.schema), score_date.toordinal()))
+        cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)", _partition_lock(spec, relation, score_date))
         cur.execute("SET LOCAL TimeZone = 'UTC'")  # naive timestamps in the CSV are UTC
-        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(table(spec, PREDICTIONS)), (score_date,))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(target), (score_date,))
         with cur.copy(copy) as stream:
             for data, n in _ahead(_csv_chunks(parquet, columns, _csv_schema(spec), score_date)):
                 stream.write(memoryview(data))
                 rows += n
     return rows
+
+
+def clear_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, relation: str) -> int:
+    """Delete one score_date's rows of `relation` (predictions or predictions_shadow); returns rows deleted.
+
+    For a night published without a shadow: a rerun that no longer has one must not leave the shadow
+    rows of an earlier run of the same night beside the champion's new ones. Under the same advisory
+    lock as replace_partition of that table and date. Needs ensure_warehouse() to have run.
+    """
+    target = table(spec, _partitioned(relation))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)", _partition_lock(spec, relation, score_date))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(target), (score_date,))
+        return cur.rowcount
 
 
 def _ahead(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:

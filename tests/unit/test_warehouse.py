@@ -79,7 +79,8 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
                                   ("model_staleness", "BASE TABLE"),
                                   ("model_versions", "BASE TABLE"),
                                   ("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
-                                  ("predictions_latest", "VIEW"), ("run_attempts", "BASE TABLE"),
+                                  ("predictions_latest", "VIEW"), ("predictions_shadow", "BASE TABLE"),
+                                  ("run_attempts", "BASE TABLE"),
                                   ("schema_version", "BASE TABLE"), ("task_costs", "BASE TABLE")]
         cur.execute("SELECT version FROM churn.schema_version ORDER BY version")
         assert [v for v, in cur.fetchall()] == [m[0] for m in wh.MIGRATIONS]
@@ -637,3 +638,125 @@ def test_a_schema_made_for_another_task_is_refused_naming_the_setting(pg_conn, c
     with pytest.raises(ValueError, match="holds nights judged by roc_auc, a metric of another task than regression"):
         wh.ensure_warehouse(pg_conn, regression)
     wh.ensure_warehouse(pg_conn, churn_spec)  # the spec it was made for still passes
+
+
+# --- predictions_shadow (migration 13): a shadow version's predictions, never served ---------------------
+
+
+def _columns(conn, table: str) -> list[tuple]:
+    """(name, type, NOT NULL, comment) of every column of churn.<table>, in order."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+                    "col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+                    "WHERE a.attrelid = format('churn.%%I', %s::text)::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", (table,))
+        return cur.fetchall()
+
+
+def _shadow_rows(conn) -> list[tuple]:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT score_date, customer_id, dag_run_id, role FROM churn.predictions_shadow "
+                    "ORDER BY score_date, customer_id")
+        return cur.fetchall()
+
+
+def test_the_shadow_table_has_the_predictions_columns_plus_role_all_commented(pg_conn, spec):
+    predictions, shadow = _columns(pg_conn, "predictions"), _columns(pg_conn, "predictions_shadow")
+    assert shadow[:-1] == predictions  # same names, types, NOT NULLs and comments, in the same order
+    name, kind, not_null, comment = shadow[-1]
+    assert (name, kind, not_null) == ("role", "text", True) and comment.startswith("Which kind of unserved model")
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("SELECT obj_description('churn.predictions_shadow'::regclass, 'pg_class')")
+        assert "never served" in cur.fetchone()[0]
+        cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'churn.predictions_shadow'::regclass "
+                    "AND i.indisprimary")
+        assert sorted(r[0] for r in cur.fetchall()) == ["customer_id", "score_date"]
+        cur.execute("SELECT has_table_privilege(%s, 'churn.predictions_shadow', 'SELECT'), "
+                    "has_table_privilege(%s, 'churn.predictions_shadow', 'INSERT')", (spec.warehouse.reader_role,) * 2)
+        assert cur.fetchone() == (True, False)
+    with pytest.raises(psycopg.errors.CheckViolation), pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("INSERT INTO churn.predictions_shadow (score_date, customer_id, role) VALUES (%s, 1, 'champion')",
+                    (DAY1,))
+
+
+def test_a_shadow_publish_and_a_champion_publish_never_touch_each_other(pg_conn, spec, tmp_path):
+    champion = _write(_predictions([1, 2, 3], 1, "champion", version=5), tmp_path / "c.parquet")
+    shadow = _write(_predictions([1, 2, 3, 4], 2, "shadow", version=7), tmp_path / "s.parquet")
+    assert wh.replace_partition(pg_conn, spec, DAY1, champion) == 3
+    assert wh.replace_partition(pg_conn, spec, DAY1, shadow, relation=wh.PREDICTIONS_SHADOW) == 4
+    assert [r[3] for r in _rows(pg_conn, spec)] == ["champion"] * 3
+    assert _shadow_rows(pg_conn) == [(DAY1, k, "shadow", "shadow") for k in (1, 2, 3, 4)]  # role: its default
+
+    again = _write(_predictions([1, 2], 3, "champion again", version=5), tmp_path / "c2.parquet")
+    assert wh.replace_partition(pg_conn, spec, DAY1, again) == 2  # the champion's rerun leaves the shadow's rows
+    assert _shadow_rows(pg_conn) == [(DAY1, k, "shadow", "shadow") for k in (1, 2, 3, 4)]
+    rerun = _write(_predictions([5, 6], 4, "shadow again", version=7), tmp_path / "s2.parquet")
+    assert wh.replace_partition(pg_conn, spec, DAY1, rerun, relation=wh.PREDICTIONS_SHADOW) == 2  # replaced, not added
+    assert _shadow_rows(pg_conn) == [(DAY1, k, "shadow again", "shadow") for k in (5, 6)]
+    assert [(r[1], r[3]) for r in _rows(pg_conn, spec)] == [(1, "champion again"), (2, "champion again")]
+
+
+def test_a_shadow_publish_does_not_wait_for_the_champion_s(pg_conn, pg_uri, spec, tmp_path):
+    """The champion's publish of the same night holds its lock (mid-transaction): the shadow's goes through."""
+    other = psycopg.connect(pg_uri)
+    try:
+        with other.cursor() as cur:  # the lock replace_partition takes for predictions, held open
+            cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+                        wh._partition_lock(spec, wh.PREDICTIONS, DAY1))
+        with pg_conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '500ms'")
+        pg_conn.commit()
+        shadow = _write(_predictions([1], 2, "shadow"), tmp_path / "s.parquet")
+        assert wh.replace_partition(pg_conn, spec, DAY1, shadow, relation=wh.PREDICTIONS_SHADOW) == 1
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # while the champion's own path does wait
+            wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1], 1), tmp_path / "c.parquet"))
+    finally:
+        other.close()
+
+
+def test_clear_partition_deletes_one_night_of_one_table(pg_conn, spec, tmp_path):
+    for day in (DAY1, DAY2):
+        wh.replace_partition(pg_conn, spec, day, _write(_predictions([1, 2], 1, "c"), tmp_path / f"c{day}.parquet"))
+        wh.replace_partition(pg_conn, spec, day, _write(_predictions([1, 2, 3], 2, "s"), tmp_path / f"s{day}.parquet"),
+                             relation=wh.PREDICTIONS_SHADOW)
+    assert wh.clear_partition(pg_conn, spec, DAY2, wh.PREDICTIONS_SHADOW) == 3
+    assert wh.clear_partition(pg_conn, spec, DAY2, wh.PREDICTIONS_SHADOW) == 0  # nothing left: idempotent
+    assert [r[:2] for r in _shadow_rows(pg_conn)] == [(DAY1, 1), (DAY1, 2), (DAY1, 3)]
+    assert [r[:2] for r in _rows(pg_conn, spec)] == [(DAY1, 1), (DAY1, 2), (DAY2, 1), (DAY2, 2)]
+    assert wh.clear_partition(pg_conn, spec, DAY1, wh.PREDICTIONS) == 2
+    assert [r[:2] for r in _rows(pg_conn, spec)] == [(DAY2, 1), (DAY2, 2)]
+
+
+def test_an_unknown_relation_is_refused_by_name_before_anything_is_written(pg_conn, spec, tmp_path):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1], 1, "kept"), tmp_path / "c.parquet"))
+    for relation in (wh.PREDICTIONS_LATEST, wh.PIPELINE_RUNS, "predictions_shadw"):
+        with pytest.raises(ValueError, match=f"relation {relation!r} is not a predictions table"):
+            wh.replace_partition(pg_conn, spec, DAY1, tmp_path / "c.parquet", relation=relation)
+        with pytest.raises(ValueError, match=f"relation {relation!r}"):
+            wh.clear_partition(pg_conn, spec, DAY1, relation)
+    assert [r[3] for r in _rows(pg_conn, spec)] == ["kept"]
+
+
+def test_a_warehouse_at_version_12_gets_the_shadow_table_once_and_keeps_its_nights(pg_conn, churn_spec, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(wh, "MIGRATIONS", tuple(m for m in wh.MIGRATIONS if m[0] <= 12))
+    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r != wh.PREDICTIONS_SHADOW))
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    wh.replace_partition(pg_conn, churn_spec, DAY1, _write(_predictions([1, 2], 1, "v12"), tmp_path / "p.parquet"))
+    assert not wh.table_exists(pg_conn, churn_spec, wh.PREDICTIONS_SHADOW)
+    assert [v for v, _ in _versions(pg_conn)] == list(range(1, 13))
+    monkeypatch.undo()
+
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    applied = _versions(pg_conn)
+    assert [v for v, _ in applied] == list(range(1, 14)) and wh.MIGRATIONS[-1][0] == 13
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    assert _versions(pg_conn) == applied  # applied once
+    assert [r[3] for r in _rows(pg_conn, churn_spec)] == ["v12", "v12"]
+    shadow = _write(_predictions([1], 2, "first shadow"), tmp_path / "s.parquet")
+    assert wh.replace_partition(pg_conn, churn_spec, DAY1, shadow, relation=wh.PREDICTIONS_SHADOW) == 1
+    with pg_conn.transaction(), pg_conn.cursor() as cur:  # the reader is granted the new table too
+        cur.execute("SELECT has_table_privilege(%s, 'churn.predictions_shadow', 'SELECT')",
+                    (churn_spec.warehouse.reader_role,))
+        assert cur.fetchone() == (True,)
