@@ -177,6 +177,7 @@ def test_grants_are_usage_and_select_to_the_reader_and_nobody_else(roles, publis
         ("model_staleness", roles.reader, "SELECT"),
         ("task_costs", roles.reader, "SELECT"),
         ("ml_test_score", roles.reader, "SELECT"),
+        ("predictions_shadow", roles.reader, "SELECT"),
         ("schema_version", roles.reader, "SELECT"),
         ("default r", roles.reader, "SELECT"),
     }
