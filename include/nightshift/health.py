@@ -18,9 +18,12 @@ template, reports.render):
   (task binary), the mean predicted value (regression) or each class's share (multiclass);
 - rows published;
 - which version was champion each night, with promotions and rollbacks marked;
+- the shadow (shadow.py) against the champion on realised labels, per labelled day (its own date axis);
 
 a failed night is a red band with an ✕ on every plot. Then the champion changes, the champion
-periods and every night in a table, each night linked to its reports and its Airflow run.
+periods and every night in a table, each night linked to its reports and its Airflow run, and the
+nights whose serving checks (details.serving) found something: skew, a failed round trip, changed
+libraries.
 The header names the version serving now: the last champion change recorded
 (champion_changes), not the newest night's champion (a rollback since, or a failed night).
 
@@ -748,6 +751,8 @@ def health_page_html(spec: DatasetSpec, runs: list[dict[str, Any]], events: list
                   test_score=_test_score_context(spec, nights, list(test_score or [])),
                   costs=_costs_context(spec, nights),  # each step's cost per night (task_costs.py)
                   staleness=_staleness_context(spec, list(staleness or [])),
+                  shadow=_shadow_context(spec, nights),  # the shadow against the champion on realised labels
+                  skew=_skew_context(nights),  # what the serving checks found (skew.py, environment.py)
                   output_name={"regression": "prediction", "multiclass": "top probability"}.get(spec.task, "score"),
                   rate_name={"regression": "mean prediction", "multiclass": "class shares"}.get(spec.task,
                                                                                                 "share predicted 1"))
@@ -953,3 +958,231 @@ def _test_row(row: dict[str, Any]) -> dict[str, str]:
     return {"test": row["test"], "title": row["title"], "score": f"{float(row['score']):g}",
             "cls": "fail" if passed is False else "", "passed": MISSING if passed is None else ("yes" if passed else "no"),
             "evidence": json.dumps(row["evidence"], default=str, sort_keys=True)[:600]}
+
+
+# --------------------------------------------------------------------------- shadow scoring (shadow.py)
+
+
+# One color per version of a role, in the order the versions come (a change of version: a line of another color).
+SHADOW_COLORS = {"champion": (COLORS["line"], "#0891b2", "#4338ca"), "shadow": ("#d97706", "#be185d", "#7c3aed"),
+                 "won": COLORS["promote"]}
+
+
+def _shadow(run: dict[str, Any]) -> dict[str, Any]:
+    """The night's shadow evidence, as the decide step keeps it (details.decision.details.shadow); {}: none."""
+    found = (((run.get("details") or {}).get("decision") or {}).get("details") or {}).get("shadow")
+    return found if isinstance(found, dict) else {}
+
+
+def shadow_points(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per labelled day a shadow was compared with the champion on, oldest day first: {day, night,
+    champion_version, shadow_version, champion, shadow, gain, beats, rows}. A day is measured again by every
+    night whose realised window still holds it (more labels, or another shadow): the newest night's measurement
+    is the one drawn, so a day is one point, never two."""
+    found: dict[dt.date, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: _day(r["logical_date"], "logical_date")):  # newer nights overwrite
+        evidence = _shadow(run)
+        for measured in evidence.get("days") or []:
+            try:
+                labelled = _day(measured.get("day"), "shadow day")
+            except ValueError:
+                continue
+            found[labelled] = {"day": labelled, "night": _day(run["logical_date"], "logical_date"),
+                               "champion_version": _int(evidence.get("champion_version")),
+                               "shadow_version": _int(evidence.get("version")),
+                               "champion": _float(measured.get("champion")), "shadow": _float(measured.get("shadow")),
+                               "gain": _float(measured.get("gain")), "beats": measured.get("beats") is True,
+                               "rows": _int(measured.get("rows"))}
+    return [found[d] for d in sorted(found)]
+
+
+def _segments(points: list[dict[str, Any]], key: str) -> list[tuple[int | None, list[dict[str, Any]]]]:
+    """Consecutive points scored by the same version: a change of version starts a new line."""
+    out: list[tuple[int | None, list[dict[str, Any]]]] = []
+    for p in points:
+        if out and out[-1][0] == p[key]:
+            out[-1][1].append(p)
+        else:
+            out.append((p[key], [p]))
+    return out
+
+
+def shadow_chart(spec: DatasetSpec, runs: list[dict[str, Any]]) -> Any:
+    """The champion's and the shadow's realised metric per labelled day (shadow_points), one line per role and
+    version (gids champion-v<N> and shadow-v<N>; a version's second stretch -2, ...), the days the shadow beat the
+    champion by shadow.min_improvement circled (gid shadow-beats), and the nights the shadow won promotion
+    (shadow_wins) as vertical lines (gid shadow-won). x: the dates. Needs one shadowed run."""
+    from matplotlib.figure import Figure
+
+    points = shadow_points(runs)
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    ax.set_title(f"Shadow vs champion: realised {spec.promotion.metric} on the same labelled rows, per day",
+                 loc="left", fontsize=11)
+    for role in ("champion", "shadow"):
+        _shadow_lines(ax, points, role)
+    won = sorted(_day(r["logical_date"], "logical_date") for r in runs if _shadow(r).get("wins"))
+    _shadow_marks(ax, points, won)
+    _date_axis(ax, [p["day"] for p in points] + won)
+    ax.set_ylabel(spec.promotion.metric)
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def _shadow_lines(ax: Any, points: list[dict[str, Any]], role: str) -> None:
+    """One line per stretch of days one version of `role` scored, in its own color."""
+    seen: dict[int | None, int] = {}
+    palette = SHADOW_COLORS[role]
+    for version, stretch in _segments(points, f"{role}_version"):
+        seen[version] = seen.get(version, 0) + 1
+        again = seen[version] > 1
+        ax.plot([p["day"] for p in stretch], _nan([p[role] for p in stretch]), marker="o", markersize=4,
+                color=palette[list(seen).index(version) % len(palette)], linestyle="-" if role == "champion" else "--",
+                gid=f"{role}-{_version_str(version)}" + (f"-{seen[version]}" if again else ""),
+                label=None if again else f"{role} {_version_str(version)}")
+
+
+def _shadow_marks(ax: Any, points: list[dict[str, Any]], won: list[dt.date]) -> None:
+    """The days the shadow was ahead, circled; the nights it won promotion, a vertical line each."""
+    beaten = [p for p in points if p["beats"] and p["shadow"] is not None]
+    if beaten:
+        ax.scatter([p["day"] for p in beaten], [p["shadow"] for p in beaten], s=60, facecolors="none", zorder=3,
+                   edgecolors=SHADOW_COLORS["won"], gid="shadow-beats", label="shadow beat the champion")
+    for n, night in enumerate(won):
+        ax.axvline(night, color=SHADOW_COLORS["won"], linewidth=1.5, gid="shadow-won",
+                   label=None if n else "night the shadow won (shadow_wins)")
+
+
+def _date_axis(ax: Any, days: list[dt.date]) -> None:
+    """Whole days as ticks (at most about ten), labelled with their date."""
+    from matplotlib.dates import DateFormatter, DayLocator
+
+    ax.xaxis.set_major_locator(DayLocator(interval=max(1, (max(days) - min(days)).days // 8)))
+    ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
+    ax.tick_params(axis="x", labelsize=8, labelrotation=20)
+    ax.grid(True, color="#e5e7eb", linewidth=0.6)
+
+
+def _shadow_row(run: dict[str, Any], evidence: dict[str, Any]) -> dict[str, str]:
+    """The newest shadowed night's evidence, one table row."""
+    measured = "not_measured" not in evidence
+    need = _int(evidence.get("min_nights"))
+    return {"night": run["day"].isoformat(), "shadow": _version_str(_int(evidence.get("version"))),
+            "champion": _version_str(_int(evidence.get("champion_version"))),
+            "metric": evidence.get("metric") or MISSING,
+            "won": (f"{_int(evidence.get('nights_won')) or 0} of {MISSING if need is None else need}" if measured
+                    else MISSING),
+            "wins": "yes: shadow_wins" if evidence.get("wins") else "no",
+            "summary": (evidence.get("summary") or "") if measured else f"not measured: {evidence['not_measured']}",
+            "cls": "pass" if evidence.get("wins") else ""}
+
+
+def _shadow_context(spec: DatasetSpec, nights: list[dict]) -> dict[str, Any]:
+    """The page's shadow section: the chart of the labelled days (when any was measured) and the newest shadowed
+    night's evidence; without any shadowed night, one sentence."""
+    shadowed = [r for r in nights if _shadow(r)]
+    if not shadowed:
+        return {"none": f"No night of these {len(nights)} had a shadow: no challenger scored beside the champion "
+                        f"(a narrow miss within shadow.max_gap, or a version named in the trigger form, becomes one)."}
+    newest = shadowed[-1]
+    points = shadow_points(nights)
+    context: dict[str, Any] = {"none": "", "rows": [_shadow_row(newest, _shadow(newest))], "days": len(points),
+                               "nights": len(shadowed), "schema": spec.warehouse.schema, "figure": None}
+    if points:
+        won = sum(bool(_shadow(r).get("wins")) for r in nights)
+        last = points[-1]
+        context["figure"] = {
+            "id": "shadow", "src": png_data_uri(shadow_chart(spec, nights)),
+            "alt": f"Realised {spec.promotion.metric} of champion and shadow on {len(points)} labelled day(s) "
+                   f"from {points[0]['day'].isoformat()} to {last['day'].isoformat()}; the shadow beat the champion "
+                   f"on {sum(p['beats'] for p in points)} of them; last day champion "
+                   f"{_version_str(last['champion_version'])} {num(last['champion'])}, shadow "
+                   f"{_version_str(last['shadow_version'])} {num(last['shadow'])}; {won} night(s) the shadow won."}
+    return context
+
+
+# --------------------------------------------------------------------------- serving checks (skew.py, environment.py)
+
+
+SERVING_CHECKS = ("environment", "round_trip", "skew")  # the champion's entries of details.serving (skew.py)
+
+
+def _g(value: Any) -> str:
+    """A statistic as it was measured (6 significant digits), or – when there was none."""
+    number = _float(value)
+    return MISSING if number is None else f"{number:.6g}"
+
+
+def _finding(check: str, subject: str, evidence: str) -> dict[str, str]:
+    return {"check": check, "subject": subject, "evidence": evidence}
+
+
+def _skew_findings(skew: dict[str, Any]) -> list[dict[str, str]]:
+    """The feature paths that disagreed (each statistic, training path against serving path), then what tonight's
+    served rows showed against the training rows (a null share beyond skew.null_share_gap, unseen categories)."""
+    out = []
+    for f in skew.get("findings") or []:
+        stats = "; ".join(f"{name}: training path {_g(a) if not isinstance(a, str) else a}, serving path "
+                          f"{_g(b) if not isinstance(b, str) else b}" for name, (a, b) in
+                          list((f.get("statistics") or {}).items())[:6])
+        out.append(_finding("skew", str(f.get("feature")), f"{stats} (skew.tolerance {_g(skew.get('tolerance'))}, "
+                                                           f"{skew.get('rows', MISSING)} rows)"))
+    for name, seen in sorted((skew.get("against_training") or {}).items()):
+        if seen.get("null_share_flagged"):
+            out.append(_finding("against training", name, f"null share {_g(seen.get('null_share'))} tonight, "
+                                                          f"{_g(seen.get('training_null_share'))} at training "
+                                                          "(further apart than skew.null_share_gap)"))
+        if seen.get("unseen_categories"):
+            out.append(_finding("against training", name, "categories never seen in training: "
+                                + ", ".join(map(str, seen["unseen_categories"]))))
+    return out
+
+
+def serving_findings(run: dict[str, Any]) -> list[dict[str, str]]:
+    """What the night's serving checks (details.serving: skew.before_scoring's evidence) did not pass or found:
+    the libraries on the prediction path that changed since the champion's training, a round trip that did not
+    reproduce the logged scores, skew findings per feature, and flags against the training rows. A value outside
+    training's range is left out (routine on a tail: drift judges it). A night whose score step failed before
+    its checks were recorded (ServingSkew) is named by its error. [] for a clean night."""
+    serving = (run.get("details") or {}).get("serving") or {}
+    if not any(serving.get(check) for check in SERVING_CHECKS):  # the champion's checks were not recorded
+        return _failure_findings(run)
+    return [*_environment_findings(serving.get("environment") or {}), *_round_trip_findings(run, serving),
+            *_skew_findings(serving.get("skew") or {})]
+
+
+def _environment_findings(environment: dict[str, Any]) -> list[dict[str, str]]:
+    """Each library (or Python) whose version changed since the champion was trained."""
+    return [_finding("dependency change", str(c.get("name")), f"{c.get('recorded') or 'not listed'} at training, "
+                                                              f"{c.get('now') or 'not listed'} tonight")
+            for c in environment.get("changes") or []]
+
+
+def _round_trip_findings(run: dict[str, Any], serving: dict[str, Any]) -> list[dict[str, str]]:
+    """A round trip that did not reproduce the version's logged training scores (not recorded: no finding)."""
+    trip = serving.get("round_trip") or {}
+    if trip.get("passed") is not False:
+        return []
+    version = _int(run.get("served_version", run.get("champion_version")))
+    return [_finding("round trip", _version_str(version), f"largest difference {_g(trip.get('max_difference'))} "
+                                                          f"(tolerance {_g(trip.get('tolerance'))}, "
+                                                          f"{trip.get('rows', MISSING)} rows)")]
+
+
+def _failure_findings(run: dict[str, Any]) -> list[dict[str, str]]:
+    """A step that failed on the serving path's checks before they were recorded, with its error."""
+    return [_finding("score failed", str(r.get("task")), str(r.get("message")))
+            for r in (run.get("details") or {}).get("root_failure") or []
+            if "serving path" in str(r.get("message") or "").lower()]
+
+
+def _skew_context(nights: list[dict]) -> dict[str, Any]:
+    """The page's serving checks section: every finding of every night, newest night first."""
+    rows = [{"night": r["day"].isoformat(), "cls": "" if f["check"] == "against training" else "fail", **f}
+            for r in reversed(nights) for f in serving_findings(r)]
+    checked = sum(bool((r.get("details") or {}).get("serving")) for r in nights)
+    return {"rows": rows, "nights": len({row["night"] for row in rows}), "checked": checked,
+            "none": "" if rows else f"No finding: on the {checked} night(s) of these {len(nights)} whose serving "
+                                     "checks were recorded, the environment, the round trip and the feature paths "
+                                     "all agreed with training."}

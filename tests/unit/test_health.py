@@ -528,3 +528,136 @@ def test_the_staleness_curve_shows_the_decay_and_the_recommended_age_from_model_
     few = health_page_html(spec, runs, events, outputs=outputs, staleness=found[:8])  # 4 days: under min_days 7
     assert "No recommendation yet: 4 labelled day(s) scored by two versions of different ages; 7 needed." in few
     assert 'id="staleness"' not in health_page_html(spec, runs, events, outputs=outputs)
+
+
+# --- issue 14 part 2: the shadow against the champion; part 4/6: what the serving checks found ----------------
+
+
+def shadow_evidence(version: int, champion: int, days: list[tuple[str, float | None, float | None]], *,
+                    won: int = 0, wins: bool = False) -> dict:
+    """A night's shadow evidence as the decide step keeps it (details.decision.details.shadow)."""
+    return {"version": version, "champion_version": champion, "metric": "roc_auc", "greater_is_better": True,
+            "min_nights": 3, "min_improvement": 0.0,
+            "days": [{"day": d, "rows": 900, "champion": c, "shadow": s,
+                      "gain": None if c is None or s is None else s - c, "beats": c is not None and s is not None and s > c}
+                     for d, c, s in days],
+            "nights_won": won, "wins": wins, "summary": f"v{version} against v{champion}: won {won} of 3",
+            "verdict": None}
+
+
+def shadow_night(night: str, shadow: dict, **more) -> dict:
+    return {"logical_date": night, "decision": "skipped", "champion_version": 5, "rows_published": 10,
+            "dag_run_id": f"n-{night}", "details": {"decision": {"details": {"shadow": shadow}}, **more}}
+
+
+SHADOW_NIGHTS = [
+    shadow_night("2026-01-10", {}),  # no shadow yet
+    shadow_night("2026-01-11", shadow_evidence(7, 5, [("2026-01-09", 0.80, 0.81)], won=1)),
+    # the next night measures 01-09 again (more labels arrived): its value is the one drawn
+    shadow_night("2026-01-12", shadow_evidence(7, 5, [("2026-01-09", 0.78, 0.84), ("2026-01-10", 0.79, 0.82)], won=2)),
+    shadow_night("2026-01-13", shadow_evidence(8, 5, [("2026-01-11", 0.80, None), ("2026-01-12", 0.81, 0.83)],
+                                               won=3, wins=True)),
+]
+
+
+def test_the_shadow_chart_draws_champion_and_shadow_per_labelled_day_and_the_newest_evidence(churn_spec):
+    from include.nightshift.health import shadow_chart, shadow_points
+
+    text = health_page_html(churn_spec, SHADOW_NIGHTS)
+    image = figure_image(text, "shadow")
+    assert image["src"].startswith("data:image/png;base64,")
+    assert "on 4 labelled day(s) from 2026-01-09 to 2026-01-12" in image["alt"] and "1 night(s) the shadow won" in \
+        image["alt"]
+    (cls, newest), = Tables(text)["shadow-evidence"]
+    assert (newest["night"], newest["shadow"], newest["champion"], newest["nights won"], newest["promotion"]) == (
+        "2026-01-13", "v8", "v5", "3 of 3", "yes: shadow_wins") and cls == "pass"
+    assert newest["summary"] == "v8 against v5: won 3 of 3"
+    assert 'id="no-shadow"' not in text
+
+    points = shadow_points(SHADOW_NIGHTS)
+    assert [(p["day"].isoformat(), p["champion"], p["shadow"], p["night"].isoformat()) for p in points] == [
+        ("2026-01-09", 0.78, 0.84, "2026-01-12"), ("2026-01-10", 0.79, 0.82, "2026-01-12"),
+        ("2026-01-11", 0.80, None, "2026-01-13"), ("2026-01-12", 0.81, 0.83, "2026-01-13")]
+    ax = shadow_chart(churn_spec, SHADOW_NIGHTS).axes[0]
+    (champion,) = drawn(ax, "champion-v5")  # one champion all along: one line over the four days
+    assert [d.isoformat() for d in champion.get_xdata()] == ["2026-01-09", "2026-01-10", "2026-01-11", "2026-01-12"]
+    assert list(champion.get_ydata()) == [0.78, 0.79, 0.80, 0.81]  # 01-09 once, with the newer night's 0.78
+    (v7,), (v8,) = drawn(ax, "shadow-v7"), drawn(ax, "shadow-v8")  # another shadow version: a line of its own
+    assert list(v7.get_ydata()) == [0.84, 0.82] and [d.isoformat() for d in v8.get_xdata()] == ["2026-01-11",
+                                                                                                 "2026-01-12"]
+    assert math.isnan(v8.get_ydata()[0]) and v8.get_ydata()[1] == 0.83
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"champion v5", "shadow v7", "shadow v8"}
+    (won,) = drawn(ax, "shadow-won")  # the night v8 won promotion
+    assert [d.isoformat() for d in won.get_xdata()] == ["2026-01-13", "2026-01-13"]
+    assert len(drawn(ax, "shadow-beats")[0].get_offsets()) == 3  # the days the shadow was ahead
+
+
+def test_a_shadow_not_measured_is_shown_without_a_chart_and_no_shadow_says_so(churn_spec):
+    waiting = [shadow_night("2026-01-10", {"version": 7, "champion_version": 5,
+                                           "not_measured": "no labelled day since the shadow began"})]
+    text = health_page_html(churn_spec, waiting)
+    assert 'id="shadow"' not in text
+    (_, row), = Tables(text)["shadow-evidence"]
+    assert (row["shadow"], row["nights won"], row["summary"]) == ("v7", "–",
+                                                                  "not measured: no labelled day since the shadow began")
+
+    plain = health_page_html(churn_spec, [shadow_night("2026-01-10", {}), {"logical_date": "2026-01-11"}])
+    assert re.search(r'<p id="no-shadow" class="note">No night of these 2 had a shadow', plain)
+    assert 'id="shadow"' not in plain and "shadow-evidence" not in plain
+
+
+def test_the_skew_table_lists_the_nights_whose_serving_checks_found_something_newest_first(churn_spec):
+    clean = {"environment": {"recorded": True, "changes": [], "summary": "v5: unchanged since training"},
+             "round_trip": {"passed": True, "rows": 200, "max_difference": 0.0, "tolerance": 1e-9},
+             "skew": {"rows": 500, "tolerance": 1e-6, "findings": [], "passed": True,
+                      "against_training": {"tenure_months": {"null_share": 0.0, "training_null_share": 0.0,
+                                                             "null_share_flagged": False,
+                                                             "outside_training_range": True}}}}
+    skewed = {**clean, "skew": {**clean["skew"], "passed": False, "findings": [
+        {"feature": "monthly_charges", "statistics": {"mean": [64.5, 6450.0], "max": [118.7, 11870.0]}}]}}
+    changed = {**clean, "environment": {"recorded": True, "summary": "v5: changed", "changes": [
+        {"name": "xgboost", "recorded": "3.0.1", "now": "3.1.0"}]},
+        "round_trip": {"passed": False, "rows": 200, "max_difference": 0.0004, "tolerance": 1e-9}}
+    failed = {"root_failure": [{"task": "score", "message": "ServingSkew: the serving path does not reproduce "
+                                                            "training: v5 ..."}]}
+    runs = [{"logical_date": "2026-02-01", "details": {"serving": clean}},
+            {"logical_date": "2026-02-02", "details": {"serving": skewed}},
+            {"logical_date": "2026-02-03", "details": {"serving": clean}},
+            {"logical_date": "2026-02-04", "champion_version": 5, "details": {"serving": changed}},
+            {"logical_date": "2026-02-05", "decision": "failed", "details": failed}]
+    text = health_page_html(churn_spec, runs)
+    rows = [(cls, r["night"], r["check"], r["feature / library"], r["evidence"]) for cls, r in Tables(text)["skew-findings"]]
+    assert [r[1:4] for r in rows] == [("2026-02-05", "score failed", "score"),
+                                      ("2026-02-04", "dependency change", "xgboost"),
+                                      ("2026-02-04", "round trip", "v5"),
+                                      ("2026-02-02", "skew", "monthly_charges")]
+    assert rows[1][4] == "3.0.1 at training, 3.1.0 tonight"
+    assert rows[2][4] == "largest difference 0.0004 (tolerance 1e-09, 200 rows)"
+    assert rows[3][4] == ("mean: training path 64.5, serving path 6450; max: training path 118.7, serving path "
+                          "11870 (skew.tolerance 1e-06, 500 rows)") and rows[3][0] == "fail"
+    assert "2026-02-01" not in {r[1] for r in rows} and "2026-02-03" not in {r[1] for r in rows}  # clean nights
+    assert "3 night(s) found something" in text
+
+    quiet = health_page_html(churn_spec, [runs[0], runs[2]])
+    assert re.search(r'<p id="no-skew" class="note">No finding: on the 2 night\(s\) of these 2', quiet)
+    assert "skew-findings" not in quiet
+
+
+def test_shadow_and_serving_evidence_reach_the_page_through_the_warehouse(pg_conn, churn_spec):
+    """The same nights written to pipeline_runs (details as jsonb) and read back by read_history."""
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    skewed = {"skew": {"rows": 50, "tolerance": 1e-6, "findings": [
+        {"feature": "region", "statistics": {"share[north]": [0.25, 0.5]}}]}}
+    for i, night in enumerate(SHADOW_NIGHTS):
+        details = {**night["details"], **({"serving": skewed} if i == 1 else {})}
+        wh.upsert_run(pg_conn, churn_spec, {"logical_date": dt.date.fromisoformat(night["logical_date"]),
+                                            "dag_run_id": night["dag_run_id"], "decision": "skipped",
+                                            "champion_version": 5, "details": details})
+    runs = read_history(pg_conn, churn_spec)
+    text = health_page_html(churn_spec, runs)
+    assert "on 4 labelled day(s) from 2026-01-09 to 2026-01-12" in figure_image(text, "shadow")["alt"]
+    (_, newest), = Tables(text)["shadow-evidence"]
+    assert (newest["night"], newest["nights won"]) == ("2026-01-13", "3 of 3")
+    (_, finding), = Tables(text)["skew-findings"]
+    assert (finding["night"], finding["feature / library"], finding["evidence"]) == (
+        "2026-01-11", "region", "share[north]: training path 0.25, serving path 0.5 (skew.tolerance 1e-06, 50 rows)")
