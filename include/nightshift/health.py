@@ -1015,6 +1015,8 @@ def shadow_chart(spec: DatasetSpec, runs: list[dict[str, Any]]) -> Any:
     from matplotlib.figure import Figure
 
     points = shadow_points(runs)
+    if not points:
+        raise ValueError("shadow_chart: no labelled day was compared (details.decision.details.shadow.days)")
     fig = Figure(figsize=(8, 3.2))
     ax = fig.subplots()
     ax.set_title(f"Shadow vs champion: realised {spec.promotion.metric} on the same labelled rows, per day",

@@ -595,8 +595,12 @@ def test_the_shadow_chart_draws_champion_and_shadow_per_labelled_day_and_the_new
 def test_a_shadow_not_measured_is_shown_without_a_chart_and_no_shadow_says_so(churn_spec):
     waiting = [shadow_night("2026-01-10", {"version": 7, "champion_version": 5,
                                            "not_measured": "no labelled day since the shadow began"})]
+    from include.nightshift.health import shadow_chart
+
     text = health_page_html(churn_spec, waiting)
     assert 'id="shadow"' not in text
+    with pytest.raises(ValueError, match="no labelled day was compared"):
+        shadow_chart(churn_spec, waiting)
     (_, row), = Tables(text)["shadow-evidence"]
     assert (row["shadow"], row["nights won"], row["summary"]) == ("v7", "–",
                                                                   "not measured: no labelled day since the shadow began")
