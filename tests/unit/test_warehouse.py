@@ -653,6 +653,17 @@ def _columns(conn, table: str) -> list[tuple]:
         return cur.fetchall()
 
 
+def test_a_multiclass_shadow_table_has_the_multiclass_columns_too(pg_conn, churn_spec):
+    multiclass = _with_schema(dataclasses.replace(churn_spec, task="multiclass"), "churn_mc")
+    wh.ensure_warehouse(pg_conn, multiclass)
+    with pg_conn.transaction(), pg_conn.cursor() as cur:
+        cur.execute("SELECT table_name, array_agg(column_name::text ORDER BY ordinal_position) FROM "
+                    "information_schema.columns WHERE table_schema = 'churn_mc' AND table_name IN "
+                    "('predictions', 'predictions_shadow') GROUP BY 1 ORDER BY 1")
+        (_, predictions), (_, shadow) = cur.fetchall()
+    assert shadow == [*predictions, "role"] and predictions[-2:] == ["predicted_class", "class_probabilities"]
+
+
 def _shadow_rows(conn) -> list[tuple]:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT score_date, customer_id, dag_run_id, role FROM churn.predictions_shadow "
