@@ -67,6 +67,11 @@ PARAMS = {
                                          "predictions and pipeline_runs row are replaced only if this run publishes; "
                                          "both runs stay in run_attempts. Off: such a run is refused before "
                                          "anything is read."),
+    "shadow_version": Param(None, type=["null", "integer"], minimum=1, title="Shadow version",
+                            description="A registered version of the model to score every night beside the champion, "
+                                        "unserved (predictions_shadow), until realised labels promote it "
+                                        "(shadow_wins) or another promotion retires it. Empty: keep the current "
+                                        "shadow, if any."),
     "allow_later_model": switch(False, title="Score with a later model",
                                description="Allow scoring a past night with a champion trained on a later night "
                                            "(it has seen data the night could not know). Off: refused."),

@@ -1,8 +1,8 @@
 """Decide whether tonight's run retrains, and record why.
 
 Retraining costs compute and risks churn in production, so it happens only for a reason,
-and the reason is a short stable string ("forced", "no_champion", "drift", "quality_decay",
-"model_age") that a SQL user can group by in the run-history table. The first matching
+and the reason is a short stable string ("forced", "no_champion", "shadow_wins", "drift",
+"quality_decay", "model_age") that a SQL user can group by in the run-history table. The first matching
 reason wins, in that order. An input that was not measured (None or NaN) cannot trigger
 its reason; `details` records it as null next to the threshold it would have met.
 
@@ -20,6 +20,10 @@ The rules act on evidence, not on one noisy number:
   estimate that dips inside its own noise triggers nothing. For log_loss (lower is better)
   every comparison is mirrored.
 
+- **shadow_wins**: the shadow (shadow.py) beat the champion on shadow.min_nights consecutive labelled
+  days and passed the gate on their pooled rows (monitor measured it). No model is fitted: the shadow
+  is tonight's challenger, and evaluate promotes it through the audited path.
+
 Plain Python: no Airflow, no MLflow.
 """
 
@@ -33,7 +37,7 @@ from typing import Any
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.steps import DriftStep, MonitorStep, StepOutput
 
-REASONS = ("forced", "no_champion", "drift", "quality_decay", "model_age")
+REASONS = ("forced", "no_champion", "shadow_wins", "drift", "quality_decay", "model_age")
 
 
 @dataclass
@@ -185,6 +189,7 @@ def _evidence(spec: DatasetSpec, drift: DriftStep | None, monitor: MonitorStep |
         "target_drift": dict(monitor.target_drift),
         "staleness": dict(monitor.staleness),
         "prediction_bias": dict(monitor.prediction_bias),  # the ML Test Score's inclusion test (test_score.py)
+        "shadow": dict(monitor.shadow),  # shadow.measure_shadow: the shadow against the champion on realised labels
         "champion_holdout_metric": quality.holdout,
         "realised_decay": quality.decay,
         "quality_drop": quality.drop,
@@ -206,6 +211,8 @@ def decide(*, has_champion: bool, drift: DriftStep | None, monitor: MonitorStep 
     candidates = [
         ("forced", bool(force), "forced by the trigger"),
         ("no_champion", not has_champion, "no champion model yet"),
+        ("shadow_wins", bool(monitor and monitor.shadow.get("wins")), (monitor.shadow.get("summary") if monitor else "")
+         or "no shadow"),
         ("drift", drift_hit, drift_text),
         ("quality_decay", quality_hit, quality_text),
         ("model_age", age_hit, age_text),

@@ -224,12 +224,13 @@ def validation_alert(spec: DatasetSpec, result: ValidationStep) -> Alert:
 
 
 def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
-                     snapshot: SnapshotStep) -> MonitorStep:
+                     snapshot: SnapshotStep, shadow: Any = None) -> MonitorStep:
     """The champion's realised metric, with a bootstrap interval and its calibration, on the labelled days
     it never saw: the last promotion.realised_window_days labelled days after its holdout's end, pooled.
 
     Past labelled days are re-taken as snapshots from `source` (the same rows give the same file). No
-    such day yet (a champion trained last night) means not measured, which triggers nothing.
+    such day yet (a champion trained last night) means not measured, which triggers nothing. A `shadow`
+    (ModelVersionInfo) is compared with the champion on the same rows (shadow.measure_shadow).
     """
     from include.nightshift.training import training_days
 
@@ -243,11 +244,11 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     days = [d for d in days if holdout_end is None or d > holdout_end]
     base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
                        champion_holdout_metric=holdout, holdout_end=holdout_end)
-    quality, used, target, bias = _realised(source, store, registry, spec, champion, snapshot, days)
+    quality, used, target, bias, compared = _realised(source, store, registry, spec, champion, snapshot, days, shadow)
     if quality is None:
         log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
                  champion.version, holdout_end, spec.promotion.metric)
-        return base
+        return dataclasses.replace(base, shadow=compared)
     log.info("champion v%s realised %s on %d rows of %s: %s [%s, %s] (%.0f%%), brier %s, ECE %s (holdout %s)",
              champion.version, spec.promotion.metric, quality.rows, ", ".join(used), *map(_num, (
                  quality.value, quality.low, quality.high)), 100 * quality.confidence,
@@ -256,14 +257,17 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
                                confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece,
-                               target_drift=target, prediction_bias=bias)
+                               target_drift=target, prediction_bias=bias, shadow=compared)
 
 
 def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
-              snapshot: SnapshotStep, days: list[dt.date]) -> tuple[Any, list[str], dict, dict]:
+              snapshot: SnapshotStep, days: list[dt.date], shadow: Any = None) -> tuple[Any, list[str], dict, dict, dict]:
     """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), the
-    days that had rows, the drift of those rows' labels from the champion's training labels, and its
-    prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion)."""
+    days that had rows, the drift of those rows' labels from the champion's training labels, its
+    prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion), and the shadow's
+    comparison with it on the same rows (shadow.measure_shadow; {} without a shadow)."""
+    from include.nightshift.shadow import measure_shadow
+
     from include.nightshift.quality import realised_quality
     from include.nightshift.snapshot import read_snapshots, take_snapshot
     from include.nightshift.training import labels, predict_scores, row_days
@@ -271,16 +275,19 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
     refs = [snapshot.labelled if d.isoformat() == snapshot.labelled.day else
             take_snapshot(source, store, spec, d, labelled=True) for d in days]
     refs = [ref for ref in refs if ref.rows]
+    absent = {} if shadow is None else {"version": shadow.version, "champion_version": champion.version,
+                                        "not_measured": "no labelled row in the realised window"}
     if not refs:
-        return None, [], {}, {}
+        return None, [], {}, {}, absent
     df = read_snapshots(store, refs)
     scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
     pro = spec.promotion
     quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
                                confidence=pro.realised_confidence, resamples=pro.realised_resamples,
                                seed=spec.training.seed, days=row_days(df, spec))
+    compared = absent if shadow is None else measure_shadow(registry, spec, shadow, champion, df, scores)
     return (quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df),
-            _slice_bias(spec, df, scores))
+            _slice_bias(spec, df, scores), compared)
 
 
 def _slice_bias(spec: DatasetSpec, df: Any, scores: Any) -> dict:
@@ -310,10 +317,15 @@ def _target_drift(registry: Registry, spec: DatasetSpec, champion: Any, labelled
 
 
 def monitor_night(source: SourceReader, conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
-                  snapshot: SnapshotStep, dag_run_id: str, *, dry_run: bool) -> MonitorStep:
-    """The monitor step: the champion's realised quality (monitor_champion) and how fast models go stale
+                  snapshot: SnapshotStep, dag_run_id: str, *, dry_run: bool,
+                  shadow_version: int | None = None) -> MonitorStep:
+    """The monitor step: the champion's realised quality (monitor_champion), with the shadow's beside it (the
+    version the trigger form names, else the alias's: shadow.name_shadow), and how fast models go stale
     (measure_staleness)."""
-    monitored = monitor_champion(source, store, registry, spec, snapshot)
+    from include.nightshift.shadow import name_shadow
+
+    shadow = name_shadow(registry, spec, shadow_version, dry_run=dry_run)
+    monitored = monitor_champion(source, store, registry, spec, snapshot, shadow)
     staleness = measure_staleness(conn, store, registry, spec, snapshot, dag_run_id, dry_run=dry_run)
     return dataclasses.replace(monitored, staleness=staleness)
 
@@ -409,9 +421,15 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
     A dry run registers nothing and starts no MLflow run: the challenger and its baseline are kept in
     the artifact store under dry_runs/<dataset>/<day>/<run>/ (version None, `model_url` set), where
     evaluate loads them the way it loads a registered version (_challenger_models).
+
+    On a shadow_wins night nothing is fitted: the shadow is the challenger (shadow.shadow_challenger).
     """
     from include.nightshift import training
+    from include.nightshift.shadow import REASON, shadow_challenger
     from include.nightshift.snapshot import read_snapshots, take_snapshot
+
+    if decision is not None and decision.reason == REASON:
+        return shadow_challenger(registry, spec, decision.details["shadow"])
 
     end, days = training.training_days(spec, day)
     refs = [take_snapshot(source, store, spec, d, labelled=True) for d in days]
@@ -570,6 +588,9 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     from include.nightshift.promotion import apply_policy
     from include.nightshift.snapshot import SnapshotRef, read_snapshots
 
+    if trained.shadow:  # shadow_wins: judged on realised labels by monitor, not on a holdout
+        return judge_shadow(store, registry, spec, trained, day=day, policy=policy, dry_run=dry_run, origin=origin,
+                            reports=reports)
     refs = [SnapshotRef.from_dict(r) for r in json.loads(store.read_text(trained.snapshots_url))]
     _, holdout = training.split_train_holdout(read_snapshots(store, refs), spec, trained.holdout_end)
     y = training.labels(holdout, spec)
@@ -599,6 +620,31 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     url = write_evaluation_report(store, registry, spec, day, trained, judged, reports, plots=plots, origin=origin)
     log.info("verdict for v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted",
              why, verdict.message())
+    return dataclasses.replace(judged, report_url=url)
+
+
+def judge_shadow(store: ArtifactStore, registry: Registry, spec: DatasetSpec, trained: TrainingStep, *,
+                 day: dt.date, policy: str, dry_run: bool, origin: Origin, reports: dict[str, str]) -> VerdictStep:
+    """A shadow_wins night's verdict: the gate monitor ran on the realised rows (shadow.measure_shadow), under the
+    run's policy. Its evaluation page goes to the artifact store only: the shadow's MLflow run keeps the holdout
+    evaluation it was registered with."""
+    from include.nightshift.promotion import apply_policy
+    from include.nightshift.shadow import REASON, shadow_verdict
+
+    evidence = trained.shadow
+    verdict = shadow_verdict(evidence)
+    champion = registry.champion(spec.model_name)
+    promote, why = already_champion(champion, trained) or apply_policy(verdict, policy, dry_run=dry_run)
+    judged = VerdictStep(**verdict.to_dict(), policy=policy, dag_run_id=origin.dag_run_id,
+                         champion_version=champion.version if champion else None,
+                         challenger_version=trained.version, promoted=promote,
+                         policy_note=f"{REASON}: {why} on realised labels", family=trained.family,
+                         evaluation={**evidence.get("evaluation", {}),
+                                     "days": evidence.get("days", [])[-spec.shadow_min_nights:]})
+    url = write_evaluation_report(store, registry, spec, day, dataclasses.replace(trained, run_id=""), judged,
+                                  reports, origin=origin)
+    log.info("shadow v%s: %s (%s)\n%s", trained.version, "PROMOTED" if promote else "not promoted", why,
+             verdict.message())
     return dataclasses.replace(judged, report_url=url)
 
 
@@ -692,16 +738,27 @@ def settle_verdict(registry: Registry, conn: Connection, spec: DatasetSpec, verd
     `night`: the run's date, for the audit row (None: the challenger's own, see promotion.promote)."""
     from include.nightshift import audit
     from include.nightshift.promotion import promote, repair_pending
+    from include.nightshift.shadow import BASIS, narrow_miss
 
     if verdict.promoted:
-        return promote(registry, conn, spec, verdict, night=night)
+        replaced = promote(registry, conn, spec, verdict, night=night)
+        if registry.shadow(spec.model_name) is not None:  # it was compared with the champion just replaced
+            registry.set_shadow(spec.model_name, None)
+            log.info("%s: the shadow is retired by the promotion of v%s", spec.model_name, verdict.challenger_version)
+        return replaced
     if verdict.challenger_version is None:  # a dry run's challenger, never registered: the registry and the
         return None  # audit table are left as they were (another run's pending change is that run's to settle)
+    if verdict.evaluation.get("basis") == BASIS:  # a shadow not promoted tonight (policy, dry run): it shadows on
+        return None
     audit.ensure_audit(conn, spec)
     repair_pending(registry, conn, spec, this_run=verdict.dag_run_id)  # intents other runs left (promotion.py)
     if verdict.champion_version == verdict.challenger_version:  # a reused champion: its tags say why it serves
         return None
     registry.record_verdict(spec.model_name, verdict.challenger_version, verdict.tags())
+    why = narrow_miss(verdict, spec)
+    if why:
+        registry.set_shadow(spec.model_name, verdict.challenger_version)
+        log.info("%s v%s is the shadow: %s", spec.model_name, verdict.challenger_version, why)
     return None
 
 
@@ -754,9 +811,39 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     rows = score_snapshot(store, snapshot.current.url, url, spec, model=model, model_version=champion.version,
                           snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id, watch=watch)
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
+    shadow_url, shadow_version, watch.checks["shadow"] = score_shadow(store, registry, spec, snapshot, dag_run_id,
+                                                                      champion, allow_later_model or dry_run)
     # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
     return ScoringStep(url=url, rows=rows, model_version=champion.version,
-                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks)
+                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks, shadow_url=shadow_url,
+                       shadow_version=shadow_version)
+
+
+def score_shadow(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
+                 dag_run_id: str, champion: Any, allow_later_model: bool) -> tuple[str | None, int | None, dict]:
+    """The shadow's scores of the night's rows (shadow.py), beside the champion's: (url, version, evidence).
+
+    The shadow serves nothing, so nothing about it stops the night: a shadow that cannot load or score, or was
+    trained on a later night than this one, is left out tonight and the evidence says why."""
+    from include.nightshift.scoring import score_snapshot
+
+    shadow = registry.shadow(spec.model_name)
+    if shadow is None or shadow.version == champion.version:
+        return None, None, {}
+    trained_for = shadow.tags.get(RUN_DATE_TAG)
+    if trained_for and dt.date.fromisoformat(trained_for) > snapshot.day and not allow_later_model:
+        return None, None, {"version": shadow.version, "scored": False,
+                            "reason": f"v{shadow.version} was trained for {trained_for}, after this night"}
+    url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}-shadow.parquet")
+    try:
+        rows = score_snapshot(store, snapshot.current.url, url, spec,
+                              model=registry.load_model(spec.model_name, shadow.version), model_version=shadow.version,
+                              snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id)
+    except Exception as exc:  # logged with its traceback; the champion's night goes on
+        log.exception("shadow v%s could not score %s: left out tonight", shadow.version, snapshot.current.day)
+        return None, None, {"version": shadow.version, "scored": False, "reason": f"{type(exc).__name__}: {exc}"}
+    log.info("shadow v%s scored the same %d rows -> %s (not served)", shadow.version, rows, url)
+    return url, shadow.version, {"version": shadow.version, "scored": True, "rows": rows}
 
 
 def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
@@ -785,7 +872,23 @@ def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, sp
             rows = warehouse.replace_partition(conn, spec, scored.day, path)
     log.info("published %d rows to %s.predictions for %s with v%s", rows, spec.warehouse.schema, scored.day,
              scored.model_version)
-    return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version)
+    return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version,
+                       shadow_rows=publish_shadow(conn, store, spec, scored))
+
+
+def publish_shadow(conn: Connection, store: ArtifactStore, spec: DatasetSpec, scored: ScoringStep) -> int:
+    """The night's partition of predictions_shadow: the shadow's scores, or none (a night without a shadow
+    keeps no shadow rows from an earlier run of it). After the champion's partition: never in its way."""
+    from include.nightshift import warehouse
+
+    if scored.shadow_url is None:
+        warehouse.clear_partition(conn, spec, scored.day, warehouse.PREDICTIONS_SHADOW)
+        return 0
+    with store.local_copy(scored.shadow_url) as path:
+        rows = warehouse.replace_partition(conn, spec, scored.day, path, relation=warehouse.PREDICTIONS_SHADOW)
+    log.info("published %d rows of shadow v%s to %s.%s for %s", rows, scored.shadow_version, spec.warehouse.schema,
+             warehouse.PREDICTIONS_SHADOW, scored.day)
+    return rows
 
 
 def record_night(conn: Connection, store: ArtifactStore, spec: DatasetSpec, record: RunRecord, *,

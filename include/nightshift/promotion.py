@@ -125,7 +125,10 @@ def promotion_change(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | 
             "to_version": verdict.challenger_version, "actor": "nightshift", "reason": verdict.policy_note,
             "dag_run_id": verdict.dag_run_id, "night": night,
             "details": {"policy": verdict.policy, "metric": spec.promotion.metric,
-                        "champion": verdict.champion, "challenger": verdict.challenger}}
+                        "champion": verdict.champion, "challenger": verdict.challenger,
+                        # what the numbers were measured on: the holdout, or a shadow's realised labels (shadow.py)
+                        "basis": verdict.evaluation.get("basis", "holdout"),
+                        "labelled_days": [d["day"] for d in verdict.evaluation.get("days", [])]}}
 
 
 def promotion_alert(spec: DatasetSpec, verdict: "VerdictStep", replaced: int | None) -> tuple[str, dict[str, Any]]:

@@ -61,6 +61,7 @@ from include.nightshift.spec import DatasetSpec
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+SHADOW = "shadow"  # a version that scores beside the champion, never served (shadow.py)
 MODEL_ARTIFACT = "model"
 BASELINE_ARTIFACT = "baseline"
 REFERENCE_ARTIFACT = "reference.parquet"
@@ -483,13 +484,29 @@ class Registry:
 
     def champion(self, model_name: str) -> ModelVersionInfo | None:
         """The version behind the `champion` alias; None when the model or the alias does not exist."""
+        return self._aliased(model_name, CHAMPION)
+
+    def shadow(self, model_name: str) -> ModelVersionInfo | None:
+        """The version behind the `shadow` alias (shadow.py); None when there is none."""
+        return self._aliased(model_name, SHADOW)
+
+    def set_shadow(self, model_name: str, version: int | None) -> None:
+        """Point `shadow` at a version, or remove the alias (None). Only the champion's alias is audited
+        (champion_changes): a shadow serves nothing; its changes are logged and kept in pipeline_runs."""
+        if version is None:
+            if self.shadow(model_name) is not None:
+                self.client.delete_registered_model_alias(model_name, SHADOW)
+            return
+        self.client.set_registered_model_alias(model_name, SHADOW, str(int(version)))
+
+    def _aliased(self, model_name: str, alias: str) -> ModelVersionInfo | None:
         try:
             registered = self.client.get_registered_model(model_name)
         except MlflowException as exc:
             if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                 return None
             raise
-        version = registered.aliases.get(CHAMPION)
+        version = registered.aliases.get(alias)
         return None if version is None else self.version(model_name, int(version))
 
     def version(self, model_name: str, version: int) -> ModelVersionInfo:

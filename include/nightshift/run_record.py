@@ -118,10 +118,11 @@ class RunRecord(StepOutput):
         return f"{failure_story(failed, self.details.get('root_failure') or [])}; {where}"
 
     def summary(self) -> str:
-        """One line for the task log; the staleness judgement of max_model_age_days when it has one, and the
-        night's ML Test Score once computed (ML Test Score)."""
+        """One line for the task log; the staleness judgement of max_model_age_days when it has one, the shadow's
+        standing against the champion when there is one, and the night's ML Test Score once computed."""
         setting = ((self.details.get("decision") or {}).get("details") or {}).get("staleness", {}).get("setting")
-        setting = "; ".join(x for x in (setting, findings_clause(self.details)) if x)  # a step's cost finding
+        shadow = (((self.details.get("decision") or {}).get("details") or {}).get("shadow") or {}).get("summary")
+        setting = "; ".join(x for x in (setting, findings_clause(self.details), shadow) if x)  # cost; shadow.py
         score = summary_text(self.details.get("ml_test_score"))  # set by record_night (nightly.score_run)
         return (f"{self.logical_date}: rows {self.rows_in}, drift share {self.drift_share}, reason "
                 f"{self.retrain_reason}, decision {self.decision}, champion v{self.champion_version}, "

@@ -602,6 +602,24 @@ class Staleness(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Shadow(_Section):
+    """Shadow scoring: a version that scores the night beside the champion, unserved, until realised labels say
+    whether it is better (include/nightshift/shadow.py)."""
+
+    max_gap: Annotated[NonNegative | None, Field(description=(
+        "A challenger the gate rejected only because it did not beat the champion by promotion.min_improvement, "
+        "and that fell short of the champion's holdout metric by at most this much (0: it was at least as good), "
+        "becomes the shadow. null: only a version named in the trigger form (shadow_version) shadows."))] = 0.0
+    min_nights: Annotated[Positive | None, Field(description=(
+        "The shadow is promoted (reason shadow_wins) once it beat the champion on this many consecutive newest "
+        "labelled days, each by min_improvement, and passes the gate on those days' pooled rows. At most "
+        "promotion.realised_window_days. null: 3, or the window's days when it has fewer."))] = None
+    min_improvement: Annotated[NonNegative | None, Field(description=(
+        "How much better than the champion the shadow must be on each of those days, and pooled. "
+        "null: promotion.min_improvement."))] = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Costs(_Section):
     """When a step's cost (task_costs: wall seconds, peak memory) is alerted: a jump tonight or a slow leak."""
 
@@ -693,6 +711,9 @@ class DatasetSpec(_Section):
     skew: Annotated[Skew, Field(description=(
         "Training/serving skew and the serving round trip, checked before every publish (include/nightshift/skew.py)."))] = \
         dataclasses.field(default_factory=Skew)
+    shadow: Annotated[Shadow, Field(description=(
+        "Which challengers score beside the champion unserved, and when realised labels promote them "
+        "(include/nightshift/shadow.py)."))] = dataclasses.field(default_factory=Shadow)
     costs: Annotated[Costs, Field(description=(
         "When a step's wall time or peak memory is alerted (include/nightshift/task_costs.py)."))] = \
         dataclasses.field(default_factory=Costs)
@@ -826,6 +847,29 @@ class DatasetSpec(_Section):
                 "horizon", "must be at least 1 when label.delay_days is 0: the night's own rows already have "
                 "their labels, and that day closes the holdout that chose the model", {}), 0)])
         return self
+
+    @model_validator(mode="after")
+    def _shadow_fits_the_window(self) -> DatasetSpec:
+        """The shadow's nights are judged within the realised window: more nights than it holds never come."""
+        if self.shadow.min_nights is not None and self.shadow.min_nights > self.promotion.realised_window_days:
+            _refuse("DatasetSpec", [(("shadow", "min_nights"), PydanticCustomError(
+                "shadow_nights", "{nights} is more than promotion.realised_window_days {window}: the shadow is "
+                "compared on that window's labelled days only", {"nights": self.shadow.min_nights,
+                                                                  "window": self.promotion.realised_window_days}),
+                self.shadow.min_nights)])
+        return self
+
+    @property
+    def shadow_min_nights(self) -> int:
+        """shadow.min_nights, or 3 (at most the realised window's days) when it is not set."""
+        found = self.shadow.min_nights
+        return min(3, self.promotion.realised_window_days) if found is None else found
+
+    @property
+    def shadow_min_improvement(self) -> float:
+        """shadow.min_improvement, or promotion.min_improvement when it is not set."""
+        found = self.shadow.min_improvement
+        return float(self.promotion.min_improvement if found is None else found)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:

@@ -148,6 +148,7 @@ class MonitorStep(StepOutput):
     target_drift: dict = field(default_factory=dict)  # drift.measure_target_drift's record; {} when not measured
     staleness: dict = field(default_factory=dict)  # nightly.measure_staleness: tonight's points and the cadence
     prediction_bias: dict = field(default_factory=dict)  # bias.prediction_bias per slice value; {} when not measured
+    shadow: dict = field(default_factory=dict)  # shadow.measure_shadow: the shadow against the champion; {} without one
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class TrainingStep(StepOutput):
     reused: bool = False
     training_key: str | None = None
     model_url: str | None = None
+    shadow: dict = field(default_factory=dict)  # a shadow_wins night: the shadow's realised evidence (shadow.py), no fit
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,8 @@ class ScoringStep(StepOutput):
     model_version: int | None
     day: dt.date
     checks: dict = field(default_factory=dict)  # skew.before_scoring's evidence: environment, round_trip, skew
+    shadow_url: str | None = None  # the shadow's scores of the same rows (shadow.py), for predictions_shadow
+    shadow_version: int | None = None
 
     @property
     def no_model(self) -> bool:
@@ -243,6 +247,7 @@ class PublishStep(StepOutput):
     rows: int
     day: dt.date
     model_version: int
+    shadow_rows: int = 0  # rows written to predictions_shadow (0: no shadow scored the night)
 
 
 def read_outputs(sent: Mapping[str, Any]) -> dict[str, Any]:

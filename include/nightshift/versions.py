@@ -64,9 +64,16 @@ def snapshot_hashes(store: ArtifactStore, trained: TrainingStep) -> list[str]:
 
 def record_judged(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
                   trained: TrainingStep, verdict: VerdictStep, *, night: dt.date) -> None:
-    """Write the judged version's row, then the serving periods (the gate may just have promoted it)."""
+    """Write the judged version's row, then the serving periods (the gate may just have promoted it).
+
+    A shadow judged on realised labels (shadow.py) keeps the row of the night that trained it: only its
+    blessing and tonight's verdict are written."""
     warehouse.ensure_warehouse(conn, spec)
-    row = judged_row(spec, trained, verdict, night=night, snapshot_hashes=snapshot_hashes(store, trained))
+    if trained.shadow:
+        row = {"model_name": spec.model_name, "version": trained.version, "blessed": bool(verdict.promote),
+               "verdict": verdict.policy_note}
+    else:
+        row = judged_row(spec, trained, verdict, night=night, snapshot_hashes=snapshot_hashes(store, trained))
     warehouse.upsert_model_version(conn, spec, row)
     sync_serving(conn, registry, spec)
 

@@ -117,7 +117,8 @@ class MonitorOperator(NightshiftOperator):
         with runtime.source_reader(self.spec) as source, self.connect() as conn:
             return monitor_night(source, conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                  self.received()["snapshot"], context["run_id"],
-                                 dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
+                                 dry_run=bool(self.param(context, "dry_run", False)),
+                                 shadow_version=self.param(context, "shadow_version", None)).to_xcom()
 
 
 class DecideOperator(NightshiftOperator, BaseBranchOperator):
@@ -179,7 +180,7 @@ class EvaluateOperator(NightshiftOperator):
                 policy=policy, dry_run=bool(self.param(context, "dry_run", False)), conn=conn,
                 origin=runtime.origin(context), reports=run_reports(got["validation"], got["drift"]))
             context["ti"].xcom_push(key=REPORT_URL, value=verdict.report_url)
-            replaced = settle_verdict(registry, conn, self.spec, verdict)
+            replaced = settle_verdict(registry, conn, self.spec, verdict, night=runtime.run_date(context))
             if not self.param(context, "dry_run", False):  # the warehouse's model_versions row (versions.py)
                 record_judged(conn, runtime.artifact_store(), registry, self.spec, got["trained"], verdict,
                               night=runtime.run_date(context))

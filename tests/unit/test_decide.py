@@ -5,6 +5,7 @@ the realised interval, never on a point inside its own noise."""
 from __future__ import annotations
 
 import datetime as dt
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -169,17 +170,36 @@ def test_unmeasured_inputs_trigger_nothing_and_stay_json_safe(churn_spec, unmeas
     assert run(churn_spec, drift=None, monitor=None).retrain is False  # steps that did not run
 
 
+WON = {"version": 3, "champion_version": 1, "wins": True, "summary": "shadow v3 won the newest 3 of 3 days"}
+
+
 def test_precedence_first_matching_reason_wins(churn_spec):
+    decayed = monitor_step(0.5, (0.45, 0.55), 0.82)
     everything = dict(force=True, has_champion=False, drift=drift_step(0.9, persisted=2),
-                      monitor=monitor_step(0.5, (0.45, 0.55), 0.82), champion_age_days=99)
+                      monitor=dataclasses.replace(decayed, shadow=WON), champion_age_days=99)
     expected = list(REASONS)
-    order = ["force", "has_champion", "drift", "monitor", "champion_age_days"]
+    # "shadow" calms the shadow only (the realised metric still decays); "monitor" calms both
+    order = ["force", "has_champion", "shadow", "drift", "monitor", "champion_age_days"]
     calm = dict(force=False, has_champion=True, drift=drift_step(0.1), monitor=monitor_step(), champion_age_days=3.0)
     for i, reason in enumerate(expected):
-        inputs = {**everything, **{k: calm[k] for k in order[:i]}}
+        calmed = order[:i]
+        inputs = {**everything, **{k: calm[k] for k in calmed if k != "shadow"}}
+        if "shadow" in calmed and "monitor" not in calmed:
+            inputs["monitor"] = decayed
         d = run(churn_spec, **inputs)
         assert d.reason == reason
         assert d.details["triggered"] == expected[i:]
+
+
+def test_shadow_wins_only_on_its_own_evidence(churn_spec):
+    """The shadow's record decides shadow_wins (and is kept in details); a shadow that has not won yet, or no
+    shadow, adds nothing."""
+    won = run(churn_spec, monitor=dataclasses.replace(monitor_step(), shadow=WON))
+    assert won.retrain and won.reason == "shadow_wins" and won.details["shadow"] == WON
+    assert WON["summary"] in won.details["summary"]
+    waiting = run(churn_spec, monitor=dataclasses.replace(monitor_step(), shadow={**WON, "wins": False}))
+    assert not waiting.retrain and waiting.details["shadow"]["version"] == 3
+    assert run(churn_spec).details["shadow"] == {}
 
 
 def test_model_age_is_counted_in_nights_up_to_the_run_date_not_the_wall_clock(churn_spec):
