@@ -9,7 +9,10 @@ NIGHTSHIFT_HOME moves the demo's state (default .nightshift/), e.g. for a second
 
 Each night: the day's rows land in the source table (labels withheld), the previous day's
 labels are revealed, and the nightly DAG runs for that date through Airflow (`dag.test`,
-the same code path as `airflow dags test`). Covariate drift starts part way through.
+the same code path as `airflow dags test`). Covariate drift starts part way through. Night 3
+trains a challenger it keeps out of production (force_retrain, promotion_policy never) and night 4
+names it the shadow (shadow_version), as a user would in the trigger form: from then on it scores
+every night beside the champion into predictions_shadow until a promotion retires it.
 Each task's log is written to Airflow's log folder too, the run's start date is when it ran
 and its note names the night and conf (local_stack.NightRunner), so `make ui` shows the
 demo's runs as it shows runs the scheduler made.
@@ -29,6 +32,7 @@ import local_stack  # noqa: E402
 
 SPEC_FILE = local_stack.ROOT / "include" / "specs" / "churn.yaml"
 FIRST_NIGHT = dt.date(2026, 2, 1)
+KEPT_OUT, SHADOWED = 3, 4  # the night that trains a challenger kept out of production, the night that shadows it
 
 
 def run(nights: int, rows: int, drift_night: int) -> int:
@@ -55,12 +59,20 @@ def run(nights: int, rows: int, drift_night: int) -> int:
           flush=True)
 
     runner = local_stack.NightRunner(spec.dag_id)
-    failures = 0
+    failures, kept = 0, None
     for night in range(nights):
         day = FIRST_NIGHT + dt.timedelta(days=night)
         demo_data.load_day(source, day, rows, table=spec.source.table, drift=drift)
         demo_data.reveal_labels(source, day - dt.timedelta(days=1), rows, table=spec.source.table, drift=drift)
-        done = runner.run(day, {"note": f"demo night {night + 1}"})
+        conf: dict = {"note": f"demo night {night + 1}"}
+        if night + 1 == KEPT_OUT:
+            conf.update(force_retrain=True, promotion_policy="never", note=f"demo night {night + 1}: a challenger "
+                        "kept out of production")
+        if night + 1 == SHADOWED and kept is not None:
+            conf.update(shadow_version=kept, note=f"demo night {night + 1}: v{kept} shadows the champion")
+        done = runner.run(day, conf)
+        if night + 1 == KEPT_OUT:
+            kept = challenger_of(server, spec, day)
         state = getattr(done.dag_run, "state", "?")
         failures += state != "success"
         print(f"night {night + 1:2d} {day}: DAG run {state} in {done.seconds:.0f} s; {night_score(server, spec, day)}  "
@@ -75,16 +87,35 @@ def run(nights: int, rows: int, drift_night: int) -> int:
 
 
 def night_score(server: str, spec, day: dt.date) -> str:
-    """The night's ML Test Score as its run recorded it (pipeline_runs.details.ml_test_score, test_score.py)."""
+    """The night's ML Test Score as its run recorded it (pipeline_runs.details.ml_test_score, test_score.py),
+    and where its shadow stands against the champion (shadow.py), when there is one."""
     import psycopg
     from psycopg import sql
 
     from include.nightshift.test_score import summary_text
 
     with psycopg.connect(local_stack.database_uri(server, "warehouse")) as conn:
-        row = conn.execute(sql.SQL("SELECT details -> 'ml_test_score' FROM {} WHERE logical_date = %s").format(
+        row = conn.execute(sql.SQL(
+            "SELECT details -> 'ml_test_score', details -> 'decision' -> 'details' -> 'shadow' FROM {} "
+            "WHERE logical_date = %s").format(sql.Identifier(spec.warehouse.schema, "pipeline_runs")), (day,)).fetchone()
+    score = summary_text(row[0] if row else None) or "ML Test Score not recorded"
+    shadow = (row[1] or {}) if row else {}
+    if shadow.get("version") is None:
+        return score
+    standing = shadow.get("not_measured") or (f"won {shadow.get('nights_won')} of {shadow.get('min_nights')} "
+                                              f"labelled days{' -> promoted' if shadow.get('wins') else ''}")
+    return f"{score}; shadow v{shadow['version']}: {standing}"
+
+
+def challenger_of(server: str, spec, day: dt.date) -> int | None:
+    """The challenger the night registered (pipeline_runs.challenger_version)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(local_stack.database_uri(server, "warehouse")) as conn:
+        row = conn.execute(sql.SQL("SELECT challenger_version FROM {} WHERE logical_date = %s").format(
             sql.Identifier(spec.warehouse.schema, "pipeline_runs")), (day,)).fetchone()
-    return summary_text(row[0] if row else None) or "ML Test Score not recorded"
+    return row[0] if row else None
 
 
 def print_summary(server: str, spec) -> None:

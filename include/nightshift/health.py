@@ -1050,7 +1050,7 @@ def _shadow_marks(ax: Any, points: list[dict[str, Any]], won: list[dt.date]) -> 
     beaten = [p for p in points if p["beats"] and p["shadow"] is not None]
     if beaten:
         ax.scatter([p["day"] for p in beaten], [p["shadow"] for p in beaten], s=60, facecolors="none", zorder=3,
-                   edgecolors=SHADOW_COLORS["won"], gid="shadow-beats", label="shadow beat the champion")
+                   edgecolors=SHADOW_COLORS["won"], gid="shadow-beats", label="shadow won the day (by min_improvement)")
     for n, night in enumerate(won):
         ax.axvline(night, color=SHADOW_COLORS["won"], linewidth=1.5, gid="shadow-won",
                    label=None if n else "night the shadow won (shadow_wins)")
