@@ -61,7 +61,20 @@ def check_serves(registry: Registry, spec: DatasetSpec, version: int) -> int:
                                f"({type(exc).__name__}: {exc})") from exc
     if len(scores) == 0 or not np.all(np.isfinite(scores)):
         raise ModelUnavailable(f"{where} cannot serve: {len(scores)} reference rows scored, not all finite")
+    _reproduces(registry, spec, model, found.run_id, int(version), where)
     return len(scores)
+
+
+def _reproduces(registry: Registry, spec: DatasetSpec, model: Any, run_id: str, version: int, where: str) -> None:
+    """The version gives its logged training scores back on this environment (skew.verify_round_trip, the check
+    every nightly score step runs on the champion); ModelUnavailable when it does not. A version registered
+    before it logged them has nothing to compare: it is restored on the reference sample's check alone."""
+    from include.nightshift.skew import load_serving_check, verify_round_trip
+
+    trip = verify_round_trip(model, load_serving_check(registry, run_id), spec, version)
+    if trip["passed"] is False:
+        raise ModelUnavailable(f"{where} cannot serve: {trip['summary']}")
+    log.info("rollback target: %s", trip["summary"])
 
 
 def run_rollback(conn: Connection, registry: Registry, spec: DatasetSpec, *, to_version: int | None, actor: str,
@@ -193,6 +206,22 @@ def republish_latest(conn: Connection, store: ArtifactStore, registry: Registry,
         return _republish(conn, store, registry, spec, int(version), dag_run_id)
 
 
+def _serving_checks(store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any, model: Any,
+                    snapshot_url: str, sha: str, day: dt.date) -> Any:
+    """The nightly score step's checks before the restored version re-scores the night (skew.before_scoring): the
+    round trip of its logged training scores on this environment, then the feature paths while it scores;
+    ServingSkew leaves the published night as it was."""
+    import pyarrow.parquet as pq
+
+    from include.nightshift.skew import before_scoring
+    from include.nightshift.snapshot import SnapshotRef
+
+    with store.open(snapshot_url) as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+    ref = SnapshotRef(url=snapshot_url, sha256=sha, rows=rows, day=day.isoformat(), labelled=False)
+    return before_scoring(store, registry, spec, ref, champion, model)
+
+
 def _republish(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec, version: int,
                dag_run_id: str) -> dict[str, Any] | None:
     from include.nightshift.scoring import score_snapshot  # xgboost/sklearn: only when needed
@@ -213,8 +242,10 @@ def _republish(conn: Connection, store: ArtifactStore, registry: Registry, spec:
             f"(snapshot_sha256 {sha}) is gone from the artifact store: {snapshot_url}; the published night "
             "is left as it is (re-run the nightly DAG for that date to rebuild it)")
     out = store.url("predictions", spec.name, day.isoformat(), f"republish-{safe_name(dag_run_id)}-v{int(version)}.parquet")
-    score_snapshot(store, snapshot_url, out, spec, model=registry.load_model(spec.model_name, version),
-                   model_version=int(version), snapshot_sha256=sha, dag_run_id=dag_run_id)
+    model = registry.load_model(spec.model_name, version)
+    watch = _serving_checks(store, registry, spec, champion, model, snapshot_url, sha, day)
+    score_snapshot(store, snapshot_url, out, spec, model=model, model_version=int(version), snapshot_sha256=sha,
+                   dag_run_id=dag_run_id, watch=watch)
     with store.local_copy(out) as path:
         rows = warehouse.replace_partition(conn, spec, day, path)
     return {"score_date": day, "rows": rows, "model_version": int(version), "snapshot_sha256": sha}

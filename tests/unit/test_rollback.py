@@ -515,3 +515,43 @@ def test_a_rollback_keeps_model_versions_serving_periods_in_line(registry, train
     assert (rows[1]["champion_from"], rows[1]["champion_to"]) == (change["changed_at"], None)
     assert (rows[2]["champion_from"], rows[2]["champion_to"]) == (promoted[2], change["changed_at"])
     assert rows[1]["run_id"] == registry.version(spec.model_name, 1).run_id and rows[1]["blessed"] is True
+
+
+def _break_round_trip(registry, spec, version: int, tmp_path) -> None:
+    """The scores v`version` logged for its fixed training sample, shifted by 1e-6: loaded on this environment it no
+    longer gives them back (what a changed library would do to a model)."""
+    from include.nightshift import skew
+
+    run_id = registry.version(spec.model_name, version).run_id
+    logged = skew.load_serving_check(registry, run_id)
+    folder = tmp_path / "serving_check"
+    folder.mkdir()
+    np.save(folder / skew.SCORES_FILE, logged.scores + 1e-6)
+    registry.client.log_artifact(run_id, str(folder / skew.SCORES_FILE), skew.FOLDER)
+    skew._CACHE.clear()  # this process downloaded the old file
+
+
+def test_a_version_that_does_not_reproduce_its_training_scores_is_neither_restored_nor_republished(
+        registry, train_data, pg_conn, tmp_path, churn_spec):
+    """The nightly score step's round trip guards the rollback too: before the alias moves (check_serves) and
+    before a republish re-scores the night with the version serving (ServingSkew, the night left as it was)."""
+    from include.nightshift.rollback import ModelUnavailable, check_serves
+    from include.nightshift.skew import ServingSkew
+
+    spec = dataclasses.replace(churn_spec, name=f"rbtest{next(_names)}")
+    _log_versions(registry, spec, train_data, 2)
+    _promote(registry, spec.model_name, 1, 2)
+    assert check_serves(registry, spec, 1) > 0  # reproduces: restorable
+    _break_round_trip(registry, spec, 1, tmp_path)
+    with pytest.raises(ModelUnavailable, match=r"v1 .*cannot serve: .*does not reproduce the scores"):
+        check_serves(registry, spec, 1)
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    warehouse.ensure_warehouse(pg_conn, spec)
+    day = dt.date(2026, 1, 4)
+    _publish_night(registry, store, pg_conn, spec, day, 2)
+    before = _published(pg_conn, spec, day)
+    rollback(registry, spec.model_name, to_version=1, actor="ana", reason="by hand", rollback_id="rb-skew")
+    with pytest.raises(ServingSkew, match=r"v1 does not reproduce"):
+        republish_latest(pg_conn, store, registry, spec, 1, "rb-skew")
+    assert _published(pg_conn, spec, day).equals(before)  # still v2's night
