@@ -190,6 +190,7 @@ def _evidence(spec: DatasetSpec, drift: DriftStep | None, monitor: MonitorStep |
         "staleness": dict(monitor.staleness),
         "prediction_bias": dict(monitor.prediction_bias),  # the ML Test Score's inclusion test (test_score.py)
         "shadow": dict(monitor.shadow),  # shadow.measure_shadow: the shadow against the champion on realised labels
+        "served_baseline": dict(monitor.served_baseline),  # the champion vs its simple baseline on served rows
         "champion_holdout_metric": quality.holdout,
         "realised_decay": quality.decay,
         "quality_drop": quality.drop,

@@ -244,7 +244,8 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     days = [d for d in days if holdout_end is None or d > holdout_end]
     base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
                        champion_holdout_metric=holdout, holdout_end=holdout_end)
-    quality, used, target, bias, compared = _realised(source, store, registry, spec, champion, snapshot, days, shadow)
+    quality, used, target, bias, compared, simpler = _realised(source, store, registry, spec, champion, snapshot, days,
+                                                               shadow)
     if quality is None:
         log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
                  champion.version, holdout_end, spec.promotion.metric)
@@ -257,15 +258,17 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
                                confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece,
-                               target_drift=target, prediction_bias=bias, shadow=compared)
+                               target_drift=target, prediction_bias=bias, shadow=compared, served_baseline=simpler)
 
 
 def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
-              snapshot: SnapshotStep, days: list[dt.date], shadow: Any = None) -> tuple[Any, list[str], dict, dict, dict]:
+              snapshot: SnapshotStep, days: list[dt.date], shadow: Any = None) -> tuple[Any, list[str], dict, dict, dict,
+                                                                                        dict]:
     """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), the
     days that had rows, the drift of those rows' labels from the champion's training labels, its
-    prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion), and the shadow's
-    comparison with it on the same rows (shadow.measure_shadow; {} without a shadow)."""
+    prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion), the shadow's
+    comparison with it on the same rows (shadow.measure_shadow; {} without a shadow), and the champion
+    against its simple baseline on them (served_baseline)."""
     from include.nightshift.shadow import measure_shadow
 
     from include.nightshift.quality import realised_quality
@@ -278,7 +281,7 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
     absent = {} if shadow is None else {"version": shadow.version, "champion_version": champion.version,
                                         "not_measured": "no labelled row in the realised window"}
     if not refs:
-        return None, [], {}, {}, absent
+        return None, [], {}, {}, absent, {}
     df = read_snapshots(store, refs)
     scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
     pro = spec.promotion
@@ -286,8 +289,36 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
                                confidence=pro.realised_confidence, resamples=pro.realised_resamples,
                                seed=spec.training.seed, days=row_days(df, spec))
     compared = absent if shadow is None else measure_shadow(registry, spec, shadow, champion, df, scores)
+    simpler = served_baseline(registry, spec, champion, df, labels(df, spec), scores)
     return (quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df),
-            _slice_bias(spec, df, scores), compared)
+            _slice_bias(spec, df, scores), compared, simpler)
+
+
+def served_baseline(registry: Registry, spec: DatasetSpec, champion: Any, df: Any, y: Any, scores: Any) -> dict:
+    """The champion against the simple baseline trained beside it, on the labelled days it served: the gate asked
+    it to beat the baseline on its holdout; this asks whether it still does on the rows it scored since (the ML
+    Test Score's "a simpler model is not better", every night, not only on training nights). Evidence, not a
+    rule: {"champion", "baseline", "gain", "margin", "passed", "rows"}, or {"not_measured": why}."""
+    from include.nightshift.evaluation import metric_value
+    from include.nightshift.training import predict_scores
+
+    pro = spec.promotion
+    try:
+        baseline = registry.load_baseline(champion.run_id)
+    except Exception as exc:  # a version registered by hand has no baseline beside it
+        return {"not_measured": f"v{champion.version} has no baseline to load ({type(exc).__name__}: {exc})"}
+    values = [metric_value(pro.metric, y, s, spec.scoring.decision_threshold)
+              for s in (scores, predict_scores(baseline, df, spec))]
+    gain = values[0] - values[1] if pro.greater_is_better else values[1] - values[0]
+    margin = float(pro.baseline_margin)
+    passed = None if not math.isfinite(gain) else bool(gain > 0 if margin == 0 else gain >= margin)
+    record = {"metric": pro.metric, "champion": _finite(values[0]), "baseline": _finite(values[1]),
+              "gain": _finite(gain), "margin": margin, "passed": passed, "rows": int(len(y))}
+    (log.warning if passed is False else log.info)(
+        "champion v%s vs its baseline on %d served labelled rows: %s %s vs %s (gain %s, baseline_margin %g)",
+        champion.version, len(y), pro.metric, _num(record["champion"]), _num(record["baseline"]), _num(record["gain"]),
+        margin)
+    return record
 
 
 def _slice_bias(spec: DatasetSpec, df: Any, scores: Any) -> dict:

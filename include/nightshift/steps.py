@@ -149,6 +149,7 @@ class MonitorStep(StepOutput):
     staleness: dict = field(default_factory=dict)  # nightly.measure_staleness: tonight's points and the cadence
     prediction_bias: dict = field(default_factory=dict)  # bias.prediction_bias per slice value; {} when not measured
     shadow: dict = field(default_factory=dict)  # shadow.measure_shadow: the shadow against the champion; {} without one
+    served_baseline: dict = field(default_factory=dict)  # nightly.served_baseline: the champion vs its baseline
 
 
 @dataclass(frozen=True)

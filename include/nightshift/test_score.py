@@ -188,8 +188,23 @@ def staleness_known(ev: Evidence) -> Judgement:
 
 
 def simpler_not_better(ev: Evidence) -> Judgement:
-    """Model 5: the challenger beat the simple baseline on the same holdout (gate's baseline check)."""
-    return _gate_check(ev, "baseline")
+    """Model 5: the champion beat its simple baseline on the labelled days it served (monitor: served_baseline),
+    and tonight's challenger beat its own on the holdout (the gate's baseline check); either that ran tonight
+    runs the test, and every one that ran must pass."""
+    served = _decided(ev).get("served_baseline") or {}
+    gate = _checks(ev).get("baseline")
+    measured = {} if not served or served.get("not_measured") else served
+    if gate is None and not measured:
+        why = served.get("not_measured") or "no labelled day after the champion's holdout yet"
+        return _not_run(f"served rows: {why}; holdout: {NO_CHALLENGER}")
+    verdicts = [v for v in (measured.get("passed") if measured else None,
+                            gate.get("passed") if gate else None) if v is not None]
+    evidence: dict[str, Any] = {}
+    if measured:
+        evidence["served"] = {k: measured.get(k) for k in ("champion", "baseline", "gain", "margin", "rows")}
+    if gate:
+        evidence["holdout"] = gate.get("detail")
+    return _ran(all(verdicts) if verdicts else None, **evidence)
 
 
 def slice_quality(ev: Evidence) -> Judgement:
@@ -387,7 +402,8 @@ TESTS: tuple[RubricTest, ...] = (
          "older versions scored tonight's labelled day and the decay fit recommends a maximum age the champion "
          "is within", staleness_known),
     RubricTest("model", 5, "A simpler model is not better",
-         "the challenger beats the simple baseline on the same holdout by baseline_margin", simpler_not_better),
+         "the champion beats its simple baseline on the labelled days it served, and tonight's challenger beats its "
+         "own on the holdout, by baseline_margin", simpler_not_better),
     RubricTest("model", 6, "Model quality is sufficient on all important data slices",
          "no slice of the holdout regresses beyond slice_tolerance against the champion", slice_quality),
     RubricTest("model", 7, "The model is tested for considerations of inclusion",

@@ -139,3 +139,20 @@ def test_the_promotion_retires_the_shadow_alias(nights):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     aliases = client.get_registered_model("nightshift_churn").aliases
     assert str(aliases.get("champion")) == "2" and "shadow" not in aliases
+
+
+def test_every_night_with_labels_measures_the_champion_against_its_baseline_on_served_rows(nights):
+    """The ML Test Score's "a simpler model is not better" on quiet nights too (nightly.served_baseline)."""
+    quiet = runs_by_night(nights)[iso(N[2])]["details"]
+    served = quiet["decision"]["details"]["served_baseline"]
+    assert served["rows"] == 2 * ROWS and served["metric"] == "roc_auc"  # the labelled days N0 and N1
+    assert 0.0 <= served["champion"] <= 1.0 and 0.0 <= served["baseline"] <= 1.0
+    assert abs(served["gain"] - (served["champion"] - served["baseline"])) < 1e-12
+    assert quiet["ml_test_score"]["sections"]["model"] >= 1.0
+
+
+def test_the_health_page_charts_the_shadow_against_the_champion(nights):
+    page = (nights["home"] / "artifacts" / "reports" / "churn" / "health.html").read_text()
+    section = page.split("Shadow vs champion on realised labels", 1)[1].split("Skew findings", 1)[0]
+    assert '<figure id="shadow"' in section and 'id="shadow-evidence"' in section and 'id="no-shadow"' not in section
+    assert "v2" in section and iso(N[3]) in section  # the newest night with a shadow (it won), and its version

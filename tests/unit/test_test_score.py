@@ -53,9 +53,9 @@ def verdict(checks=CHECKS, promoted=False) -> VerdictStep:
                        challenger_version=3, promoted=promoted, policy_note="gate failed")
 
 
-def night(*, trained=None, judged=None, serving=None, dry_run=False, states=STATES, run="run"):
+def night(*, trained=None, judged=None, serving=None, dry_run=False, states=STATES, run="run", monitor=MONITOR):
     """A run record as record_run builds it: tonight's decision from the real rules (decide.decide)."""
-    decision = decide(has_champion=True, drift=DriftStep(share=0.1, champion_version=2), monitor=MONITOR,
+    decision = decide(has_champion=True, drift=DriftStep(share=0.1, champion_version=2), monitor=monitor,
                       champion_age_days=3.0, force=trained is not None, spec=SPEC)
     record = build_run_record(SPEC, day=DAY, dag_run_id=run, states={**states, "train": "success" if trained
                                                                      else "skipped"},
@@ -92,9 +92,9 @@ def test_a_night_with_a_challenger_scores_its_gate_checks_and_one_without_says_w
 
     simpler = with_challenger["model.5"]
     assert (simpler["score"], simpler["passed"]) == (1.0, False)  # ran: the baseline check failed tonight
-    assert "gain +0.01 fails" in simpler["evidence"]["detail"]
+    assert "gain +0.01 fails" in simpler["evidence"]["holdout"]
     assert (without["model.5"]["score"], without["model.5"]["passed"]) == (0.0, None)
-    assert without["model.5"]["evidence"]["not_run"] == ts.NO_CHALLENGER
+    assert without["model.5"]["evidence"]["not_run"].endswith(ts.NO_CHALLENGER)
     slices = with_challenger["model.6"]
     assert (slices["score"], slices["passed"], slices["evidence"]["worst"]) == (1.0, True, "segment=smb")
     assert with_challenger["model.1"]["evidence"]["training_key"] == "k" * 16
@@ -274,7 +274,7 @@ def test_the_night_is_written_replaced_by_its_next_recorded_run_and_never_by_a_d
     assert len(rows) == 28 and [r["test"] for r in rows] == [t.id for t in ts.TESTS]
     assert {r["dag_run_id"] for r in rows} == {"run-1"}
     by_test = {r["test"]: r for r in rows}
-    assert by_test["model.5"]["evidence"]["detail"].startswith("challenger 0.81")  # jsonb, read back as a dict
+    assert by_test["model.5"]["evidence"]["holdout"].startswith("challenger 0.81")  # jsonb, read back as a dict
     rollback = by_test["infrastructure.7"]  # read from model_versions: nothing there to restore
     assert (rollback["score"], rollback["passed"], rollback["evidence"]["restorable"]) == (1.0, False, [])
     kept = first.details["ml_test_score"]
@@ -323,3 +323,20 @@ def test_the_health_page_charts_the_sections_and_lists_the_newest_nights_28_test
     page = health.health_page_html(SPEC, runs, health.read_events(pg_conn, SPEC), test_score=newest)
     assert 'id="ml-test-score"' in page and page.count("<tr class=") >= 28
     assert f"each test with tonight's evidence" in page and "gain +0.01 fails" in page
+
+
+def test_a_quiet_night_judges_the_simpler_model_on_the_rows_the_champion_served():
+    """Model 5 runs every night with labels: the champion against its own baseline on the served labelled rows
+    (monitor's served_baseline); on a training night the gate's holdout check must pass too."""
+    beaten = {"metric": "roc_auc", "champion": 0.70, "baseline": 0.72, "gain": -0.02, "margin": 0.0, "passed": False,
+              "rows": 800}
+    quiet = scores_of(night(monitor=dataclasses.replace(MONITOR, served_baseline=beaten)))["model.5"]
+    assert (quiet["score"], quiet["passed"]) == (1.0, False)
+    assert quiet["evidence"]["served"] == {k: beaten[k] for k in ("champion", "baseline", "gain", "margin", "rows")}
+    ahead = dataclasses.replace(MONITOR, served_baseline={**beaten, "champion": 0.75, "gain": 0.03, "passed": True})
+    assert scores_of(night(monitor=ahead))["model.5"]["passed"] is True
+    both = scores_of(night(trained=TRAINED, judged=verdict(), monitor=ahead))["model.5"]  # the gate's check failed
+    assert both["passed"] is False and both["evidence"]["served"]["gain"] == 0.03 and "holdout" in both["evidence"]
+    unmeasured = dataclasses.replace(MONITOR, served_baseline={"not_measured": "v2 has no baseline to load"})
+    row = scores_of(night(monitor=unmeasured))["model.5"]
+    assert row["score"] == 0.0 and "no baseline to load" in row["evidence"]["not_run"]
