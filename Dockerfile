@@ -7,12 +7,11 @@ FROM apache/airflow:3.3.2-python3.11
 # The project's pinned environment. requirements.txt pins apache-airflow==3.3.2 itself, so
 # pip cannot move the Airflow that the base image ships, and the FAB provider (the stack's auth
 # manager: users, roles, per-DAG permissions) at the version checked against it.
-# The S3 client (s3fs, boto3) serves the deployed artifact store and MLflow's S3 artifact
-# proxy; the local default writes to a folder, so these stay out of requirements.txt. They
-# are resolved in the same pip run, pinned to versions that fit requirements.txt's fsspec.
+# requirements.txt also pins the Celery provider, celery and the redis client, and the S3 client
+# (s3fs, boto3) for the artifact store and MLflow's S3 artifact proxy: the versions that
+# tests/celery runs the nightly DAG with on two Celery workers and an S3 endpoint.
 COPY --chown=airflow:0 requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt \
-        s3fs==2026.9.0 aiobotocore==3.10.0 boto3==1.43.117 botocore==1.43.117
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
 # `import include.nightshift...` and `import nightshift_airflow...` work in every process,
 # the same way pytest.ini's pythonpath makes them work in the tests.

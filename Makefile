@@ -17,10 +17,11 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py run
 
-## test: install (the venv, and Debian's chromium for the browser tests), then the whole suite on
-## real PostgreSQL, MLflow and Airflow: every tier, pure to e2e (.ci/run runs this)
+## test: install (the venv, Debian's chromium for the browser tests and redis-server for the Celery test),
+## then the whole suite on real PostgreSQL, MLflow and Airflow: every tier, pure to e2e (.ci/run runs this)
 test: $(STAMP)
 	bash scripts/install_chromium.sh
+	bash scripts/install_redis.sh
 	$(PY) -m pytest
 
 ## test-fast: the quick loop while editing: the pure and postgres tiers (no DAG run, no Airflow

@@ -83,7 +83,7 @@ TIERS = ("pure", "postgres", "dagrun", "faults", "e2e")
 # Every test under these folders starts Airflow in a subprocess (a DagBag parse in tests/dags costs
 # 2-5 s of interpreter start and imports; tests/integration runs whole DAGs), breaks real services,
 # or drives a real Airflow stack.
-FOLDER_TIERS = {"dags": "dagrun", "integration": "dagrun", "faults": "faults", "e2e": "e2e"}
+FOLDER_TIERS = {"dags": "dagrun", "integration": "dagrun", "faults": "faults", "e2e": "e2e", "celery": "e2e"}
 # Fixtures that start or open a service; a test that uses one, directly or through another fixture
 # (pytest resolves the closure), is in that tier. Airflow in a subprocess without such a fixture:
 # mark the test itself (@pytest.mark.dagrun), which wins over this table.

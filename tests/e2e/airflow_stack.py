@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import requests
@@ -47,10 +47,10 @@ class StackError(RuntimeError):
     """The stack did not come up, or a run did not finish; the message says where the logs are."""
 
 
-def recreate_databases(server_uri: str) -> None:
+def recreate_databases(server_uri: str, databases: dict[str, str] = DATABASES) -> None:
     conn = psycopg.connect(server_uri, autocommit=True)
     with conn.cursor() as cur:
-        for name in DATABASES.values():
+        for name in databases.values():
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
@@ -63,7 +63,7 @@ def sqlalchemy_uri(server_uri: str, dbname: str) -> str:
     return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else uri
 
 
-def stack_env(server_uri: str, home: Path, port: int) -> dict[str, str]:
+def stack_env(server_uri: str, home: Path, port: int, databases: dict[str, str] = DATABASES) -> dict[str, str]:
     """Airflow's environment: the demo's settings (local_stack.airflow_env), with this stack's own
     databases and state folder (whatever this process's environment says), plus what a multi-process
     Airflow needs: the metadata DB, LocalExecutor, a loopback API, secrets shared by the components."""
@@ -71,13 +71,13 @@ def stack_env(server_uri: str, home: Path, port: int) -> dict[str, str]:
     base_url = f"http://127.0.0.1:{port}"
     env.update({
         "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW_CONN_NIGHTSHIFT_SOURCE": local_stack.connection_json(server_uri, DATABASES["source"]),
-        "AIRFLOW_CONN_NIGHTSHIFT_WAREHOUSE": local_stack.connection_json(server_uri, DATABASES["warehouse"]),
+        "AIRFLOW_CONN_NIGHTSHIFT_SOURCE": local_stack.connection_json(server_uri, databases["source"]),
+        "AIRFLOW_CONN_NIGHTSHIFT_WAREHOUSE": local_stack.connection_json(server_uri, databases["warehouse"]),
         "AIRFLOW_VAR_NIGHTSHIFT_ARTIFACT_ROOT": str(home / "artifacts"),
         "AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_ARTIFACT_ROOT": str(home / "mlflow" / "artifacts"),
         "AIRFLOW_VAR_NIGHTSHIFT_NOTIFIERS": "log",  # alerts go to the task log, never over the network
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_uri(server_uri, DATABASES["airflow"]),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_uri(server_uri, databases["airflow"]),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
@@ -107,17 +107,21 @@ class AirflowStack:
     base_url: str
     password: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # What a subclass changes (tests/celery: Celery workers beside these, databases of its own).
+    components: ClassVar[tuple[str, ...]] = COMPONENTS
+    databases: ClassVar[dict[str, str]] = DATABASES
 
     @property
     def logs(self) -> Path:
         return self.home / "logs"
 
     @classmethod
-    def start(cls, server_uri: str, home: Path, dag_ids: tuple[str, ...], timeout: float = 180) -> "AirflowStack":
+    def start(cls, server_uri: str, home: Path, dag_ids: tuple[str, ...], timeout: float = 180,
+              extra_env: dict[str, str] | None = None) -> "AirflowStack":
         home.mkdir(parents=True, exist_ok=True)
-        recreate_databases(server_uri)
+        recreate_databases(server_uri, cls.databases)
         port = local_stack.free_port()
-        env = stack_env(server_uri, home, port)
+        env = {**stack_env(server_uri, home, port, cls.databases), **(extra_env or {})}
         password = secrets.token_urlsafe(12)
         (home / "passwords.json").write_text(json.dumps({USERNAME: password}))
         stack = cls(home=home, env=env, base_url=env["AIRFLOW__API__BASE_URL"], password=password)
@@ -129,7 +133,7 @@ class AirflowStack:
         stack.python("import os; from mlflow import MlflowClient; "
                      "MlflowClient(os.environ['AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI']).search_experiments()")
         try:
-            for component in COMPONENTS:
+            for component in cls.components:
                 stack._spawn(component)
             stack._wait_until_ready(dag_ids, timeout)
         except BaseException:
@@ -155,10 +159,19 @@ class AirflowStack:
             raise StackError(f"python -c failed: {out.stderr[-3000:]}")
         return out.stdout
 
+    def command(self, component: str) -> list[str]:
+        """The airflow CLI arguments that start a component."""
+        return component.split()
+
+    def component_env(self, component: str) -> dict[str, str]:
+        """Environment of one component only, on top of the stack's."""
+        return {}
+
     def _spawn(self, component: str) -> None:
         log = open(self.logs / f"{component}.log", "ab")
         self.processes[component] = subprocess.Popen(
-            [str(VENV_BIN / "airflow"), *component.split()], env={**os.environ, **self.env}, cwd=self.home,
+            [str(VENV_BIN / "airflow"), *self.command(component)],
+            env={**os.environ, **self.env, **self.component_env(component)}, cwd=self.home,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
