@@ -54,6 +54,8 @@ DEPLOYMENT_ONLY = {
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "the compose healthcheck's port; the test waits on the API and the "
                                                "DAGs being parsed instead",
     "MLFLOW_S3_ENDPOINT_URL": "MLflow's artifacts are local here (see NOT_STARTED['mlflow'])",
+    "DUMB_INIT_SETSID": "the image's init process (a worker's warm shutdown); the test stops each process group "
+                        "itself",
 }
 # Keys the test stack sets that the compose file does not, and why.
 TEST_ONLY = {
