@@ -97,7 +97,9 @@ def night(celery_stack: CeleryStack, pg_server_uri: str) -> Night:
     seconds = {"stack_start": celery_stack.started_in, "night": time.monotonic() - began}  # type: ignore[attr-defined]
     found = api.get(f"/dags/{NIGHTLY}/dagRuns/{RUN_ID}/taskInstances", params={"limit": 100})["task_instances"]
     hosts = {ti["task_id"]: ti["hostname"] for ti in found}
-    (ARTIFACTS / "night.json").write_text(json.dumps({"seconds": seconds, "hostnames": hosts}, indent=1))
+    durations = {ti["task_id"]: ti["duration"] for ti in found}  # measured: each task is a fresh process on a worker
+    (ARTIFACTS / "night.json").write_text(json.dumps({"seconds": seconds, "hostnames": hosts,
+                                                      "task_seconds": durations}, indent=1))
     print(f"\nCelery night: {seconds}; task hostnames: {hosts}")
     return Night(celery_stack, api, run, found, seconds)
 
@@ -161,3 +163,13 @@ def test_artifacts_are_in_the_bucket_not_on_local_disk(night: Night):
         assert any(k.startswith(prefix) for k in night_keys), (prefix, keys)
     local_root = night.stack.home / "artifacts"  # the e2e stack's local artifact root, unused here
     assert [p for p in local_root.rglob("*") if p.is_file()] == []
+
+
+def test_the_api_server_serves_the_nights_reports_from_the_bucket(night: Night):
+    """The reports app (plugins/nightshift_airflow/web.py) in the api-server reads the same s3:// root."""
+    key = next(k for k in night.stack.bucket_keys("reports/") if D1.isoformat() in k and k.endswith(".html"))
+    body = night.stack.s3().get_object(Bucket=topology.BUCKET, Key=key)["Body"].read()
+    answer = night.api.session.get(f"{night.stack.base_url}/nightshift/{key}", timeout=60)
+    assert (answer.status_code, answer.content) == (200, body), key
+    folder = night.api.session.get(f"{night.stack.base_url}/nightshift/{key.rsplit('/', 1)[0]}/", timeout=60)
+    assert folder.status_code == 200 and key.rsplit("/", 1)[1] in folder.text
