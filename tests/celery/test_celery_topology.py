@@ -84,7 +84,8 @@ def test_the_compose_settings_are_the_tested_ones(component: str):
         topology.worker_env("w") if component in topology.WORKERS else {})
     untested = sorted(celery_keys - set(compose) - set(topology.TEST_ONLY))
     assert untested == [], f"the Celery test sets these, docker-compose.yaml's {SERVICE_OF[component]} does not"
-    assert {key: tested[key] for key in topology.SAME_VALUE} == {key: compose[key] for key in topology.SAME_VALUE}
+    assert {key: tested[key] for key in topology.SAME_VALUE} == {key: compose[key] for key in topology.SAME_VALUE}, \
+        f"topology.SAME_VALUE: docker-compose.yaml's {SERVICE_OF[component]} and the Celery test differ"
     for env in (compose, tested):
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
