@@ -151,13 +151,16 @@ def reference_sample(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
 
     Capped at ``spec.drift.sample_rows`` so the stored artifact and every later drift run
     stay small; deterministic for the same input so a retrained-from-the-same-data model
-    carries the same reference.
+    carries the same reference. The rows are picked before any is converted (a seeded sample's
+    positions depend on the row count alone), so a 14M-row window converts 50k rows, not 14M,
+    and the sample is the one converting everything first gave.
     """
-    frame = _feature_frame(df, spec)
+    rows = spec.drift.sample_rows
+    picked = df if len(df) <= rows else df.sample(n=rows, random_state=spec.drift.seed)  # as _sample picks
+    frame = _feature_frame(picked, spec)
     if spec.label.name in df.columns:
-        frame[spec.label.name] = df[spec.label.name].to_numpy()
-    sample, _ = _sample(frame, spec.drift.sample_rows, spec.drift.seed)
-    return sample
+        frame[spec.label.name] = picked[spec.label.name].to_numpy()
+    return frame.reset_index(drop=True)
 
 
 # --- measuring -----------------------------------------------------------------------

@@ -457,14 +457,16 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
     """
     from include.nightshift import training
     from include.nightshift.shadow import REASON, shadow_challenger
-    from include.nightshift.snapshot import read_snapshots, take_snapshot
+    from include.nightshift.snapshot import take_snapshot
+    from include.nightshift.training_window import read_window
 
     if decision is not None and decision.reason == REASON:
         return shadow_challenger(registry, spec, decision.details["shadow"])
 
     end, days = training.training_days(spec, day)
     refs = [take_snapshot(source, store, spec, d, labelled=True) for d in days]
-    train_df, holdout_df = training.split_train_holdout(read_snapshots(store, refs), spec, end)
+    window = read_window(store, refs, spec, end)  # day by day; sampled to training.max_rows when larger
+    train_df, holdout_df = window.train, window.holdout
     if len(train_df) < spec.training.min_rows or len(holdout_df) == 0:
         raise NotEnoughRows(
             f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
@@ -484,7 +486,8 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
         info = _reusable_version(registry, spec, key, chosen, holdout_df)
         reused, model_url, what = info is not None, None, "reused"
         if info is None:
-            info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key)
+            info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key,
+                                        window.sampled_from)
             what = "registered"
         version, run_id, what = info.version, info.run_id, f"{what} v{info.version}"
         holdout_url, refs_url = _keep_holdout(store, ("holdout", spec.name, day.isoformat()), f"v{version}", chosen,
@@ -496,7 +499,7 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
                         holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
                         snapshots_url=refs_url, family=chosen.family,
                         candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key,
-                        model_url=model_url)
+                        model_url=model_url, sampled_from=window.sampled_from)
 
 
 def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: Any, holdout_df: Any) -> Any:
@@ -518,13 +521,18 @@ def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: A
 
 
 def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, decision: Decision | None,
-                         dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str) -> Any:
-    """Log the chosen candidate's run (every candidate's holdout metric on it) and register it."""
+                         dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str,
+                         sampled_from: int | None = None) -> Any:
+    """Log the chosen candidate's run (every candidate's holdout metric on it) and register it; with
+    training.max_rows, the window's rows before sampling (metric train_rows_before_sampling) beside train_rows."""
+    from include.nightshift import training
     from include.nightshift.drift import reference_sample
     from include.nightshift.registry import DAG_RUN_TAG, FAMILY_TAG, TRAINING_KEY_TAG, run_name
 
     metric = spec.promotion.metric
-    metrics: dict[str, float] = {"train_rows": len(train_df), "holdout_rows": int(len(chosen.holdout_scores))}
+    metrics: dict[str, float] = {"train_rows": len(train_df), "holdout_rows": int(len(chosen.holdout_scores)),
+                                 "train_rows_before_sampling": len(train_df) if sampled_from is None else sampled_from,
+                                 "linear_fit_rows": min(len(train_df), training.LINEAR_MAX_ROWS)}
     for f in fits:
         metrics[f"candidate_{f.family}_fit_seconds"] = f.fit_seconds
         if f.metric is not None:
@@ -535,7 +543,8 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
         chosen.model, baseline, spec=spec, train_df=train_df, reference=reference_sample(train_df, spec),
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
                 "holdout_days": spec.training.holdout_days, "family": chosen.family,
-                "calibration": spec.training.calibration, "retrain_reason": reason, **chosen.params},
+                "calibration": spec.training.calibration, "retrain_reason": reason,
+                "max_rows": spec.training.max_rows, **chosen.params},
         metrics=metrics,
         tags={DAG_RUN_TAG: dag_run_id, RUN_DATE_TAG: day.isoformat(), FAMILY_TAG: chosen.family,
               TRAINING_KEY_TAG: key},
@@ -544,8 +553,9 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
 
 
 def _fitted_baseline(spec: DatasetSpec, train_df: Any, fits: list) -> Any:
-    """The baseline, fitted on the training rows: the logistic-regression candidate itself when it is the
-    baseline's exact recipe (default params, no calibration), else fitted here."""
+    """The baseline, fitted on the training rows (at most training.LINEAR_MAX_ROWS of them: linear_rows): the
+    logistic-regression candidate itself when it is the baseline's exact recipe (default params, no calibration),
+    else fitted here."""
     from include.nightshift import training
     from include.nightshift.spec import LINEAR_FAMILY
 
@@ -553,7 +563,7 @@ def _fitted_baseline(spec: DatasetSpec, train_df: Any, fits: list) -> Any:
         for f in fits:
             if f.family == LINEAR_FAMILY[spec.task] and not f.params:
                 return f.model
-    return training.fit(training.build_baseline(spec), train_df, spec)
+    return training.fit(training.build_baseline(spec), training.linear_rows(train_df, spec), spec)
 
 
 def _keep_holdout(store: ArtifactStore, folder: tuple[str, ...], stem: str, chosen: Any,
@@ -617,13 +627,14 @@ def judge_challenger(store: ArtifactStore, registry: Registry, spec: DatasetSpec
     from include.nightshift.evaluation import evaluate, gate
     from include.nightshift.plots import evaluation_plots
     from include.nightshift.promotion import apply_policy
-    from include.nightshift.snapshot import SnapshotRef, read_snapshots
+    from include.nightshift.snapshot import SnapshotRef
+    from include.nightshift.training_window import read_holdout
 
     if trained.shadow:  # shadow_wins: judged on realised labels by monitor, not on a holdout
         return judge_shadow(store, registry, spec, trained, day=day, policy=policy, dry_run=dry_run, origin=origin,
                             reports=reports)
     refs = [SnapshotRef.from_dict(r) for r in json.loads(store.read_text(trained.snapshots_url))]
-    _, holdout = training.split_train_holdout(read_snapshots(store, refs), spec, trained.holdout_end)
+    holdout = read_holdout(store, refs, spec, trained.holdout_end)  # the holdout days only, never the window
     y = training.labels(holdout, spec)
     challenger, baseline = _challenger_models(store, registry, spec, trained)  # a dry run's: from the store
     scores = {"challenger": training.predict_scores(challenger, holdout, spec),

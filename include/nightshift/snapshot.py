@@ -203,6 +203,12 @@ def take_snapshot(source: SourceReader | Connection, store: ArtifactStore, spec:
 def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[str] | None = None) -> pd.DataFrame:
     """A snapshot as a frame for the steps; exact decimals become float64 here, deliberately:
     the models, drift and validation compute in floating point, the snapshot file stays exact."""
+    return read_snapshot_table(store, ref, columns).to_pandas()
+
+
+def read_snapshot_table(store: ArtifactStore, ref: SnapshotRef | str, columns: list[str] | None = None) -> pa.Table:
+    """A snapshot as the Arrow table read_snapshot converts (decimals as float64): for a reader that selects
+    or samples rows before any of them reach pandas (training_window.py)."""
     url = ref.url if isinstance(ref, SnapshotRef) else ref
     try:
         with store.open(url) as handle:
@@ -214,7 +220,7 @@ def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[st
         if pa.types.is_decimal(field.type):
             # through the decimal text: Arrow's direct decimal -> float cast can miss the nearest float by an ulp
             table = table.set_column(i, field.name, table.column(i).cast(pa.string()).cast(pa.float64()))
-    return table.to_pandas()
+    return table
 
 
 def _unreadable(store: ArtifactStore, url: str, day: str, exc: Exception) -> str:

@@ -436,6 +436,10 @@ class Training(_Section):
     calibration_days: Annotated[Positive, Field(description=(
         "Days at the end of the training window that calibrate instead of train (with calibration only); "
         "fewer than window_days."))] = 2
+    max_rows: Annotated[Positive | None, Field(description=(
+        "Most training rows: a larger training window is trained on a seeded (seed), time-stratified sample of "
+        "this many rows, each day keeping its share, sampled while the days are read; the holdout is never "
+        "sampled. null: no limit."))] = None
 
 
     @model_validator(mode="after")
@@ -458,6 +462,10 @@ class Training(_Section):
             problems.append((("calibration_days",), PydanticCustomError(
                 "calibration_days", "must be fewer than window_days ({window}) to leave days to fit on, got {days}",
                 {"window": self.window_days, "days": self.calibration_days}), self.calibration_days))
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            problems.append((("max_rows",), PydanticCustomError(
+                "max_rows", "must be at least min_rows ({min_rows}): a sample smaller than that never trains, got "
+                "{max_rows}", {"min_rows": self.min_rows, "max_rows": self.max_rows}), self.max_rows))
         _refuse("Training", problems)
         return self
 

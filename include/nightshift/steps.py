@@ -177,6 +177,7 @@ class TrainingStep(StepOutput):
     training_key: str | None = None
     model_url: str | None = None
     shadow: dict = field(default_factory=dict)  # a shadow_wins night: the shadow's realised evidence (shadow.py), no fit
+    sampled_from: int | None = None  # training.max_rows: the window's rows before sampling (train_rows after); None: all
 
 
 @dataclass(frozen=True)

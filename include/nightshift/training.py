@@ -65,7 +65,14 @@ SPARSE_BELOW = 0.3
 # What the training key hashes besides data and spec: the libraries that fit and the code that
 # builds and chooses the models. Any change there means a new model, never a reused one.
 KEY_LIBRARIES = ("scikit-learn", "xgboost", "numpy", "pandas", "scipy")
-KEY_CODE = (Path(__file__), Path(__file__).with_name("evaluation.py"))
+KEY_CODE = (Path(__file__), Path(__file__).with_name("evaluation.py"), Path(__file__).with_name("training_window.py"))
+# The linear families (the logistic/ridge candidate and the baseline) fit on at most this many training rows, a
+# seeded time-stratified sample (linear_rows). Their few dozen coefficients are settled long before: at 1M rows a
+# coefficient's sampling error is ~1e-3 of its spread, below the holdout metric's own noise (measured in
+# benchmarks/bench_training.py), while their dense design matrix and solver copies grow with every row (issue 15:
+# the logistic fit on a 14M-row window raised the train task's peak from 16.4 to 21.4 GB). Windows up to this
+# size fit exactly as before.
+LINEAR_MAX_ROWS = 1_000_000
 
 
 def features_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
@@ -391,18 +398,65 @@ def fit_candidate(spec: DatasetSpec, candidate: Candidate, train_df: pd.DataFram
 
 
 def fit_candidates(spec: DatasetSpec, train_df: pd.DataFrame, holdout_df: pd.DataFrame) -> list[CandidateFit]:
-    """Every candidate of the spec fitted on the same rows and scored on the same holdout, in spec order."""
+    """Every candidate of the spec fitted on the same rows (a linear family on at most LINEAR_MAX_ROWS of them:
+    linear_rows) and scored on the same holdout, in spec order."""
     y = labels(holdout_df, spec)
     fits = []
+    linear: pd.DataFrame | None = None
     for candidate in spec.candidates:
+        rows = train_df
+        if candidate.family in LINEAR_FAMILY.values():
+            linear = rows = linear_rows(train_df, spec) if linear is None else linear
         started = time.perf_counter()
-        model = fit_candidate(spec, candidate, train_df)
+        model = fit_candidate(spec, candidate, rows)
         seconds = time.perf_counter() - started
         scores = predict_scores(model, holdout_df, spec)
         value = metric_value(spec.promotion.metric, y, scores, spec.scoring.decision_threshold)
         fits.append(CandidateFit(candidate.family, model, scores, None if math.isnan(value) else value, seconds,
                                  dict(candidate.params)))
     return fits
+
+
+def day_quotas(rows_per_day: dict[Any, int], max_rows: int | None) -> dict[Any, int]:
+    """How many rows each day keeps when the days together hold more than `max_rows` ({} when they do not: no
+    sampling): each day its share of max_rows, rounded by largest remainder (ties to the earlier day), so the
+    quotas add up to max_rows exactly and the sample keeps the window's mix of days."""
+    total = sum(rows_per_day.values())
+    if max_rows is None or total <= max_rows:
+        return {}
+    days = sorted(rows_per_day)
+    exact = {d: rows_per_day[d] * max_rows / total for d in days}
+    quotas = {d: math.floor(exact[d]) for d in days}
+    by_remainder = sorted(days, key=lambda d: (-(exact[d] - quotas[d]), days.index(d)))
+    for d in by_remainder[: max_rows - sum(quotas.values())]:
+        quotas[d] += 1
+    return quotas
+
+
+def sample_positions(rows: int, keep: int, seed: int, day: dt.date) -> np.ndarray:
+    """`keep` of a day's `rows` positions, in their original (time) order: seeded by (seed, day), so the same day
+    keeps the same rows whichever other days are read, in any order, in any process."""
+    rng = np.random.default_rng([seed % (1 << 63), day.toordinal()])
+    return np.sort(rng.choice(rows, size=keep, replace=False))
+
+
+def stratified_sample(df: pd.DataFrame, spec: DatasetSpec, max_rows: int | None) -> pd.DataFrame:
+    """At most `max_rows` rows of a time-ordered frame, each day (source.timezone) keeping its share (day_quotas),
+    seeded by training.seed; the frame itself when it is not larger."""
+    if max_rows is None or len(df) <= max_rows:
+        return df
+    days = _local(df[spec.timestamp], spec).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
+    values, counts = np.unique(days, return_counts=True)
+    quotas = day_quotas(dict(zip(values, counts.tolist())), max_rows)
+    keep = [np.flatnonzero(days == d)[sample_positions(n, quotas[d], spec.training.seed, d.astype(dt.date))]
+            for d, n in zip(values, counts.tolist())]
+    return df.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+
+
+def linear_rows(train_df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """The training rows a linear family (candidate or baseline) fits on: all of them up to LINEAR_MAX_ROWS, else
+    a seeded, time-stratified sample of that many (see LINEAR_MAX_ROWS for why)."""
+    return stratified_sample(train_df, spec, LINEAR_MAX_ROWS)
 
 
 def choose(fits: Sequence[CandidateFit], spec: DatasetSpec) -> CandidateFit:

@@ -1,0 +1,148 @@
+"""The training window read day by day (training_window.py), training.max_rows and the linear families' cap.
+
+An unsampled window must give the frames, and so the models, that split_train_holdout gave for the same snapshots,
+to the bit; a sampled one keeps each day's share, the same rows for the same seed, and never touches the holdout;
+the run records how many rows there were before sampling (TrainingStep, the MLflow run, the run record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from include.nightshift import demo_data, drift, training
+from include.nightshift.artifacts import ArtifactStore
+from include.nightshift.nightly import judge_challenger, train_challenger
+from include.nightshift.reports import Origin
+from include.nightshift.run_record import _training
+from include.nightshift.snapshot import normalise, read_snapshots, write_snapshot
+from include.nightshift.spec import load_spec
+from include.nightshift.training_window import read_holdout, read_window
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = load_spec(ROOT / "include" / "specs" / "churn.yaml")
+FIRST = dt.date(2026, 4, 1)
+# uneven days, so that "each day keeps its share" is not the same as "each day keeps the same count"
+ROWS = [900, 300, 1200, 600, 700, 500]
+
+
+def _spec(**training_fields):
+    fields = {"window_days": 4, "holdout_days": 2, "min_rows": 100, **training_fields}
+    return dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, **fields))
+
+
+DAYS = [FIRST + dt.timedelta(days=i) for i in range(len(ROWS))]
+END = DAYS[-1]
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """Labelled snapshots of six demo days as the snapshot step writes them; day 2's file is deliberately out of
+    (timestamp, key) order (another reader's order), which the window must put right as the old split did."""
+    store = ArtifactStore(tmp_path_factory.mktemp("store"))
+    refs = []
+    for day, n in zip(DAYS, ROWS):
+        df = demo_data.generate_day(day, n).sort_values(["event_ts", "customer_id"]).reset_index(drop=True)
+        if day == DAYS[1]:
+            df = df.iloc[::-1].reset_index(drop=True)
+        refs.append(write_snapshot(normalise(pa.Table.from_pandas(df, preserve_index=False)), store, _spec(), day,
+                                   labelled=True))
+    return store, refs
+
+
+def test_an_unsampled_window_is_split_train_holdout_s_frames_and_trains_bit_for_bit_as_before(snapshots):
+    store, refs = snapshots
+    spec = _spec()
+    old_train, old_holdout = training.split_train_holdout(read_snapshots(store, refs), spec, END)
+    window = read_window(store, refs, spec, END)
+    assert window.sampled_from is None and len(window.train) == sum(ROWS[:4])
+    pd.testing.assert_frame_equal(window.train, old_train)
+    pd.testing.assert_frame_equal(window.holdout, old_holdout)
+    pd.testing.assert_frame_equal(read_holdout(store, refs, spec, END), old_holdout)
+    before = training.fit_candidates(spec, old_train, old_holdout)
+    after = training.fit_candidates(spec, window.train, window.holdout)
+    assert [f.family for f in after] == ["xgboost", "hist_gradient_boosting", "logistic_regression"]
+    for old, new in zip(before, after):
+        assert new.holdout_scores.tobytes() == old.holdout_scores.tobytes(), new.family
+
+
+def test_max_rows_samples_each_day_by_its_share_the_same_rows_for_the_same_seed_and_leaves_the_holdout(snapshots):
+    store, refs = snapshots
+    full = read_window(store, refs, _spec(), END)
+    sampled = read_window(store, refs, _spec(max_rows=1000), END)
+    again = read_window(store, refs, _spec(max_rows=1000), END)
+    other_seed = read_window(store, refs, _spec(max_rows=1000, seed=7), END)
+
+    assert len(sampled.train) == 1000 and sampled.sampled_from == sum(ROWS[:4]) == 3000
+    per_day = pd.Series(training.row_days(sampled.train, _spec())).value_counts().sort_index()
+    assert per_day.tolist() == [300, 100, 400, 200]  # 900, 300, 1200, 600 rows: a third of each
+    pd.testing.assert_frame_equal(again.train, sampled.train)
+    assert not other_seed.train["customer_id"].equals(sampled.train["customer_id"])
+    # a sample of the window's own rows, still in (timestamp, key) order; the holdout is every holdout row
+    keys = ["event_ts", "customer_id"]
+    assert len(sampled.train.merge(full.train, on=list(full.train.columns))) == 1000
+    assert sampled.train[keys].equals(sampled.train.sort_values(keys, kind="mergesort")[keys].reset_index(drop=True))
+    pd.testing.assert_frame_equal(sampled.holdout, full.holdout)
+    assert read_window(store, refs, _spec(max_rows=3000), END).sampled_from is None  # not larger: not sampled
+
+
+def test_day_quotas_add_up_to_max_rows_by_largest_remainder():
+    assert training.day_quotas({"a": 10, "b": 10, "c": 10}, 31) == {}
+    assert training.day_quotas({"a": 10, "b": 10, "c": 10}, 10) == {"a": 4, "b": 3, "c": 3}
+    quotas = training.day_quotas({"a": 1, "b": 5, "c": 994}, 100)
+    assert sum(quotas.values()) == 100 and quotas == {"a": 0, "b": 1, "c": 99}
+
+
+def test_the_linear_families_fit_on_a_bounded_stratified_sample_and_unchanged_below_it(snapshots):
+    store, refs = snapshots
+    spec = _spec()
+    train = read_window(store, refs, spec, END).train
+    assert training.linear_rows(train, spec) is train  # 3,000 rows, far under LINEAR_MAX_ROWS
+    sample = training.stratified_sample(train, spec, 600)
+    assert len(sample) == 600
+    assert pd.Series(training.row_days(sample, spec)).value_counts().sort_index().tolist() == [180, 60, 240, 120]
+    pd.testing.assert_frame_equal(training.stratified_sample(train, spec, 600), sample)
+
+
+def test_the_drift_reference_picks_its_rows_before_converting_and_is_the_sample_it_always_was(snapshots):
+    store, refs = snapshots
+    spec = dataclasses.replace(_spec(), drift=dataclasses.replace(BASE.drift, sample_rows=500))
+    train = read_window(store, refs, spec, END).train
+    converted = drift._feature_frame(train, spec)  # the old way: every row converted, then sampled
+    converted[spec.label.name] = train[spec.label.name].to_numpy()
+    expected, _ = drift._sample(converted, 500, spec.drift.seed)
+    pd.testing.assert_frame_equal(drift.reference_sample(train, spec), expected)
+
+
+NIGHT = dt.date(2026, 5, 20)
+
+
+@pytest.fixture
+def source(pg_conn):
+    """The churn source with 17 labelled days before NIGHT (14 training + 3 holdout) of 120 rows each."""
+    demo_data.create_source_table(pg_conn, BASE.source.table)
+    _, days = training.training_days(BASE, NIGHT)
+    for day in days:
+        demo_data.load_day(pg_conn, day, 120, table=BASE.source.table, with_labels=True)
+    return pg_conn
+
+
+def test_a_sampled_training_run_records_the_rows_before_and_after_and_is_judged_on_the_whole_holdout(
+        source, registry, tmp_path):
+    spec = dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, min_rows=500, max_rows=700))
+    store = ArtifactStore(tmp_path / "artifacts")
+    trained = train_challenger(source, store, registry, spec, NIGHT, None, "manual__sampled")
+    assert (trained.train_rows, trained.sampled_from, trained.holdout_rows) == (700, 14 * 120, 3 * 120)
+    assert _training(trained)["sampled_from"] == 1680 and _training(trained)["train_rows"] == 700
+    run = registry.client.get_run(trained.run_id)
+    assert run.data.metrics["train_rows"] == 700 and run.data.metrics["train_rows_before_sampling"] == 1680
+    assert run.data.params["max_rows"] == "700"
+    verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
+                               origin=Origin(dag_run_id="manual__sampled"), reports={})
+    assert verdict.evaluation["rows"] == 3 * 120  # the holdout, never sampled
