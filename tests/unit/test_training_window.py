@@ -146,3 +146,16 @@ def test_a_sampled_training_run_records_the_rows_before_and_after_and_is_judged_
     verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
                                origin=Origin(dag_run_id="manual__sampled"), reports={})
     assert verdict.evaluation["rows"] == 3 * 120  # the holdout, never sampled
+
+
+def test_a_max_rows_below_min_rows_is_refused_naming_the_key(tmp_path):
+    from include.nightshift.spec import SpecError, load_spec
+
+    text = (ROOT / "include" / "specs" / "churn.yaml").read_text()
+    assert "  min_rows: 2000\n" in text
+    path = tmp_path / "churn.yaml"
+    path.write_text(text.replace("  min_rows: 2000\n", "  min_rows: 2000\n  max_rows: 1500\n"))
+    with pytest.raises(SpecError, match=r"training\.max_rows.*must be at least min_rows \(2000\)"):
+        load_spec(path)
+    path.write_text(text.replace("  min_rows: 2000\n", "  min_rows: 2000\n  max_rows: 500000\n"))
+    assert load_spec(path).training.max_rows == 500000
