@@ -441,7 +441,8 @@ def decide_night(registry: Registry, spec: DatasetSpec, day: dt.date, drift: Dri
 
 
 def train_challenger(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, day: dt.date,
-                     decision: Decision | None, dag_run_id: str, *, dry_run: bool = False) -> TrainingStep:
+                     decision: Decision | None, dag_run_id: str, *, dry_run: bool = False,
+                     cluster: Any = None) -> TrainingStep:
     """Train every candidate on the labelled window before `day`; the holdout metric picks the challenger.
 
     The challenger is registered with its baseline, unless a version of the model already carries
@@ -454,26 +455,23 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
     evaluate loads them the way it loads a registered version (_challenger_models).
 
     On a shadow_wins night nothing is fitted: the shadow is the challenger (shadow.shadow_challenger).
+    With training.engine dask, `cluster` (a distributed.Client the train task opened) trains the XGBoost candidate
+    on every row of the window (training_dask.py); this process reads a bounded sample and the holdout only.
     """
     from include.nightshift import training
     from include.nightshift.shadow import REASON, shadow_challenger
     from include.nightshift.snapshot import take_snapshot
-    from include.nightshift.training_window import read_window
 
     if decision is not None and decision.reason == REASON:
         return shadow_challenger(registry, spec, decision.details["shadow"])
 
     end, days = training.training_days(spec, day)
     refs = [take_snapshot(source, store, spec, d, labelled=True) for d in days]
-    window = read_window(store, refs, spec, end)  # day by day; sampled to training.max_rows when larger
+    dask = spec.training.engine == "dask"
+    window = _training_window(store, spec, refs, end, days)
     train_df, holdout_df = window.train, window.holdout
-    if len(train_df) < spec.training.min_rows or len(holdout_df) == 0:
-        raise NotEnoughRows(
-            f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
-            f"{spec.training.min_rows}) and {len(holdout_df)} holdout rows in the {len(days)} days up to {end}")
-    if one_class := training.one_class_problem(train_df, spec, days):  # before sklearn says it less clearly
-        raise NotEnoughRows(one_class)
-    fits = training.fit_candidates(spec, train_df, holdout_df)
+    fits = [_fit_on_cluster(cluster, store, spec, refs, end, window)] if dask else \
+        training.fit_candidates(spec, train_df, holdout_df)
     chosen = training.choose(fits, spec)
     key = training.training_key(spec, [r.sha256 for r in refs])
     if dry_run:
@@ -495,11 +493,72 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
     log.info("challenger %s (%s) on %d rows (%d held out, days %s..%s); candidates' holdout %s: %s", what,
              chosen.family, len(train_df), len(holdout_df), days[-1], end, spec.promotion.metric,
              ", ".join(f"{f.family} {_num(f.metric)}" for f in fits))
-    return TrainingStep(version=version, run_id=run_id, train_rows=len(train_df),
+    rows, sampled_from = _rows_trained(spec, window)
+    return TrainingStep(version=version, run_id=run_id, train_rows=rows,
                         holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
                         snapshots_url=refs_url, family=chosen.family,
                         candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key,
-                        model_url=model_url, sampled_from=window.sampled_from)
+                        model_url=model_url, sampled_from=sampled_from)
+
+
+def _training_window(store: ArtifactStore, spec: DatasetSpec, refs: list, end: dt.date, days: list[dt.date]) -> Any:
+    """The window read day by day (training_window.read_window; engine dask: a bounded local sample of it), or
+    NotEnoughRows: too few rows, no holdout, or one class only."""
+    from include.nightshift import training
+    from include.nightshift.training_window import read_window
+
+    window = read_window(store, refs, _local_sample_spec(spec) if spec.training.engine == "dask" else spec, end)
+    train_df, holdout_df = window.train, window.holdout
+    if len(train_df) < spec.training.min_rows or len(holdout_df) == 0:
+        raise NotEnoughRows(
+            f"not enough labelled rows to train: {len(train_df)} training rows (training.min_rows "
+            f"{spec.training.min_rows}) and {len(holdout_df)} holdout rows in the {len(days)} days up to {end}")
+    if one_class := training.one_class_problem(train_df, spec, days):  # before sklearn says it less clearly
+        raise NotEnoughRows(one_class)
+    return window
+
+
+def _rows_trained(spec: DatasetSpec, window: Any) -> tuple[int, int | None]:
+    """(rows the model trained on, rows before sampling or None): with engine dask the model saw every row of the
+    window on the cluster (the local sample only fed the baseline and the samples kept with it)."""
+    if spec.training.engine == "dask":
+        return window.sampled_from or len(window.train), None
+    return len(window.train), window.sampled_from
+
+
+def _local_sample_spec(spec: DatasetSpec) -> DatasetSpec:
+    """engine dask: what this process reads of the window, for the baseline and the samples kept with the model: a
+    seeded, time-stratified sample of training.max_rows (else LINEAR_MAX_ROWS) rows (training_window.read_window)."""
+    from include.nightshift.training import LINEAR_MAX_ROWS
+
+    cap = spec.training.max_rows or max(LINEAR_MAX_ROWS, spec.training.min_rows)
+    return dataclasses.replace(spec, training=dataclasses.replace(spec.training, max_rows=cap))
+
+
+def _fit_on_cluster(cluster: Any, store: ArtifactStore, spec: DatasetSpec, refs: list, end: dt.date,
+                    window: Any) -> Any:
+    """engine dask: the XGBoost candidate trained on the Dask cluster on every training row, scored on the holdout
+    here like any candidate (training.CandidateFit)."""
+    import time
+
+    from include.nightshift import training
+    from include.nightshift.evaluation import metric_value
+    from include.nightshift.training_dask import fit_on_cluster
+    from include.nightshift.training_window import parts
+
+    if cluster is None:
+        raise ValueError(f"training.engine dask: no Dask client to train {spec.model_name} with (the train task opens "
+                         f"one from the Airflow connection training.dask_connection_id "
+                         f"{spec.training.dask_connection_id!r})")
+    started = time.perf_counter()
+    model = fit_on_cluster(cluster, store, spec, parts(refs, spec, end)[0], window.train)
+    seconds = time.perf_counter() - started
+    scores = training.predict_scores(model, window.holdout, spec)
+    value = metric_value(spec.promotion.metric, training.labels(window.holdout, spec), scores,
+                         spec.scoring.decision_threshold)
+    params = dict(next(c for c in spec.candidates if c.family == "xgboost").params)
+    return training.CandidateFit("xgboost", model, scores, None if math.isnan(value) else value, seconds,
+                                 {**params, "engine": "dask"})
 
 
 def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: Any, holdout_df: Any) -> Any:

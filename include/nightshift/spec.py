@@ -48,6 +48,7 @@ Metric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "
 # The task a spec's label poses (`task`), and the metrics that can judge it.
 TASKS = ("binary", "multiclass", "regression")
 Task = Literal["binary", "multiclass", "regression"]
+Engine = Literal["local", "dask"]
 TASK_METRICS = {"binary": ("roc_auc", "average_precision", "accuracy", "f1", "log_loss"),
                 "multiclass": ("log_loss", "macro_f1", "accuracy"),
                 "regression": ("rmse", "mae", "r2")}
@@ -415,6 +416,21 @@ class Candidate(_Section):
         dataclasses.field(default_factory=dict)
 
 
+def _dask_problems(training: Any) -> list[tuple[tuple[str | int, ...], PydanticCustomError, Any]]:
+    """engine dask trains the xgboost family only, uncalibrated: anything else asked of it is refused by name."""
+    problems: list[tuple[tuple[str | int, ...], PydanticCustomError, Any]] = []
+    for i, candidate in enumerate(training.candidates):
+        if candidate.family != "xgboost":
+            problems.append((("candidates", i, "family"), PydanticCustomError(
+                "dask_family", "engine dask trains the xgboost family only, got {family}",
+                {"family": repr(candidate.family)}), candidate.family))
+    if training.calibration != "none":
+        problems.append((("calibration",), PydanticCustomError(
+            "dask_calibration", "engine dask does not calibrate: use none, got {calibration}",
+            {"calibration": training.calibration}), training.calibration))
+    return problems
+
+
 @dataclass(frozen=True, kw_only=True)
 class Training(_Section):
     """How a challenger is trained: every candidate on the same rows, the holdout picks one."""
@@ -440,6 +456,16 @@ class Training(_Section):
         "Most training rows: a larger training window is trained on a seeded (seed), time-stratified sample of "
         "this many rows, each day keeping its share, sampled while the days are read; the holdout is never "
         "sampled. null: no limit."))] = None
+    engine: Annotated[Engine, Field(description=(
+        "Where the XGBoost candidate trains: local (this task's process), or dask (XGBoost's Dask interface on "
+        "the cluster named by dask_connection_id, reading the window's snapshot files on its workers, so the "
+        "window never has to fit in one process; only the xgboost family, no calibration). With dask the "
+        "baseline and the samples kept with the model take a seeded, time-stratified sample of max_rows (or "
+        "1,000,000) rows."))] = "local"
+    dask_connection_id: Annotated[Text, Field(description=(
+        "With engine dask: the Airflow connection whose host and port are the Dask scheduler's address (schema: "
+        "the protocol, tcp by default). Its workers must reach the artifact store at the same address."))] = \
+        "nightshift_dask"
 
 
     @model_validator(mode="after")
@@ -462,6 +488,8 @@ class Training(_Section):
             problems.append((("calibration_days",), PydanticCustomError(
                 "calibration_days", "must be fewer than window_days ({window}) to leave days to fit on, got {days}",
                 {"window": self.window_days, "days": self.calibration_days}), self.calibration_days))
+        if self.engine == "dask":
+            problems += _dask_problems(self)
         if self.max_rows is not None and self.max_rows < self.min_rows:
             problems.append((("max_rows",), PydanticCustomError(
                 "max_rows", "must be at least min_rows ({min_rows}): a sample smaller than that never trains, got "
@@ -882,10 +910,11 @@ class DatasetSpec(_Section):
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         """The candidates that compete: training.candidates as listed, or by default xgboost (with
-        training.params), hist_gradient_boosting and the task's linear model."""
+        training.params), hist_gradient_boosting and the task's linear model (xgboost alone with engine dask)."""
         if self.training.candidates:
             return self.training.candidates
-        families = ("xgboost", "hist_gradient_boosting", LINEAR_FAMILY[self.task])
+        families = ("xgboost",) if self.training.engine == "dask" else (
+            "xgboost", "hist_gradient_boosting", LINEAR_FAMILY[self.task])
         return tuple(Candidate(family=f, params=dict(self.training.params) if f == "xgboost" else {})
                      for f in families)
 

@@ -191,20 +191,25 @@ def simpler_not_better(ev: Evidence) -> Judgement:
     """Model 5: the champion beat its simple baseline on the labelled days it served (monitor: served_baseline),
     and tonight's challenger beat its own on the holdout (the gate's baseline check); either that ran tonight
     runs the test, and every one that ran must pass."""
-    served = _decided(ev).get("served_baseline") or {}
+    served, why = _served_baseline(ev)
     gate = _checks(ev).get("baseline")
-    measured = {} if not served or served.get("not_measured") else served
-    if gate is None and not measured:
-        why = served.get("not_measured") or "no labelled day after the champion's holdout yet"
+    if gate is None and served is None:
         return _not_run(f"served rows: {why}; holdout: {NO_CHALLENGER}")
-    verdicts = [v for v in (measured.get("passed") if measured else None,
-                            gate.get("passed") if gate else None) if v is not None]
-    evidence: dict[str, Any] = {}
-    if measured:
-        evidence["served"] = {k: measured.get(k) for k in ("champion", "baseline", "gain", "margin", "rows")}
+    verdicts = [c.get("passed") for c in (served, gate) if c is not None]
+    evidence = {"served": {k: served.get(k) for k in ("champion", "baseline", "gain", "margin", "rows")}} if served \
+        else {}
     if gate:
         evidence["holdout"] = gate.get("detail")
-    return _ran(all(verdicts) if verdicts else None, **evidence)
+    known = [v for v in verdicts if v is not None]
+    return _ran(all(known) if known else None, **evidence)
+
+
+def _served_baseline(ev: Evidence) -> tuple[dict | None, str | None]:
+    """(the champion against its baseline on served rows, or None; why it was not measured)."""
+    found = _decided(ev).get("served_baseline") or {}
+    if not found or found.get("not_measured"):
+        return None, found.get("not_measured") or "no labelled day after the champion's holdout yet"
+    return found, None
 
 
 def slice_quality(ev: Evidence) -> Judgement:

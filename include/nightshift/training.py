@@ -65,7 +65,8 @@ SPARSE_BELOW = 0.3
 # What the training key hashes besides data and spec: the libraries that fit and the code that
 # builds and chooses the models. Any change there means a new model, never a reused one.
 KEY_LIBRARIES = ("scikit-learn", "xgboost", "numpy", "pandas", "scipy")
-KEY_CODE = (Path(__file__), Path(__file__).with_name("evaluation.py"), Path(__file__).with_name("training_window.py"))
+KEY_CODE = (Path(__file__), *(Path(__file__).with_name(name) for name in (
+    "evaluation.py", "training_window.py", "training_dask.py")))
 # The linear families (the logistic/ridge candidate and the baseline) fit on at most this many training rows, a
 # seeded time-stratified sample (linear_rows). Their few dozen coefficients are settled long before: at 1M rows a
 # coefficient's sampling error is ~1e-3 of its spread, below the holdout metric's own noise (measured in

@@ -150,10 +150,10 @@ class TrainOperator(NightshiftOperator):
         from include.nightshift.nightly import train_challenger
 
         # too few rows, or one class: more labels, not a retry, will change it (errors.py: permanent)
-        with runtime.source_reader(self.spec) as conn:
+        with runtime.source_reader(self.spec) as conn, runtime.dask_client(self.spec) as cluster:  # engine dask
             return train_challenger(conn, runtime.artifact_store(), runtime.registry(), self.spec,
                                     runtime.run_date(context), self.received()["decision"], context["run_id"],
-                                    dry_run=bool(self.param(context, "dry_run", False))).to_xcom()
+                                    dry_run=bool(self.param(context, "dry_run", False)), cluster=cluster).to_xcom()
 
 
 class EvaluateOperator(NightshiftOperator):

@@ -210,6 +210,26 @@ def source_reader(spec: Any) -> Iterator[Any]:
         yield sources.SqlReader(conn, quote=hook.escape_word_format, placeholder=hook.placeholder)
 
 
+@contextlib.contextmanager
+def dask_client(spec: Any) -> Iterator[Any]:
+    """`with dask_client(spec) as cluster`: None unless training.engine is dask; then a distributed.Client on the
+    scheduler the Airflow connection training.dask_connection_id names (host and port; schema: the protocol,
+    tcp by default), closed at the end."""
+    if spec.training.engine != "dask":
+        yield None
+        return
+    from airflow.sdk import BaseHook
+    from distributed import Client
+
+    conn_id = spec.training.dask_connection_id
+    found = BaseHook.get_connection(conn_id)
+    if not found.host:
+        raise ValueError(f"training.dask_connection_id {conn_id!r}: the connection names no host (the Dask "
+                         "scheduler's address goes in its host and port)")
+    with Client(f"{found.schema or 'tcp'}://{found.host}:{found.port or 8786}", timeout="30s") as client:
+        yield client
+
+
 def sql_hook(conn_id: str) -> Any:
     """The common-sql hook of an Airflow connection (its provider's DbApiHook subclass)."""
     from airflow.providers.common.sql.hooks.sql import DbApiHook
