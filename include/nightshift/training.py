@@ -334,9 +334,21 @@ def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
 
     OpenMP threads are pinned (HistGradientBoosting has no n_jobs): like XGBoost's N_JOBS, a
     model must not depend on how many cores the worker that fitted it had.
+
+    A Pipeline's own fit keeps its input (the features frame) alive while the estimator fits; this does
+    what it does, step by step (each transformer's fit_transform in order, then the estimator's fit: the
+    same objects and calls, so the same model to the bit), and lets the frame go first: one copy of the
+    training rows fewer at the peak (issue 15: about 0.45 GB per 2.8M demo rows).
     """
+    y = labels(df, spec)
     with threadpool_limits(limits=N_JOBS, user_api="openmp"):
-        return model.fit(features_frame(df, spec), labels(df, spec))
+        if not isinstance(model, Pipeline):
+            return model.fit(features_frame(df, spec), y)
+        matrix = features_frame(df, spec)
+        for _, step in model.steps[:-1]:
+            matrix = step.fit_transform(matrix, y)
+        model.steps[-1][1].fit(matrix, y)
+        return model
 
 
 def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:

@@ -159,3 +159,18 @@ def test_a_max_rows_below_min_rows_is_refused_naming_the_key(tmp_path):
         load_spec(path)
     path.write_text(text.replace("  min_rows: 2000\n", "  min_rows: 2000\n  max_rows: 500000\n"))
     assert load_spec(path).training.max_rows == 500000
+
+
+def test_fit_step_by_step_gives_the_model_pipeline_fit_gives_to_the_bit(snapshots):
+    """training.fit fits the pipeline's steps itself (to free the features frame before the estimator fits):
+    every family's holdout scores equal those of scikit-learn's Pipeline.fit on the same rows."""
+    store, refs = snapshots
+    spec = _spec()
+    window = read_window(store, refs, spec, END)
+    for candidate in spec.candidates:
+        ours = training.fit(training.build_candidate(spec, candidate), window.train, spec)
+        with training.threadpool_limits(limits=training.N_JOBS, user_api="openmp"):
+            theirs = training.build_candidate(spec, candidate).fit(training.features_frame(window.train, spec),
+                                                                   training.labels(window.train, spec))
+        assert (training.predict_scores(ours, window.holdout, spec).tobytes()
+                == training.predict_scores(theirs, window.holdout, spec).tobytes()), candidate.family
