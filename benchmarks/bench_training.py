@@ -24,11 +24,12 @@ baseline) fits on its capped sample, and its holdout metric and the gate's basel
 full fit's, to show the cap moves them by less than noise. Seconds move with the machine and its load; compare the
 variants of one run.
 
-Measured here (2026-11-30, 17 days x 200k rows, 2 shared cores, load about 3; two runs): train before 184-202 s at
-4.13-4.14 GB peak RSS, after 152-156 s at 3.13-3.14 GB, after with max_rows 933,333 48-54 s at 1.61-1.62 GB; the floor
-(XGBoost alone) 56-62 s at 1.15-1.16 GB; evaluate's holdout read 11-13 s at 3.29 GB before, 0.3-0.4 s at 0.51 GB
-after. Tree families bit-identical; the logistic baseline on its 1M-row sample: holdout AUC 0.718625 vs 0.718629 on
-all rows, fit 6.5 s vs 31 s. About 0.25 GB of every peak is the imports (idle MB).
+Measured here (2026-11-30, 17 days x 200k rows, 2 shared cores under other load): train before 201 s at 4.13 GB peak
+RSS, after 176 s at 2.70 GB, after with max_rows 933,333 63 s at 1.60 GB; the floor (XGBoost alone) 68 s at 1.16 GB;
+evaluate's holdout read 12.1 s at 3.29 GB before, 0.4 s at 0.51 GB after. Memory repeats within 1% from run to run,
+seconds moved up to 15% with the load. Tree families bit-identical; the logistic baseline on its 1M-row sample:
+holdout AUC 0.718625 vs 0.718629 on all rows (the gate's baseline check agrees), fit 8.4 s vs 20.9 s. About 0.25 GB
+of every peak is the imports (idle MB).
 """
 
 from __future__ import annotations
