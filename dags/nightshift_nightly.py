@@ -1,7 +1,9 @@
 """The nightly retraining DAG, one per dataset spec in include/specs/.
 
     snapshot -> validate -> [drift, monitor] -> decide --(no reason)--> no_retrain_needed --\
-                                                     \--(reason)--> train -> evaluate ---> score -> publish -> record_run
+                                                     \--(reason)--> train -> evaluate ---> score -> plan_shards -> [score_shard] -> publish -> record_run
+
+score_shard is mapped over the night's shards when it has more rows than scoring.shard_rows (else skipped).
 
 The champion serves whatever happens on the way: once validate has passed, score runs when the
 retrain branch is done, in any state (a failed drift, monitor, decide, train or evaluate is
@@ -26,6 +28,7 @@ from include.nightshift.spec import DatasetSpec, SpecError, load_specs, specs_di
 from nightshift_airflow import operators as ops
 from nightshift_airflow import runtime
 from nightshift_airflow.notifiers import TaskFailureNotifier
+from nightshift_airflow.shard_operator import SCORE_SHARD, ScoreShardOperator, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,13 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
         with TaskGroup("serve", prefix_group_id=False, tooltip="Score with the champion and publish") as serve:
             score = ops.ScoreOperator(task_id=ops.SCORE, snapshot=snapshot.output, validation=validate.output,
                                       trigger_rule="all_done", **common)  # runs unless validation did not pass
+            shards = ScoreShardOperator.partial(  # one task per shard of a large night; skipped when none
+                task_id=SCORE_SHARD, scored=score.output, snapshot=snapshot.output, **common,
+            ).expand(shard=plan_shards(score.output))
             publish = ops.PublishOperator(task_id=ops.PUBLISH, scored=score.output, snapshot=snapshot.output,
-                                          outlets=[predictions_asset(spec)], **common)
+                                          outlets=[predictions_asset(spec)], trigger_rule="none_failed_min_one_success",
+                                          **common)  # after the shards, if any
+            shards >> publish
         record = ops.RecordRunOperator(
             task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common,
             snapshot=snapshot.output, validation=validate.output, drift=drift.output, decision=decide.output,

@@ -24,7 +24,7 @@ from include.nightshift.registry import RUN_DATE_TAG, Registry
 from include.nightshift.reports import Origin, stamp_origin
 from include.nightshift.run_record import RunRecord
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, SnapshotStep,
+from include.nightshift.steps import (DriftStep, MonitorStep, PublishStep, ScoringStep, ShardStep, SnapshotStep,
                                       TrainingStep, ValidationStep, VerdictStep)
 
 if TYPE_CHECKING:
@@ -886,8 +886,12 @@ class NoModel(RuntimeError):
 
 
 def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
-                dag_run_id: str, *, dry_run: bool = False, allow_later_model: bool = False) -> ScoringStep:
+                dag_run_id: str, *, dry_run: bool = False, allow_later_model: bool = False,
+                sharded: bool = True) -> ScoringStep:
     """The champion scores the night, chunk by chunk; NoModel when there is no champion (no_model).
+
+    A night of more than scoring.shard_rows rows (with `sharded`) is only planned here: the champion is chosen
+    and checked, and the step says how many score_shard tasks score it (score_shard), all with that version.
 
     A champion trained on a night after this one is refused unless allowed (history.refuse_look_ahead):
     rerunning a past night must not score it with what was learnt later. Before anything is written, the
@@ -906,18 +910,30 @@ def score_night(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sna
     trained_for = champion.tags.get(RUN_DATE_TAG)  # not the registration day: a version registered by hand says nothing
     refuse_look_ahead(spec, champion.version, trained_for and dt.date.fromisoformat(trained_for), snapshot.day,
                       allowed=allow_later_model or dry_run)  # a dry run publishes nothing
-    url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
     model = registry.load_model(spec.model_name, champion.version)
     watch = before_scoring(store, registry, spec, snapshot.current, champion, model)  # the round trip, tonight
+    shards = spec.scoring.shards(snapshot.current.rows) if sharded else 0
+    if shards:
+        log.info("%d rows: scored by %d score_shard tasks of %d rows with %s v%s", snapshot.current.rows, shards,
+                 spec.scoring.shard_rows, spec.model_name, champion.version)
+        return _scored(store, registry, spec, snapshot, dag_run_id, champion, watch.checks, allow_later_model or dry_run,
+                       url=None, rows=snapshot.current.rows, shards=shards, scored_at=dt.datetime.now(dt.timezone.utc))
+    url = store.url("predictions", spec.name, snapshot.day.isoformat(), f"{safe_name(dag_run_id)}.parquet")
     rows = score_snapshot(store, snapshot.current.url, url, spec, model=model, model_version=champion.version,
                           snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id, watch=watch)
     log.info("scored %d rows with %s v%s -> %s", rows, spec.model_name, champion.version, url)
-    shadow_url, shadow_version, watch.checks["shadow"] = score_shadow(store, registry, spec, snapshot, dag_run_id,
-                                                                      champion, allow_later_model or dry_run)
+    return _scored(store, registry, spec, snapshot, dag_run_id, champion, watch.checks, allow_later_model or dry_run,
+                   url=url, rows=rows)
+
+
+def _scored(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep, dag_run_id: str,
+            champion: Any, checks: dict, allow_later_model: bool, **scoring: Any) -> ScoringStep:
+    """The score step's output, once the champion's scores are written or planned: the shadow scores too."""
+    shadow_url, shadow_version, checks["shadow"] = score_shadow(store, registry, spec, snapshot, dag_run_id,
+                                                                champion, allow_later_model)
     # The partition is the day of the rows scored: the night itself, or the day ahead (scoring.horizon_days).
-    return ScoringStep(url=url, rows=rows, model_version=champion.version,
-                       day=dt.date.fromisoformat(snapshot.current.day), checks=watch.checks, shadow_url=shadow_url,
-                       shadow_version=shadow_version)
+    return ScoringStep(**scoring, model_version=champion.version, day=dt.date.fromisoformat(snapshot.current.day),
+                       checks=checks, shadow_url=shadow_url, shadow_version=shadow_version)
 
 
 def score_shadow(store: ArtifactStore, registry: Registry, spec: DatasetSpec, snapshot: SnapshotStep,
@@ -947,6 +963,37 @@ def score_shadow(store: ArtifactStore, registry: Registry, spec: DatasetSpec, sn
     return url, shadow.version, {"version": shadow.version, "scored": True, "rows": rows}
 
 
+def score_shard(conn: Connection | None, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
+                scored: ScoringStep, snapshot: SnapshotStep, dag_run_id: str, shard: int) -> ShardStep:
+    """One shard of a sharded night (score_night planned it): its rows scored with the version the plan chose,
+    written to the artifact store, then staged in predictions_staging (not on a dry run: `conn` None).
+
+    On whichever worker it runs, the version must first reproduce its logged training scores there and the
+    serving path must feed it the training path's features on a sample of this shard (skew.before_scoring),
+    as for a whole night. A retry of the shard replaces its own staged rows (warehouse.stage_shard)."""
+    from include.nightshift import warehouse
+    from include.nightshift.scoring import score_snapshot
+    from include.nightshift.skew import before_scoring
+
+    rows_range = scored.shard_range(shard, spec.scoring.shard_rows)
+    version = registry.version(spec.model_name, scored.model_version)
+    model = registry.load_model(spec.model_name, scored.model_version)
+    watch = before_scoring(store, registry, spec, snapshot.current, version, model, rows_range=rows_range)
+    url = store.url("predictions", spec.name, snapshot.day.isoformat(),
+                    f"{safe_name(dag_run_id)}-shard-{shard:05d}.parquet")
+    rows = score_snapshot(store, snapshot.current.url, url, spec, model=model, model_version=scored.model_version,
+                          snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id, watch=watch,
+                          rows_range=rows_range, scored_at=scored.scored_at)
+    if conn is not None:
+        warehouse.ensure_warehouse(conn, spec)
+        with store.local_copy(url) as path:
+            warehouse.stage_shard(conn, spec, scored.day, path, dag_run_id=dag_run_id, shard=shard)
+    log.info("shard %d: rows %d..%d scored with %s v%s%s", shard, rows_range[0], rows_range[1] - 1, spec.model_name,
+             scored.model_version, " and staged" if conn is not None else " (dry run: not staged)")
+    return ShardStep(shard=shard, rows=rows, url=url, model_version=scored.model_version, staged=conn is not None,
+                     checks=watch.checks)
+
+
 def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, spec: DatasetSpec,
                   scored: ScoringStep, snapshot: SnapshotStep, dag_run_id: str, *,
                   allow_later_model: bool = False) -> PublishStep:
@@ -968,9 +1015,13 @@ def publish_night(conn: Connection, store: ArtifactStore, registry: Registry, sp
                         spec.model_name, scored.model_version, scored.day,
                         "gone" if champion is None else f"v{champion.version}")
             scored = score_night(store, registry, spec, snapshot, dag_run_id,  # NoModel when it vanished
-                                 allow_later_model=allow_later_model)
-        with store.local_copy(scored.url) as path:
-            rows = warehouse.replace_partition(conn, spec, scored.day, path)
+                                 allow_later_model=allow_later_model, sharded=False)
+        if scored.shards:  # the shards are staged: one transaction swaps them in
+            rows = warehouse.swap_staged(conn, spec, scored.day, dag_run_id=dag_run_id, shards=scored.shards,
+                                         rows=scored.rows)
+        else:
+            with store.local_copy(scored.url) as path:
+                rows = warehouse.replace_partition(conn, spec, scored.day, path)
     log.info("published %d rows to %s.predictions for %s with v%s", rows, spec.warehouse.schema, scored.day,
              scored.model_version)
     return PublishStep(rows=rows, day=scored.day, model_version=scored.model_version,

@@ -39,10 +39,28 @@ def _multiclass_columns(probabilities: np.ndarray, spec: DatasetSpec) -> dict[st
                                              for row in probabilities], type=pa.string())}
 
 
-def serving_chunks(source, spec: DatasetSpec):
-    """The serving path's reader: a snapshot's rows as frames of at most scoring.chunk_rows rows, in file order."""
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=spec.scoring.chunk_rows):
-        yield batch.to_pandas()
+def serving_chunks(source, spec: DatasetSpec, rows: tuple[int, int] | None = None):
+    """The serving path's reader: a snapshot's rows as frames of at most scoring.chunk_rows rows, in file order;
+    with `rows` (first, end), only those positions (a shard), reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(source)
+    if rows is None:
+        for batch in parquet.iter_batches(batch_size=spec.scoring.chunk_rows):
+            yield batch.to_pandas()
+        return
+    first, end = rows
+    groups, position, starts = [], 0, []
+    for index in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(index).num_rows
+        if position < end and position + size > first:
+            groups.append(index)
+            starts.append(position)
+        position += size
+    position = starts[0] if starts else end
+    for batch in parquet.iter_batches(batch_size=spec.scoring.chunk_rows, row_groups=groups):
+        lo, hi = max(first - position, 0), min(end - position, batch.num_rows)
+        position += batch.num_rows
+        if hi > lo:
+            yield batch.slice(lo, hi - lo).to_pandas()
 
 
 def serving_features(chunk, spec: DatasetSpec):
@@ -59,19 +77,23 @@ def serving_scores(model, chunk, spec: DatasetSpec, watch=None, start: int = 0) 
 
 
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,
-                   model_version: int, snapshot_sha256: str, dag_run_id: str, watch=None) -> int:
-    """Score every row of a snapshot into a predictions Parquet file; returns the row count.
+                   model_version: int, snapshot_sha256: str, dag_run_id: str, watch=None,
+                   rows_range: tuple[int, int] | None = None, scored_at: dt.datetime | None = None) -> int:
+    """Score every row of a snapshot (or the positions `rows_range` of a shard) into a predictions Parquet file;
+    returns the row count.
 
     `watch` (skew.SkewWatch): sees every chunk's model inputs, and verifies them before anything is written
-    (its ServingSkew leaves the predictions file unwritten)."""
+    (its ServingSkew leaves the predictions file unwritten). `scored_at`: the night's one scoring time, which
+    every shard of a night shares (default: now)."""
     schema = prediction_schema(spec)
-    scored_at = dt.datetime.now(dt.timezone.utc)
+    scored_at = scored_at or dt.datetime.now(dt.timezone.utc)
+    first = rows_range[0] if rows_range else 0
     rows = 0
     with store.staging_dir() as tmp, store.open(snapshot_url) as source:
         local = tmp / "predictions.parquet"
         with pq.ParquetWriter(local, schema, compression="zstd") as writer:
-            for chunk in serving_chunks(source, spec):
-                scores = serving_scores(model, chunk, spec, watch, rows)
+            for chunk in serving_chunks(source, spec, rows_range):
+                scores = serving_scores(model, chunk, spec, watch, first + rows)
                 extra = _multiclass_columns(scores, spec)
                 scores = scores.max(axis=1) if scores.ndim == 2 else scores  # multiclass: the predicted class's
                 if not np.isfinite(scores).all():

@@ -255,12 +255,14 @@ class SkewWatch:
     trained: dict[str, dict] | None = None  # the version's training statistics, for the evidence
     version: int | None = None
     checks: dict[str, Any] = field(default_factory=dict)
+    first_row: int = 0  # a shard's rows are first_row .. first_row + total_rows - 1 of the snapshot
     _seen: list[pd.DataFrame] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         rows = min(self.spec.skew.sample_rows, self.total_rows)
         rng = np.random.default_rng(self.spec.training.seed)
-        self.positions = np.sort(rng.choice(self.total_rows, size=rows, replace=False)) if rows else np.array([], int)
+        self.positions = self.first_row + (np.sort(rng.choice(self.total_rows, size=rows, replace=False)) if rows
+                                           else np.array([], int))
         self.seconds = 0.0
 
     def see(self, features: pd.DataFrame, start: int) -> None:
@@ -303,12 +305,13 @@ def skew_message(spec: DatasetSpec, version: int | None, findings: list[dict], r
             f"beyond skew.tolerance {spec.skew.tolerance:g}: {'; '.join(parts)}; nothing is published")
 
 
-def before_scoring(store: Any, registry: Any, spec: DatasetSpec, snapshot: Any, champion: Any, model: Any) -> SkewWatch:
+def before_scoring(store: Any, registry: Any, spec: DatasetSpec, snapshot: Any, champion: Any, model: Any,
+                   rows_range: tuple[int, int] | None = None) -> SkewWatch:
     """What the score step checks before the champion scores the night (`snapshot`: its SnapshotRef):
     tonight's environment against the champion's (environment.py), then the round trip on tonight's environment
     (every night, so a changed library is re-verified before it scores; ServingSkew when it fails). The returned
     watch goes to scoring.score_snapshot, which compares the feature paths before writing; its `checks` are the
-    score step's evidence."""
+    score step's evidence. With `rows_range` (a shard's first and end positions) the watch samples that shard's rows."""
     from include.nightshift.environment import compare_with
 
     began = time.perf_counter()
@@ -319,8 +322,10 @@ def before_scoring(store: Any, registry: Any, spec: DatasetSpec, snapshot: Any, 
     log.info("environment: %s; round trip: %s", checks["environment"]["summary"], checks["round_trip"]["summary"])
     if checks["round_trip"]["passed"] is False:
         raise ServingSkew(checks["round_trip"]["summary"], checks)
-    return SkewWatch(spec, lambda positions: training_path_rows(store, snapshot, spec, positions), snapshot.rows,
-                     trained=logged.statistics if logged else None, version=champion.version, checks=checks)
+    first, end = rows_range or (0, snapshot.rows)
+    return SkewWatch(spec, lambda positions: training_path_rows(store, snapshot, spec, positions), end - first,
+                     trained=logged.statistics if logged else None, version=champion.version, checks=checks,
+                     first_row=first)
 
 
 def training_path_rows(store: Any, snapshot: Any, spec: DatasetSpec, positions: np.ndarray) -> pd.DataFrame:

@@ -623,6 +623,16 @@ class Scoring(_Section):
         "The night scores the rows of the day this many days after it (0: its own day). With labels known "
         "the same day (label.delay_days 0) it must be at least 1: the night's own rows already have their "
         "outcome, and that day is the newest of the holdout that chose the model."))] = 0
+    shard_rows: Annotated[Positive | None, Field(description=(
+        "A night of more rows than this is scored in shards of this many rows, one mapped score_shard task each "
+        "(any worker), staged in predictions_staging and published in one transaction. null (the default): "
+        "one score task scores the whole night."))] = None
+
+    def shards(self, rows: int) -> int:
+        """How many score_shard tasks a night of `rows` rows takes (0: the score task scores it itself)."""
+        if self.shard_rows is None or rows <= self.shard_rows:
+            return 0
+        return -(-rows // self.shard_rows)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -235,11 +235,31 @@ class ScoringStep(StepOutput):
     checks: dict = field(default_factory=dict)  # skew.before_scoring's evidence: environment, round_trip, skew
     shadow_url: str | None = None  # the shadow's scores of the same rows (shadow.py), for predictions_shadow
     shadow_version: int | None = None
+    shards: int = 0  # > 0: the night is scored by that many score_shard tasks (url None; scoring.shard_rows)
+    scored_at: dt.datetime | None = None  # the scoring time every shard of the night writes
 
     @property
     def no_model(self) -> bool:
         """Nothing could score the night: there was no champion."""
         return self.model_version is None
+
+    def shard_range(self, shard: int, shard_rows: int) -> tuple[int, int]:
+        """Shard `shard`'s first and end row positions in the night's snapshot."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} of a night scored in {self.shards} shard(s)")
+        return shard * shard_rows, min((shard + 1) * shard_rows, self.rows)
+
+
+@dataclass(frozen=True)
+class ShardStep(StepOutput):
+    """One shard of a night, scored and staged (predictions_staging) for the publish step."""
+
+    shard: int
+    rows: int
+    url: str
+    model_version: int
+    staged: bool  # False on a dry run: scored, nothing written to the warehouse
+    checks: dict = field(default_factory=dict)  # this worker's round trip and skew check on this shard
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 PREDICTIONS = "predictions"
 PREDICTIONS_LATEST = "predictions_latest"
 PREDICTIONS_SHADOW = "predictions_shadow"  # migration 13: a shadow version's predictions, never served
+PREDICTIONS_STAGING = "predictions_staging"  # migration 14: shards of a night waiting for publish (never served)
 PARTITIONED = (PREDICTIONS, PREDICTIONS_SHADOW)  # the tables replace_partition / clear_partition write
 SHADOW_ROLES = ("shadow",)
 _SHADOW_ROLE = ("text NOT NULL DEFAULT 'shadow' CHECK (role IN ({}))".format(", ".join(f"'{r}'" for r in SHADOW_ROLES)),
@@ -498,6 +499,26 @@ def _create_predictions_shadow(cur: Cursor, spec: DatasetSpec, key_name: str, ke
         _comment(cur, "COLUMN", sql.SQL("{}.{}").format(shadow, sql.Identifier(column)), text)
 
 
+def _create_predictions_staging(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """predictions_staging: the predictions columns plus shard, where the shards of a sharded night land
+    (scoring.shard_rows) until publish swaps them into predictions in one transaction (swap_staged).
+
+    UNLOGGED: its rows can always be scored again, so they are not worth the write-ahead log; a crash
+    empties it, and publish then finds rows missing and refuses. The shard number comes from the session
+    (SET LOCAL nightshift.shard), so a shard's rows are COPYed exactly as a night's are to predictions."""
+    staging = table(spec, PREDICTIONS_STAGING)
+    columns = [
+        *_prediction_ddl(spec, key_name, key_type),
+        sql.SQL("shard integer NOT NULL DEFAULT current_setting('nightshift.shard')::integer"),
+        sql.SQL("staged_at timestamptz NOT NULL DEFAULT now()"),
+        sql.SQL("PRIMARY KEY (dag_run_id, score_date, {})").format(sql.Identifier(key_name)),
+    ]
+    cur.execute(sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})").format(staging, sql.SQL(", ").join(columns)))
+    _comment(cur, "TABLE", staging, f"Shards of a night of dataset {spec.name} scored in parallel (scoring.shard_rows), "
+                                    "per DAG run, until its publish moves them into predictions in one transaction. "
+                                    "Not for consumers: read predictions.")
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -519,10 +540,11 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (11, "task_costs (wall, CPU, memory and rows of each step)", _create_task_costs),
     (12, "ml_test_score (the ML Test Score's 28 tests per night)", _create_test_score),
     (13, "predictions_shadow (a shadow version's predictions, never served)", _create_predictions_shadow),
+    (14, "predictions_staging (the shards of a night, until publish swaps them in)", _create_predictions_staging),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,
-             MODEL_STALENESS, TASK_COSTS, ML_TEST_SCORE, PREDICTIONS_SHADOW)
+             MODEL_STALENESS, TASK_COSTS, ML_TEST_SCORE, PREDICTIONS_SHADOW, PREDICTIONS_STAGING)
 
 
 def _version(cur: Cursor, spec: DatasetSpec) -> int:
@@ -715,12 +737,7 @@ def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, 
     Needs ensure_warehouse() to have run.
     """
     target = table(spec, _partitioned(relation))
-    key_name, _ = _key(spec)
-    parquet = pq.ParquetFile(predictions_path, pre_buffer=False)  # opened first: a missing file fails before any DELETE
-    columns = (key_name, *(n for n, *_ in prediction_columns(spec)))
-    missing = [c for c in columns if c not in parquet.schema_arrow.names]
-    if missing:
-        raise ValueError(f"{predictions_path}: missing column(s) {missing}")
+    parquet, columns = _predictions_file(spec, predictions_path)  # opened first: a missing file fails before any DELETE
     copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
         target, sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns))
     )
@@ -734,6 +751,75 @@ def replace_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, 
                 stream.write(memoryview(data))
                 rows += n
     return rows
+
+
+def stage_shard(conn: Connection, spec: DatasetSpec, score_date: dt.date, predictions_path: str | Path, *,
+                dag_run_id: str, shard: int) -> int:
+    """Put one shard's predictions (a Parquet file of this run) into predictions_staging; returns rows staged.
+
+    One transaction that first deletes what an earlier try of the same shard of the same run staged, so a
+    retried shard replaces its own rows and nothing else. Consumers never see staging (swap_staged moves
+    a whole night at once). Needs ensure_warehouse() to have run.
+    """
+    staging = table(spec, PREDICTIONS_STAGING)
+    parquet, columns = _predictions_file(spec, predictions_path)
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        staging, sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", *columns)))
+    rows = 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT set_config('nightshift.shard', %s, true)", (str(int(shard)),))
+        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        cur.execute(sql.SQL("DELETE FROM {} WHERE dag_run_id = %s AND score_date = %s AND shard = %s").format(staging),
+                    (dag_run_id, score_date, shard))
+        with cur.copy(copy) as stream:
+            for data, n in _ahead(_csv_chunks(parquet, columns, _csv_schema(spec), score_date)):
+                stream.write(memoryview(data))
+                rows += n
+    return rows
+
+
+def swap_staged(conn: Connection, spec: DatasetSpec, score_date: dt.date, *, dag_run_id: str, shards: int,
+                rows: int) -> int:
+    """Replace score_date's partition of predictions with this run's staged shards, all or nothing.
+
+    The same transaction and advisory lock as replace_partition; it refuses (and rolls back, the published
+    night untouched) unless staging holds exactly `rows` rows from shards 0..shards-1 of this run. Then it
+    removes this run's staged rows, and rows any run staged more than two days ago (a run that died
+    before its publish). Needs ensure_warehouse() to have run.
+    """
+    target, staging = table(spec, PREDICTIONS), table(spec, PREDICTIONS_STAGING)
+    key_name, _ = _key(spec)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ("score_date", key_name,
+                                                              *(n for n, *_ in prediction_columns(spec))))
+    mine = (dag_run_id, score_date)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s::integer, %s::integer)",
+                    _partition_lock(spec, PREDICTIONS, score_date))
+        cur.execute(sql.SQL("SELECT count(*), count(DISTINCT shard), min(shard), max(shard) FROM {} "
+                            "WHERE dag_run_id = %s AND score_date = %s").format(staging), mine)
+        found, distinct, low, high = cur.fetchone()
+        if (found, distinct, low, high) != (rows, shards, 0, shards - 1):
+            raise ValueError(f"{spec.warehouse.schema}.{PREDICTIONS_STAGING} holds {found} rows from {distinct} "
+                             f"shard(s) of run {dag_run_id} for {score_date}, not the {rows} rows of shards "
+                             f"0..{shards - 1} that scored it: nothing is published (score the night again)")
+        cur.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(target), (score_date,))
+        cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE dag_run_id = %s AND score_date = %s")
+                    .format(target, columns, columns, staging), mine)
+        cur.execute(sql.SQL("DELETE FROM {} WHERE (dag_run_id = %s AND score_date = %s) "
+                            "OR staged_at < now() - interval '2 days'").format(staging), mine)
+    return rows
+
+
+def _predictions_file(spec: DatasetSpec, predictions_path: str | Path) -> tuple[pq.ParquetFile, tuple[str, ...]]:
+    """A predictions Parquet file, opened (so a missing file fails before any DELETE), and the columns
+    it is written from; a ValueError naming the columns it lacks."""
+    key_name, _ = _key(spec)
+    parquet = pq.ParquetFile(predictions_path, pre_buffer=False)
+    columns = (key_name, *(n for n, *_ in prediction_columns(spec)))
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{predictions_path}: missing column(s) {missing}")
+    return parquet, columns
 
 
 def clear_partition(conn: Connection, spec: DatasetSpec, score_date: dt.date, relation: str) -> int:

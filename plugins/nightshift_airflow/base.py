@@ -125,12 +125,23 @@ def _push_cost(context: Any, meter: task_costs.Meter | None, result: Any, outcom
         log.warning("could not measure or push the step's cost (%s)", exc)
 
 
+def _pull(context: Any, task_key: str, key: str) -> Any:
+    """XCom `key` of a task as runtime.task_states names it: a mapped task's instance is "<task_id>_<map_index>"."""
+    task_id, map_index = task_key, None
+    dag = context.get("dag")
+    base, _, index = task_key.rpartition("_")
+    if dag is not None and not dag.has_task(task_key) and index.isdigit() and dag.has_task(base):
+        task_id, map_index = base, int(index)
+    return context["ti"].xcom_pull(task_ids=task_id, key=key,
+                                   **({"map_indexes": map_index} if map_index is not None else {}))
+
+
 def pushed_costs(context: Any, task_ids: Sequence[str]) -> dict[str, dict]:
     """What each of `task_ids` pushed under task_costs.COST_KEY (tasks that pushed nothing are left out)."""
     found: dict[str, dict] = {}
     for task_id in task_ids:
         try:
-            value = context["ti"].xcom_pull(task_ids=task_id, key=task_costs.COST_KEY)
+            value = _pull(context, task_id, task_costs.COST_KEY)
         except Exception as exc:  # noqa: BLE001 - the record is still written, without this task's cost
             log.warning("could not read the cost of %s (%s)", task_id, exc)
             continue
@@ -144,7 +155,7 @@ def pushed_errors(context: Any, task_ids: Sequence[str]) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for task_id in task_ids:
         try:
-            value = context["ti"].xcom_pull(task_ids=task_id, key=ERROR_KEY)
+            value = _pull(context, task_id, ERROR_KEY)
         except Exception as exc:  # noqa: BLE001 - the record is still written, without this task's message
             log.warning("could not read the error of %s (%s)", task_id, exc)
             continue

@@ -191,7 +191,8 @@ class EvaluateOperator(NightshiftOperator):
 
 
 class ScoreOperator(NightshiftOperator):
-    """Score the night's population with the champion, chunk by chunk (bounded memory).
+    """Score the night's population with the champion, chunk by chunk (bounded memory); above
+    scoring.shard_rows, choose and check the champion and leave the rows to the score_shard tasks.
 
     Runs whatever happened to the retrain branch (a failed train leaves the champion serving), and
     only when the night's rows passed validation.

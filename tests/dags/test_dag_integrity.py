@@ -93,6 +93,7 @@ def test_pipeline_order_has_no_cycles_and_reads_like_the_diagram():
     pos = {t: i for i, t in enumerate(order)}
     for a, b in [("snapshot", "validate"), ("validate", "drift"), ("validate", "monitor"), ("drift", "decide"),
                  ("decide", "train"), ("train", "evaluate"), ("evaluate", "score"), ("decide", "no_retrain_needed"),
+                 ("score", "plan_shards"), ("plan_shards", "score_shard"), ("score_shard", "publish"),
                  ("score", "publish"), ("publish", "record_run")]:
         assert pos[a] < pos[b], (a, b)
     rules = {l.split(" ")[0]: l.rsplit(" ", 1)[1] for l in lines if " [" in l}
@@ -102,6 +103,8 @@ def test_pipeline_order_has_no_cycles_and_reads_like_the_diagram():
     assert rules["decide"] == rules["evaluate"] == "all_done_min_one_success"
     assert "decide" in _downstream(lines, "validate")
     assert any(l.startswith("record_run ") and "all_done" in l for l in lines)
+    # publish runs after the shards, or without them when the night was scored whole (score_shard skipped)
+    assert rules["publish"] == "none_failed_min_one_success" and "publish" in _downstream(lines, "score_shard")
 
 
 def _downstream(lines: list[str], task: str) -> str:
@@ -208,9 +211,9 @@ def test_steps_receive_their_inputs_as_upstream_outputs_not_by_task_id_lookups()
                                                  "published")} == {"snapshot", "validate", "drift", "decide", "train",
                                                                    "evaluate", "publish"}
     plugins = "".join(p.read_text() for p in (ROOT / "plugins").rglob("*.py"))
-    # The one pull by task id: record_run reads how a *failed* task failed (base.pushed_errors; a failed
-    # task has no output to wire), never a step's output.
-    plugins = plugins.replace("xcom_pull(task_ids=task_id, key=ERROR_KEY)", "", 1)
-    # and what each task cost (base.pushed_costs: measures, not a step's output)
-    plugins = plugins.replace("xcom_pull(task_ids=task_id, key=task_costs.COST_KEY)", "", 1)
+    # The one pull by task id (base._pull): record_run reads how a *failed* task failed (base.pushed_errors; a
+    # failed task has no output to wire) and what each task cost (base.pushed_costs), never a step's output.
+    assert plugins.count("_pull(context, task_id, ERROR_KEY)") == 1
+    assert plugins.count("_pull(context, task_id, task_costs.COST_KEY)") == 1
+    plugins = plugins.replace("xcom_pull(task_ids=task_id, key=key,", "", 1)
     assert "xcom_pull(task_ids" not in plugins  # no step digs another's output out by its task id

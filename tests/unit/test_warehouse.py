@@ -80,7 +80,7 @@ def test_ensure_warehouse_is_idempotent_and_documented(pg_conn, churn_spec):
                                   ("model_versions", "BASE TABLE"),
                                   ("pipeline_runs", "BASE TABLE"), ("predictions", "BASE TABLE"),
                                   ("predictions_latest", "VIEW"), ("predictions_shadow", "BASE TABLE"),
-                                  ("run_attempts", "BASE TABLE"),
+                                  ("predictions_staging", "BASE TABLE"), ("run_attempts", "BASE TABLE"),
                                   ("schema_version", "BASE TABLE"), ("task_costs", "BASE TABLE")]
         cur.execute("SELECT version FROM churn.schema_version ORDER BY version")
         assert [v for v, in cur.fetchall()] == [m[0] for m in wh.MIGRATIONS]
@@ -749,10 +749,11 @@ def test_an_unknown_relation_is_refused_by_name_before_anything_is_written(pg_co
     assert [r[3] for r in _rows(pg_conn, spec)] == ["kept"]
 
 
-def test_a_warehouse_at_version_12_gets_the_shadow_table_once_and_keeps_its_nights(pg_conn, churn_spec, tmp_path,
-                                                                                    monkeypatch):
+def test_a_warehouse_at_version_12_gets_the_shadow_and_staging_tables_once_and_keeps_its_nights(
+        pg_conn, churn_spec, tmp_path, monkeypatch):
     monkeypatch.setattr(wh, "MIGRATIONS", tuple(m for m in wh.MIGRATIONS if m[0] <= 12))
-    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS if r != wh.PREDICTIONS_SHADOW))
+    monkeypatch.setattr(wh, "RELATIONS", tuple(r for r in wh.RELATIONS
+                                               if r not in (wh.PREDICTIONS_SHADOW, wh.PREDICTIONS_STAGING)))
     wh.ensure_warehouse(pg_conn, churn_spec)
     wh.replace_partition(pg_conn, churn_spec, DAY1, _write(_predictions([1, 2], 1, "v12"), tmp_path / "p.parquet"))
     assert not wh.table_exists(pg_conn, churn_spec, wh.PREDICTIONS_SHADOW)
@@ -761,7 +762,8 @@ def test_a_warehouse_at_version_12_gets_the_shadow_table_once_and_keeps_its_nigh
 
     wh.ensure_warehouse(pg_conn, churn_spec)
     applied = _versions(pg_conn)
-    assert [v for v, _ in applied] == list(range(1, 14)) and wh.MIGRATIONS[-1][0] == 13
+    assert [v for v, _ in applied] == list(range(1, 15)) and wh.MIGRATIONS[-1][0] == 14
+    assert wh.table_exists(pg_conn, churn_spec, wh.PREDICTIONS_STAGING)
     wh.ensure_warehouse(pg_conn, churn_spec)
     assert _versions(pg_conn) == applied  # applied once
     assert [r[3] for r in _rows(pg_conn, churn_spec)] == ["v12", "v12"]
@@ -771,3 +773,60 @@ def test_a_warehouse_at_version_12_gets_the_shadow_table_once_and_keeps_its_nigh
         cur.execute("SELECT has_table_privilege(%s, 'churn.predictions_shadow', 'SELECT')",
                     (churn_spec.warehouse.reader_role,))
         assert cur.fetchone() == (True,)
+
+
+# ---------------------------------------------------------------- sharded nights (scoring.shard_rows)
+
+
+def _stage(conn, spec, tmp_path, keys, shard: int, run_id: str = "sharded", seed: int = 7) -> int:
+    path = _write(_predictions(keys, seed + shard, run_id), tmp_path / f"{run_id}-{shard}.parquet")
+    return wh.stage_shard(conn, spec, DAY1, path, dag_run_id=run_id, shard=shard)
+
+
+def test_staged_shards_swap_in_at_once_and_leave_staging_empty(pg_conn, spec, tmp_path):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2, 3], 1, "before"), tmp_path / "b.parquet"))
+    assert _stage(pg_conn, spec, tmp_path, [10, 11, 12], 0) == 3
+    assert _stage(pg_conn, spec, tmp_path, [13, 14], 1) == 2
+    assert [k for _, k, _, _ in _rows(pg_conn, spec)] == [1, 2, 3]  # staged rows are not published rows
+    assert wh.swap_staged(pg_conn, spec, DAY1, dag_run_id="sharded", shards=2, rows=5) == 5
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(k, "sharded") for k in range(10, 15)]
+    assert _rows(pg_conn, spec, wh.PREDICTIONS_STAGING) == []
+
+
+def test_a_retried_shard_replaces_only_its_own_staged_rows(pg_conn, spec, tmp_path):
+    _stage(pg_conn, spec, tmp_path, [10, 11], 0)
+    _stage(pg_conn, spec, tmp_path, [12, 13], 1)
+    _stage(pg_conn, spec, tmp_path, [12, 13], 1, seed=99)  # the retry of shard 1 (its first try had committed)
+    staged = _rows(pg_conn, spec, wh.PREDICTIONS_STAGING)
+    assert [k for _, k, _, _ in staged] == [10, 11, 12, 13]
+    retried = _predictions([12, 13], 100, "sharded").score.tolist()
+    assert [s for _, k, s, _ in staged if k >= 12] == retried  # the retry's scores, exactly
+
+
+def test_a_shard_that_fails_mid_copy_stages_nothing(pg_conn, spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(wh, "BATCH_ROWS", 10)
+    bad = _predictions(np.arange(100, 130), 2, "sharded")
+    bad["model_version"] = bad["model_version"].astype("int64")
+    bad.loc[25, "model_version"] = 2**40
+    with pytest.raises(pa.ArrowInvalid, match="not in range"):
+        wh.stage_shard(pg_conn, spec, DAY1, _write(bad, tmp_path / "bad.parquet"), dag_run_id="sharded", shard=0)
+    assert _rows(pg_conn, spec, wh.PREDICTIONS_STAGING) == []
+
+
+@pytest.mark.parametrize("shards, rows", [(3, 5), (2, 6)], ids=["a shard missing", "rows missing"])
+def test_a_swap_with_shards_or_rows_missing_is_refused_and_the_night_kept(pg_conn, spec, tmp_path, shards, rows):
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, "before"), tmp_path / "b.parquet"))
+    _stage(pg_conn, spec, tmp_path, [10, 11, 12], 0)
+    _stage(pg_conn, spec, tmp_path, [13, 14], 1)
+    with pytest.raises(ValueError, match=r"holds 5 rows from 2 shard\(s\) of run sharded .* nothing is published"):
+        wh.swap_staged(pg_conn, spec, DAY1, dag_run_id="sharded", shards=shards, rows=rows)
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "before"), (2, "before")]
+    assert len(_rows(pg_conn, spec, wh.PREDICTIONS_STAGING)) == 5  # kept for a look; the rerun replaces them
+
+
+def test_another_runs_staged_rows_are_not_swapped_in(pg_conn, spec, tmp_path):
+    _stage(pg_conn, spec, tmp_path, [10, 11], 0, run_id="other")
+    _stage(pg_conn, spec, tmp_path, [20, 21], 0, run_id="mine")
+    wh.swap_staged(pg_conn, spec, DAY1, dag_run_id="mine", shards=1, rows=2)
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(20, "mine"), (21, "mine")]
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec, wh.PREDICTIONS_STAGING)] == [(10, "other"), (11, "other")]
