@@ -26,12 +26,20 @@ Measured here (2026-11-29, 1M rows, --repeat 5, 2 cores, quiet: load average abo
 binary floor. Most of every method's time is the server sorting the day (ORDER BY timestamp,
 key): without the ORDER BY psql binary took 1.3-1.7 s and ADBC 2.2 s, so ADBC's own cost
 (binary rows into Arrow) is about 0.6 s per 1M rows.
+
+Then the whole step, each method in a fresh process (its peak RSS is its own, ``ru_maxrss``): take_snapshot
+(streamed: ADBC batches, normalised per batch, one row group of ROW_GROUP_ROWS in memory), the one-shot
+snapshot it replaced (the whole night read, normalised, combined and written; kept here verbatim), and the
+floors: ADBC's read alone (fetch_arrow_table, the whole night in Arrow) and psql's binary \\copy to a file
+(psql's own peak). The streamed and the one-shot snapshot must give the same SHA-256.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,12 +101,120 @@ def psql_copy(uri: str, query: str, fmt: str) -> None:
                    check=True, capture_output=True)
 
 
+def one_shot_snapshot(uri: str, spec, day: dt.date, store) -> str:
+    """take_snapshot as it was before streaming (the whole night in Arrow, one write), for comparison only."""
+    import hashlib
+
+    import psycopg
+    import pyarrow.parquet as pq
+
+    from include.nightshift.snapshot import _PARQUET_OPTIONS, PostgresReader, normalise
+
+    with psycopg.connect(uri) as conn:
+        table = normalise(PostgresReader(conn).read_window(spec, day))
+    path = Path(store) / "one_shot.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.combine_chunks(), path, **_PARQUET_OPTIONS)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def streamed_snapshot(uri: str, spec, day: dt.date, store) -> str:
+    import psycopg
+
+    from include.nightshift.artifacts import ArtifactStore
+    from include.nightshift.snapshot import take_snapshot
+
+    with psycopg.connect(uri) as conn:
+        return take_snapshot(conn, ArtifactStore(Path(store)), spec, day).sha256
+
+
+def adbc_read_alone(uri: str, query: str) -> None:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    with adbc.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        cur.fetch_arrow_table()
+
+
+def psql_copy_to_file(uri: str, query: str, store) -> None:
+    Path(store).mkdir(parents=True, exist_ok=True)
+    command = f"\\copy ({query}) TO '{Path(store) / 'day.bin'}' WITH (FORMAT binary)"
+    subprocess.run([shutil.which("psql"), uri, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command],
+                   check=True, capture_output=True)
+
+
+TAKE_METHODS = {
+    "take_snapshot, streamed (ours)": "streamed",
+    "take_snapshot, one-shot (before)": "one_shot",
+    "floor: ADBC read alone (fetch_arrow_table)": "adbc",
+    "floor: psql \\copy TO file (binary)": "psql",
+}
+
+
+def child(method: str, uri: str, query: str, spec_path: str, store: str) -> None:
+    """One method in this fresh process: prints its seconds, its peak RSS and its SHA-256 (a snapshot) as JSON."""
+    import adbc_driver_postgresql.dbapi  # noqa: F401  (imports before the clock and the baseline)
+    import psycopg  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from include.nightshift.snapshot import take_snapshot  # noqa: F401
+    from include.nightshift.spec import load_spec
+
+    spec = load_spec(spec_path)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run = {"streamed": lambda: streamed_snapshot(uri, spec, DAY, store),
+           "one_shot": lambda: one_shot_snapshot(uri, spec, DAY, store),
+           "adbc": lambda: adbc_read_alone(uri, query), "psql": lambda: psql_copy_to_file(uri, query, store)}[method]
+    start = time.perf_counter()
+    digest = run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN if method == "psql" else resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024, "sha256": digest}))
+
+
+def take_in_processes(uri: str, query: str, spec_path: str, tmp: Path, repeat: int) -> dict[str, list[dict]]:
+    """Each take method `repeat` times, in turn, each run in a fresh process."""
+    runs: dict[str, list[dict]] = {name: [] for name in TAKE_METHODS}
+    for i in range(repeat):
+        for name, method in TAKE_METHODS.items():
+            store = tmp / f"take-{method}-{i}"
+            out = subprocess.run([sys.executable, __file__, "--child", method, "--uri", uri, "--query", query,
+                                  "--spec", spec_path, "--store", str(store)],
+                                 check=True, capture_output=True, text=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+            shutil.rmtree(store, ignore_errors=True)
+    return runs
+
+
+def print_take(runs: dict[str, list[dict]], rows: int) -> None:
+    hashes = {r["sha256"] for name in list(TAKE_METHODS)[:2] for r in runs[name]}
+    assert len(hashes) == 1, f"the streamed and the one-shot snapshot differ: {hashes}"
+    med = {name: (statistics.median(r["seconds"] for r in rs), statistics.median(r["peak_mb"] for r in rs),
+                  statistics.median(r["base_mb"] for r in rs)) for name, rs in runs.items()}
+    floor_s = med["floor: psql \\copy TO file (binary)"][0]
+    floor_mb = med["floor: ADBC read alone (fetch_arrow_table)"][1]
+    print(f"\ntaking the day, {rows:,} rows, each in a fresh process (median of {len(next(iter(runs.values())))}); "
+          "time ratio to psql \\copy, memory ratio to ADBC's read alone")
+    width = max(map(len, med))
+    for name, (seconds, peak, base) in med.items():
+        above = "psql's own" if "psql" in name else f"{peak - base:4.0f} MB above imports"
+        print(f"  {name:<{width}}  {seconds:7.2f} s  {seconds / floor_s:5.2f}x   peak RSS {peak:6.0f} MB "
+              f"({above:>24})  {peak / floor_mb:5.2f}x")
+    print(f"  same SHA-256, streamed and one-shot: {hashes.pop()[:16]}...")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs per method")
     parser.add_argument("--spec", default=str(ROOT / "include" / "specs" / "churn.yaml"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--query", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.uri, args.query, args.spec, args.store)
     if not shutil.which("psql"):
         sys.exit("psql is not on PATH: it is the floor this benchmark compares against")
 
@@ -107,7 +223,7 @@ def main() -> None:
 
     from include.nightshift import demo_data
     from include.nightshift.artifacts import ArtifactStore
-    from include.nightshift.snapshot import source_columns, take_snapshot, window_query
+    from include.nightshift.snapshot import source_columns, take_snapshot, window_parameters, window_query
     from include.nightshift.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -122,7 +238,9 @@ def main() -> None:
                 demo_data.load_day(conn, DAY, args.rows, table=spec.source.table, with_labels=True)
                 conn.autocommit = True  # VACUUM runs outside a transaction
                 conn.execute("VACUUM ANALYZE")  # the visibility map set: every method reads the same clean table
-                query = window_query(spec, DAY, False, source_columns(conn, spec)).as_string(conn)
+                with psycopg.ClientCursor(conn) as binder:  # the night's bounds bound, as PostgresReader does
+                    query = binder.mogrify(window_query(spec, DAY, False, source_columns(conn, spec)),
+                                           window_parameters(spec, DAY))
             print(f"{args.rows:,} source rows of {DAY} ({len(spec.columns)} columns) loaded in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -149,6 +267,7 @@ def main() -> None:
                 start = time.perf_counter()
                 ref = take_snapshot(conn, ArtifactStore(tmp_path / "store"), spec, DAY)
                 whole = time.perf_counter() - start
+            take = take_in_processes(uri, query, args.spec, tmp_path, args.repeat)
         finally:
             server.cleanup()
 
@@ -161,6 +280,7 @@ def main() -> None:
               + ", ".join(f"{t:.2f}" for t in times[name]))
     print(f"\ntake_snapshot as a whole (read, normalise, Parquet zstd, SHA-256): {whole:.2f} s, "
           f"{ref.rows:,} rows, sha256 {ref.sha256[:16]}...")
+    print_take(take, args.rows)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ driver's Arrow types into the snapshot's (integers int64, floats float64, ``nume
 exact decimals, timestamptz in UTC). Rows are ordered by (timestamp, entity key) and
 written with fixed Parquet options: that is what makes the bytes, and so the hash, reproducible.
 
+A PostgreSQL night is streamed: the server sorts it, ADBC hands it over batch by batch, each batch is
+normalised and the rows are written a row group at a time, so a task holds at most one row group
+(ROW_GROUP_ROWS, fixed by rows, never by how the batches arrive) and never the whole night. The bytes
+are those of writing the whole night at once (pyarrow's row groups are the same ROW_GROUP_ROWS rows),
+so streaming changed no hash. Two cases still read the night whole: an unconstrained ``numeric``
+column (its decimal scale is the widest of the night's values, known only at the end) and the sql
+and files sources (they filter and sort in Arrow).
+
 A stored snapshot is trusted only while its bytes still hash to its name: taking the same day
 again re-hashes the stored file and rewrites it when it differs (a truncated or corrupt file is
 repaired by the next run, not reused forever), and a snapshot that cannot be read is reported
@@ -22,6 +30,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +50,9 @@ log = logging.getLogger(__name__)
 _PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True, "version": "2.6"}
 _PG_TYPE = b"POSTGRESQL:type"  # field metadata the ADBC driver sets: the source column's PostgreSQL type
 _PG_TYPMOD = b"POSTGRESQL:typmod"
+# Rows per Parquet row group: pyarrow's own default, so that a snapshot written row group by row group has
+# the bytes of one written whole (pq.write_table), whatever the source's batches.
+ROW_GROUP_ROWS = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -161,19 +173,52 @@ def _decimal(field: pa.Field, text: pa.ChunkedArray) -> pa.ChunkedArray:
 def write_snapshot(table: pa.Table, store: ArtifactStore, spec: DatasetSpec, day: dt.date,
                    *, labelled: bool) -> SnapshotRef:
     """Write once under its content hash; an identical snapshot already stored is reused, once its
-    bytes are checked against its name (a stored file that no longer hashes to it is rewritten).
+    bytes are checked against its name (a stored file that no longer hashes to it is rewritten)."""
+    return write_batches(table.schema, table.to_batches(), store, spec, day, labelled=labelled)
 
-    The rows are made one contiguous chunk first: Parquet's page boundaries follow the Arrow
-    chunks, and how a reader chunks its batches must not change the bytes of the same rows.
-    """
+
+def write_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch], store: ArtifactStore, spec: DatasetSpec,
+                  day: dt.date, *, labelled: bool) -> SnapshotRef:
+    """write_snapshot for rows arriving in batches (normalised, in snapshot order): one row group in memory."""
     with tempfile.TemporaryDirectory(prefix="nightshift-snap-") as tmp:
         local = Path(tmp) / "snapshot.parquet"
-        pq.write_table(table.combine_chunks(), local, **_PARQUET_OPTIONS)
+        rows = _write_row_groups(schema, batches, local)
         digest = _sha256(local)
         url = store.url("snapshots", spec.name, day.isoformat(), f"{digest}.parquet")
         if not _intact(store, url, digest):
             store.put_file(local, url)
-    return SnapshotRef(url=url, sha256=digest, rows=table.num_rows, day=day.isoformat(), labelled=labelled)
+    return SnapshotRef(url=url, sha256=digest, rows=rows, day=day.isoformat(), labelled=labelled)
+
+
+def _write_row_groups(schema: pa.Schema, batches: Iterable[pa.RecordBatch], path: Path) -> int:
+    """The rows as Parquet, ROW_GROUP_ROWS rows a row group, each written as one contiguous chunk (Parquet's
+    page boundaries follow the Arrow chunks: how a reader chunks its batches must not change the bytes).
+    Columns are held column by column, so each is freed once concatenated. Returns the row count."""
+    rows, held, pending = 0, 0, [[] for _ in schema]
+    with pq.ParquetWriter(path, schema, **_PARQUET_OPTIONS) as writer:
+        for batch in batches:
+            while batch.num_rows:
+                take = min(batch.num_rows, ROW_GROUP_ROWS - held)
+                for i, column in enumerate(batch.slice(0, take).columns):
+                    pending[i].append(column)
+                held, batch = held + take, batch.slice(take)
+                if held == ROW_GROUP_ROWS:
+                    writer.write_table(_one_chunk(schema, pending))
+                    rows, held, pending = rows + held, 0, [[] for _ in schema]
+        if held or not rows:  # the last, partial row group; an empty night is one empty row group, as before
+            writer.write_table(_one_chunk(schema, pending))
+            rows += held
+    return rows
+
+
+def _one_chunk(schema: pa.Schema, pending: list[list[pa.Array]]) -> pa.Table:
+    """The pending row group as a table of one chunk per column, emptying `pending` column by column."""
+    columns = []
+    for i, field in enumerate(schema):
+        parts, pending[i] = pending[i], []
+        columns.append(pa.concat_arrays(parts) if parts else pa.array([], field.type))
+        del parts
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _intact(store: ArtifactStore, url: str, digest: str) -> bool:
@@ -196,8 +241,27 @@ def take_snapshot(source: SourceReader | Connection, store: ArtifactStore, spec:
                   labelled: bool = False) -> SnapshotRef:
     """Night `day` of the source (a reader of sources.py; a psycopg connection is a PostgreSQL source),
     normalised and written under its content hash. A labelled snapshot of a past night reads it again."""
-    table = as_reader(source).read_window(spec, day, labelled=labelled)
+    reader = as_reader(source)
+    if isinstance(reader, PostgresReader):
+        with reader.stream_window(spec, day, labelled=labelled) as batches:
+            if any(_scale_from_data(field) for field in batches.schema):
+                return write_snapshot(normalise(batches.read_all()), store, spec, day, labelled=labelled)
+            schema = normalise(batches.schema.empty_table()).schema
+            return write_batches(schema, _normalised(batches), store, spec, day, labelled=labelled)
+    table = reader.read_window(spec, day, labelled=labelled)
     return write_snapshot(normalise(table), store, spec, day, labelled=labelled)
+
+
+def _normalised(batches: pa.RecordBatchReader) -> Iterable[pa.RecordBatch]:
+    """Each source batch in the snapshot's types (normalise is value by value: per batch as for the whole)."""
+    for batch in batches:
+        yield from normalise(pa.Table.from_batches([batch])).to_batches()
+
+
+def _scale_from_data(field: pa.Field) -> bool:
+    """An unconstrained numeric: its decimal scale is the widest of the night's values (_decimal)."""
+    metadata = field.metadata or {}
+    return metadata.get(_PG_TYPE) == b"numeric" and int(metadata.get(_PG_TYPMOD, b"-1")) < 4
 
 
 def read_snapshot(store: ArtifactStore, ref: SnapshotRef | str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -170,12 +171,20 @@ class PostgresReader:
         return source_columns(self.conn, spec, day)
 
     def read_window(self, spec: DatasetSpec, day: dt.date, *, labelled: bool = False) -> pa.Table:
+        with self.stream_window(spec, day, labelled=labelled) as batches:
+            return batches.read_all()
+
+    @contextmanager
+    def stream_window(self, spec: DatasetSpec, day: dt.date, *,
+                      labelled: bool = False) -> Iterator[pa.RecordBatchReader]:
+        """The night as ADBC hands it over, batch by batch, already in (timestamp, entity key) order (the
+        server sorts): a snapshot written from it never holds the whole night (snapshot.take_snapshot)."""
         composed = window_query(spec, day, labelled, source_columns(self.conn, spec, day))
         with ClientCursor(self.conn) as binder:
             query = binder.mogrify(composed, window_parameters(spec, day))
         with adbc.connect(_conninfo(self.conn)) as reader, reader.cursor() as cur:
             cur.execute(query)
-            return cur.fetch_arrow_table()
+            yield cur.fetch_record_batch()
 
 
 # --- The mapping in Arrow (kinds sql and files) -----------------------------------------------------
