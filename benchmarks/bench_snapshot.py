@@ -27,7 +27,7 @@ binary floor. Most of every method's time is the server sorting the day (ORDER B
 key): without the ORDER BY psql binary took 1.3-1.7 s and ADBC 2.2 s, so ADBC's own cost
 (binary rows into Arrow) is about 0.6 s per 1M rows.
 
-Then the whole step, each method in a fresh process (its peak RSS is its own, ``ru_maxrss``): take_snapshot
+Then the whole step, each method in a fresh process (its peak RSS is its own, VmHWM): take_snapshot
 (streamed: ADBC batches, normalised per batch, one row group of ROW_GROUP_ROWS in memory), the one-shot
 snapshot it replaced (the whole night read, normalised, combined and written; kept here verbatim), and the
 floors: ADBC's read alone (fetch_arrow_table, the whole night in Arrow) and psql's binary \\copy to a file
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -136,11 +135,19 @@ def adbc_read_alone(uri: str, query: str) -> None:
         cur.fetch_arrow_table()
 
 
-def psql_copy_to_file(uri: str, query: str, store) -> None:
+def psql_copy_to_file(uri: str, query: str, store) -> float:
+    """psql's binary \\copy of the night to a file; psql's own peak RSS in MB (GNU time's %M)."""
     Path(store).mkdir(parents=True, exist_ok=True)
     command = f"\\copy ({query}) TO '{Path(store) / 'day.bin'}' WITH (FORMAT binary)"
-    subprocess.run([shutil.which("psql"), uri, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command],
-                   check=True, capture_output=True)
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", shutil.which("psql"), uri, "-X", "-q", "-v",
+                           "ON_ERROR_STOP=1", "-c", command], check=True, capture_output=True, text=True)
+    return int(done.stderr.strip().splitlines()[-1]) / 1024
+
+
+def high_water_mb() -> float:
+    """This process's peak RSS (VmHWM): unlike ru_maxrss, it starts again at exec, not at the parent's."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 TAKE_METHODS = {
@@ -161,15 +168,15 @@ def child(method: str, uri: str, query: str, spec_path: str, store: str) -> None
     from include.nightshift.spec import load_spec
 
     spec = load_spec(spec_path)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = high_water_mb()
     run = {"streamed": lambda: streamed_snapshot(uri, spec, DAY, store),
            "one_shot": lambda: one_shot_snapshot(uri, spec, DAY, store),
            "adbc": lambda: adbc_read_alone(uri, query), "psql": lambda: psql_copy_to_file(uri, query, store)}[method]
     start = time.perf_counter()
-    digest = run()
+    out = run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN if method == "psql" else resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024, "sha256": digest}))
+    peak = out if method == "psql" else high_water_mb()
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": base, "sha256": out}))
 
 
 def take_in_processes(uri: str, query: str, spec_path: str, tmp: Path, repeat: int) -> dict[str, list[dict]]:
@@ -208,6 +215,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs per method")
     parser.add_argument("--spec", default=str(ROOT / "include" / "specs" / "churn.yaml"))
+    parser.add_argument("--take-only", action="store_true", help="only the whole step, in fresh processes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--query", help=argparse.SUPPRESS)
@@ -244,6 +252,8 @@ def main() -> None:
             print(f"{args.rows:,} source rows of {DAY} ({len(spec.columns)} columns) loaded in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
 
+            if args.take_only:
+                return print_take(take_in_processes(uri, query, args.spec, tmp_path, args.repeat), args.rows)
             methods: dict[str, Callable[[], object]] = {
                 "ours: snapshot.read_day (ADBC -> Arrow)": lambda: ours(uri, spec, DAY),
                 "previous: psycopg2 CSV COPY + pyarrow CSV": lambda: previous_read_day(uri, spec, DAY),
