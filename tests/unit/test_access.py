@@ -178,6 +178,7 @@ def test_grants_are_usage_and_select_to_the_reader_and_nobody_else(roles, publis
         ("task_costs", roles.reader, "SELECT"),
         ("ml_test_score", roles.reader, "SELECT"),
         ("predictions_shadow", roles.reader, "SELECT"),
+        ("predictions_staging", roles.reader, "SELECT"),  # readable, documented as not for consumers
         ("schema_version", roles.reader, "SELECT"),
         ("default r", roles.reader, "SELECT"),
     }
