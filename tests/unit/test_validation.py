@@ -254,3 +254,27 @@ def test_a_numeric_feature_stored_as_text_fails_with_its_report_written(churn_sp
     checks = json.loads((report / "validation.json").read_text())["checks"]
     assert any(c["column"] == "age" and not c["success"] for c in checks)
     assert all(c["observed"] for c in checks)
+
+
+def test_no_check_deep_copies_the_frame_and_the_caller_keeps_its_frame_and_options(churn_spec, day_df, monkeypatch):
+    """GX's pandas engine takes each checked column's non-null rows from the whole frame; without pandas'
+    copy-on-write that was a deep copy of every column for every per-value check (half of GX's time on a
+    1M-row night: benchmarks/bench_validation.py). The caller's frame and pandas options are left as they were."""
+    day_df["customer_id"] = day_df["customer_id"].astype("float64")
+    day_df.loc[day_df.index[:3], "customer_id"] = np.nan  # the key made nullable Int64 (a new column) first
+    before = day_df.copy()
+    deep_copies: list[object] = []
+    real_copy = pd.DataFrame.copy
+
+    def copy(self: pd.DataFrame, deep: bool | None = True) -> pd.DataFrame:
+        if self.shape == day_df.shape and (deep is True or (deep is None and not pd.get_option("mode.copy_on_write"))):
+            deep_copies.append(deep)
+        return real_copy(self, deep=deep)
+
+    monkeypatch.setattr(pd.DataFrame, "copy", copy)
+    result = validate_snapshot(day_df, churn_spec, day=DAY)
+    monkeypatch.setattr(pd.DataFrame, "copy", real_copy)
+    assert not result.success and any(f.column == "customer_id" for f in result.failures)
+    assert deep_copies == []
+    assert pd.get_option("mode.copy_on_write") is False
+    pd.testing.assert_frame_equal(day_df, before)
