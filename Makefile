@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_publish.py
 	$(PY) benchmarks/bench_snapshot.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_validation.py
 
 ## bench-flights: the real flights data set replayed for 60 nights, judged against independent baselines
 bench-flights: $(STAMP)
