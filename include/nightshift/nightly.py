@@ -244,8 +244,8 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     days = [d for d in days if holdout_end is None or d > holdout_end]
     base = MonitorStep(realised_metric=None, rows=0, champion_version=champion.version, day=newest,
                        champion_holdout_metric=holdout, holdout_end=holdout_end)
-    quality, used, target, bias, compared, simpler = _realised(source, store, registry, spec, champion, snapshot, days,
-                                                               shadow)
+    quality, used, target, bias, compared, simpler, sampled_from = _realised(source, store, registry, spec, champion,
+                                                                             snapshot, days, shadow)
     if quality is None:
         log.info("champion v%s: no labelled day after its holdout (ends %s) yet: realised %s not measured",
                  champion.version, holdout_end, spec.promotion.metric)
@@ -258,22 +258,25 @@ def monitor_champion(source: SourceReader, store: ArtifactStore, registry: Regis
     interval = None if quality.low is None else [quality.low, quality.high]
     return dataclasses.replace(base, realised_metric=quality.value, rows=quality.rows, interval=interval,
                                confidence=quality.confidence, days=used, brier=quality.brier, ece=quality.ece,
-                               target_drift=target, prediction_bias=bias, shadow=compared, served_baseline=simpler)
+                               target_drift=target, prediction_bias=bias, shadow=compared, served_baseline=simpler,
+                               sampled_from=sampled_from)
 
 
 def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, spec: DatasetSpec, champion: Any,
               snapshot: SnapshotStep, days: list[dt.date], shadow: Any = None) -> tuple[Any, list[str], dict, dict, dict,
-                                                                                        dict]:
+                                                                                        dict, int | None]:
     """RealisedQuality of the champion on the labelled rows of `days` (None when there are none), the
     days that had rows, the drift of those rows' labels from the champion's training labels, its
     prediction bias per slice on them (bias.py: the ML Test Score's test of inclusion), the shadow's
-    comparison with it on the same rows (shadow.measure_shadow; {} without a shadow), and the champion
-    against its simple baseline on them (served_baseline)."""
+    comparison with it on the same rows (shadow.measure_shadow; {} without a shadow), the champion
+    against its simple baseline on them (served_baseline), and the rows before sampling when the days hold
+    more than promotion.realised_max_rows (None: every row was read)."""
     from include.nightshift.shadow import measure_shadow
 
     from include.nightshift.quality import realised_quality
-    from include.nightshift.snapshot import read_snapshots, take_snapshot
+    from include.nightshift.snapshot import take_snapshot
     from include.nightshift.training import labels, predict_scores, row_days
+    from include.nightshift.training_window import read_days
 
     refs = [snapshot.labelled if d.isoformat() == snapshot.labelled.day else
             take_snapshot(source, store, spec, d, labelled=True) for d in days]
@@ -281,8 +284,11 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
     absent = {} if shadow is None else {"version": shadow.version, "champion_version": champion.version,
                                         "not_measured": "no labelled row in the realised window"}
     if not refs:
-        return None, [], {}, {}, absent, {}
-    df = read_snapshots(store, refs)
+        return None, [], {}, {}, absent, {}, None
+    df, sampled_from = read_days(store, refs, spec, spec.promotion.realised_max_rows)
+    if sampled_from is not None:
+        log.info("promotion.realised_max_rows %d: the realised window is a seeded, time-stratified sample of %d of "
+                 "its %d labelled rows", spec.promotion.realised_max_rows, len(df), sampled_from)
     scores = predict_scores(registry.load_model(spec.model_name, champion.version), df, spec)
     pro = spec.promotion
     quality = realised_quality(pro.metric, labels(df, spec), scores, threshold=spec.scoring.decision_threshold,
@@ -291,7 +297,7 @@ def _realised(source: SourceReader, store: ArtifactStore, registry: Registry, sp
     compared = absent if shadow is None else measure_shadow(registry, spec, shadow, champion, df, scores)
     simpler = served_baseline(registry, spec, champion, df, labels(df, spec), scores)
     return (quality, sorted(ref.day for ref in refs), _target_drift(registry, spec, champion, df),
-            _slice_bias(spec, df, scores), compared, simpler)
+            _slice_bias(spec, df, scores), compared, simpler, sampled_from)
 
 
 def served_baseline(registry: Registry, spec: DatasetSpec, champion: Any, df: Any, y: Any, scores: Any) -> dict:
@@ -368,13 +374,13 @@ def measure_staleness(conn: Connection, store: ArtifactStore, registry: Registry
     only reads); and the cadence the history recommends (staleness.recommend), judged against
     promotion.max_model_age_days. {} without a labelled row or a version to score it."""
     from include.nightshift import warehouse
-    from include.nightshift.snapshot import read_snapshot
+    from include.nightshift.training_window import read_days
 
     day = dt.date.fromisoformat(snapshot.labelled.day)
     versions = _unseen_versions(registry, spec, day)
     if not snapshot.labelled.rows or not versions:
         return {}
-    df = read_snapshot(store, snapshot.labelled)
+    df, _ = read_days(store, [snapshot.labelled], spec, spec.promotion.realised_max_rows)  # bounded, seeded
     tonight = [_age_point(registry, spec, info, df, day) for info in versions]
     warehouse.ensure_warehouse(conn, spec)
     if not dry_run:

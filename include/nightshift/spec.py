@@ -591,6 +591,11 @@ class Promotion(_Section):
         "Confidence of the realised metric's bootstrap interval."))] = 0.95
     realised_resamples: Annotated[int, Strict(), Field(ge=20, description=(
         "Bootstrap resamples of that interval (seeded with training.seed)."))] = 200
+    realised_max_rows: Annotated[Positive | None, Field(description=(
+        "Labelled rows the monitor step reads from the realised window at most: when its days hold more, a "
+        "seeded, time-stratified sample of this many (each day its share), the rows before sampling recorded "
+        "as sampled_from; the newest labelled day's staleness scoring reads at most this many too. Bounds the "
+        "step's memory whatever a night's size. null: every row."))] = 2_000_000
 
     @property
     def greater_is_better(self) -> bool:

@@ -150,6 +150,7 @@ class MonitorStep(StepOutput):
     prediction_bias: dict = field(default_factory=dict)  # bias.prediction_bias per slice value; {} when not measured
     shadow: dict = field(default_factory=dict)  # shadow.measure_shadow: the shadow against the champion; {} without one
     served_baseline: dict = field(default_factory=dict)  # nightly.served_baseline: the champion vs its baseline
+    sampled_from: int | None = None  # the window's labelled rows when `rows` is a sample (promotion.realised_max_rows)
 
 
 @dataclass(frozen=True)

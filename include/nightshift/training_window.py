@@ -78,6 +78,22 @@ def read_holdout(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: Datase
     return _frame([_day_rows(store, ref, spec, None)[0] for ref in holdout_refs])
 
 
+def read_days(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: DatasetSpec,
+              max_rows: int | None) -> tuple[pd.DataFrame, int | None]:
+    """Several days as one frame in day order, sampled to `max_rows` when they hold more (each day its share,
+    seeded by day as the training window is); and the rows before sampling (None: not sampled). Without a
+    sample the frame is snapshot.read_snapshots' (the monitor step's realised window, bounded)."""
+    ordered = sorted(refs, key=lambda r: r.day)
+    quotas = day_quotas({r.day: r.rows for r in ordered}, max_rows)
+    kept, before = [], 0
+    for ref in ordered:
+        table, rows = _day_rows(store, ref, spec, quotas.get(ref.day))
+        kept.append(table)
+        before += rows
+    table = None  # only `kept` holds the days now: _frame frees them as it converts
+    return _frame(kept), (before if quotas else None)
+
+
 def _day(ref: SnapshotRef) -> dt.date:
     return dt.date.fromisoformat(ref.day)
 

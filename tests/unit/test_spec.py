@@ -212,7 +212,7 @@ def test_a_renamed_key_is_reported_as_unknown_before_the_key_it_hid(tmp_path):
     assert str(caught.value).splitlines() == [
         "broken.yaml: promotion.flor: unknown key; did you mean floor? (allowed here: metric, floor, "
         "min_improvement, slice_tolerance, slice_columns, min_slice_rows, baseline_margin, max_model_age_days, "
-        "realised_tolerance, realised_window_days, realised_confidence, realised_resamples)"]
+        "realised_tolerance, realised_window_days, realised_confidence, realised_resamples, realised_max_rows)"]
 
 
 def test_an_unknown_key_unlike_any_other_leaves_the_missing_key_reported(tmp_path):
@@ -223,7 +223,7 @@ def test_an_unknown_key_unlike_any_other_leaves_the_missing_key_reported(tmp_pat
     assert str(caught.value).splitlines() == [
         "broken.yaml: promotion.zzz: unknown key (allowed here: metric, floor, min_improvement, slice_tolerance, "
         "slice_columns, min_slice_rows, baseline_margin, max_model_age_days, realised_tolerance, "
-        "realised_window_days, realised_confidence, realised_resamples)",
+        "realised_window_days, realised_confidence, realised_resamples, realised_max_rows)",
         "broken.yaml: promotion.floor: required key is missing"]
 
 

@@ -174,3 +174,24 @@ def test_fit_step_by_step_gives_the_model_pipeline_fit_gives_to_the_bit(snapshot
                                                                    training.labels(window.train, spec))
         assert (training.predict_scores(ours, window.holdout, spec).tobytes()
                 == training.predict_scores(theirs, window.holdout, spec).tobytes()), candidate.family
+
+
+def test_the_monitor_s_days_are_every_row_below_realised_max_rows_and_a_seeded_share_of_each_day_above(snapshots):
+    """read_days: the monitor step's realised window (and the staleness day) bounded by promotion.realised_max_rows."""
+    from include.nightshift.training_window import read_days
+
+    store, refs = snapshots
+    in_order = [r for r in refs if r.day != DAYS[1].isoformat()]  # the step writes every snapshot in order
+    whole, sampled_from = read_days(store, in_order, _spec(), None)
+    assert sampled_from is None
+    pd.testing.assert_frame_equal(whole, read_snapshots(store, in_order))
+    assert read_days(store, in_order, _spec(), whole.shape[0])[1] is None  # exactly at the cap: not sampled
+
+    sample, sampled_from = read_days(store, in_order, _spec(), 1000)
+    assert (len(sample), sampled_from) == (1000, sum(ROWS) - ROWS[1])
+    per_day = sample["event_ts"].dt.date.value_counts().sort_index()
+    expected = training.day_quotas({r.day: r.rows for r in in_order}, 1000)
+    assert [int(n) for n in per_day] == [expected[r.day] for r in sorted(in_order, key=lambda r: r.day)]
+    again, _ = read_days(store, list(reversed(in_order)), _spec(), 1000)
+    pd.testing.assert_frame_equal(sample, again)  # the same rows for the same seed, whatever the order given
+    assert sample.merge(whole, how="left", indicator=True)["_merge"].eq("both").all()  # rows of the days, unchanged
