@@ -144,6 +144,19 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, bool]
     return df.sample(n=rows, random_state=seed).reset_index(drop=True), True
 
 
+def sample_table(table: Any, spec: DatasetSpec) -> pd.DataFrame:
+    """reference_sample's rows of an Arrow table, taken before any row reaches pandas: the positions a seeded
+    df.sample picks depend on the row count alone, so these are the rows, in the order, that converting the
+    whole table first and sampling it gave; a night of any size converts at most drift.sample_rows rows."""
+    import pyarrow as pa
+
+    rows = spec.drift.sample_rows
+    if table.num_rows <= rows:
+        return table.to_pandas()
+    positions = pd.RangeIndex(table.num_rows).to_series().sample(n=rows, random_state=spec.drift.seed).to_numpy()
+    return table.take(pa.array(positions, pa.int64())).to_pandas()
+
+
 def reference_sample(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The drift reference stored with a model: a seeded sample of its training features, and of
     its labels when `df` has them (the target's drift is measured against those; feature drift

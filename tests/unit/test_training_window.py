@@ -195,3 +195,18 @@ def test_the_monitor_s_days_are_every_row_below_realised_max_rows_and_a_seeded_s
     again, _ = read_days(store, list(reversed(in_order)), _spec(), 1000)
     pd.testing.assert_frame_equal(sample, again)  # the same rows for the same seed, whatever the order given
     assert sample.merge(whole, how="left", indicator=True)["_merge"].eq("both").all()  # rows of the days, unchanged
+
+
+def test_the_drift_step_samples_a_night_before_converting_and_gets_the_rows_it_always_got(snapshots):
+    """drift.sample_table: the rows (and their order) that reading the whole night and sampling it gave."""
+    from include.nightshift.drift import reference_sample, sample_table
+    from include.nightshift.snapshot import read_snapshot, read_snapshot_table
+
+    store, refs = snapshots
+    spec = dataclasses.replace(BASE, drift=dataclasses.replace(BASE.drift, sample_rows=500))
+    for ref in refs[:3]:  # 900 and 1200 rows: sampled; 300: whole
+        table = read_snapshot_table(store, ref, columns=spec.feature_names)
+        picked = sample_table(table, spec)
+        assert len(picked) == min(500, ref.rows)
+        pd.testing.assert_frame_equal(reference_sample(picked, spec),
+                                      reference_sample(read_snapshot(store, ref, columns=spec.feature_names), spec))
