@@ -236,6 +236,8 @@ class PublishOperator(NightshiftOperator):
         if self.param(context, "dry_run", False):
             raise AirflowSkipException("dry run: nothing is published")
         got = self.received()
+        if got["scored"] is None or got["scored"].no_model:  # score skipped (its shards too): nothing to publish
+            raise AirflowSkipException("nothing was scored tonight: nothing is published")
         with self.connect() as conn:  # under the serving lock; re-scores if the champion moved since score
             return publish_night(conn, runtime.artifact_store(), runtime.registry(), self.spec, got["scored"],
                                  got["snapshot"], context["run_id"],

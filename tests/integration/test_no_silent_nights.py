@@ -111,7 +111,7 @@ def test_no_champion_after_the_gate_fails_the_run_alerts_and_is_recorded_no_mode
     assert (first["state"], first["champion"]) == ("failed", None), first
     row = attempt(nights, first)
     assert (row["decision"], row["failed_tasks"], row["rows_published"], row["dry_run"]) == (
-        "no_model", ["publish", "score"], 0, False), row
+        "no_model", ["plan_shards", "publish", "score", "score_shard"], 0, False), row  # score failed, the rest never ran
     states = row["details"]["task_states"]
     assert (states["evaluate"], states["score"], states["publish"]) == ("success", "failed", "upstream_failed")
     assert [c["name"] for c in row["details"]["verdict"] if not c["passed"]][:1] == ["floor"]  # why: the gate
@@ -125,6 +125,7 @@ def test_allowed_by_the_spec_a_night_without_a_model_is_green_but_still_recorded
     row = attempt(nights, second)
     assert (row["decision"], row["failed_tasks"], row["rows_published"]) == ("no_model", [], 0), row
     assert row["details"]["task_states"]["score"] == "skipped"
+    assert row["details"]["task_states"]["publish"] == "skipped"  # not run with nothing scored (nor its shards)
     assert nights["log"].count(ALERT) == 2  # one alert per night without predictions, none after the fix
 
 
