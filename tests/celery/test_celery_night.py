@@ -1,7 +1,8 @@
 """The nightly DAG on the deployed topology, natively: CeleryExecutor, Redis, two Celery workers, S3 artifacts.
 
 One night (the cold start: train, promote, publish) of the demo's churn data runs on the stack in
-celery_stack.py, triggered through the REST API like tests/e2e's first night. The tests show that the
+celery_stack.py, triggered through the REST API like tests/e2e's first night, its 1000 rows scored by
+three score_shard tasks (scoring.shard_rows 400). The tests show that the
 run succeeded, that its tasks ran on both workers (one task at a time each), that the published
 predictions are bit for bit what the serving path gives here in the test process for the same snapshot
 and model version, and that the night's artifacts live in the S3 bucket, not on the local disk.
@@ -36,6 +37,7 @@ from tests.e2e.scenario import D1, D2, HISTORY_DAYS, NIGHTLY, ROLLBACK, ROWS, mi
 
 ARTIFACTS = Path(f"{E2E_ARTIFACTS}-celery")
 RUN_ID = "celery_first_night"
+SHARD_ROWS = 400  # the night's 1000 rows are scored by three score_shard tasks
 
 
 @dataclass
@@ -47,17 +49,31 @@ class Night:
     seconds: dict[str, float]
 
 
+def sharded_specs(folder: Path) -> Path:
+    """The demo's specs, churn.yaml scoring its night in shards of SHARD_ROWS rows (score_shard, on any worker)."""
+    folder.mkdir(parents=True)
+    for path in (local_stack.ROOT / "include" / "specs").glob("*.yaml"):
+        (folder / path.name).write_text(path.read_text())
+    churn = folder / "churn.yaml"
+    text, old = churn.read_text(), "  chunk_rows: 100000\n"
+    assert text.count(old) == 1
+    churn.write_text(text.replace(old, f"{old}  shard_rows: {SHARD_ROWS}\n"))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def celery_stack(pg_server_uri: str) -> Iterator[CeleryStack]:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     began = time.monotonic()
-    stack = CeleryStack.launch(pg_server_uri, ARTIFACTS / "stack", dag_ids=(NIGHTLY, ROLLBACK))
-    stack.started_in = time.monotonic() - began  # type: ignore[attr-defined]
-    print(f"\nCelery stack artifacts (logs): {ARTIFACTS}")
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with pytest.MonkeyPatch.context() as env:  # every component reads the specs folder from its environment
+        env.setenv("NIGHTSHIFT_SPECS_DIR", str(sharded_specs(ARTIFACTS / "specs")))
+        stack = CeleryStack.launch(pg_server_uri, ARTIFACTS / "stack", dag_ids=(NIGHTLY, ROLLBACK))
+        stack.started_in = time.monotonic() - began  # type: ignore[attr-defined]
+        print(f"\nCelery stack artifacts (logs): {ARTIFACTS}")
+        try:
+            yield stack
+        finally:
+            stack.stop()
 
 
 def load_source(server_uri: str) -> None:
@@ -118,6 +134,13 @@ def test_the_night_succeeds_with_tasks_on_both_workers(night: Night):
     assert set(ran.values()) == set(topology.WORKERS), ran
 
 
+def test_the_night_is_scored_by_three_shard_tasks_and_published_whole(night: Night, pg_server_uri: str):
+    shards = sorted((ti["map_index"], ti["state"]) for ti in night.task_instances if ti["task_id"] == "score_shard")
+    assert shards == [(0, "success"), (1, "success"), (2, "success")], night.task_instances
+    assert all(ti["hostname"] in topology.WORKERS for ti in night.task_instances if ti["task_id"] == "score_shard")
+    assert len(published(night.stack, pg_server_uri)) == ROWS  # the three shards' rows, swapped in at once
+
+
 def published(stack: CeleryStack, pg_server_uri: str) -> list[tuple]:
     conn = psycopg.connect(local_stack.database_uri(pg_server_uri, DATABASES["warehouse"]))
     try:
@@ -147,7 +170,7 @@ def test_published_predictions_equal_the_serving_path_here(night: Night, pg_serv
     rows = published(night.stack, pg_server_uri)
     assert len(rows) == ROWS
     (version,), (sha256,) = {r[3] for r in rows}, {r[4] for r in rows}
-    spec = load_spec(local_stack.ROOT / "include" / "specs" / "churn.yaml")
+    spec = load_spec(ARTIFACTS / "specs" / "churn.yaml")  # scored whole here; in three shards there
     model = Registry(night.stack.env["AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI"]).load_model(spec.model_name, version)
     local = {}
     for chunk in serving_chunks(io.BytesIO(snapshot_bytes(night.stack, sha256)), spec):
