@@ -58,18 +58,11 @@ def read_window(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: Dataset
     """The training and holdout frames of `refs` (the labelled snapshots of training.training_days), the training
     days sampled to training.max_rows when they hold more rows (each day its share: training.day_quotas)."""
     train_refs, holdout_refs = parts(refs, spec, end_day)
-    quotas = day_quotas({r.day: r.rows for r in train_refs}, spec.training.max_rows)
-    kept, before = [], 0
-    for ref in train_refs:
-        table, rows = _day_rows(store, ref, spec, quotas.get(ref.day))
-        kept.append(table)
-        before += rows
-    table = None  # only `kept` holds the days now: _frame frees them as it converts
-    train = _frame(kept)
-    if quotas:
+    train, before = read_days(store, train_refs, spec, spec.training.max_rows)
+    if before is not None:
         log.info("training.max_rows %d: trained on a seeded, time-stratified sample of %d of the window's %d rows",
                  spec.training.max_rows, len(train), before)
-    return Window(train, read_holdout(store, holdout_refs, spec, end_day), before if quotas else None)
+    return Window(train, read_holdout(store, holdout_refs, spec, end_day), before)
 
 
 def read_holdout(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: DatasetSpec, end_day: dt.date) -> pd.DataFrame:
