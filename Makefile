@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast stop ui mlflow-ui bench bench-flights clean spec-init spec-check
+.PHONY: demo test test-fast stop ui mlflow-ui bench bench-scaling bench-flights clean spec-init spec-check
 
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -59,6 +59,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_snapshot.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_validation.py
+
+## bench-scaling: a quiet night on the native Celery stack (2 workers) at 1M, 5M and 10M rows: make bench-scaling ARGS="--rows 1000000"
+bench-scaling: $(STAMP)
+	bash scripts/install_redis.sh
+	$(PY) benchmarks/bench_scaling.py $(ARGS)
 
 ## bench-flights: the real flights data set replayed for 60 nights, judged against independent baselines
 bench-flights: $(STAMP)
