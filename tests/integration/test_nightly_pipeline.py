@@ -357,6 +357,10 @@ def test_an_alias_moved_in_mlflow_is_found_by_the_next_nightly_run_recorded_once
     assert served == [(rerun["champion"],)]  # the night rerun after the move is served by the version found
 
 
+# record_run writes the rows; no_retrain_needed is an EmptyOperator; plan_shards (a plain task) only counts shards
+UNMEASURED = {"record_run", "no_retrain_needed", "plan_shards"}
+
+
 def test_every_step_that_ran_has_its_cost_per_night_run_and_try(nights):
     """task_costs (issue 14 part 5): each step that ran (not record_run, which writes them; not the no-retrain
     EmptyOperator) has a row per run, a failed one too; snapshot's rows are the night's rows; dry runs flagged;
@@ -364,13 +368,11 @@ def test_every_step_that_ran_has_its_cost_per_night_run_and_try(nights):
     attempts = query(nights, "SELECT dag_run_id, logical_date, rows_in, dry_run, details FROM churn.run_attempts")
     assert len(attempts) == len(nights["runs"])
     for run_id, night, rows_in, dry_run, details in attempts:
-        ran = {t for t, s in details["task_states"].items() if s in ("success", "failed", "skipped")} - {
-            "record_run", "no_retrain_needed"}
+        ran = {t for t, s in details["task_states"].items() if s in ("success", "failed", "skipped")} - UNMEASURED
         costs = {r[0]: r[1:] for r in query(nights, "SELECT task_id, wall_seconds, rss_peak_bytes, rss_start_bytes, "
                                                    "cpu_seconds, rows, outcome, dry_run, try_number FROM churn.task_costs "
                                                    "WHERE dag_run_id = %s AND night = %s", (run_id, night))}
-        executed = {t for t, s in details["task_states"].items() if s in ("success", "failed")} - {
-            "record_run", "no_retrain_needed"}
+        executed = {t for t, s in details["task_states"].items() if s in ("success", "failed")} - UNMEASURED
         assert executed <= set(costs) <= ran, (run_id, sorted(executed), sorted(costs))
         for task, (wall, peak, start, cpu, rows, outcome, dry, try_number) in costs.items():
             assert wall > 0 and peak >= start > 0 and cpu >= 0 and try_number >= 1, (run_id, task)
