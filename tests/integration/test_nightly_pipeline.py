@@ -383,6 +383,9 @@ def test_every_step_that_ran_has_its_cost_per_night_run_and_try(nights):
     failed_night = query(nights, "SELECT outcome, rows FROM churn.task_costs WHERE night = %s AND task_id = 'validate'",
                          (N[3],))
     assert ("failed", None) in failed_night  # the corrupt night's validate: its cost up to the failure
-    scored = query(nights, "SELECT c.rows, c.rows_per_second, r.rows_published FROM churn.task_costs c JOIN "
-                           "churn.pipeline_runs r ON r.dag_run_id = c.dag_run_id WHERE c.task_id = 'publish'")
+    publishes = query(nights, "SELECT c.outcome, c.rows, c.rows_per_second, r.rows_published FROM churn.task_costs c "
+                              "JOIN churn.pipeline_runs r ON r.dag_run_id = c.dag_run_id WHERE c.task_id = 'publish'")
+    scored = [row[1:] for row in publishes if row[0] == "success"]
     assert scored and all(rows == published and rate > 0 for rows, rate, published in scored)
+    # a night with nothing scored (a dry run, no model): publish skips itself, has its cost row, publishes nothing
+    assert all(row[1:] == (None, None, 0) for row in publishes if row[0] == "skipped"), publishes
