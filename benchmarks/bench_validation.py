@@ -1,28 +1,27 @@
-"""How long does the validate step take on a large night, against the same rules in plain pandas?
+"""How long does the validate step take on a large night, and how much memory, against the same rules in pandas?
 
 On demand only (never a timed test):
 
     .venv/bin/python benchmarks/bench_validation.py --rows 1000000
 
-One night of the demo's churn data (include/nightshift/demo_data.py, 24 columns), read back from
-its snapshot as the validate task reads it (Parquet -> Arrow -> pandas), is validated:
+One night of the demo's churn data (include/nightshift/demo_data.py, 24 columns) is written as a snapshot
+file (Parquet, as snapshot.py writes it), clean and failing (a few keys duplicated, nulls and out-of-range
+values injected). Each method starts from the file, as the validate task does:
 
-- ours: validation.validate_snapshot with a report folder, as the DAG runs it (GX suite from the
-  spec, Data Docs, validation.json and validation.html), on a clean night and on a failing one
-  (a few keys duplicated, nulls and out-of-range values injected): the report is written either way;
-- the floor: the same rules written by hand in pandas (pandas_rules below: counts of nulls,
-  duplicates, values out of range or out of set, types, row count), no report.
+- ours: snapshot.snapshot_columns + validation.validate_snapshot with a report folder, as the DAG runs it
+  (GX suite from the spec, one column at a time, Data Docs, validation.json and validation.html); the
+  report is written either way;
+- the floor: the whole file read into pandas (pq.read_table().to_pandas()), then the same rules written by
+  hand in pandas (pandas_rules below: counts of nulls, duplicates, values out of range or out of set,
+  types, row count), no report.
 
-Each runs --repeat times in turn, the median counts; the ratio ours / pandas is what issue 15 holds
-to 2x. --profile prints where ours spends (cProfile, cumulative, top entries).
+Each runs --repeat times in turn, the median counts; the ratio ours / floor is what issue 15 holds to 2x.
+Then each method runs once more in a fresh process for its peak RSS above the process after its imports
+(Arrow's memory included, which tracemalloc would miss). --profile prints where ours spends (cProfile).
 
-Measured here (2026-11-30, 1M rows, --repeat 3, 2 cores shared with other work, load average 1-2):
-ours 5.33 s clean, 4.99 s failing, 3.3x and 3.1x the pandas rules (1.61 s). Before validation ran under
-pandas' copy-on-write: 10.41 s and 11.20 s (6.5x, 7.0x). Where GX still spends (--profile): its pandas
-engine takes each checked column's non-null rows from the whole frame (a take of all 24 columns for
-each check on a column that holds nulls, about 2.2 s), the per-value type check of object columns
-(about 1.5 s; the pandas rules pay a similar map), isin and the metric graph; the Data Docs build is
-0.6 s.
+Measured here (2026-12-01, 1M rows, --repeat 3, 2 cores): see the README's Benchmarks section. Before
+validation read one column at a time (the whole night in one frame, 2026-11-30): 5.33 s clean, 3.3x the
+pandas rules on a frame in memory, 1.8 GB peak in the task.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ DAY = dt.date(2026, 3, 1)
 
 
 def night(rows: int, spec):
-    """The night as the validate task gets it: the demo's rows, through a snapshot's Parquet, as pandas."""
+    """The night's rows as a snapshot holds them: the demo's rows, through Arrow, as pandas."""
     import pyarrow as pa
 
     from include.nightshift import demo_data
@@ -53,6 +52,20 @@ def night(rows: int, spec):
     frame = demo_data.generate_day(DAY, rows)[spec.columns]
     table = pa.Table.from_pandas(frame, preserve_index=False)
     return table.to_pandas()
+
+
+def write_snapshot(df, folder: Path, name: str):
+    """The rows as a snapshot file in a local artifact store, and its ref."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.nightshift.artifacts import ArtifactStore
+    from include.nightshift.snapshot import SnapshotRef
+
+    store = ArtifactStore(folder)
+    path = folder / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
+    return store, SnapshotRef(url=store.url(path.name), sha256="", rows=len(df), day=DAY.isoformat(), labelled=False)
 
 
 def broken(df, spec):
@@ -101,10 +114,62 @@ def pandas_rules(df, spec, day: dt.date, labelled: bool = False) -> dict[str, in
     return out
 
 
-def ours(df, spec, report: Path):
+def ours(snapshot, spec, report: Path):
+    """The validate step on one snapshot file."""
+    from include.nightshift.snapshot import snapshot_columns
     from include.nightshift.validation import validate_snapshot
 
-    return validate_snapshot(df, spec, day=DAY, report_dir=report)
+    store, ref = snapshot
+    with snapshot_columns(store, ref) as columns:
+        return validate_snapshot(columns, spec, day=DAY, report_dir=report)
+
+
+def floor(snapshot, spec):
+    """The whole file into pandas, then the rules by hand."""
+    import pyarrow.parquet as pq
+
+    store, ref = snapshot
+    with store.open(ref.url) as handle:
+        df = pq.read_table(handle).to_pandas()
+    return pandas_rules(df, spec, DAY)
+
+
+def _peak_child(queue, method: str, snapshot, warm, spec_path: str, report: str) -> None:
+    """One method's peak RSS above this process after its imports and a warm-up on `warm` (a fresh process, Linux)."""
+    import gc
+
+    from include.nightshift.spec import load_spec
+
+    spec = load_spec(spec_path)
+    ours(warm, spec, Path(report) / "warm-child")  # imports, GX's lazy imports and first-run caches
+    floor(warm, spec)
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    base = _status_kb("VmRSS")
+    if method == "ours":
+        ours(snapshot, spec, Path(report) / "peak")
+    else:
+        floor(snapshot, spec)
+    queue.put((_status_kb("VmHWM") - base) / 1024)
+
+
+def _status_kb(field: str) -> int:
+    """A memory field of /proc/self/status, in kB. Not ru_maxrss: a spawned child inherits its parent's."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def peak_mb(method: str, snapshot, warm, spec_path: str, report: Path) -> float:
+    """Run in a fresh process: ru_maxrss is a high-water mark, so each method needs its own."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_child, args=(queue, method, snapshot, warm, spec_path, str(report)))
+    child.start()
+    out = queue.get()
+    child.join()
+    return out
 
 
 def main() -> None:
@@ -123,23 +188,26 @@ def main() -> None:
     t0 = time.perf_counter()
     clean = night(args.rows, spec)
     failing = broken(clean, spec)
-    print(f"{args.rows:,} rows of {DAY} ({len(spec.columns)} columns) made in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    assert sum(pandas_rules(clean, spec, DAY).values()) == 0, "the pandas rules fail the clean night"
     with tempfile.TemporaryDirectory(prefix="bench_validation_") as tmp:
         report = Path(tmp)
+        files = {"clean": write_snapshot(clean, report, "clean"), "failing": write_snapshot(failing, report, "failing"),
+                 "warm": write_snapshot(clean.head(100), report, "warm")}
+        del clean, failing
+        print(f"{args.rows:,} rows of {DAY} ({len(spec.columns)} columns) made and written in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
         if args.profile:
             profile = cProfile.Profile()
-            profile.runcall(ours, failing, spec, report / "profile")
+            profile.runcall(ours, files["failing"], spec, report / "profile")
             pstats.Stats(profile).sort_stats("cumulative").print_stats(45)
             return
-        first = ours(clean, spec, report / "warm")  # GX's first run pays its lazy imports
+        first = ours(files["clean"], spec, report / "warm")  # GX's first run pays its lazy imports
         assert first.success, first.message()
-        assert sum(pandas_rules(clean, spec, DAY).values()) == 0, "the pandas rules fail the clean night"
         methods = {
-            "ours, clean night (GX + reports)": lambda i: ours(clean, spec, report / f"clean{i}"),
-            "ours, failing night (GX + reports)": lambda i: ours(failing, spec, report / f"failing{i}"),
-            "floor: the same rules in pandas, clean": lambda i: pandas_rules(clean, spec, DAY),
-            "floor: the same rules in pandas, failing": lambda i: pandas_rules(failing, spec, DAY),
+            "ours, clean night (GX + reports)": lambda i: ours(files["clean"], spec, report / f"clean{i}"),
+            "ours, failing night (GX + reports)": lambda i: ours(files["failing"], spec, report / f"failing{i}"),
+            "floor: read + the same rules in pandas, clean": lambda i: floor(files["clean"], spec),
+            "floor: read + the same rules in pandas, failing": lambda i: floor(files["failing"], spec),
         }
         times: dict[str, list[float]] = {name: [] for name in methods}
         for i in range(args.repeat):
@@ -149,13 +217,17 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 if name.startswith("ours, failing"):
                     assert not result.success and Path(result.report_path).exists(), "the failing night left no report"
+        peaks = {method: peak_mb(method, files["failing"], files["warm"], args.spec, report) for method in ("ours", "floor")}
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\nvalidating {args.rows:,} rows (median of {args.repeat}); ratio = seconds / the same rules in pandas")
+    print(f"\nvalidating {args.rows:,} rows from their snapshot file (median of {args.repeat}); "
+          f"ratio = seconds / the floor")
     width = max(map(len, medians))
     for name, seconds in medians.items():
-        floor = medians["floor: the same rules in pandas, " + ("failing" if "failing" in name else "clean")]
-        print(f"  {name:<{width}}  {seconds:7.2f} s  {seconds / floor:5.2f}x   runs: "
+        base = medians["floor: read + the same rules in pandas, " + ("failing" if "failing" in name else "clean")]
+        print(f"  {name:<{width}}  {seconds:7.2f} s  {seconds / base:5.2f}x   runs: "
               + ", ".join(f"{t:.2f}" for t in times[name]))
+    print(f"\npeak RSS above the process after imports, failing night: ours {peaks['ours']:.0f} MB, "
+          f"floor {peaks['floor']:.0f} MB ({peaks['ours'] / peaks['floor']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotSt
     held to it). An empty labelled snapshot (the first night) has nothing to hold to account.
     Reports go to the artifact store under reports/<dataset>/<day>/<run>/validation/<kind>/ (run_folder).
     """
-    from include.nightshift.snapshot import read_snapshot
+    from include.nightshift.snapshot import snapshot_columns
     from include.nightshift.validation import validate_snapshot
 
     results, urls = {}, {}
@@ -65,9 +65,9 @@ def validate_night(store: ArtifactStore, spec: DatasetSpec, snapshot: SnapshotSt
         ref = getattr(snapshot, kind)
         if labelled and ref.rows == 0:
             continue
-        with store.staging_dir() as tmp:
+        with store.staging_dir() as tmp, snapshot_columns(store, ref) as columns:
             result = validate_snapshot(
-                read_snapshot(store, ref), spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
+                columns, spec, day=dt.date.fromisoformat(ref.day), labelled=labelled,
                 recent_row_counts=() if labelled else recent_row_counts, report_dir=tmp / kind)
             if result.report_path:
                 stamp_origin(result.report_path, origin)

@@ -18,6 +18,10 @@ The checks, per column:
   times the median of the recent days' counts, and at most ``max_row_ratio`` times that median
   (or times ``min_rows`` when the median is below it; no ceiling without recent days).
 
+The suite runs one column at a time (ColumnSource; the validate step reads the snapshot file column
+by column) and its results are kept as one suite's result, one Data Docs page: a night costs its widest
+column in memory, and GX's per-check work is on that column alone.
+
 Checks on a column that is missing are not run (the schema check already names the column),
 so a missing column is reported once, not once per check.
 
@@ -29,10 +33,11 @@ this module without paying for them.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -313,34 +318,131 @@ def _context(report_dir: Path | None) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _run(df: pd.DataFrame, suite: gx.ExpectationSuite, spec: DatasetSpec, day: dt.date,
-         report_dir: Path | None) -> tuple[Any, str | None]:
-    """Run the suite once; with a report_dir, through a Checkpoint whose action writes Data Docs.
+@dataclass(frozen=True)
+class ColumnSource:
+    """A snapshot handed to validation one column at a time.
 
-    Returns GX's result and the Data Docs page of this run (relative to report_dir). The run is
-    named after the day, so a rerun of the same day overwrites the same page.
+    Why: every rule but two is about one column, and GX's pandas engine takes a checked column's
+    non-null rows from the whole frame it is given (a take of all 24 columns for each check on a
+    column with nulls: the main cost of a large night). Given one column at a time, a night costs
+    its widest column in memory, not its rows times its columns, and each take is one column. The
+    two table rules need no values: the row count (`rows`) and the column names (`names`).
     """
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    names: list[str]
+    rows: int
+    read: Callable[[str], pd.DataFrame]  # one column, as a one-column frame
+
+    @classmethod
+    def of_frame(cls, df: pd.DataFrame) -> ColumnSource:
+        """A frame already in memory: its columns are views under copy-on-write."""
+        return cls(names=[str(c) for c in df.columns], rows=len(df), read=lambda name: df[[name]])
+
+
+def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec) -> list[tuple[Any, list[Any]]]:
+    """The suite split by what each check reads, with a way to get that data: the column names
+    (schema), the row count, then each column in the snapshot's order."""
+    import great_expectations.expectations as gxe
+    import pandas as pd
+
+    by_column: dict[str | None, list[Any]] = {}
+    for expectation in suite.expectations:
+        by_column.setdefault(_column(expectation), []).append(expectation)
+    table = by_column.pop(None, [])
+    schema = [e for e in table if isinstance(e, gxe.ExpectTableColumnsToMatchSet)]
+    rows = [e for e in table if e not in schema]
+    groups: list[tuple[Any, list[Any]]] = [
+        (lambda: pd.DataFrame(columns=source.names), schema),
+        (lambda: pd.DataFrame(index=pd.RangeIndex(source.rows)), rows),  # no columns: the count alone
+    ]
+    for name in source.names:
+        if name in by_column:
+            groups.append((lambda name=name: _integer_key_with_nulls(source.read(name), spec), by_column.pop(name)))
+    return [(frame, checks) for frame, checks in groups if checks]
+
+
+def _run(source: ColumnSource, suite: gx.ExpectationSuite, spec: DatasetSpec, day: dt.date,
+         report_dir: Path | None) -> tuple[Any, list[dict[str, Any]], str | None]:
+    """Run the suite one group of checks at a time, then keep one result for the whole suite.
+
+    Returns GX's result (as one run of the whole suite would give it), what each check observed
+    (measured while its column is in memory), and with a report_dir the Data Docs page of the run
+    (relative to report_dir). The run is named after the day, so a rerun of the same day overwrites
+    the same page.
+    """
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+    from great_expectations.validator.validation_statistics import calc_validation_statistics
 
     context = _context(report_dir)
-    batch = (context.data_sources.add_pandas(spec.name).add_dataframe_asset("snapshot")
-             .add_batch_definition_whole_dataframe("whole"))
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{spec.name}_snapshot", data=batch, suite=suite))
-    if report_dir is None:
-        return definition.run(batch_parameters={"dataframe": df}, result_format=RESULT_FORMAT), None
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{spec.name}_validate", validation_definitions=[definition], result_format=RESULT_FORMAT,
-        actions=[UpdateDataDocsAction(name="data_docs", site_names=["report"])]))
     run_id = RunIdentifier(run_name=day.isoformat())
-    outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
-    (identifier, result), = outcome.run_results.items()
-    url = context.get_docs_sites_urls(resource_identifier=identifier, site_name="report")[0]["site_url"]
-    page = Path(unquote(urlparse(url).path)).relative_to(report_dir)
-    return result, str(page)
+    results, checks, meta = [], [], {}
+    gc.freeze()  # what exists now (GX's modules, the caller's objects) is not garbage: each collection skips it
+    try:
+        for frame_of, expectations in _groups(suite, source, spec):
+            outcome, observed = _run_group(context, spec.name, frame_of, _gx_suite(spec.name, expectations, suite.meta))
+            results += outcome.results
+            checks += observed
+            meta = meta or outcome.meta
+    finally:
+        gc.unfreeze()
+    stats = calc_validation_statistics(results)
+    whole = ExpectationSuiteValidationResult(
+        success=stats.success, results=results, suite_name=spec.name,
+        statistics={"evaluated_expectations": stats.evaluated_expectations,
+                    "successful_expectations": stats.successful_expectations,
+                    "unsuccessful_expectations": stats.unsuccessful_expectations,
+                    "success_percent": stats.success_percent},
+        meta={**meta, "run_id": run_id, "validation_time": run_id.run_time, "batch_markers": {},
+              "batch_parameters": {"dataframe": "<the snapshot, one column at a time>"}})
+    if report_dir is None:
+        return whole, checks, None
+    suite_id = ExpectationSuiteIdentifier(name=spec.name)
+    context.suites.add(suite)
+    key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id,
+                                     batch_identifier="snapshot")
+    context.validation_results_store.set(key, whole)
+    context.build_data_docs(site_names=["report"], resource_identifiers=[key, suite_id])
+    url = context.get_docs_sites_urls(resource_identifier=key, site_name="report")[0]["site_url"]
+    return whole, checks, str(Path(unquote(urlparse(url).path)).relative_to(report_dir))
+
+
+def _run_group(context: Any, name: str, frame_of: Callable[[], pd.DataFrame],
+               suite: gx.ExpectationSuite) -> tuple[Any, list[dict[str, Any]]]:
+    """One group of checks on its data, through a data source of its own, then the data is gone: that
+    is the memory bound, one column at a time.
+
+    Why the data source goes and a collection runs: GX's execution engine keeps the last batch it
+    loaded, and its validator's objects refer to one another, so they (and the arrays they hold) wait
+    for Python's cyclic collector, which counts objects, not bytes. Without it a 3M-row night held
+    about 1 GB more by its last column (benchmarks/bench_validation.py). The collection is cheap
+    because _run froze everything older than the group (gc.freeze): 26 full collections of GX's
+    objects cost 4 s of a 1M-row night.
+    """
+    from great_expectations.validator.v1_validator import Validator
+
+    batch = (context.data_sources.add_pandas(name).add_dataframe_asset("snapshot")
+             .add_batch_definition_whole_dataframe("whole"))
+    try:
+        frame = frame_of()
+        outcome = Validator(batch_definition=batch, batch_parameters={"dataframe": frame},
+                            result_format=RESULT_FORMAT).validate_expectation_suite(suite)
+        return outcome, [_check(r, frame) for r in outcome.results]
+    finally:
+        context.data_sources.delete(name)
+        gc.collect()
+
+
+def _gx_suite(name: str, expectations: list[Any], meta: dict[str, Any]) -> gx.ExpectationSuite:
+    """A suite of copies of `expectations`: an expectation belongs to one suite."""
+    import great_expectations as gx
+
+    return gx.ExpectationSuite(name=name, expectations=[e.configuration.to_domain_obj() for e in expectations],
+                               meta=meta)
 
 
 # --- reading the result ----------------------------------------------------------------------
@@ -541,15 +643,16 @@ def _observed_whole(m: dict[str, Any]) -> str | None:
     return None
 
 
-def _checks(gx_result: Any, columns: list[str], df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Every check that ran, with what it observed, table checks first, then column by column in
-    the spec's order."""
-    checks = []
-    for r in gx_result.results:
-        kind, measured = r.expectation_config.type, _measure(r, df)
-        checks.append({"expectation": kind, "column": r.expectation_config.kwargs.get("column"),
-                       "fails_on": (r.expectation_config.meta or {}).get("violation", ""),
-                       "success": bool(r.success), "observed": _observed(kind, measured), "measured": measured})
+def _check(r: Any, frame: pd.DataFrame) -> dict[str, Any]:
+    """One check that ran, with what it observed in the data it was given (`frame`)."""
+    kind, measured = r.expectation_config.type, _measure(r, frame)
+    return {"expectation": kind, "column": r.expectation_config.kwargs.get("column"),
+            "fails_on": (r.expectation_config.meta or {}).get("violation", ""),
+            "success": bool(r.success), "observed": _observed(kind, measured), "measured": measured}
+
+
+def _in_order(checks: list[dict[str, Any]], columns: list[str]) -> list[dict[str, Any]]:
+    """Table checks first, then column by column in the spec's order."""
     position = {name: i for i, name in enumerate(columns)}
     return sorted(checks, key=lambda c: -1 if c["column"] is None else position.get(c["column"], len(columns)))
 
@@ -566,10 +669,10 @@ def _html_report(result: ValidationResult, checks: list[dict[str, Any]], spec: D
                   data_docs_page=page or "index.html")
 
 
-def _write_reports(report_dir: Path, result: ValidationResult, gx_result: Any, df: pd.DataFrame,
+def _write_reports(report_dir: Path, result: ValidationResult, checks: list[dict[str, Any]],
                    spec: DatasetSpec, day: dt.date, labelled: bool, page: str | None) -> None:
     """validation.json (the record) and validation.html (the page a person opens first)."""
-    checks = _checks(gx_result, spec.columns, df)
+    checks = _in_order(checks, spec.columns)
     record = {**result.to_dict(), "dataset": spec.name, "day": day.isoformat(), "labelled": labelled,
               "message": result.message(), "data_docs_page": page, "checks": checks}
     (report_dir / "validation.json").write_text(json.dumps(_json_safe(record), indent=2))
@@ -599,42 +702,41 @@ def _integer_key_with_nulls(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame
     return df.assign(**{key: column.astype("Int64")})
 
 
-def validate_snapshot(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labelled: bool = False,
+def validate_snapshot(data: pd.DataFrame | ColumnSource, spec: DatasetSpec, *, day: dt.date, labelled: bool = False,
                       recent_row_counts: Sequence[int] = (),
                       report_dir: str | Path | None = None) -> ValidationResult:
     """Validate one day's snapshot against the spec's suite; never raises for bad data.
 
     The caller (the validate step) keeps the verdict (report, XCom) and then stops the run when
-    result.success is False.
+    result.success is False. `data` is a frame or, for a night too large to hold whole, a
+    ColumnSource (snapshot.snapshot_columns): each column is read, checked and released in turn.
 
-    Runs with pandas' copy-on-write: GX's pandas engine selects each checked column's non-null rows
-    from the whole frame (``df[df[column].notnull()]``), which without copy-on-write is a deep copy of
-    every column for every per-value check (69 whole-frame copies of a 1M-row night, half of GX's time;
-    benchmarks/bench_validation.py). Nothing here or in GX writes into the frame, so the results are the same.
+    Runs with pandas' copy-on-write: a column of a frame is then a view, not a copy, and nothing
+    here or in GX writes into the data.
     """
     import pandas as pd
 
+    source = data if isinstance(data, ColumnSource) else ColumnSource.of_frame(data)
     with pd.option_context("mode.copy_on_write", True):
-        return _validate(df, spec, day=day, labelled=labelled, recent_row_counts=recent_row_counts,
+        return _validate(source, spec, day=day, labelled=labelled, recent_row_counts=recent_row_counts,
                          report_dir=report_dir)
 
 
-def _validate(df: pd.DataFrame, spec: DatasetSpec, *, day: dt.date, labelled: bool,
+def _validate(source: ColumnSource, spec: DatasetSpec, *, day: dt.date, labelled: bool,
               recent_row_counts: Sequence[int], report_dir: str | Path | None) -> ValidationResult:
     """validate_snapshot's body (under copy-on-write)."""
-    df = _integer_key_with_nulls(df, spec)
     suite = _runnable(build_suite(spec, day=day, labelled=labelled, recent_row_counts=recent_row_counts),
-                      list(df.columns))
+                      source.names)
     report = Path(report_dir).resolve() if report_dir is not None else None
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-    gx_result, page = _run(df, suite, spec, day, report)
+    gx_result, checks, page = _run(source, suite, spec, day, report)
     failures = _failures(gx_result)
     result = ValidationResult(
-        success=bool(gx_result.success) and not failures, rows=len(df), failures=failures,
+        success=bool(gx_result.success) and not failures, rows=source.rows, failures=failures,
         evaluated=len(gx_result.results),
         report_path=str(report / "validation.html") if report is not None else None,
     )
     if report is not None:
-        _write_reports(report, result, gx_result, df, spec, day, labelled, page)
+        _write_reports(report, result, checks, spec, day, labelled, page)
     return result
