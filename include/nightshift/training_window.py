@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from include.nightshift.artifacts import ArtifactStore
-from include.nightshift.snapshot import SnapshotRef, read_snapshot_table
+from include.nightshift.snapshot import SnapshotRef, read_snapshot_rows, read_snapshot_table
 from include.nightshift.spec import DatasetSpec
 from include.nightshift.training import _utc, day_quotas, sample_positions
 
@@ -94,13 +94,16 @@ def _day(ref: SnapshotRef) -> dt.date:
 def _day_rows(store: ArtifactStore, ref: SnapshotRef, spec: DatasetSpec, keep: int | None) -> tuple[pa.Table, int]:
     """One day's rows within its bounds in (timestamp, entity key) order, `keep` of them (seeded) when given; and
     how many there were before sampling."""
-    table = read_snapshot_table(store, ref)
-    positions = _ordered_positions(table, spec, ref)
-    rows = table.num_rows if positions is None else len(positions)
+    order = read_snapshot_table(store, ref, [spec.timestamp, spec.entity_key.name])  # two columns decide the rows
+    positions = _ordered_positions(order, spec, ref)
+    rows = order.num_rows if positions is None else len(positions)
+    del order
     if keep is not None and keep < rows:
         chosen = sample_positions(rows, keep, spec.training.seed, _day(ref))
         positions = chosen if positions is None else positions[chosen]
-    return (table if positions is None else table.take(pa.array(positions, pa.int64()))), rows
+    if positions is None:
+        return read_snapshot_table(store, ref), rows
+    return read_snapshot_rows(store, ref, positions), rows  # a row group at a time: never the whole day
 
 
 def _ordered_positions(table: pa.Table, spec: DatasetSpec, ref: SnapshotRef) -> np.ndarray | None:

@@ -210,3 +210,23 @@ def test_the_drift_step_samples_a_night_before_converting_and_gets_the_rows_it_a
         assert len(picked) == min(500, ref.rows)
         pd.testing.assert_frame_equal(reference_sample(picked, spec),
                                       reference_sample(read_snapshot(store, ref, columns=spec.feature_names), spec))
+
+
+def test_rows_at_positions_are_read_a_row_group_at_a_time_in_the_order_asked(tmp_path):
+    """read_snapshot_rows: what a sample of a large day reads instead of the day; the rows equal a take of the
+    whole file, in the order asked, across row groups (and none asked gives an empty table of the file's columns)."""
+    import pyarrow.parquet as pq
+
+    from include.nightshift.snapshot import SnapshotRef, read_snapshot_rows, read_snapshot_table
+
+    store = ArtifactStore(tmp_path)
+    df = demo_data.generate_day(FIRST, 2500)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "day.parquet", row_group_size=400)
+    ref = SnapshotRef(url=store.url("day.parquet"), sha256="", rows=len(df), day=FIRST.isoformat(), labelled=True)
+    assert pq.ParquetFile(tmp_path / "day.parquet").num_row_groups == 7
+    whole = read_snapshot_table(store, ref)
+    for positions in (np.array([2499, 0, 401, 399, 1200, 5]), np.random.default_rng(3).permutation(2500)[:900],
+                      np.arange(2500)):
+        assert read_snapshot_rows(store, ref, positions).equals(whole.take(pa.array(positions)))
+    empty = read_snapshot_rows(store, ref, np.array([], dtype=np.int64))
+    assert empty.num_rows == 0 and empty.column_names == whole.column_names
