@@ -144,17 +144,18 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, bool]
     return df.sample(n=rows, random_state=seed).reset_index(drop=True), True
 
 
-def sample_table(table: Any, spec: DatasetSpec) -> pd.DataFrame:
-    """reference_sample's rows of an Arrow table, taken before any row reaches pandas: the positions a seeded
-    df.sample picks depend on the row count alone, so these are the rows, in the order, that converting the
-    whole table first and sampling it gave; a night of any size converts at most drift.sample_rows rows."""
-    import pyarrow as pa
+def night_sample(store: Any, ref: Any, spec: DatasetSpec) -> pd.DataFrame:
+    """reference_sample's rows of a night's snapshot (its feature columns), read before any row reaches pandas and
+    a row group at a time: the positions a seeded df.sample picks depend on the row count alone, so these are the
+    rows, in the order, that reading the whole night and sampling it gave; a night of any size holds at most
+    drift.sample_rows rows and one row group in memory."""
+    from include.nightshift.snapshot import read_snapshot_rows, read_snapshot_table
 
     rows = spec.drift.sample_rows
-    if table.num_rows <= rows:
-        return table.to_pandas()
-    positions = pd.RangeIndex(table.num_rows).to_series().sample(n=rows, random_state=spec.drift.seed).to_numpy()
-    return table.take(pa.array(positions, pa.int64())).to_pandas()
+    if ref.rows <= rows:
+        return read_snapshot_table(store, ref, columns=spec.feature_names).to_pandas()
+    positions = pd.RangeIndex(ref.rows).to_series().sample(n=rows, random_state=spec.drift.seed).to_numpy()
+    return read_snapshot_rows(store, ref, positions, columns=spec.feature_names).to_pandas()
 
 
 def reference_sample(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:

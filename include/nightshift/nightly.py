@@ -144,16 +144,15 @@ def _pooled_features(source: SourceReader, store: ArtifactStore, spec: DatasetSp
     seeded, so a long window stays bounded in memory); `tonight`'s snapshot is used as it is."""
     import pandas as pd
 
-    from include.nightshift.drift import reference_sample, sample_table
-    from include.nightshift.snapshot import read_snapshot_table, take_snapshot
+    from include.nightshift.drift import night_sample, reference_sample
+    from include.nightshift.snapshot import take_snapshot
 
     frames = []
     for day in days:
         ref = tonight if tonight is not None and tonight.day == day.isoformat() else take_snapshot(source, store,
                                                                                                  spec, day)
-        if ref.rows:  # sampled before converting: a night of any size reaches pandas as drift.sample_rows rows
-            table = read_snapshot_table(store, ref, columns=spec.feature_names)
-            frames.append(reference_sample(sample_table(table, spec), spec))
+        if ref.rows:  # sampled before reading: a night of any size reaches memory as drift.sample_rows rows
+            frames.append(reference_sample(night_sample(store, ref, spec), spec))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.feature_names)
 
 

@@ -289,9 +289,10 @@ def read_snapshot_table(store: ArtifactStore, ref: SnapshotRef | str, columns: l
     return _decimals_as_floats(table)
 
 
-def read_snapshot_rows(store: ArtifactStore, ref: SnapshotRef, positions: np.ndarray) -> pa.Table:
-    """The rows of a snapshot at `positions` (0-based, in the order given) as read_snapshot_table gives them,
-    read one row group at a time.
+def read_snapshot_rows(store: ArtifactStore, ref: SnapshotRef, positions: np.ndarray,
+                       columns: list[str] | None = None) -> pa.Table:
+    """The rows of a snapshot at `positions` (0-based, in the order given) as read_snapshot_table gives them
+    (all columns, or `columns`), read one row group at a time.
 
     Why: a sample of a large day (the monitor's realised window, training.max_rows) then costs the sample and
     one row group in memory, not the whole day: at 10M rows a day the day in Arrow alone is about 2 GB.
@@ -306,8 +307,9 @@ def read_snapshot_rows(store: ArtifactStore, ref: SnapshotRef, positions: np.nda
             for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
                 inside = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
                 if len(inside):
-                    pieces.append(file.read_row_group(group).take(pa.array(inside - start)))
-            table = pa.concat_tables(pieces) if pieces else file.schema_arrow.empty_table()
+                    pieces.append(file.read_row_group(group, columns=columns).take(pa.array(inside - start)))
+            schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+            table = pa.concat_tables(pieces) if pieces else schema.empty_table()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise SnapshotReadError(_unreadable(store, ref.url, ref.day, exc)) from exc
     back = np.empty_like(order)

@@ -198,15 +198,15 @@ def test_the_monitor_s_days_are_every_row_below_realised_max_rows_and_a_seeded_s
 
 
 def test_the_drift_step_samples_a_night_before_converting_and_gets_the_rows_it_always_got(snapshots):
-    """drift.sample_table: the rows (and their order) that reading the whole night and sampling it gave."""
-    from include.nightshift.drift import reference_sample, sample_table
-    from include.nightshift.snapshot import read_snapshot, read_snapshot_table
+    """drift.night_sample: the rows (and their order) that reading the whole night and sampling it gave."""
+    from include.nightshift.drift import night_sample, reference_sample
+    from include.nightshift.snapshot import read_snapshot
 
     store, refs = snapshots
     spec = dataclasses.replace(BASE, drift=dataclasses.replace(BASE.drift, sample_rows=500))
     for ref in refs[:3]:  # 900 and 1200 rows: sampled; 300: whole
-        table = read_snapshot_table(store, ref, columns=spec.feature_names)
-        picked = sample_table(table, spec)
+        picked = night_sample(store, ref, spec)
+        assert list(picked.columns) == spec.feature_names
         assert len(picked) == min(500, ref.rows)
         pd.testing.assert_frame_equal(reference_sample(picked, spec),
                                       reference_sample(read_snapshot(store, ref, columns=spec.feature_names), spec))
@@ -230,3 +230,5 @@ def test_rows_at_positions_are_read_a_row_group_at_a_time_in_the_order_asked(tmp
         assert read_snapshot_rows(store, ref, positions).equals(whole.take(pa.array(positions)))
     empty = read_snapshot_rows(store, ref, np.array([], dtype=np.int64))
     assert empty.num_rows == 0 and empty.column_names == whole.column_names
+    some = read_snapshot_rows(store, ref, np.array([7, 3]), columns=["plan", "age"])
+    assert some.equals(whole.select(["plan", "age"]).take(pa.array([7, 3])))
