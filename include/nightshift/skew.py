@@ -26,6 +26,7 @@ The artifacts of a version never change, so they are read once per process and v
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -177,16 +178,15 @@ def write_serving_check(folder: Path, model: Any, train_df: pd.DataFrame, spec: 
 
 @dataclass(frozen=True)
 class ServingCheck:
-    """What a version's run logged in serving_check/ (None parts: not logged)."""
+    """What a version's run logged in serving_check/ (None parts: not logged); the sample as its Parquet bytes."""
 
-    sample_path: Path | None
+    sample: bytes | None
     scores: np.ndarray | None
     statistics: dict[str, dict] | None
     environment: dict[str, str] | None = None
 
 
 _CACHE: dict[tuple[str, str], ServingCheck | None] = {}
-_CACHE_DIR = tempfile.TemporaryDirectory(prefix="nightshift-serving-check-")
 
 
 def load_serving_check(registry: Any, run_id: str) -> ServingCheck | None:
@@ -204,13 +204,15 @@ def _download(registry: Any, run_id: str) -> ServingCheck | None:
     names = {Path(f.path).name for f in registry.client.list_artifacts(run_id, FOLDER)}
     if SAMPLE_FILE not in names:
         return None
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=FOLDER,
-                                                      dst_path=tempfile.mkdtemp(dir=_CACHE_DIR.name),
-                                                      tracking_uri=registry.tracking_uri))
-    stats = json.loads((folder / STATS_FILE).read_text())["features"] if STATS_FILE in names else None
-    env = json.loads((folder / ENVIRONMENT_FILE).read_text()) if ENVIRONMENT_FILE in names else None
-    return ServingCheck(folder / SAMPLE_FILE, np.load(folder / SCORES_FILE) if SCORES_FILE in names else None,
-                        stats, env)
+    # Read into memory and the download removed here: a task process ends without running exit handlers
+    # (Airflow's task runner), so a folder kept for the process's lifetime outlived it, one per task.
+    with tempfile.TemporaryDirectory(prefix="nightshift-serving-check-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=FOLDER, dst_path=tmp,
+                                                          tracking_uri=registry.tracking_uri))
+        stats = json.loads((folder / STATS_FILE).read_text())["features"] if STATS_FILE in names else None
+        env = json.loads((folder / ENVIRONMENT_FILE).read_text()) if ENVIRONMENT_FILE in names else None
+        return ServingCheck((folder / SAMPLE_FILE).read_bytes(),
+                            np.load(folder / SCORES_FILE) if SCORES_FILE in names else None, stats, env)
 
 
 # --- the nightly checks --------------------------------------------------------------------------------------
@@ -222,11 +224,11 @@ def verify_round_trip(model: Any, check: ServingCheck | None, spec: DatasetSpec,
     recorded for vN"} without a logged sample); ServingSkew when any score differs beyond ROUND_TRIP_TOLERANCE."""
     from include.nightshift.scoring import serving_chunks, serving_scores
 
-    if check is None or check.sample_path is None or check.scores is None:
+    if check is None or check.sample is None or check.scores is None:
         return {"passed": None, "summary": f"not recorded for v{version}"}
     started = time.perf_counter()
-    with open(check.sample_path, "rb") as handle:
-        scores = np.concatenate([serving_scores(model, chunk, spec) for chunk in serving_chunks(handle, spec)])
+    chunks = serving_chunks(io.BytesIO(check.sample), spec)
+    scores = np.concatenate([serving_scores(model, chunk, spec) for chunk in chunks])
     if scores.shape != check.scores.shape:  # e.g. another number of classes: as far apart as can be
         worst = math.inf
     else:

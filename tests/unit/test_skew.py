@@ -13,6 +13,7 @@ import itertools
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -127,11 +128,19 @@ def test_a_recorded_environment_with_another_xgboost_is_reported_and_alerted():
 # --- the round trip, on a real registry ------------------------------------------------------------------------
 
 
-def test_a_registered_version_reproduces_its_logged_sample_through_the_serving_path(registry, spec, data):
+def test_a_registered_version_reproduces_its_logged_sample_through_the_serving_path(registry, spec, data, tmp_path,
+                                                                                    monkeypatch):
     version = _register(registry, spec, data)
     info = registry.champion(spec.model_name)
     assert info.tags[ENVIRONMENT_TAG] == environment.digest(environment.current_environment())
+    import mlflow.artifacts
+
+    downloaded, download = [], mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda **kw: downloaded.append(Path(download(**kw))) or downloaded[-1])
     check = skew.load_serving_check(registry, info.run_id)
+    # Nothing left on disk: a task process ends without exit handlers, so a kept download outlived it.
+    assert len(downloaded) == 1 and not downloaded[0].exists()
     assert check.environment == environment.current_environment()
     assert check is not None and check.scores.shape == (spec.skew.round_trip_rows,)
     assert set(check.statistics) == set(spec.feature_names)
