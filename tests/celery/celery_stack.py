@@ -55,6 +55,28 @@ def start_redis(home: Path, timeout: float = 20) -> tuple[subprocess.Popen, str]
     raise StackError(f"redis-server did not answer on {url} in {timeout:.0f} s")
 
 
+def start_dask(home: Path, celery_env: dict[str, str], port: int, timeout: float = 90) -> list[subprocess.Popen]:
+    """The compose file's Dask cluster (topology.DASK_COMMANDS): a scheduler on loopback `port` and the
+    topology.DASK_WORKERS, with the S3 settings of `celery_env`; returns once both workers joined."""
+    from distributed import Client
+
+    env = {**os.environ, **topology.dask_env(celery_env)}
+    procs = []
+    try:
+        for name in ("dask-scheduler", *topology.DASK_WORKERS):
+            log = open(home / "logs" / f"{name}.log", "ab")
+            procs.append(subprocess.Popen([str(VENV_BIN / "dask"), *topology.dask_command(name, port)], env=env,
+                                          cwd=home, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True))
+            log.close()
+        with Client(f"tcp://127.0.0.1:{port}", timeout=f"{timeout}s") as client:
+            client.wait_for_workers(len(topology.DASK_WORKERS), timeout=timeout)
+        return procs
+    except BaseException as exc:
+        local_stack.stop_processes(procs)
+        raise StackError(f"the Dask cluster did not start ({exc}); see {home / 'logs'}/dask-*.log") from exc
+
+
 def start_s3() -> tuple[Any, str]:
     """moto's S3 server on a free loopback port with the deployed stack's bucket; (server, endpoint URL)."""
     import boto3
@@ -89,18 +111,21 @@ class CeleryStack(AirflowStack):
         """Redis and the S3 endpoint first (the components' settings name them), then the Airflow stack."""
         (home / "logs").mkdir(parents=True, exist_ok=True)
         redis_proc, broker = start_redis(home)
-        s3_server = None
+        s3_server, dask_procs = None, []
         try:
             s3_server, endpoint = start_s3()
             backend = "db+" + sqlalchemy_uri(server_uri, DATABASES["airflow"])
-            env = topology.celery_env(broker_url=broker, result_backend=backend, s3_endpoint=endpoint)
+            env = topology.celery_env(broker_url=broker, result_backend=backend, s3_endpoint=endpoint,
+                                      dask_port=local_stack.free_port())
+            dask_procs = start_dask(home, env, json.loads(env[topology.DASK_CONNECTION])["port"])
             stack = cls.start(server_uri, home, dag_ids, timeout, extra_env=env)
         except BaseException:
-            local_stack.stop_processes([redis_proc])
+            local_stack.stop_processes([redis_proc, *dask_procs])
             if s3_server is not None:
                 s3_server.stop()
             raise
         stack.processes["redis"] = redis_proc
+        stack.processes.update(zip(("dask-scheduler", *topology.DASK_WORKERS), dask_procs))
         stack.s3_endpoint, stack.s3_server = endpoint, s3_server
         return stack
 

@@ -50,14 +50,17 @@ class Night:
 
 
 def sharded_specs(folder: Path) -> Path:
-    """The demo's specs, churn.yaml scoring its night in shards of SHARD_ROWS rows (score_shard, on any worker)."""
+    """The demo's specs, churn.yaml scoring its night in shards of SHARD_ROWS rows (score_shard, on any worker)
+    and training its XGBoost candidate on the Dask cluster (training.engine dask, the default connection)."""
     folder.mkdir(parents=True)
     for path in (local_stack.ROOT / "include" / "specs").glob("*.yaml"):
         (folder / path.name).write_text(path.read_text())
     churn = folder / "churn.yaml"
-    text, old = churn.read_text(), "  chunk_rows: 100000\n"
-    assert text.count(old) == 1
-    churn.write_text(text.replace(old, f"{old}  shard_rows: {SHARD_ROWS}\n"))
+    text = churn.read_text()
+    for old, new in (("  chunk_rows: 100000\n", f"  shard_rows: {SHARD_ROWS}\n"), ("  seed: 42\n", "  engine: dask\n")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, old + new)
+    churn.write_text(text)
     return folder
 
 
@@ -132,6 +135,24 @@ def test_the_night_succeeds_with_tasks_on_both_workers(night: Night):
     ran = {ti["task_id"]: ti["hostname"] for ti in night.task_instances if ti["state"] in ("success", "failed")}
     assert {"snapshot", "train", "score", "publish"} <= set(ran), states
     assert set(ran.values()) == set(topology.WORKERS), ran
+
+
+def test_the_champion_was_trained_on_the_dask_cluster_by_both_its_workers(night: Night):
+    """training.engine dask through the connection the compose file sets: the registered version's run says
+    engine dask, and both Dask workers executed tasks (each reads and trains on some of the window's days)."""
+    from distributed import Client
+
+    from include.nightshift.registry import Registry
+    from include.nightshift.spec import load_spec
+
+    registry = Registry(night.stack.env["AIRFLOW_VAR_NIGHTSHIFT_MLFLOW_TRACKING_URI"])
+    champion = registry.champion(load_spec(ARTIFACTS / "specs" / "churn.yaml").model_name)
+    assert champion is not None
+    assert registry.client.get_run(champion.run_id).data.params["engine"] == "dask"
+    port = json.loads(night.stack.env[topology.DASK_CONNECTION])["port"]
+    with Client(f"tcp://127.0.0.1:{port}", timeout="30s") as client:
+        executed = client.run(lambda dask_worker: (dask_worker.name, dask_worker.state.executed_count))
+    assert {name: count > 0 for name, count in executed.values()} == {name: True for name in topology.DASK_WORKERS}
 
 
 def test_the_night_is_scored_by_three_shard_tasks_and_published_whole(night: Night, pg_server_uri: str):

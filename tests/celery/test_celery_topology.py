@@ -9,6 +9,7 @@ it is not; a service or setting added to one side only fails here, naming it.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,13 @@ def env_of(component: str) -> dict[str, str]:
     return {**env, **stack.component_env(component)}
 
 
-def without_test_flags(command: list[str]) -> list[str]:
-    """A command minus topology.WORKER_TEST_FLAGS and the value a flag takes."""
+def without_test_flags(command: list[str], flags: dict[str, str] = topology.WORKER_TEST_FLAGS) -> list[str]:
+    """A command minus the test's `flags` and the value a flag takes."""
     kept, skip = [], False
     for i, word in enumerate(command):
         if skip:
             skip = False
-        elif word in topology.WORKER_TEST_FLAGS:
+        elif word in flags:
             skip = i + 1 < len(command) and not command[i + 1].startswith("--")
         else:
             kept.append(word)
@@ -54,7 +55,8 @@ def without_test_flags(command: list[str]) -> list[str]:
 
 @pytest.mark.pure
 def test_every_compose_service_is_run_natively_or_left_out_with_a_reason():
-    run, left_out = set(topology.AIRFLOW_COMMANDS) | set(topology.BACKING), set(topology.NOT_STARTED)
+    run = set(topology.AIRFLOW_COMMANDS) | set(topology.BACKING) | set(topology.DASK_COMMANDS)
+    left_out = set(topology.NOT_STARTED)
     assert not run & left_out
     assert set(services()) == run | left_out, "a compose service the Celery test neither runs nor explains"
     assert set(SERVICE_OF.values()) == set(topology.AIRFLOW_COMMANDS)
@@ -91,6 +93,35 @@ def test_the_compose_settings_are_the_tested_ones(component: str):
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
         assert env["AWS_ENDPOINT_URL_S3"] == env["FSSPEC_S3_ENDPOINT_URL"]  # boto and s3fs reach one store
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
+
+
+@pytest.mark.pure
+def test_the_dask_cluster_runs_the_compose_commands_and_settings():
+    """dask-scheduler and dask-worker as the test starts them (celery_stack.start_dask), against the compose file."""
+    for name, service in (("dask-scheduler", "dask-scheduler"), *((w, "dask-worker") for w in topology.DASK_WORKERS)):
+        compose = services()[service]
+        tested = [topology.DASK_SCHEDULER_ADDRESS if word == "tcp://127.0.0.1:8786" else word
+                  for word in topology.dask_command(name, 8786)]  # the compose file's address: the rest is flags
+        assert compose["entrypoint"][-1] == "dask"
+        assert without_test_flags(tested, topology.DASK_TEST_FLAGS) == compose["command"], name
+    assert services()["dask-worker"]["command"][1] == topology.DASK_SCHEDULER_ADDRESS
+    compose_env = services()["dask-worker"]["environment"]
+    tested_env = topology.dask_env(env_of(topology.WORKERS[0]))
+    assert set(compose_env) - set(topology.DEPLOYMENT_ONLY) == set(tested_env) - set(topology.DASK_TEST_ONLY)
+    assert all(compose_env[key] == tested_env[key] for key in ("AWS_DEFAULT_REGION", *topology.DASK_ENV))
+
+
+@pytest.mark.pure
+def test_the_airflow_components_find_the_dask_scheduler_through_the_specs_default_connection():
+    from include.nightshift.spec import load_spec
+
+    default = load_spec(ROOT / "include" / "specs" / "churn.yaml").training.dask_connection_id  # not set there
+    assert topology.DASK_CONNECTION == f"AIRFLOW_CONN_{default.upper()}"
+    for component in SERVICE_OF.values():
+        conn = json.loads(services()[component]["environment"][topology.DASK_CONNECTION])
+        assert f"tcp://{conn['host']}:{conn['port']}" == topology.DASK_SCHEDULER_ADDRESS, component
+    tested = json.loads(env_of(topology.WORKERS[0])[topology.DASK_CONNECTION])
+    assert tested["host"] == "127.0.0.1"
 
 
 @pytest.mark.pure

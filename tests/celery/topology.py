@@ -8,6 +8,8 @@ the compose file is either run/set by the test stack or listed here with the rea
 
 from __future__ import annotations
 
+import json
+
 # The artifact root of the deployed stack (compose: AIRFLOW_VAR_NIGHTSHIFT_ARTIFACT_ROOT); the test uses
 # the same bucket on its own S3-compatible endpoint.
 BUCKET = "nightshift-artifacts"
@@ -27,6 +29,31 @@ BACKING = {
     "postgres": "the tests' PostgreSQL server (tests/conftest.py pg_server_uri): metadata DB, source, warehouse",
     "redis": "Debian's redis-server on a free loopback port (scripts/install_redis.sh)",
     "minio": "moto's S3 server (ThreadedMotoServer) on a free loopback port, bucket " + BUCKET,
+}
+# Compose service -> the `dask` CLI arguments of its process: the cluster that training.engine dask trains on
+# (the train task's client finds the scheduler through the connection DASK_CONNECTION names). The compose file's
+# scheduler address; the test gives its own (dask_command).
+DASK_COMMANDS = {
+    "dask-scheduler": "scheduler --port 8786",
+    "dask-worker": "worker tcp://dask-scheduler:8786",
+}
+DASK_SCHEDULER_ADDRESS = "tcp://dask-scheduler:8786"
+DASK_CONNECTION = "AIRFLOW_CONN_NIGHTSHIFT_DASK"  # training.dask_connection_id's default, nightshift_dask
+# Two Dask workers: the training window's days are read and trained on both.
+DASK_WORKERS = ("dask-worker-a", "dask-worker-b")
+# A Dask worker's settings: the S3 ones of celery_env (the workers read the snapshots) and these.
+DASK_S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3",
+                "FSSPEC_S3_ENDPOINT_URL")
+DASK_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Keys the test sets on a Dask worker that the compose file's dask-worker does not, and why.
+DASK_TEST_ONLY = {"PYTHONPATH": "the image's ENV PYTHONPATH (Dockerfile): the code the tasks' functions are pickled "
+                                "by reference to"}
+# Flags the test adds to the compose file's `dask` commands, and why: on one machine...
+DASK_TEST_FLAGS = {
+    "--host": "...every process listens on loopback only",
+    "--no-dashboard": "...a dashboard per process would need ports of its own (and bokeh)",
+    "--name": "...the workers are told apart by name, not by container",
+    "--nthreads": "...one thread each: two workers on two cores",
 }
 # Compose services the test does not start, and why that does not weaken what it shows.
 NOT_STARTED = {
@@ -67,8 +94,8 @@ TEST_ONLY = {
 SAME_VALUE = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW_VAR_NIGHTSHIFT_ARTIFACT_ROOT", "AWS_DEFAULT_REGION")
 
 
-def celery_env(*, broker_url: str, result_backend: str, s3_endpoint: str) -> dict[str, str]:
-    """What the test stack sets on top of the e2e stack's environment: the compose file's Celery, S3 and
+def celery_env(*, broker_url: str, result_backend: str, s3_endpoint: str, dask_port: int = 8786) -> dict[str, str]:
+    """What the test stack sets on top of the e2e stack's environment: the compose file's Celery, S3, Dask and
     shared-secret settings with this machine's addresses. The S3 endpoint reaches each client the way the
     compose file gives it: botocore (AWS_ENDPOINT_URL_S3) and fsspec/s3fs (FSSPEC_S3_ENDPOINT_URL, read
     into fsspec.config at import), so include/nightshift/artifacts.py needs no change for it."""
@@ -87,12 +114,29 @@ def celery_env(*, broker_url: str, result_backend: str, s3_endpoint: str) -> dic
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL_S3": s3_endpoint,
         "FSSPEC_S3_ENDPOINT_URL": s3_endpoint,
+        DASK_CONNECTION: json.dumps({"conn_type": "generic", "host": "127.0.0.1", "port": dask_port}),
     }
 
 
 def worker_command(name: str) -> list[str]:
     """The compose file's worker command, plus the flags that one machine needs (WORKER_TEST_FLAGS)."""
     return [*AIRFLOW_COMMANDS["airflow-worker"].split(), "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+
+
+def dask_command(name: str, port: int) -> list[str]:
+    """The compose file's `dask` command for a test process (a DASK_WORKERS name runs `dask-worker`) with the
+    scheduler on loopback port `port`, plus the flags that one machine needs (DASK_TEST_FLAGS)."""
+    if name == "dask-scheduler":
+        return [*DASK_COMMANDS[name].replace("8786", str(port)).split(), "--host", "127.0.0.1", "--no-dashboard"]
+    words = DASK_COMMANDS["dask-worker"].replace(DASK_SCHEDULER_ADDRESS, f"tcp://127.0.0.1:{port}").split()
+    return [*words, "--host", "127.0.0.1", "--no-dashboard", "--name", name, "--nthreads", "1"]
+
+
+def dask_env(celery: dict[str, str]) -> dict[str, str]:
+    """A Dask worker's settings, from the stack's celery_env, as the compose file's dask-worker has them."""
+    from tests.e2e.airflow_stack import ROOT
+
+    return {**{key: celery[key] for key in DASK_S3_KEYS}, **DASK_ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"}
 
 
 def worker_env(name: str) -> dict[str, str]:
