@@ -280,12 +280,9 @@ def read_snapshot_table(store: ArtifactStore, ref: SnapshotRef | str, columns: l
     """A snapshot as the Arrow table read_snapshot converts (decimals as float64): for a reader that selects
     or samples rows before any of them reach pandas (training_window.py)."""
     url = ref.url if isinstance(ref, SnapshotRef) else ref
-    try:
-        with store.open(url) as handle:
-            table = pq.read_table(handle, columns=columns)
-    except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError
-        day = ref.day if isinstance(ref, SnapshotRef) else Path(url).parent.name
-        raise SnapshotReadError(_unreadable(store, url, day, exc)) from exc
+    with _reading(store, url, ref.day if isinstance(ref, SnapshotRef) else Path(url).parent.name), \
+            store.open(url) as handle:
+        table = pq.read_table(handle, columns=columns)
     return _decimals_as_floats(table)
 
 
@@ -297,21 +294,18 @@ def read_snapshot_rows(store: ArtifactStore, ref: SnapshotRef, positions: np.nda
     Why: a sample of a large day (the monitor's realised window, training.max_rows) then costs the sample and
     one row group in memory, not the whole day: at 10M rows a day the day in Arrow alone is about 2 GB.
     """
-    try:
-        with store.local_copy(ref.url) as path:
-            file = pq.ParquetFile(path)
-            order = np.argsort(positions, kind="stable")
-            wanted = np.asarray(positions, dtype=np.int64)[order]
-            bounds = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
-            pieces = []
-            for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-                inside = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
-                if len(inside):
-                    pieces.append(file.read_row_group(group, columns=columns).take(pa.array(inside - start)))
-            schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
-            table = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise SnapshotReadError(_unreadable(store, ref.url, ref.day, exc)) from exc
+    with _reading(store, ref.url, ref.day), store.local_copy(ref.url) as path:
+        file = pq.ParquetFile(path)
+        order = np.argsort(positions, kind="stable")
+        wanted = np.asarray(positions, dtype=np.int64)[order]
+        bounds = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+        pieces = []
+        for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            inside = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
+            if len(inside):
+                pieces.append(file.read_row_group(group, columns=columns).take(pa.array(inside - start)))
+        schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     return _decimals_as_floats(table.take(pa.array(back)))
@@ -341,22 +335,24 @@ def snapshot_columns(store: ArtifactStore, ref: SnapshotRef) -> Iterator[ColumnS
     """
     from include.nightshift.validation import ColumnSource
 
-    def unreadable(exc: Exception) -> SnapshotReadError:
-        return SnapshotReadError(_unreadable(store, ref.url, ref.day, exc))
-
-    with store.local_copy(ref.url) as path:
-        try:
-            file = pq.ParquetFile(path)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise unreadable(exc) from exc
+    with contextlib.ExitStack() as open_files:
+        with _reading(store, ref.url, ref.day):  # not around the yield: the caller's own errors are not the file's
+            file = pq.ParquetFile(open_files.enter_context(store.local_copy(ref.url)))
 
         def read(name: str) -> pd.DataFrame:
-            try:
+            with _reading(store, ref.url, ref.day):
                 return _decimals_as_floats(file.read(columns=[name])).to_pandas(types_mapper=_TEXT.get)
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                raise unreadable(exc) from exc
 
         yield ColumnSource(names=file.schema_arrow.names, rows=file.metadata.num_rows, read=read)
+
+
+@contextlib.contextmanager
+def _reading(store: ArtifactStore, url: str, day: str) -> Iterator[None]:
+    """A failed read of snapshot `url` raised as SnapshotReadError (_unreadable: the file, its day, its bytes)."""
+    try:
+        yield
+    except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError
+        raise SnapshotReadError(_unreadable(store, url, day, exc)) from exc
 
 
 def _unreadable(store: ArtifactStore, url: str, day: str, exc: Exception) -> str:
