@@ -128,7 +128,8 @@ def nightly_dag(spec: DatasetSpec) -> DAG:
         record = ops.RecordRunOperator(
             task_id=ops.RECORD, trigger_rule="all_done", retries=0, **common,
             snapshot=snapshot.output, validation=validate.output, drift=drift.output, decision=decide.output,
-            trained=train.output, verdict=evaluate.output, scored=score.output, published=publish.output)
+            trained=train.output, verdict=evaluate.output, scored=score.output, shards=shards.output,
+            published=publish.output)
 
         chain(ingest, watch, decide, [retrain, skip], serve, record)
         validate >> decide

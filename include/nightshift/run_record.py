@@ -8,13 +8,14 @@ task states, calls build_run_record, and writes the result (nightly.record_night
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from include.nightshift.decide import Decision
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, SnapshotStep, StepOutput, TrainingStep,
-                                      ValidationStep, VerdictStep)
+from include.nightshift.steps import (DriftStep, PublishStep, ScoringStep, ShardStep, SnapshotStep, StepOutput,
+                                      TrainingStep, ValidationStep, VerdictStep)
 from include.nightshift.test_score import summary_text
 from include.nightshift.task_costs import findings_clause
 from include.nightshift.warehouse import ATTEMPT_COLUMNS
@@ -135,10 +136,12 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                      decision: Decision | None, trained: TrainingStep | None, verdict: VerdictStep | None,
                      published: PublishStep | None, started_at: dt.datetime | None, finished_at: dt.datetime,
                      params: dict[str, Any] | None = None, scored: ScoringStep | None = None,
-                     record_task: str = "record_run", errors: dict[str, dict] | None = None) -> RunRecord:
-    """What happened tonight, from what each step handed on (None: the step did not run or failed),
-    the run's parameters (`params`: note, dry_run and the rest, kept as the attempt's conf) and how the
-    failed steps failed (`errors`: task id -> what it pushed; details.root_failure)."""
+                     record_task: str = "record_run", errors: dict[str, dict] | None = None,
+                     shards: Sequence[ShardStep] | None = None) -> RunRecord:
+    """What happened tonight, from what each step handed on (None: the step did not run or failed; `shards`:
+    what the score_shard tasks of a sharded night handed on), the run's parameters (`params`: note, dry_run and
+    the rest, kept as the attempt's conf) and how the failed steps failed (`errors`: task id -> what it pushed;
+    details.root_failure)."""
     failed = failed_tasks(states, besides=record_task)
     params = dict(params or {})
     return RunRecord(
@@ -167,10 +170,20 @@ def build_run_record(spec: DatasetSpec, *, day: dt.date, dag_run_id: str, states
                  "example_trace": _field(verdict, "example_trace"),  # one row through the model (trace.py)
                  "reports": _report_urls(validation, drift, verdict),  # the health page links each night to them
                  "verdict": _field(verdict, "checks"), "policy": _field(verdict, "policy_note"),
-                 "serving": _field(scored, "checks")},  # environment, round trip and skew (skew.before_scoring)
+                 "serving": _serving(scored, shards)},  # environment, round trip and skew (skew.before_scoring)
         dry_run=bool(params.get("dry_run")),
         conf=params,
     )
+
+
+def _serving(scored: ScoringStep | None, shards: Sequence[ShardStep] | None) -> dict[str, Any] | None:
+    """The score step's serving checks, with its shards' when the night was scored in shards."""
+    from include.nightshift.skew import sharded_night_checks
+
+    checks = _field(scored, "checks")
+    if checks is None or not shards:
+        return checks
+    return sharded_night_checks(checks, [(s.shard, s.checks) for s in shards if s is not None])
 
 
 def _training(trained: TrainingStep | None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,75 @@ class SkewWatch:
         if findings:
             raise ServingSkew(skew_message(self.spec, self.version, findings, len(self.positions)), self.checks)
         return result
+
+
+def sharded_night_checks(checks: dict[str, Any], shards: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The serving evidence of a night scored in shards, as a night scored whole records it: the score step's
+    `checks` (environment, round trip: checked where the score task ran), joined by what each shard's worker found
+    (`shards`: (shard, its score_shard task's checks)): libraries that differ there too, each shard's round trip,
+    and the skew checks, which only the shards run (each on a sample of its own rows).
+
+    Why: a sharded night's score step scores no rows, so without this its record (the health page, the ML Test
+    Score's skew test) would hold no skew evidence, and a worker with other libraries would go unrecorded."""
+    found = sorted(((shard, got) for shard, got in shards if isinstance(got, dict)), key=lambda pair: pair[0])
+    if not found:
+        return checks
+    skews = [(shard, got["skew"]) for shard, got in found if got.get("skew")]
+    return {**checks, "environment": _joined_environment(checks.get("environment") or {}, found),
+            "round_trip": {**(checks.get("round_trip") or {}), "shards": _shard_round_trips(found)},
+            **({"skew": _merged_skew(skews)} if skews else {})}
+
+
+def _joined_environment(environment: dict[str, Any], found: list[tuple[int, dict]]) -> dict[str, Any]:
+    """The score task's environment evidence plus each library change a shard's worker saw (once, with the shard)."""
+    changes = {(c.get("name"), c.get("now")): c for c in environment.get("changes") or []}
+    for shard, got in found:
+        for change in (got.get("environment") or {}).get("changes") or []:
+            changes.setdefault((change.get("name"), change.get("now")), {**change, "shard": shard})
+    return {**environment, "changes": list(changes.values())}
+
+
+def _shard_round_trips(found: list[tuple[int, dict]]) -> dict[str, Any]:
+    trips = [got.get("round_trip") or {} for _, got in found]
+    differences = [t["max_difference"] for t in trips if t.get("max_difference") is not None]
+    return {"checked": len(trips), "passed": all(t.get("passed") is not False for t in trips),
+            "max_difference": max(differences) if differences else None}
+
+
+def _merged_skew(skews: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Shards' skew evidence as one: rows and seconds summed, findings joined (each naming its shard), passed when
+    every shard passed, and each feature's evidence against training joined (_join_feature)."""
+    rows = sum(int(skew.get("rows") or 0) for _, skew in skews)
+    first = skews[0][1]
+    return {"rows": rows, "tolerance": first.get("tolerance"), "shards": len(skews),
+            "findings": [{**f, "shard": shard} for shard, skew in skews for f in skew.get("findings") or []],
+            "passed": all(skew.get("passed") for _, skew in skews),
+            "seconds": round(sum(float(skew.get("seconds") or 0) for _, skew in skews), 4),
+            "against_training": _joined_features([skew for _, skew in skews], rows),
+            "training_statistics": first.get("training_statistics")}
+
+
+def _joined_features(skews: list[dict[str, Any]], rows: int) -> dict[str, dict[str, Any]]:
+    features: dict[str, dict[str, Any]] = {}
+    for skew in skews:
+        weight = int(skew.get("rows") or 0) / rows if rows else 0.0
+        for name, row in (skew.get("against_training") or {}).items():
+            _join_feature(features.setdefault(name, {"null_share": 0.0, "null_share_flagged": False}), row, weight)
+    return {name: {**row, "null_share": round(row["null_share"], 6)} for name, row in features.items()}
+
+
+def _join_feature(into: dict[str, Any], row: dict[str, Any], weight: float) -> None:
+    """One shard's evidence for a feature joined into the night's: the null share weighted by the shard's sample
+    rows; a flag, unseen categories (None: not judged) or a value outside training's range when any shard had it."""
+    into["null_share"] += weight * float(row.get("null_share") or 0.0)
+    into["training_null_share"] = row.get("training_null_share")
+    into["null_share_flagged"] |= bool(row.get("null_share_flagged"))
+    if "unseen_categories" in row:
+        unseen = row["unseen_categories"]
+        into["unseen_categories"] = None if unseen is None else sorted(
+            set(into.get("unseen_categories") or ()) | set(unseen))[:20]
+    if "outside_training_range" in row:
+        into["outside_training_range"] = bool(into.get("outside_training_range")) or bool(row["outside_training_range"])
 
 
 def skew_message(spec: DatasetSpec, version: int | None, findings: list[dict], rows: int) -> str:

@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -280,8 +280,13 @@ def read_outputs(sent: Mapping[str, Any]) -> dict[str, Any]:
     kinds: dict[str, type[StepOutput]] = {
         "snapshot": SnapshotStep, "validation": ValidationStep, "drift": DriftStep, "monitor": MonitorStep,
         "decision": Decision, "trained": TrainingStep, "verdict": VerdictStep, "scored": ScoringStep,
-        "published": PublishStep}
+        "published": PublishStep, "shards": ShardStep}
     unknown = sorted(set(sent) - set(kinds))
     if unknown:
         raise ValueError(f"read_outputs: no step output is called {unknown[0]!r} (known: {', '.join(kinds)})")
-    return {name: kinds[name].from_xcom(value) for name, value in sent.items()}
+    return {name: [kinds[name].from_xcom(v) for v in value] if _many(value)  # a mapped step's, one per instance
+            else kinds[name].from_xcom(value) for name, value in sent.items()}
+
+
+def _many(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))

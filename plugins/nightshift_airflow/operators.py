@@ -247,7 +247,7 @@ class PublishOperator(NightshiftOperator):
 class RecordRunOperator(NightshiftOperator):
     """Record the run (run_attempts) and the night (pipeline_runs; not for a dry run); fail the run if a step failed."""
 
-    inputs = ("snapshot", "validation", "drift", "decision", "trained", "verdict", "scored", "published")
+    inputs = ("snapshot", "validation", "drift", "decision", "trained", "verdict", "scored", "shards", "published")
     ui_color = "#e5e7eb"
     operator_extra_links = (HealthPageLink(),)
 

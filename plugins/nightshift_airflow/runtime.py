@@ -84,6 +84,9 @@ def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
     pushes its result then fails; score pushes a no-model record then skips): it is read as the
     list of every value pushed, which answers empty instead of 404. A step that succeeded is left
     out (Airflow resolves it), and so is everything when the states are unknown.
+
+    A mapped step (score_shard) is always read here, as the list of what its instances pushed (empty when
+    it was skipped: no instance), whatever their states.
     """
     from airflow.sdk import XComArg
 
@@ -96,6 +99,9 @@ def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for name, ref in plain.items():
+        if getattr(ref.operator, "is_mapped", False):
+            out[name] = pushed_values(context, ref.operator.task_id, ref.key)
+            continue
         state = states.get(ref.operator.task_id, "")
         if state != "success":
             out[name] = None if state in NEVER_RAN else pushed_value(context, ref.operator.task_id, ref.key)
@@ -104,11 +110,16 @@ def unsettled_outputs(context: Any, refs: dict[str, Any]) -> dict[str, Any]:
 
 def pushed_value(context: Any, task_id: str, key: str) -> Any:
     """What `task_id` pushed under `key` in this run, or None; never logs a missing XCom as an error."""
+    values = pushed_values(context, task_id, key)
+    return values[0] if values else None
+
+
+def pushed_values(context: Any, task_id: str, key: str) -> list[Any]:
+    """Everything `task_id` pushed under `key` in this run (a mapped task: each instance's), [] for nothing."""
     from airflow.sdk.bases.xcom import BaseXCom
 
     ti = context["ti"]
-    values = BaseXCom.get_all(key=key, dag_id=ti.dag_id, task_id=task_id, run_id=context["run_id"])
-    return values[0] if values else None
+    return list(BaseXCom.get_all(key=key, dag_id=ti.dag_id, task_id=task_id, run_id=context["run_id"]) or [])
 
 
 def variable(name: str, default: str | None = None) -> str:

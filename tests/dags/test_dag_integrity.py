@@ -208,8 +208,9 @@ def test_steps_receive_their_inputs_as_upstream_outputs_not_by_task_id_lookups()
     assert wiring[("train", "decision")] == "decide" and wiring[("evaluate", "trained")] == "train"
     assert wiring[("publish", "scored")] == "score"
     assert {wiring[("record_run", n)] for n in ("snapshot", "validation", "drift", "decision", "trained", "verdict",
-                                                 "published")} == {"snapshot", "validate", "drift", "decide", "train",
-                                                                   "evaluate", "publish"}
+                                                 "shards", "published")} == {"snapshot", "validate", "drift", "decide",
+                                                                             "train", "evaluate", "score_shard",
+                                                                             "publish"}
     plugins = "".join(p.read_text() for p in (ROOT / "plugins").rglob("*.py"))
     # The one pull by task id (base._pull): record_run reads how a *failed* task failed (base.pushed_errors; a
     # failed task has no output to wire) and what each task cost (base.pushed_costs), never a step's output.

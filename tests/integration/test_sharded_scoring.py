@@ -72,6 +72,13 @@ def test_both_runs_succeeded_and_the_second_ran_three_shards(nights):
     shards = {k: v for k, v in tasks.items() if k.startswith("score_shard_")}
     assert sorted(shards) == ["score_shard_0", "score_shard_1", "score_shard_2"]
     assert details["serving"]["round_trip"]["passed"] is True
+    # The skew checks ran in the shards only, on every row here (skew.sample_rows 20000): joined in the record.
+    skew = details["serving"]["skew"]
+    assert (skew["shards"], skew["rows"], skew["passed"]) == (3, ROWS, True)
+    assert details["serving"]["round_trip"]["shards"] == {"checked": 3, "passed": True, "max_difference": 0.0}
+    (judged,) = query(nights, "SELECT passed FROM churn.ml_test_score WHERE night = %s AND test = %s",
+                      (NIGHT, "monitoring.3"))
+    assert judged == (True,)  # the ML Test Score's skew test (monitoring.3) ran on the shards' evidence
 
 
 def test_the_shards_publish_bit_for_bit_what_the_whole_night_published(nights):

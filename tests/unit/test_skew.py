@@ -258,3 +258,54 @@ def test_the_training_path_reads_only_the_sampled_rows_exactly_as_read_snapshot_
     pd.testing.assert_frame_equal(got, expected)
     assert got["monthly_charges"].dtype == "float64"
     assert skew.training_path_rows(store, ref, spec, np.array([], dtype=int)).empty
+
+
+def test_a_night_scored_in_shards_records_the_skew_evidence_a_whole_night_records(registry, spec, data, tmp_path):
+    """Each score_shard checks its own rows (skew.sample_rows covers them all here); joined by
+    sharded_night_checks they must say what the same night scored whole says: the same rows, the same null
+    shares, the unseen category that only one shard saw, and every shard's round trip."""
+    from include.nightshift.nightly import score_shard
+
+    version = _register(registry, spec, data)
+    store = ArtifactStore(tmp_path / "artifacts")
+    day = dt.date(2026, 1, 5)
+    frame = generate_day(day, 700)
+    frame.loc[:249, "satisfaction_score"] = np.nan  # nulls in shard 0 only
+    frame.loc[650:659, "region"] = "atlantis"  # a category training never saw, in shard 2 only
+    current = write_snapshot(pa.Table.from_pandas(frame, preserve_index=False), store, spec, day, labelled=False)
+    night = SnapshotStep(day=day, current=current, labelled=current)
+    whole = score_night(store, registry, spec, night, "whole").checks
+
+    sharded_spec = dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, shard_rows=300))
+    planned = score_night(store, registry, sharded_spec, night, "sharded")
+    assert planned.shards == 3 and "skew" not in planned.checks  # the score step checked no rows itself
+    shards = [score_shard(None, store, registry, sharded_spec, planned, night, "sharded", i) for i in range(3)]
+    merged = skew.sharded_night_checks(planned.checks, [(s.shard, s.checks) for s in reversed(shards)])
+
+    assert (merged["skew"]["rows"], merged["skew"]["shards"], merged["skew"]["passed"]) == (700, 3, True)
+    assert merged["skew"]["findings"] == whole["skew"]["findings"] == []
+    got, expected = merged["skew"]["against_training"], whole["skew"]["against_training"]
+    assert set(got) == set(expected) == set(spec.feature_names)
+    for name in expected:
+        assert got[name]["null_share"] == pytest.approx(expected[name]["null_share"], abs=2e-6), name
+        assert {k: v for k, v in got[name].items() if k != "null_share"} == \
+               {k: v for k, v in expected[name].items() if k != "null_share"}, name
+    assert got["region"]["unseen_categories"] == ["atlantis"] and got["satisfaction_score"]["null_share_flagged"]
+    assert merged["round_trip"]["shards"] == {"checked": 3, "passed": True, "max_difference": 0.0}
+    assert merged["environment"] == planned.checks["environment"]  # one environment: nothing to add
+    assert skew.sharded_night_checks(planned.checks, []) == planned.checks
+
+
+def test_a_shard_on_a_worker_with_other_libraries_is_named_in_the_nights_environment():
+    """The score task's worker matched the champion's libraries; shard 4's did not: the night records the change
+    once, with the shard that saw it (crafted evidence: two environments cannot coexist in one test process)."""
+    change = {"name": "xgboost", "recorded": "3.0.0", "now": "3.1.0"}
+    score = {"environment": {"recorded": True, "changes": [], "summary": "v2: unchanged since training"},
+             "round_trip": {"passed": True, "max_difference": 0.0}}
+    shard = {"environment": {"recorded": True, "changes": [change]}, "round_trip": {"passed": True,
+                                                                                     "max_difference": 1e-12}}
+    merged = skew.sharded_night_checks(score, [(4, shard), (5, shard), (0, {"round_trip": {"passed": True}})])
+    assert merged["environment"]["changes"] == [{**change, "shard": 4}]
+    assert merged["round_trip"] == {"passed": True, "max_difference": 0.0,
+                                    "shards": {"checked": 3, "passed": True, "max_difference": 1e-12}}
+    assert "skew" not in merged
