@@ -104,11 +104,10 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
                     spec.entity_key.name: pa.array(chunk[spec.entity_key.name], type=schema.field(0).type),
                     "score": pa.array(scores, type=pa.float64()),
                     "predicted_label": _predicted_label(scores, spec),
-                    "model_name": pa.array([spec.model_name] * n, type=pa.string()),
-                    "model_version": pa.array(np.full(n, model_version, dtype="int32")),
-                    "snapshot_sha256": pa.array([snapshot_sha256] * n, type=pa.string()),
-                    "dag_run_id": pa.array([dag_run_id] * n, type=pa.string()),
-                    "scored_at": pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
+                    # the run's constants, repeated in Arrow: from Python lists they cost 0.1 s per 100k rows
+                    **{name: pa.repeat(pa.scalar(value, schema.field(name).type), n) for name, value in (
+                        ("model_name", spec.model_name), ("model_version", model_version),
+                        ("snapshot_sha256", snapshot_sha256), ("dag_run_id", dag_run_id), ("scored_at", scored_at))},
                     **extra,
                 }, schema=schema))
                 rows += n
