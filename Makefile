@@ -53,12 +53,16 @@ spec-init: $(STAMP)
 spec-check: $(STAMP)
 	$(PY) -m include.nightshift spec check $(ARGS)
 
+## bench: each stage against its naive approach and raw floor, then the scaling table of a quiet night on the
+## Celery stack at 1M rows (about 10 minutes; 5M and 10M: make bench-scaling)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_drift.py
 	$(PY) benchmarks/bench_publish.py
 	$(PY) benchmarks/bench_snapshot.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_validation.py
+	bash scripts/install_redis.sh
+	$(PY) benchmarks/bench_scaling.py --rows 1000000
 
 ## bench-scaling: a quiet night on the native Celery stack (2 workers) at 1M, 5M and 10M rows: make bench-scaling ARGS="--rows 1000000"
 bench-scaling: $(STAMP)

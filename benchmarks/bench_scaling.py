@@ -245,7 +245,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nightshift-scaling-") as tmp:
         server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop").get_uri()
         for rows in args.rows:
-            home = args.out.parent / "bench-scaling" / f"rows-{rows}"  # the stack's logs stay there
+            home = args.out.resolve().parent / "bench-scaling" / f"rows-{rows}"  # the stack's logs stay there
             shutil.rmtree(home, ignore_errors=True)
             results.append(one_size(server, rows, args.history_rows, args.shard_rows, home))
             args.out.parent.mkdir(parents=True, exist_ok=True)

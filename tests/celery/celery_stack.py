@@ -108,7 +108,9 @@ class CeleryStack(AirflowStack):
 
     @classmethod
     def launch(cls, server_uri: str, home: Path, dag_ids: tuple[str, ...], timeout: float = 180) -> "CeleryStack":
-        """Redis and the S3 endpoint first (the components' settings name them), then the Airflow stack."""
+        """Redis, the S3 endpoint and the Dask cluster first (the components' settings name them), then the
+        Airflow stack."""
+        home = home.resolve()
         (home / "logs").mkdir(parents=True, exist_ok=True)
         redis_proc, broker = start_redis(home)
         s3_server, dask_procs = None, []

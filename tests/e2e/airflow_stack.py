@@ -125,6 +125,7 @@ class AirflowStack:
     @classmethod
     def start(cls, server_uri: str, home: Path, dag_ids: tuple[str, ...], timeout: float = 180,
               extra_env: dict[str, str] | None = None) -> "AirflowStack":
+        home = home.resolve()  # the components run in `home`: a relative path would name another folder there
         home.mkdir(parents=True, exist_ok=True)
         recreate_databases(server_uri, cls.databases)
         port = local_stack.free_port()
