@@ -1128,8 +1128,9 @@ def _skew_findings(skew: dict[str, Any]) -> list[dict[str, str]]:
         stats = "; ".join(f"{name}: training path {_g(a) if not isinstance(a, str) else a}, serving path "
                           f"{_g(b) if not isinstance(b, str) else b}" for name, (a, b) in
                           list((f.get("statistics") or {}).items())[:6])
-        out.append(_finding("skew", str(f.get("feature")), f"{stats} (skew.tolerance {_g(skew.get('tolerance'))}, "
-                                                           f"{skew.get('rows', MISSING)} rows)"))
+        where = f"shard {f['shard']}: " if f.get("shard") is not None else ""  # a sharded night (sharded_night_checks)
+        out.append(_finding("skew", str(f.get("feature")), f"{where}{stats} (skew.tolerance "
+                                                           f"{_g(skew.get('tolerance'))}, {skew.get('rows', MISSING)} rows)"))
     for name, seen in sorted((skew.get("against_training") or {}).items()):
         if seen.get("null_share_flagged"):
             out.append(_finding("against training", name, f"null share {_g(seen.get('null_share'))} tonight, "
@@ -1157,7 +1158,9 @@ def serving_findings(run: dict[str, Any]) -> list[dict[str, str]]:
 def _environment_findings(environment: dict[str, Any]) -> list[dict[str, str]]:
     """Each library (or Python) whose version changed since the champion was trained."""
     return [_finding("dependency change", str(c.get("name")), f"{c.get('recorded') or 'not listed'} at training, "
-                                                              f"{c.get('now') or 'not listed'} tonight")
+                                                              f"{c.get('now') or 'not listed'} tonight"
+                                                              + (f" (on shard {c['shard']}'s worker)"
+                                                                 if c.get("shard") is not None else ""))
             for c in environment.get("changes") or []]
 
 

@@ -647,6 +647,23 @@ def test_the_skew_table_lists_the_nights_whose_serving_checks_found_something_ne
     assert "skew-findings" not in quiet
 
 
+def test_a_sharded_nights_findings_name_the_shard_that_found_them(churn_spec):
+    """skew.sharded_night_checks tags what a shard's worker found with its shard; the page says which."""
+    from include.nightshift.skew import sharded_night_checks
+
+    score = {"environment": {"recorded": True, "changes": [], "summary": "v5: unchanged since training"},
+             "round_trip": {"passed": True, "rows": 200, "max_difference": 0.0, "tolerance": 1e-9}}
+    shard = {"environment": {"recorded": True, "changes": [{"name": "numpy", "recorded": "2.3.0", "now": "2.4.0"}]},
+             "round_trip": {"passed": True, "max_difference": 0.0},
+             "skew": {"rows": 300, "tolerance": 1e-6, "passed": False, "against_training": {},
+                      "findings": [{"feature": "age", "statistics": {"mean": [40.0, 41.0]}}]}}
+    serving = sharded_night_checks(score, [(3, shard)])
+    text = health_page_html(churn_spec, [{"logical_date": "2026-02-01", "details": {"serving": serving}}])
+    rows = {r["check"]: r["evidence"] for _, r in Tables(text)["skew-findings"]}
+    assert rows["dependency change"] == "2.3.0 at training, 2.4.0 tonight (on shard 3's worker)"
+    assert rows["skew"].startswith("shard 3: mean: training path 40, serving path 41")
+
+
 def test_shadow_and_serving_evidence_reach_the_page_through_the_warehouse(pg_conn, churn_spec):
     """The same nights written to pipeline_runs (details as jsonb) and read back by read_history."""
     wh.ensure_warehouse(pg_conn, churn_spec)
