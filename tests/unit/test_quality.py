@@ -112,3 +112,38 @@ def test_one_day_is_the_row_bootstrap():
     one = np.zeros(len(y), dtype=int)
     assert bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=100, seed=5, days=one) == \
         bootstrap_interval("roc_auc", y, s, threshold=0.5, confidence=0.95, resamples=100, seed=5)
+
+
+def test_a_resample_s_roc_auc_by_counts_is_sklearn_s_with_ties_and_repeats():
+    """The bootstrap's count-based ROC AUC is the number sklearn gives for the resampled rows, ties (rounded
+    scores) and repeated rows included, and NaN when a resample holds one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    from include.nightshift.quality import _ResampledAuc
+
+    rng = np.random.default_rng(3)
+    y, s = sample(5000, seed=3)
+    s = np.round(s, 2)  # about 100 distinct scores: most rows tie with others
+    auc = _ResampledAuc(y, s)
+    for _ in range(20):
+        idx = rng.integers(0, len(y), 3000)
+        assert auc(idx) == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+    negatives = np.flatnonzero(y == 0)[:50]
+    assert math.isnan(auc(negatives))
+
+
+def test_the_interval_by_counts_equals_the_interval_through_sklearn(monkeypatch):
+    """Same rows, days and seed: the fast path gives the interval the per-resample sklearn metric gave."""
+    from include.nightshift import quality
+    from include.nightshift.evaluation import metric_value
+
+    y, s = sample(30_000, seed=5)
+    days = np.array(["2026-03-02", "2026-03-01", "2026-03-03"], dtype=object)[np.arange(30_000) % 3]
+    kwargs = dict(threshold=0.5, confidence=0.9, resamples=60, seed=11, max_rows=12_000)
+    fast = [bootstrap_interval("roc_auc", y, s, **kwargs), bootstrap_interval("roc_auc", y, s, days=days, **kwargs)]
+    monkeypatch.setattr(quality, "_resample_metric",
+                        lambda metric, y, scores, threshold: lambda idx: metric_value(metric, y[idx], scores[idx]))
+    slow = [bootstrap_interval("roc_auc", y, s, **kwargs), bootstrap_interval("roc_auc", y, s, days=days, **kwargs)]
+    for (lo, hi, n), (slo, shi, sn) in zip(fast, slow):
+        assert n == sn == 60 and lo == pytest.approx(slo, abs=1e-12) and hi == pytest.approx(shi, abs=1e-12)
+    assert fast[0] != fast[1]  # the day-grouped draws really differ from the row draws
