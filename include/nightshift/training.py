@@ -95,7 +95,8 @@ def features_frame(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         else:
             values = col.astype(object).to_numpy()
             present = pd.notna(values)
-            values[present] = [str(v) for v in values[present]]
+            if pd.api.types.infer_dtype(values, skipna=True) != "string":  # text read back as text is kept as it is
+                values[present] = [str(v) for v in values[present]]
             values[~present] = None
             out[feature.name] = values
     return pd.DataFrame(out, index=df.index, columns=spec.feature_names)

@@ -53,6 +53,7 @@ def test_features_frame_normalises_dtypes_whatever_the_reader(demo, spec):
     rows["age"] = rows["age"].astype("Float64")
     rows["plan"] = pd.Categorical(["basic", None, "premium", "basic"])
     rows["region"] = pd.array(["north", pd.NA, "east", "west"], dtype="string")
+    rows["payment_method"] = pd.Series([7, "card", None, 2.5], dtype=object, index=rows.index)  # mixed: all text
     rows["extra_column"] = 1
 
     frame = training.features_frame(rows[list(reversed(rows.columns))], spec)
@@ -63,6 +64,7 @@ def test_features_frame_normalises_dtypes_whatever_the_reader(demo, spec):
     assert np.isnan(frame["tenure_months"].iloc[1]) and frame["tenure_months"].iloc[2] == 3.0
     assert frame["plan"].tolist() == ["basic", None, "premium", "basic"]
     assert frame["region"].tolist() == ["north", None, "east", "west"]
+    assert frame["payment_method"].tolist() == ["7", "card", None, "2.5"]
 
 
 def test_features_frame_names_missing_columns(demo, spec):
