@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from include.nightshift.artifacts import ArtifactStore
 from include.nightshift.spec import DatasetSpec
-from include.nightshift.training import features_frame, predict_scores
+from include.nightshift.training import features_frame, scores_of_features
 from include.nightshift.warehouse import prediction_schema
 
 
@@ -73,7 +73,7 @@ def serving_scores(model, chunk, spec: DatasetSpec, watch=None, start: int = 0) 
     features = serving_features(chunk, spec)
     if watch is not None:
         watch.see(features, start)
-    return predict_scores(model, features, spec)
+    return scores_of_features(model, features, spec)
 
 
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,

@@ -355,9 +355,14 @@ def fit(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> Pipeline:
 def predict_scores(model: Pipeline, df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Probability of the positive class (label 1) as float64, one per row; task regression: the predicted
     value; task multiclass: one row of probabilities per row, one column per class of label.classes."""
+    return scores_of_features(model, features_frame(df, spec), spec)
+
+
+def scores_of_features(model: Pipeline, features: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """predict_scores of a frame features_frame already built (the serving path keeps it for its skew watch)."""
     if spec.task == "regression":
-        return np.asarray(model.predict(features_frame(df, spec)), dtype=np.float64).ravel()
-    proba = model.predict_proba(features_frame(df, spec))
+        return np.asarray(model.predict(features), dtype=np.float64).ravel()
+    proba = model.predict_proba(features)
     if spec.task == "multiclass":  # (rows, classes), columns in label.classes order
         out = np.zeros((len(proba), _class_count(spec)), dtype=np.float64)
         out[:, np.asarray(model.classes_, dtype=int)] = proba
