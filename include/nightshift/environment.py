@@ -81,3 +81,20 @@ def environment_alert(dataset: str, checks: dict[str, Any] | None) -> tuple[str,
     return (f"{dataset}: the libraries on the prediction path changed since the champion was trained "
             f"({env['summary']}); {verified}",
             {"changes": env["changes"], "round_trip": round_trip})
+
+
+def shard_environment_alert(dataset: str, serving: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """The dependency_change alert for the library changes only a shard's worker saw (a night scored in shards:
+    skew.sharded_night_checks tags them with their shard); None when there are none. The score task alerted for
+    its own worker's changes already; this is the one alert for the other workers', sent once per night by the
+    run's record, not once per shard."""
+    changes = [c for c in ((serving or {}).get("environment") or {}).get("changes") or [] if c.get("shard") is not None]
+    if not changes:
+        return None
+    trips = ((serving or {}).get("round_trip") or {}).get("shards") or {}
+    verified = (f"re-verified there by the serving round trip of each of the {trips.get('checked')} shards checked"
+                if trips.get("passed")
+                else "a shard's serving round trip did not pass on its worker: nothing is published")
+    listed = ", ".join(f"shard {c['shard']}: {c['name']} {c.get('recorded')} -> {c.get('now')}" for c in changes)
+    return (f"{dataset}: the libraries on a scoring worker's prediction path differ from the champion's training "
+            f"({listed}); {verified}", {"changes": changes, "round_trip": trips})

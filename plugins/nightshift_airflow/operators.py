@@ -254,6 +254,7 @@ class RecordRunOperator(NightshiftOperator):
     def execute(self, context: Any) -> dict:
         import psycopg
 
+        from include.nightshift.environment import shard_environment_alert
         from include.nightshift.nightly import record_night, run_reports
         from include.nightshift.pending_records import keep_pending, unreachable_message
         from include.nightshift.run_record import build_run_record
@@ -274,6 +275,7 @@ class RecordRunOperator(NightshiftOperator):
             raise AirflowFailException(unreachable_message(self.spec, record, keep_pending(store, self.spec, record),
                                                            exc)) from exc
         alert(context, "task_costs", night_alert(self.spec, record))  # a step slower or bigger than its norm
+        alert(context, "dependency_change", shard_environment_alert(self.spec.name, record.details.get("serving")))
         if health_url:
             context["ti"].xcom_push(key=HEALTH_URL, value=health_url)
         log.info("run summary: %s", record.summary())

@@ -309,3 +309,11 @@ def test_a_shard_on_a_worker_with_other_libraries_is_named_in_the_nights_environ
     assert merged["round_trip"] == {"passed": True, "max_difference": 0.0,
                                     "shards": {"checked": 3, "passed": True, "max_difference": 1e-12}}
     assert "skew" not in merged
+    text, facts = environment.shard_environment_alert("churn", merged)  # record_run's one alert for the night
+    assert text == ("churn: the libraries on a scoring worker's prediction path differ from the champion's training "
+                    "(shard 4: xgboost 3.0.0 -> 3.1.0); re-verified there by the serving round trip of each of the 3 "
+                    "shards checked")
+    assert facts["changes"] == [{**change, "shard": 4}]
+    assert environment.shard_environment_alert("churn", score) is None  # the score task's own: alerted by it
+    failed = {**merged, "round_trip": {"shards": {"checked": 3, "passed": False}}}
+    assert "did not pass on its worker: nothing is published" in environment.shard_environment_alert("churn", failed)[0]
