@@ -491,7 +491,7 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
         reused, model_url, what = info is not None, None, "reused"
         if info is None:
             info = _register_challenger(registry, spec, day, decision, dag_run_id, train_df, refs, fits, chosen, key,
-                                        window.sampled_from)
+                                        window.sampled_from, window.holdout_sampled_from)
             what = "registered"
         version, run_id, what = info.version, info.run_id, f"{what} v{info.version}"
         holdout_url, refs_url = _keep_holdout(store, ("holdout", spec.name, day.isoformat()), f"v{version}", chosen,
@@ -504,7 +504,8 @@ def train_challenger(source: SourceReader, store: ArtifactStore, registry: Regis
                         holdout_rows=len(holdout_df), holdout_end=end, holdout_scores_url=holdout_url,
                         snapshots_url=refs_url, family=chosen.family,
                         candidates={f.family: f.summary() for f in fits}, reused=reused, training_key=key,
-                        model_url=model_url, sampled_from=sampled_from)
+                        model_url=model_url, sampled_from=sampled_from,
+                        holdout_sampled_from=window.holdout_sampled_from)
 
 
 def _training_window(store: ArtifactStore, spec: DatasetSpec, refs: list, end: dt.date, days: list[dt.date]) -> Any:
@@ -587,9 +588,10 @@ def _reusable_version(registry: Registry, spec: DatasetSpec, key: str, chosen: A
 
 def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, decision: Decision | None,
                          dag_run_id: str, train_df: Any, refs: list, fits: list, chosen: Any, key: str,
-                         sampled_from: int | None = None) -> Any:
+                         sampled_from: int | None = None, holdout_sampled_from: int | None = None) -> Any:
     """Log the chosen candidate's run (every candidate's holdout metric on it) and register it; with
-    training.max_rows, the window's rows before sampling (metric train_rows_before_sampling) beside train_rows."""
+    training.max_rows, the window's rows before sampling (metric train_rows_before_sampling) beside train_rows,
+    and with training.holdout_max_rows the holdout's (holdout_rows_before_sampling) beside holdout_rows."""
     from include.nightshift import training
     from include.nightshift.drift import reference_sample
     from include.nightshift.registry import DAG_RUN_TAG, FAMILY_TAG, TRAINING_KEY_TAG, run_name
@@ -597,6 +599,8 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
     metric = spec.promotion.metric
     metrics: dict[str, float] = {"train_rows": len(train_df), "holdout_rows": int(len(chosen.holdout_scores)),
                                  "train_rows_before_sampling": len(train_df) if sampled_from is None else sampled_from,
+                                 "holdout_rows_before_sampling": int(len(chosen.holdout_scores)) if
+                                 holdout_sampled_from is None else holdout_sampled_from,
                                  "linear_fit_rows": min(len(train_df), training.LINEAR_MAX_ROWS)}
     for f in fits:
         metrics[f"candidate_{f.family}_fit_seconds"] = f.fit_seconds
@@ -609,7 +613,8 @@ def _register_challenger(registry: Registry, spec: DatasetSpec, day: dt.date, de
         params={"seed": spec.training.seed, "window_days": spec.training.window_days,
                 "holdout_days": spec.training.holdout_days, "family": chosen.family,
                 "calibration": spec.training.calibration, "retrain_reason": reason,
-                "max_rows": spec.training.max_rows, **chosen.params},
+                "max_rows": spec.training.max_rows, "holdout_max_rows": spec.training.holdout_max_rows,
+                **chosen.params},
         metrics=metrics,
         tags={DAG_RUN_TAG: dag_run_id, RUN_DATE_TAG: day.isoformat(), FAMILY_TAG: chosen.family,
               TRAINING_KEY_TAG: key},

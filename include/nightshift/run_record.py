@@ -193,7 +193,7 @@ def _training(trained: TrainingStep | None) -> dict[str, Any]:
         return {}
     return {"version": trained.version, "family": trained.family, "training_key": trained.training_key,
             "reused": trained.reused, "train_rows": trained.train_rows, "holdout_rows": trained.holdout_rows,
-            "sampled_from": trained.sampled_from}
+            "sampled_from": trained.sampled_from, "holdout_sampled_from": trained.holdout_sampled_from}
 
 
 def _champion(verdict: VerdictStep | None, drift: DriftStep | None, scored: ScoringStep | None) -> int | None:

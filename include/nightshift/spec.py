@@ -454,8 +454,13 @@ class Training(_Section):
         "fewer than window_days."))] = 2
     max_rows: Annotated[Positive | None, Field(description=(
         "Most training rows: a larger training window is trained on a seeded (seed), time-stratified sample of "
-        "this many rows, each day keeping its share, sampled while the days are read; the holdout is never "
-        "sampled. null: no limit."))] = None
+        "this many rows, each day keeping its share, sampled while the days are read; the holdout only by "
+        "holdout_max_rows. null: no limit."))] = None
+    holdout_max_rows: Annotated[Positive | None, Field(description=(
+        "Most holdout rows: larger holdout days are judged on a seeded (seed), time-stratified sample of this many "
+        "rows, each day keeping its share: the same rows for every model the gate compares and on every rerun. "
+        "The train and evaluate tasks hold the holdout in memory, so at millions of rows a day this bounds them. "
+        "null: every row."))] = None
     engine: Annotated[Engine, Field(description=(
         "Where the XGBoost candidate trains: local (this task's process), or dask (XGBoost's Dask interface on "
         "the cluster named by dask_connection_id, reading the window's snapshot files on its workers, so the "

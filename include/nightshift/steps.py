@@ -179,6 +179,7 @@ class TrainingStep(StepOutput):
     model_url: str | None = None
     shadow: dict = field(default_factory=dict)  # a shadow_wins night: the shadow's realised evidence (shadow.py), no fit
     sampled_from: int | None = None  # training.max_rows: the window's rows before sampling (train_rows after); None: all
+    holdout_sampled_from: int | None = None  # training.holdout_max_rows: the holdout's rows before sampling; None: all
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ to its share of training.max_rows before anything else is read; the kept rows of
 at the end, the Arrow buffers released as each column converts.
 
 For the same snapshots the frames equal split_train_holdout's, row for row and value for value, so an unsampled
-window trains bit for bit as before (tests/unit/test_training_window.py). The holdout is never sampled: the gate
-judges on all of it.
+window trains bit for bit as before (tests/unit/test_training_window.py). The holdout is sampled only when it holds
+more than training.holdout_max_rows rows, the same way (each day its seeded share), so train and evaluate read the
+same rows and the gate compares every model on them.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Window:
-    """The training rows, the holdout rows, and the training rows there were before sampling (None: not sampled)."""
+    """The training rows, the holdout rows, and the rows of each there were before sampling (None: not sampled)."""
 
     train: pd.DataFrame
     holdout: pd.DataFrame
     sampled_from: int | None = None
+    holdout_sampled_from: int | None = None
 
 
 def parts(refs: Sequence[SnapshotRef], spec: DatasetSpec,
@@ -62,13 +64,25 @@ def read_window(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: Dataset
     if before is not None:
         log.info("training.max_rows %d: trained on a seeded, time-stratified sample of %d of the window's %d rows",
                  spec.training.max_rows, len(train), before)
-    return Window(train, read_holdout(store, holdout_refs, spec, end_day), before)
+    holdout, holdout_before = holdout_rows(store, holdout_refs, spec, end_day)
+    return Window(train, holdout, before, holdout_before)
 
 
 def read_holdout(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: DatasetSpec, end_day: dt.date) -> pd.DataFrame:
-    """The holdout frame (every row of the holdout days; any other day of `refs` is not read)."""
+    """The holdout frame: the rows of the holdout days (any other day of `refs` is not read), sampled to
+    training.holdout_max_rows when they hold more; the same rows read_window gave the train step."""
+    return holdout_rows(store, refs, spec, end_day)[0]
+
+
+def holdout_rows(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: DatasetSpec,
+                 end_day: dt.date) -> tuple[pd.DataFrame, int | None]:
+    """read_holdout's frame, and the holdout's rows before sampling (None: not sampled)."""
     _, holdout_refs = parts(refs, spec, end_day)
-    return _frame([_day_rows(store, ref, spec, None)[0] for ref in holdout_refs])
+    holdout, before = read_days(store, holdout_refs, spec, spec.training.holdout_max_rows)
+    if before is not None:
+        log.info("training.holdout_max_rows %d: the holdout is a seeded, time-stratified sample of %d of its %d rows",
+                 spec.training.holdout_max_rows, len(holdout), before)
+    return holdout, before
 
 
 def read_days(store: ArtifactStore, refs: Sequence[SnapshotRef], spec: DatasetSpec,

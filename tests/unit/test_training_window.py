@@ -92,6 +92,21 @@ def test_max_rows_samples_each_day_by_its_share_the_same_rows_for_the_same_seed_
     assert read_window(store, refs, _spec(max_rows=3000), END).sampled_from is None  # not larger: not sampled
 
 
+def test_holdout_max_rows_samples_each_holdout_day_by_its_share_the_same_rows_for_train_and_evaluate(snapshots):
+    store, refs = snapshots
+    full = read_window(store, refs, _spec(), END)
+    sampled = read_window(store, refs, _spec(holdout_max_rows=600), END)
+
+    assert len(sampled.holdout) == 600 and sampled.holdout_sampled_from == sum(ROWS[4:]) == 1200
+    per_day = pd.Series(training.row_days(sampled.holdout, _spec())).value_counts().sort_index()
+    assert per_day.tolist() == [350, 250]  # 700 and 500 rows: half of each
+    pd.testing.assert_frame_equal(read_holdout(store, refs, _spec(holdout_max_rows=600), END), sampled.holdout)
+    assert len(sampled.holdout.merge(full.holdout, on=list(full.holdout.columns))) == 600  # the holdout's own rows
+    pd.testing.assert_frame_equal(sampled.train, full.train)  # the training rows are max_rows' business
+    assert sampled.sampled_from is None and full.holdout_sampled_from is None
+    assert read_window(store, refs, _spec(holdout_max_rows=1200), END).holdout_sampled_from is None
+
+
 def test_day_quotas_add_up_to_max_rows_by_largest_remainder():
     assert training.day_quotas({"a": 10, "b": 10, "c": 10}, 31) == {}
     assert training.day_quotas({"a": 10, "b": 10, "c": 10}, 10) == {"a": 4, "b": 3, "c": 3}
@@ -146,6 +161,24 @@ def test_a_sampled_training_run_records_the_rows_before_and_after_and_is_judged_
     verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
                                origin=Origin(dag_run_id="manual__sampled"), reports={})
     assert verdict.evaluation["rows"] == 3 * 120  # the holdout, never sampled
+
+
+def test_a_sampled_holdout_is_recorded_and_the_gate_judges_every_model_on_the_same_sampled_rows(
+        source, registry, tmp_path):
+    spec = dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, min_rows=500, holdout_max_rows=200))
+    store = ArtifactStore(tmp_path / "artifacts")
+    trained = train_challenger(source, store, registry, spec, NIGHT, None, "manual__holdout")
+    assert (trained.holdout_rows, trained.holdout_sampled_from, trained.train_rows) == (200, 3 * 120, 14 * 120)
+    assert _training(trained)["holdout_sampled_from"] == 360
+    run = registry.client.get_run(trained.run_id)
+    assert run.data.metrics["holdout_rows"] == 200 and run.data.metrics["holdout_rows_before_sampling"] == 360
+    assert run.data.params["holdout_max_rows"] == "200"
+    verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
+                               origin=Origin(dag_run_id="manual__holdout"), reports={})
+    assert verdict.evaluation["rows"] == 200
+    # evaluate read the rows train scored: the registry round trip compares tonight's predictions on them with
+    # the scores train kept, so a different sample would fail it
+    assert {c["name"]: c["passed"] for c in verdict.checks}["roundtrip"] is True
 
 
 def test_a_max_rows_below_min_rows_is_refused_naming_the_key(tmp_path):
