@@ -14,7 +14,8 @@ Floors, measured here on the same night's rows:
 - write: `COPY ... FROM STDIN` of the published partition's rows (CSV) into a table like predictions;
 - predict: the champion's estimator alone on its feature matrix (XGBoost's `inplace_predict`; the
   preprocessing done first, untimed).
-The quiet night's floor is read + 2 x predict (score and monitor each score a night) + write.
+The quiet night's floor is read + 2 x predict (score and monitor each score a night) + write. Each step that
+has a floor is also shown against its own (own_floors): that says which steps carry the night's overhead.
 
     python benchmarks/bench_scaling.py [--rows 1000000 5000000 10000000] [--history-rows 20000]
 """
@@ -209,6 +210,25 @@ def _plain(night: dict) -> dict:
                                for (task, index), host in night["hosts"].items()}}
 
 
+def own_floors(costs: list[dict], floors: dict[str, float]) -> str:
+    """The steps that have a floor, each against its own: the snapshot against the read; the scoring (the score
+    task and its shards) against predict, plus a write when it ran in shards (each shard COPYs its rows into
+    predictions_staging); publish against the write. The other steps (validate, drift, monitor, decide,
+    record_run) have none in the issue's list, so all their seconds are above it."""
+    def wall(*tasks: str) -> float:  # a mapped task's costs are named task_<index>
+        return sum(c["wall"] for c in costs if c["task"] in tasks or c["task"].rsplit("_", 1)[0] in tasks)
+
+    sharded = wall("score_shard") > 0
+    scoring_floor = floors["predict"] + (floors["write"] if sharded else 0.0)
+    pairs = [("snapshot", wall("snapshot"), floors["read"], "read"),
+             ("scoring", wall("score", "score_shard"), scoring_floor, "predict + write" if sharded else "predict"),
+             ("publish", wall("publish"), floors["write"], "write")]
+    rest = sum(c["wall"] for c in costs) - sum(seconds for _, seconds, _, _ in pairs)
+    return ("against their own floors: " + ", ".join(f"{step} {seconds:.1f} s = {seconds / floor:.1f}x {name}"
+                                                     for step, seconds, floor, name in pairs)
+            + f"; the steps without a floor {rest:.1f} s")
+
+
 def report(results: list[dict]) -> None:
     print("\nquiet night on the Celery stack (2 workers, one task each), per step: wall s / peak RSS GB / worker")
     for result in results:
@@ -224,6 +244,7 @@ def report(results: list[dict]) -> None:
         print(f"  floors: read {floors['read']:.1f} s, predict {floors['predict']:.1f} s, write {floors['write']:.1f} s;"
               f" sum of the steps {steps:.0f} s against a floor of {floor:.1f} s ({steps / floor:.1f}x); "
               f"the largest peak RSS of a task {peak / 1e9:.2f} GB")
+        print("  " + own_floors(costs, floors))
     if len(results) > 1:
         base = results[0]
         for result in results[1:]:
