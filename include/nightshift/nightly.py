@@ -992,13 +992,13 @@ def score_shard(conn: Connection | None, store: ArtifactStore, registry: Registr
     watch = before_scoring(store, registry, spec, snapshot.current, version, model, rows_range=rows_range)
     url = store.url("predictions", spec.name, snapshot.day.isoformat(),
                     f"{safe_name(dag_run_id)}-shard-{shard:05d}.parquet")
+    def stage(path: Path) -> None:
+        warehouse.ensure_warehouse(conn, spec)
+        warehouse.stage_shard(conn, spec, scored.day, path, dag_run_id=dag_run_id, shard=shard)
+
     rows = score_snapshot(store, snapshot.current.url, url, spec, model=model, model_version=scored.model_version,
                           snapshot_sha256=snapshot.current.sha256, dag_run_id=dag_run_id, watch=watch,
-                          rows_range=rows_range, scored_at=scored.scored_at)
-    if conn is not None:
-        warehouse.ensure_warehouse(conn, spec)
-        with store.local_copy(url) as path:
-            warehouse.stage_shard(conn, spec, scored.day, path, dag_run_id=dag_run_id, shard=shard)
+                          rows_range=rows_range, scored_at=scored.scored_at, then=None if conn is None else stage)
     log.info("shard %d: rows %d..%d scored with %s v%s%s", shard, rows_range[0], rows_range[1] - 1, spec.model_name,
              scored.model_version, " and staged" if conn is not None else " (dry run: not staged)")
     return ShardStep(shard=shard, rows=rows, url=url, model_version=scored.model_version, staged=conn is not None,

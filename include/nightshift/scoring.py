@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -78,13 +80,15 @@ def serving_scores(model, chunk, spec: DatasetSpec, watch=None, start: int = 0) 
 
 def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spec: DatasetSpec, *, model,
                    model_version: int, snapshot_sha256: str, dag_run_id: str, watch=None,
-                   rows_range: tuple[int, int] | None = None, scored_at: dt.datetime | None = None) -> int:
+                   rows_range: tuple[int, int] | None = None, scored_at: dt.datetime | None = None,
+                   then: Callable[[Path], None] | None = None) -> int:
     """Score every row of a snapshot (or the positions `rows_range` of a shard) into a predictions Parquet file;
     returns the row count.
 
     `watch` (skew.SkewWatch): sees every chunk's model inputs, and verifies them before anything is written
     (its ServingSkew leaves the predictions file unwritten). `scored_at`: the night's one scoring time, which
-    every shard of a night shares (default: now)."""
+    every shard of a night shares (default: now). `then`: called with the finished local file once it is in the
+    store (a shard stages its rows from it instead of fetching the file back from the store)."""
     schema = prediction_schema(spec)
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc)
     first = rows_range[0] if rows_range else 0
@@ -114,4 +118,6 @@ def score_snapshot(store: ArtifactStore, snapshot_url: str, output_url: str, spe
         if watch is not None:
             watch.verify()
         store.put_file(local, output_url)
+        if then is not None:
+            then(local)
     return rows
