@@ -519,6 +519,22 @@ def _create_predictions_staging(cur: Cursor, spec: DatasetSpec, key_name: str, k
                                     "Not for consumers: read predictions.")
 
 
+def _index_staging_by_shard(cur: Cursor, spec: DatasetSpec, key_name: str, key_type: str) -> None:
+    """predictions_staging indexed by (dag_run_id, score_date, shard), which its DELETE and the swap look rows up
+    by, instead of keyed by (dag_run_id, score_date, entity key).
+
+    Why: every staged row went into a B-tree of every night's staged keys in random key order; as the night's
+    shards landed each COPY slowed down (1M-row shards: 6.9, 10.9, 13.0 and 13.8 s, against 3.2-3.8 s with this
+    index; at 10M rows a night, shards that staged last took twice as long). A night's keys are still unique:
+    the swap inserts them into predictions, whose primary key (score_date, key) fails the swap's transaction on
+    a duplicate, so nothing is published."""
+    staging = table(spec, PREDICTIONS_STAGING)
+    cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+        staging, sql.Identifier(f"{PREDICTIONS_STAGING}_pkey")))
+    cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (dag_run_id, score_date, shard)").format(
+        sql.Identifier(f"{PREDICTIONS_STAGING}_shard"), staging))
+
+
 Migration = Callable[[Cursor, "DatasetSpec", str, str], None]
 
 # (version, description, step): applied in order, each once, under the DDL advisory lock, and
@@ -541,6 +557,7 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (12, "ml_test_score (the ML Test Score's 28 tests per night)", _create_test_score),
     (13, "predictions_shadow (a shadow version's predictions, never served)", _create_predictions_shadow),
     (14, "predictions_staging (the shards of a night, until publish swaps them in)", _create_predictions_staging),
+    (15, "predictions_staging indexed by shard, not keyed by entity", _index_staging_by_shard),
 )
 # Every relation the migrations create: the fast path checks them, the reader is granted them.
 RELATIONS = (PREDICTIONS, PREDICTIONS_LATEST, PIPELINE_RUNS, CHANGES, RUN_ATTEMPTS, SCHEMA_VERSION, MODEL_VERSIONS,

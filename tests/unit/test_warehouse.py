@@ -762,7 +762,7 @@ def test_a_warehouse_at_version_12_gets_the_shadow_and_staging_tables_once_and_k
 
     wh.ensure_warehouse(pg_conn, churn_spec)
     applied = _versions(pg_conn)
-    assert [v for v, _ in applied] == list(range(1, 15)) and wh.MIGRATIONS[-1][0] == 14
+    assert [v for v, _ in applied] == list(range(1, 16)) and wh.MIGRATIONS[-1][0] == 15
     assert wh.table_exists(pg_conn, churn_spec, wh.PREDICTIONS_STAGING)
     wh.ensure_warehouse(pg_conn, churn_spec)
     assert _versions(pg_conn) == applied  # applied once
@@ -822,6 +822,37 @@ def test_a_swap_with_shards_or_rows_missing_is_refused_and_the_night_kept(pg_con
         wh.swap_staged(pg_conn, spec, DAY1, dag_run_id="sharded", shards=shards, rows=rows)
     assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "before"), (2, "before")]
     assert len(_rows(pg_conn, spec, wh.PREDICTIONS_STAGING)) == 5  # kept for a look; the rerun replaces them
+
+
+def test_a_key_staged_by_two_shards_fails_the_swap_and_the_published_night_is_kept(pg_conn, spec, tmp_path):
+    """Staging is indexed by shard, not keyed by entity (migration 15): predictions' own key refuses the night."""
+    wh.replace_partition(pg_conn, spec, DAY1, _write(_predictions([1, 2], 1, "before"), tmp_path / "b.parquet"))
+    _stage(pg_conn, spec, tmp_path, [10, 11], 0)
+    _stage(pg_conn, spec, tmp_path, [11, 12], 1)
+    with pytest.raises(psycopg.errors.UniqueViolation, match="11"):
+        wh.swap_staged(pg_conn, spec, DAY1, dag_run_id="sharded", shards=2, rows=4)
+    assert [(k, run) for _, k, _, run in _rows(pg_conn, spec)] == [(1, "before"), (2, "before")]
+
+
+def test_a_warehouse_at_version_14_re_indexes_staging_by_shard_and_keeps_its_staged_rows(
+        pg_conn, churn_spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(wh, "MIGRATIONS", tuple(m for m in wh.MIGRATIONS if m[0] <= 14))
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    _stage(pg_conn, churn_spec, tmp_path, [10, 11], 0)
+    monkeypatch.undo()
+
+    def indexes() -> dict[str, str]:
+        with pg_conn.transaction(), pg_conn.cursor() as cur:
+            cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'churn' "
+                        "AND tablename = 'predictions_staging'")
+            return dict(cur.fetchall())
+
+    assert list(indexes()) == ["predictions_staging_pkey"]
+    wh.ensure_warehouse(pg_conn, churn_spec)
+    assert list(indexes()) == ["predictions_staging_shard"]
+    assert indexes()["predictions_staging_shard"].endswith("(dag_run_id, score_date, shard)")
+    assert [k for _, k, _, _ in _rows(pg_conn, churn_spec, wh.PREDICTIONS_STAGING)] == [10, 11]
+    assert wh.swap_staged(pg_conn, churn_spec, DAY1, dag_run_id="sharded", shards=1, rows=2) == 2
 
 
 def test_another_runs_staged_rows_are_not_swapped_in(pg_conn, spec, tmp_path):
