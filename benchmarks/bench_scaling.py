@@ -6,8 +6,8 @@ starts from nothing; the cold start trains on a small labelled history (`--histo
 cost is bench_training.py's subject) and serves night 1 at the size; night 1's labels arrive; night 2 at
 the size is the quiet night measured. Every step's wall seconds, CPU and peak RSS are what the pipeline
 itself records in <schema>.task_costs (task_costs.py), and the worker of each task comes from Airflow.
-The spec is the demo's churn.yaml with `scoring.shard_rows` (`--shard-rows`): above it, score_shard
-tasks score the night on both workers.
+The spec is the demo's churn.yaml with `scoring.shard_rows` (`--shard-rows`; default about two shards per worker,
+at least 500,000 rows each): above it, score_shard tasks score the night on both workers.
 
 Floors, measured here on the same night's rows:
 - read: `COPY (SELECT the night's rows) TO STDOUT` from the source, as `psql \\copy` does; and the same for
@@ -258,11 +258,18 @@ def report(results: list[dict]) -> None:
             print(f"{result['rows']:,} against {base['rows']:,} rows: {scale:.0f}x the rows, {ratio:.1f}x the step seconds")
 
 
+def shard_rows_for(rows: int, workers: int = 2) -> int:
+    """The README's advice: about two shards per worker (a shard's fixed cost, its process and the model's
+    download and round trip, is paid once per shard), never under 500,000 rows a shard."""
+    return max(500_000, -(-rows // (2 * workers)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
     parser.add_argument("--history-rows", type=int, default=20_000)
-    parser.add_argument("--shard-rows", type=int, default=500_000)
+    parser.add_argument("--shard-rows", type=int, default=None,
+                        help="scoring.shard_rows (default: shard_rows_for, the README's advice for two workers)")
     parser.add_argument("--out", type=Path, default=ROOT / "test-artifacts" / "bench_scaling.json")
     args = parser.parse_args()
     import pgserver
@@ -273,7 +280,7 @@ def main() -> None:
         for rows in args.rows:
             home = args.out.resolve().parent / "bench-scaling" / f"rows-{rows}"  # the stack's logs stay there
             shutil.rmtree(home, ignore_errors=True)
-            results.append(one_size(server, rows, args.history_rows, args.shard_rows, home))
+            results.append(one_size(server, rows, args.history_rows, args.shard_rows or shard_rows_for(rows), home))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1, default=str))
             report(results[-1:])
