@@ -992,7 +992,8 @@ def score_shard(conn: Connection | None, store: ArtifactStore, registry: Registr
     watch = before_scoring(store, registry, spec, snapshot.current, version, model, rows_range=rows_range)
     url = store.url("predictions", spec.name, snapshot.day.isoformat(),
                     f"{safe_name(dag_run_id)}-shard-{shard:05d}.parquet")
-    def stage(path: Path) -> None:
+
+    def stage(path: Path) -> None:  # from the file just written: no download of it back from the store
         warehouse.ensure_warehouse(conn, spec)
         warehouse.stage_shard(conn, spec, scored.day, path, dag_run_id=dag_run_id, shard=shard)
 

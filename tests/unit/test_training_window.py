@@ -148,33 +148,33 @@ def source(pg_conn):
     return pg_conn
 
 
+def _train_and_judge(source, registry, tmp_path, run_id: str, **training_fields):
+    """Tonight's challenger trained with these training settings, its MLflow run, and the gate's verdict on it."""
+    spec = dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, min_rows=500, **training_fields))
+    store = ArtifactStore(tmp_path / "artifacts")
+    trained = train_challenger(source, store, registry, spec, NIGHT, None, run_id)
+    verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
+                               origin=Origin(dag_run_id=run_id), reports={})
+    return trained, registry.client.get_run(trained.run_id), verdict
+
+
 def test_a_sampled_training_run_records_the_rows_before_and_after_and_is_judged_on_the_whole_holdout(
         source, registry, tmp_path):
-    spec = dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, min_rows=500, max_rows=700))
-    store = ArtifactStore(tmp_path / "artifacts")
-    trained = train_challenger(source, store, registry, spec, NIGHT, None, "manual__sampled")
+    trained, run, verdict = _train_and_judge(source, registry, tmp_path, "manual__sampled", max_rows=700)
     assert (trained.train_rows, trained.sampled_from, trained.holdout_rows) == (700, 14 * 120, 3 * 120)
     assert _training(trained)["sampled_from"] == 1680 and _training(trained)["train_rows"] == 700
-    run = registry.client.get_run(trained.run_id)
     assert run.data.metrics["train_rows"] == 700 and run.data.metrics["train_rows_before_sampling"] == 1680
     assert run.data.params["max_rows"] == "700"
-    verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
-                               origin=Origin(dag_run_id="manual__sampled"), reports={})
     assert verdict.evaluation["rows"] == 3 * 120  # the holdout, never sampled
 
 
 def test_a_sampled_holdout_is_recorded_and_the_gate_judges_every_model_on_the_same_sampled_rows(
         source, registry, tmp_path):
-    spec = dataclasses.replace(BASE, training=dataclasses.replace(BASE.training, min_rows=500, holdout_max_rows=200))
-    store = ArtifactStore(tmp_path / "artifacts")
-    trained = train_challenger(source, store, registry, spec, NIGHT, None, "manual__holdout")
+    trained, run, verdict = _train_and_judge(source, registry, tmp_path, "manual__holdout", holdout_max_rows=200)
     assert (trained.holdout_rows, trained.holdout_sampled_from, trained.train_rows) == (200, 3 * 120, 14 * 120)
     assert _training(trained)["holdout_sampled_from"] == 360
-    run = registry.client.get_run(trained.run_id)
     assert run.data.metrics["holdout_rows"] == 200 and run.data.metrics["holdout_rows_before_sampling"] == 360
     assert run.data.params["holdout_max_rows"] == "200"
-    verdict = judge_challenger(store, registry, spec, trained, day=NIGHT, policy="never", dry_run=False,
-                               origin=Origin(dag_run_id="manual__holdout"), reports={})
     assert verdict.evaluation["rows"] == 200
     # evaluate read the rows train scored: the registry round trip compares tonight's predictions on them with
     # the scores train kept, so a different sample would fail it
