@@ -134,13 +134,23 @@ def floor(snapshot, spec):
     return pandas_rules(df, spec, DAY)
 
 
-def _peak_child(queue, method: str, snapshot, warm, spec_path: str, report: str) -> None:
+def batched(spec, batch_rows: int | None):
+    """The spec with validation.batch_rows set (0: every column whole); None keeps the spec's own."""
+    import dataclasses
+
+    if batch_rows is None:
+        return spec
+    validation = dataclasses.replace(spec.validation, batch_rows=batch_rows or None)
+    return dataclasses.replace(spec, validation=validation)
+
+
+def _peak_child(queue, method: str, snapshot, warm, spec_path: str, report: str, batch_rows: int | None) -> None:
     """One method's peak RSS above this process after its imports and a warm-up on `warm` (a fresh process, Linux)."""
     import gc
 
     from include.nightshift.spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = batched(load_spec(spec_path), batch_rows)
     ours(warm, spec, Path(report) / "warm-child")  # imports, GX's lazy imports and first-run caches
     floor(warm, spec)
     gc.collect()
@@ -159,13 +169,13 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def peak_mb(method: str, snapshot, warm, spec_path: str, report: Path) -> float:
+def peak_mb(method: str, snapshot, warm, spec_path: str, report: Path, batch_rows: int | None) -> float:
     """Run in a fresh process: ru_maxrss is a high-water mark, so each method needs its own."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_child, args=(queue, method, snapshot, warm, spec_path, str(report)))
+    child = ctx.Process(target=_peak_child, args=(queue, method, snapshot, warm, spec_path, str(report), batch_rows))
     child.start()
     out = queue.get()
     child.join()
@@ -178,13 +188,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs per method")
     parser.add_argument("--spec", default=str(ROOT / "include" / "specs" / "churn.yaml"))
     parser.add_argument("--profile", action="store_true", help="print where ours spends, on the failing night")
+    parser.add_argument("--batch-rows", type=int, default=None,
+                        help="validation.batch_rows for ours (0: every column whole); default: the spec's")
     args = parser.parse_args()
 
     import great_expectations  # noqa: F401  (imported before any clock starts)
 
     from include.nightshift.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = batched(load_spec(args.spec), args.batch_rows)
     t0 = time.perf_counter()
     clean = night(args.rows, spec)
     failing = broken(clean, spec)
@@ -217,10 +229,11 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 if name.startswith("ours, failing"):
                     assert not result.success and Path(result.report_path).exists(), "the failing night left no report"
-        peaks = {method: peak_mb(method, files["failing"], files["warm"], args.spec, report) for method in ("ours", "floor")}
+        peaks = {method: peak_mb(method, files["failing"], files["warm"], args.spec, report, args.batch_rows)
+                 for method in ("ours", "floor")}
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\nvalidating {args.rows:,} rows from their snapshot file (median of {args.repeat}); "
-          f"ratio = seconds / the floor")
+    print(f"\nvalidating {args.rows:,} rows from their snapshot file (median of {args.repeat}; validation.batch_rows "
+          f"{spec.validation.batch_rows}); ratio = seconds / the floor")
     width = max(map(len, medians))
     for name, seconds in medians.items():
         base = medians["floor: read + the same rules in pandas, " + ("failing" if "failing" in name else "clean")]

@@ -339,11 +339,23 @@ def snapshot_columns(store: ArtifactStore, ref: SnapshotRef) -> Iterator[ColumnS
         with _reading(store, ref.url, ref.day):  # not around the yield: the caller's own errors are not the file's
             file = pq.ParquetFile(open_files.enter_context(store.local_copy(ref.url)))
 
+        groups = tuple(file.metadata.row_group(g).num_rows for g in range(file.num_row_groups))
+        starts = np.cumsum((0, *groups))
+
         def read(name: str) -> pd.DataFrame:
             with _reading(store, ref.url, ref.day):
                 return _decimals_as_floats(file.read(columns=[name])).to_pandas(types_mapper=_TEXT.get)
 
-        yield ColumnSource(names=file.schema_arrow.names, rows=file.metadata.num_rows, read=read)
+        def read_rows(name: str, start: int, stop: int) -> pd.DataFrame:
+            """Rows [start, stop) of a column, reading only the row groups that hold them."""
+            first, last = np.searchsorted(starts, start, side="right") - 1, np.searchsorted(starts, stop, side="left")
+            with _reading(store, ref.url, ref.day):
+                table = file.read_row_groups(list(range(first, last)), columns=[name])
+                table = table.slice(start - starts[first], stop - start)
+                return _decimals_as_floats(table).to_pandas(types_mapper=_TEXT.get)
+
+        yield ColumnSource(names=file.schema_arrow.names, rows=file.metadata.num_rows, read=read,
+                           read_rows=read_rows, row_groups=groups)
 
 
 @contextlib.contextmanager

@@ -385,6 +385,11 @@ class Validation(_Section):
     max_row_ratio: Annotated[float, Strict(), Field(ge=1, allow_inf_nan=False, description=(
         "A night fails above this multiple of the same median (or of min_rows, when the median is below it): "
         "a duplicated or runaway load. At least 1 (a night like the median passes) and above min_row_ratio."))] = 10.0
+    batch_rows: Annotated[Positive | None, Field(description=(
+        "A snapshot above this many rows is checked a batch of rows at a time (whole Parquet row groups, at "
+        "most this many rows unless one row group is larger), and each check's counts are added up, so the "
+        "step holds one batch of one column, not a whole column. The entity key's uniqueness is checked on "
+        "the whole key column (a duplicate may sit in two batches). null: every column whole."))] = 1_000_000
 
     @model_validator(mode="after")
     def _row_bounds_leave_a_window(self) -> Validation:

@@ -20,7 +20,10 @@ The checks, per column:
 
 The suite runs one column at a time (ColumnSource; the validate step reads the snapshot file column
 by column) and its results are kept as one suite's result, one Data Docs page: a night costs its widest
-column in memory, and GX's per-check work is on that column alone.
+column in memory, and GX's per-check work is on that column alone. Above ``validation.batch_rows`` a
+column is checked a batch of rows (whole Parquet row groups) at a time and each check's counts are
+summed, its verdict taken again on the sums: the same result, one batch of one column in memory. The
+entity key is the exception: its uniqueness is a property of the whole column, so it is read whole.
 
 Checks on a column that is missing are not run (the schema check already names the column),
 so a missing column is reported once, not once per check.
@@ -332,16 +335,37 @@ class ColumnSource:
     names: list[str]
     rows: int
     read: Callable[[str], pd.DataFrame]  # one column, as a one-column frame
+    read_rows: Callable[[str, int, int], pd.DataFrame]  # rows [start, stop) of one column
+    row_groups: tuple[int, ...] = ()  # rows of each stored row group: a batch is whole row groups
 
     @classmethod
     def of_frame(cls, df: pd.DataFrame) -> ColumnSource:
         """A frame already in memory: its columns are views under copy-on-write."""
-        return cls(names=[str(c) for c in df.columns], rows=len(df), read=lambda name: df[[name]])
+        return cls(names=[str(c) for c in df.columns], rows=len(df), read=lambda name: df[[name]],
+                   read_rows=lambda name, start, stop: df[[name]].iloc[start:stop])
+
+    def batches(self, batch_rows: int | None) -> list[tuple[int, int]]:
+        """The row ranges a column is checked in: the whole column when batch_rows is None or not exceeded,
+        else runs of whole row groups of at most batch_rows rows (one row group when it alone is larger)."""
+        if batch_rows is None or self.rows <= batch_rows:
+            return [(0, self.rows)]
+        sizes = self.row_groups or tuple(min(batch_rows, self.rows - start) for start in range(0, self.rows, batch_rows))
+        bounds, start, stop = [], 0, 0
+        for size in sizes:
+            if stop > start and stop - start + size > batch_rows:
+                bounds.append((start, stop))
+                start = stop
+            stop += size
+        return [*bounds, (start, stop)]
 
 
-def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec) -> list[tuple[Any, list[Any]]]:
+Frames = list[Callable[[], "pd.DataFrame"]]  # the batches a group of checks runs on, each read when its turn comes
+
+
+def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec,
+            batch_rows: int | None) -> list[tuple[Frames, list[Any]]]:
     """The suite split by what each check reads, with a way to get that data: the column names
-    (schema), the row count, then each column in the snapshot's order."""
+    (schema), the row count, then each column in the snapshot's order, whole or in row batches."""
     import great_expectations.expectations as gxe
     import pandas as pd
 
@@ -351,18 +375,34 @@ def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec)
     table = by_column.pop(None, [])
     schema = [e for e in table if isinstance(e, gxe.ExpectTableColumnsToMatchSet)]
     rows = [e for e in table if e not in schema]
-    groups: list[tuple[Any, list[Any]]] = [
-        (lambda: pd.DataFrame(columns=source.names), schema),
-        (lambda: pd.DataFrame(index=pd.RangeIndex(source.rows)), rows),  # no columns: the count alone
+    groups: list[tuple[Frames, list[Any]]] = [
+        ([lambda: pd.DataFrame(columns=source.names)], schema),
+        ([lambda: pd.DataFrame(index=pd.RangeIndex(source.rows))], rows),  # no columns: the count alone
     ]
     for name in source.names:
         if name in by_column:
-            groups.append((lambda name=name: _integer_key_with_nulls(source.read(name), spec), by_column.pop(name)))
-    return [(frame, checks) for frame, checks in groups if checks]
+            checks = by_column.pop(name)
+            groups.append((_column_frames(source, name, spec, batch_rows, checks), checks))
+    return [(frames, checks) for frames, checks in groups if checks]
+
+
+def _column_frames(source: ColumnSource, name: str, spec: DatasetSpec, batch_rows: int | None,
+                   checks: list[Any]) -> Frames:
+    """One column's frames: whole, or a frame per row batch. A uniqueness check needs the whole column
+    (a key may repeat across two batches), so a column that has one is read whole."""
+    import great_expectations.expectations as gxe
+
+    if any(isinstance(e, gxe.ExpectColumnValuesToBeUnique) for e in checks):
+        batch_rows = None
+    bounds = source.batches(batch_rows)
+    if len(bounds) == 1:
+        return [lambda: _integer_key_with_nulls(source.read(name), spec)]
+    return [lambda start=start, stop=stop: _integer_key_with_nulls(source.read_rows(name, start, stop), spec)
+            for start, stop in bounds]
 
 
 def _run(source: ColumnSource, suite: gx.ExpectationSuite, spec: DatasetSpec, day: dt.date,
-         report_dir: Path | None) -> tuple[Any, list[dict[str, Any]], str | None]:
+         report_dir: Path | None, batch_rows: int | None) -> tuple[Any, list[dict[str, Any]], str | None]:
     """Run the suite one group of checks at a time, then keep one result for the whole suite.
 
     Returns GX's result (as one run of the whole suite would give it), what each check observed
@@ -383,8 +423,10 @@ def _run(source: ColumnSource, suite: gx.ExpectationSuite, spec: DatasetSpec, da
     results, checks, meta = [], [], {}
     gc.freeze()  # what exists now (GX's modules, the caller's objects) is not garbage: each collection skips it
     try:
-        for frame_of, expectations in _groups(suite, source, spec):
-            outcome, observed = _run_group(context, spec.name, frame_of, _gx_suite(spec.name, expectations, suite.meta))
+        for frames, expectations in _groups(suite, source, spec, batch_rows):
+            group = _gx_suite(spec.name, expectations, suite.meta)
+            runs = [_run_group(context, spec.name, frame_of, group) for frame_of in frames]
+            outcome, observed = runs[0] if len(runs) == 1 else _merged_runs(runs)
             results += outcome.results
             checks += observed
             meta = meta or outcome.meta
@@ -435,6 +477,85 @@ def _run_group(context: Any, name: str, frame_of: Callable[[], pd.DataFrame],
     finally:
         context.data_sources.delete(name)
         gc.collect()
+
+
+@dataclass(frozen=True)
+class _Merged:
+    """What the batches of one group of checks add up to: the results and meta of one run."""
+
+    results: list[Any]
+    meta: dict[str, Any]
+
+
+def _merged_runs(runs: list[tuple[Any, list[dict[str, Any]]]]) -> tuple[_Merged, list[dict[str, Any]]]:
+    """The runs of one group of checks on the batches of its column, as one run on the whole column.
+
+    Why sums are exact here: every check run in batches is a per-value check (nulls, type, range, set),
+    whose verdict is a count of values breaking it against a share allowed (`mostly`); uniqueness, the one
+    check that is not, never runs in batches (_column_frames).
+    """
+    merged = [_merged_result([outcome.results[i] for outcome, _ in runs]) for i in range(len(runs[0][0].results))]
+    checks = [_merged_check(result, [observed[i] for _, observed in runs]) for i, result in enumerate(merged)]
+    return _Merged(results=merged, meta=runs[0][0].meta), checks
+
+
+def _merged_result(results: list[Any]) -> Any:
+    """One check's results on each batch, as GX would give it on the whole column (its counts summed, its
+    first unexpected values kept in row order, its verdict taken again on the sums); a batch whose check
+    raised stands for the whole, and so does the first failing batch of a check with no counts (a dtype)."""
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+
+    raised = [r for r in results if r.exception_info.get("raised_exception")]
+    if raised:
+        return raised[0]
+    if not all("unexpected_count" in (r.result or {}) for r in results):
+        return next((r for r in results if not r.success), results[0])
+    counts, config = _summed_counts([r.result for r in results]), results[0].expectation_config
+    considered = counts["element_count"] - counts.get("missing_count", 0)
+    mostly = 1.0 if config.kwargs.get("mostly") is None else config.kwargs["mostly"]
+    success = considered == 0 or (considered - counts["unexpected_count"]) / considered >= mostly
+    return ExpectationValidationResult(success=success, expectation_config=config, result=counts,
+                                       meta=results[0].meta, exception_info=results[0].exception_info)
+
+
+def _summed_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """GX's map-check result fields (BASIC format) for the batches taken together."""
+    elements = sum(p["element_count"] for p in parts)
+    unexpected = sum(p["unexpected_count"] or 0 for p in parts)
+    examples = [v for p in parts for v in p.get("partial_unexpected_list") or []][:EXAMPLES]
+    if not all("missing_count" in p for p in parts):  # a null check: every value is considered
+        return {"element_count": elements, "unexpected_count": unexpected,
+                "unexpected_percent": _percent(unexpected, elements), "partial_unexpected_list": examples}
+    missing = sum(p["missing_count"] for p in parts)
+    nonmissing = _percent(unexpected, elements - missing)
+    return {"element_count": elements, "unexpected_count": unexpected, "unexpected_percent": nonmissing,
+            "partial_unexpected_list": examples, "missing_count": missing,
+            "missing_percent": _percent(missing, elements), "unexpected_percent_total": _percent(unexpected, elements),
+            "unexpected_percent_nonmissing": nonmissing}
+
+
+def _percent(count: int, total: int) -> float | None:
+    """A share as GX computes it (count / total * 100, in that order), so a report reads the same digits
+    whether its column was checked whole or in batches; None of nothing."""
+    return count / total * 100 if total > 0 else None
+
+
+def _merged_check(result: Any, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """A check's observations on the whole column from those on its batches: the summed result's counts,
+    and the least and greatest values any batch saw."""
+    measured = _measure(result, None)
+    if "unexpected" in measured and result.expectation_config.type == "expect_column_values_to_be_between":
+        measured.update(_widest([b["measured"] for b in batches]))
+    return _described(result, measured)
+
+
+def _widest(measures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The min of the batches' mins and the max of their maxes (nothing when no batch had an order)."""
+    seen = [m for m in measures if "min" in m]
+    try:
+        return {"min": min(m["min"] for m in seen), "max": max(m["max"] for m in seen)} if seen else {}
+    except TypeError:  # values of different types in different batches: no order to speak of
+        return {}
 
 
 def _gx_suite(name: str, expectations: list[Any], meta: dict[str, Any]) -> gx.ExpectationSuite:
@@ -586,7 +707,7 @@ def _table_measure(kind: str, result: dict[str, Any]) -> dict[str, Any]:
     return {"rows": result.get("observed_value")}  # expect_table_row_count_to_be_between
 
 
-def _measure(res: Any, df: pd.DataFrame) -> dict[str, Any]:
+def _measure(res: Any, df: pd.DataFrame | None) -> dict[str, Any]:
     """What the check saw, as numbers: the row count, the dtype, the null share, min and max, the
     values outside a set, the duplicates (an empty dict when GX reported nothing to show)."""
     config, result = res.expectation_config, res.result or {}
@@ -598,7 +719,7 @@ def _measure(res: Any, df: pd.DataFrame) -> dict[str, Any]:
     if "unexpected_count" not in result:  # a dtype check on a typed column
         return {"dtype": result.get("observed_value")} if "observed_value" in result else {}
     measured = _map_measure(kind, result)
-    if kind == "expect_column_values_to_be_between" and column in df.columns:
+    if kind == "expect_column_values_to_be_between" and df is not None and column in df.columns:
         measured.update(_extremes(df, column))
     return measured
 
@@ -645,7 +766,12 @@ def _observed_whole(m: dict[str, Any]) -> str | None:
 
 def _check(r: Any, frame: pd.DataFrame) -> dict[str, Any]:
     """One check that ran, with what it observed in the data it was given (`frame`)."""
-    kind, measured = r.expectation_config.type, _measure(r, frame)
+    return _described(r, _measure(r, frame))
+
+
+def _described(r: Any, measured: dict[str, Any]) -> dict[str, Any]:
+    """A check's line of the report: the rule, its verdict and what it observed, in words and numbers."""
+    kind = r.expectation_config.type
     return {"expectation": kind, "column": r.expectation_config.kwargs.get("column"),
             "fails_on": (r.expectation_config.meta or {}).get("violation", ""),
             "success": bool(r.success), "observed": _observed(kind, measured), "measured": measured}
@@ -730,7 +856,7 @@ def _validate(source: ColumnSource, spec: DatasetSpec, *, day: dt.date, labelled
     report = Path(report_dir).resolve() if report_dir is not None else None
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-    gx_result, checks, page = _run(source, suite, spec, day, report)
+    gx_result, checks, page = _run(source, suite, spec, day, report, spec.validation.batch_rows)
     failures = _failures(gx_result)
     result = ValidationResult(
         success=bool(gx_result.success) and not failures, rows=source.rows, failures=failures,

@@ -4,6 +4,7 @@ failures and report as validating the whole frame, and never more than one colum
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -84,24 +85,29 @@ def test_text_read_from_a_snapshot_is_typed_by_the_file(churn_spec, tmp_path):
     assert set(plan["measured"]) == {"dtype"}  # one dtype, no per-value counts
 
 
-def test_each_column_is_read_once_and_released_before_the_next(churn_spec):
-    """The memory bound: at most one column of the night is alive at any time."""
+@pytest.mark.parametrize("batch_rows", [None, 1000], ids=["whole columns", "row batches"])
+def test_each_column_is_read_once_and_released_before_the_next(churn_spec, batch_rows):
+    """The memory bound: at most one column of the night (or one batch of one column) is alive at any time."""
     df = generate_day(DAY, ROWS)[churn_spec.columns]
+    spec = dataclasses.replace(churn_spec, validation=dataclasses.replace(churn_spec.validation, batch_rows=batch_rows))
     alive: list[weakref.ref] = []
     reads: list[str] = []
 
-    def read(name: str) -> pd.DataFrame:
+    def held(name: str, frame: pd.DataFrame) -> pd.DataFrame:
         gc.collect()
         still = [ref() for ref in alive if ref() is not None]
         assert not still, f"reading {name} while {[list(f.columns) for f in still]} are still held"
         reads.append(name)
-        frame = df[[name]].copy()
         alive.append(weakref.ref(frame))
         return frame
 
-    result = validate_snapshot(ColumnSource(names=list(df.columns), rows=len(df), read=read), churn_spec, day=DAY)
+    source = ColumnSource(names=list(df.columns), rows=len(df), read=lambda name: held(name, df[[name]].copy()),
+                          read_rows=lambda name, start, stop: held(name, df[[name]].iloc[start:stop].copy()))
+    result = validate_snapshot(source, spec, day=DAY)
     assert result.success, result.message()
-    assert reads == list(df.columns)
+    key = churn_spec.entity_key.name
+    times = 1 if batch_rows is None else ROWS // batch_rows
+    assert reads == [n for name in df.columns for n in [name] * (1 if name == key else times)]
 
 
 def test_a_corrupt_or_missing_snapshot_names_the_file(churn_spec, tmp_path):
