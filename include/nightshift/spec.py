@@ -388,8 +388,10 @@ class Validation(_Section):
     batch_rows: Annotated[Positive | None, Field(description=(
         "A snapshot above this many rows is checked a batch of rows at a time (whole Parquet row groups, at "
         "most this many rows unless one row group is larger), and each check's counts are added up, so the "
-        "step holds one batch of one column, not a whole column. The entity key's uniqueness is checked on "
-        "the whole key column (a duplicate may sit in two batches). null: every column whole."))] = 1_000_000
+        "step holds one batch of one column, not a whole column. The entity key's uniqueness, which does not "
+        "add up over batches, is checked on as many parts of the key column, split by a hash of the key "
+        "(every repeat of a key in one part; the parts wait in a temporary folder). null: every column whole."
+    ))] = 1_000_000
 
     @model_validator(mode="after")
     def _row_bounds_leave_a_window(self) -> Validation:

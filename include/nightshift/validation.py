@@ -23,7 +23,8 @@ by column) and its results are kept as one suite's result, one Data Docs page: a
 column in memory, and GX's per-check work is on that column alone. Above ``validation.batch_rows`` a
 column is checked a batch of rows (whole Parquet row groups) at a time and each check's counts are
 summed, its verdict taken again on the sums: the same result, one batch of one column in memory. The
-entity key is the exception: its uniqueness is a property of the whole column, so it is read whole.
+entity key's uniqueness does not add up over row batches (a key may repeat in two), so it is checked on
+parts of the key column split by a hash of the key instead: every repeat of a key is in one part.
 
 Checks on a column that is missing are not run (the schema check already names the column),
 so a missing column is reported once, not once per check.
@@ -35,11 +36,13 @@ this module without paying for them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import json
 import math
 import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -362,8 +365,8 @@ class ColumnSource:
 Frames = list[Callable[[], "pd.DataFrame"]]  # the batches a group of checks runs on, each read when its turn comes
 
 
-def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec,
-            batch_rows: int | None) -> list[tuple[Frames, list[Any]]]:
+def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec, batch_rows: int | None,
+            spill: Path) -> list[tuple[Frames, list[Any]]]:
     """The suite split by what each check reads, with a way to get that data: the column names
     (schema), the row count, then each column in the snapshot's order, whole or in row batches."""
     import great_expectations.expectations as gxe
@@ -381,24 +384,76 @@ def _groups(suite: gx.ExpectationSuite, source: ColumnSource, spec: DatasetSpec,
     ]
     for name in source.names:
         if name in by_column:
-            checks = by_column.pop(name)
-            groups.append((_column_frames(source, name, spec, batch_rows, checks), checks))
+            groups += _column_groups(source, name, spec, source.batches(batch_rows), by_column.pop(name), spill)
     return [(frames, checks) for frames, checks in groups if checks]
 
 
-def _column_frames(source: ColumnSource, name: str, spec: DatasetSpec, batch_rows: int | None,
-                   checks: list[Any]) -> Frames:
-    """One column's frames: whole, or a frame per row batch. A uniqueness check needs the whole column
-    (a key may repeat across two batches), so a column that has one is read whole."""
+def _column_groups(source: ColumnSource, name: str, spec: DatasetSpec, bounds: list[tuple[int, int]],
+                   checks: list[Any], spill: Path) -> list[tuple[Frames, list[Any]]]:
+    """One column's checks with their frames: the whole column, or a frame per row batch. Uniqueness is
+    not a count that adds up over row batches (a key may repeat in two of them), so in batches it runs on
+    parts of the column split by value instead (_key_parts): every repeat of a key falls in one part."""
     import great_expectations.expectations as gxe
+    import pyarrow as pa
 
-    if any(isinstance(e, gxe.ExpectColumnValuesToBeUnique) for e in checks):
-        batch_rows = None
-    bounds = source.batches(batch_rows)
     if len(bounds) == 1:
-        return [lambda: _integer_key_with_nulls(source.read(name), spec)]
-    return [lambda start=start, stop=stop: _integer_key_with_nulls(source.read_rows(name, start, stop), spec)
-            for start, stop in bounds]
+        return [([lambda: _integer_key_with_nulls(source.read(name), spec)], checks)]
+    batches: Frames = [lambda start=start, stop=stop: _integer_key_with_nulls(source.read_rows(name, start, stop), spec)
+                       for start, stop in bounds]
+    unique = [e for e in checks if isinstance(e, gxe.ExpectColumnValuesToBeUnique)]
+    rest = [e for e in checks if e not in unique]
+    if not unique:
+        return [(batches, rest)]
+    try:
+        parts = [lambda part_of=part_of: _integer_key_with_nulls(part_of(), spec)
+                 for part_of in _key_parts(batches, name, spill)]
+    except (pa.ArrowException, TypeError):  # values of several types (a frame's object column): not split
+        parts = [lambda: _integer_key_with_nulls(source.read(name), spec)]
+    return [(batches, rest), (parts, unique)]
+
+
+def _key_parts(batches: Frames, name: str, spill: Path) -> Frames:
+    """A column split into as many parts as it has row batches by a hash of each value, written to `spill`
+    (Arrow files, zstd): equal values share a part, so uniqueness checked part by part finds every repeat
+    of the night while one part (about a batch) is in memory. Rows keep their order within a part."""
+    import pandas as pd
+    import pyarrow as pa
+
+    folder = Path(tempfile.mkdtemp(prefix="key-", dir=spill))
+    paths = [folder / f"{i}.arrow" for i in range(len(batches))]
+    with contextlib.ExitStack() as files:
+        writers: list[Any] = []
+        kind = None
+        for batch_of in batches:
+            values, cuts = _hashed_in_parts(batch_of()[name], len(paths), kind)
+            if not writers:
+                kind, schema = values.type, pa.schema([(name, values.type)])
+                options = pa.ipc.IpcWriteOptions(compression="zstd")
+                writers = [files.enter_context(pa.ipc.new_file(str(path), schema, options=options)) for path in paths]
+            for i, writer in enumerate(writers):
+                writer.write_batch(pa.record_batch([values.slice(cuts[i], cuts[i + 1] - cuts[i])], names=[name]))
+    text = {pa.string(): pd.StringDtype("python"), pa.large_string(): pd.StringDtype("python")}
+    return [lambda path=path: pa.ipc.open_file(str(path)).read_all().to_pandas(types_mapper=text.get)
+            for path in paths]
+
+
+def _hashed_in_parts(column: pd.Series, parts: int, kind: Any) -> tuple[Any, Any]:
+    """A batch's values as Arrow (of type `kind`, when given) ordered by their part, and where each part
+    starts and ends. Numbers are hashed as float64: an integer key is int64 in a batch and float64 or Int64
+    in one with nulls, and the same key must hash the same in each (two integers that one float stands for
+    share a part, which is harmless: the check tells them apart)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if pd.api.types.is_numeric_dtype(column):
+        hashes = pd.util.hash_array(column.to_numpy(dtype="float64", na_value=np.nan))
+    else:
+        hashes = pd.util.hash_pandas_object(column, index=False).to_numpy()
+    part = (hashes % parts).astype(np.intp)
+    order = np.argsort(part, kind="stable")
+    cuts = np.concatenate(([0], np.cumsum(np.bincount(part, minlength=parts))))
+    return pa.array(column.take(order), type=kind), cuts
 
 
 def _run(source: ColumnSource, suite: gx.ExpectationSuite, spec: DatasetSpec, day: dt.date,
@@ -423,13 +478,14 @@ def _run(source: ColumnSource, suite: gx.ExpectationSuite, spec: DatasetSpec, da
     results, checks, meta = [], [], {}
     gc.freeze()  # what exists now (GX's modules, the caller's objects) is not garbage: each collection skips it
     try:
-        for frames, expectations in _groups(suite, source, spec, batch_rows):
-            group = _gx_suite(spec.name, expectations, suite.meta)
-            runs = [_run_group(context, spec.name, frame_of, group) for frame_of in frames]
-            outcome, observed = runs[0] if len(runs) == 1 else _merged_runs(runs)
-            results += outcome.results
-            checks += observed
-            meta = meta or outcome.meta
+        with tempfile.TemporaryDirectory(prefix="nightshift-validate-") as spill:
+            for frames, expectations in _groups(suite, source, spec, batch_rows, Path(spill)):
+                group = _gx_suite(spec.name, expectations, suite.meta)
+                runs = [_run_group(context, spec.name, frame_of, group) for frame_of in frames]
+                outcome, observed = runs[0] if len(runs) == 1 else _merged_runs(runs)
+                results += outcome.results
+                checks += observed
+                meta = meta or outcome.meta
     finally:
         gc.unfreeze()
     stats = calc_validation_statistics(results)
@@ -661,7 +717,8 @@ def _json_safe(value: Any) -> Any:
         return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return str(value)
+    item = getattr(value, "item", None)  # a numpy scalar (a nullable integer column's values): its Python value
+    return _json_safe(item()) if callable(item) and type(value).__module__ == "numpy" else str(value)
 
 
 def _share(count: int, total: int) -> str:
