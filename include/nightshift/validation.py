@@ -546,9 +546,10 @@ class _Merged:
 def _merged_runs(runs: list[tuple[Any, list[dict[str, Any]]]]) -> tuple[_Merged, list[dict[str, Any]]]:
     """The runs of one group of checks on the batches of its column, as one run on the whole column.
 
-    Why sums are exact here: every check run in batches is a per-value check (nulls, type, range, set),
-    whose verdict is a count of values breaking it against a share allowed (`mostly`); uniqueness, the one
-    check that is not, never runs in batches (_column_frames).
+    Why sums are exact here: every check run on row batches is a per-value check (nulls, type, range,
+    set), whose verdict is a count of values breaking it against a share allowed (`mostly`); uniqueness,
+    the one that is not, runs on the hash parts of its column instead (_column_groups), and a repeat
+    never spans two parts.
     """
     merged = [_merged_result([outcome.results[i] for outcome, _ in runs]) for i in range(len(runs[0][0].results))]
     checks = [_merged_check(result, [observed[i] for _, observed in runs]) for i, result in enumerate(merged)]
@@ -717,8 +718,8 @@ def _json_safe(value: Any) -> Any:
         return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    item = getattr(value, "item", None)  # a numpy scalar (a nullable integer column's values): its Python value
-    return _json_safe(item()) if callable(item) and type(value).__module__ == "numpy" else str(value)
+    plain = _plain(value)  # a numpy scalar (a nullable integer column's values): its Python value
+    return str(value) if plain is value else _json_safe(plain)
 
 
 def _share(count: int, total: int) -> str:
